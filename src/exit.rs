@@ -1,0 +1,48 @@
+//! Exit codes: stable, documented in the README and in `--help`.
+
+/// What the process exit code means. The same codes for every command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Success (warnings allowed).
+    Ok = 0,
+    /// A check, step or comparison failed.
+    Failed = 1,
+    /// The plan or the command line is invalid; nothing was written anywhere.
+    Invalid = 2,
+    /// A cluster is unreachable or authentication failed.
+    Unreachable = 3,
+    /// Interrupted (Ctrl-C) at a safe point; re-run to continue.
+    Interrupted = 130,
+}
+
+impl Exit {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The worse of two outcomes.
+    pub fn max(self, other: Exit) -> Exit {
+        fn rank(e: Exit) -> u8 {
+            match e {
+                Exit::Ok => 0,
+                Exit::Failed => 1,
+                Exit::Unreachable => 2,
+                Exit::Invalid => 3,
+                Exit::Interrupted => 4,
+            }
+        }
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    ok (warnings allowed)
+  1    a check, step or comparison failed
+  2    the plan or the command line is invalid (nothing was written anywhere)
+  3    a cluster is unreachable or authentication failed
+  130  interrupted; run the same command again to continue";

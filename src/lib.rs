@@ -1,0 +1,14 @@
+//! cutover: move live data between MongoDB clusters from a checked-in plan.
+//!
+//! The plan (TOML) is loaded and checked without I/O ([`plan`]); `cutover check` adds a
+//! read-only preflight of both clusters ([`preflight`]).
+
+pub mod cli;
+pub mod cluster;
+pub mod exit;
+pub mod logging;
+pub mod plan;
+pub mod preflight;
+pub mod redact;
+pub mod report;
+pub mod uri;

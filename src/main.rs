@@ -1,0 +1,4 @@
+fn main() {
+    let code = cutover::cli::main();
+    std::process::exit(code);
+}

@@ -1,0 +1,404 @@
+//! Test harness: throwaway MongoDB replica sets on free loopback ports, with keyFile auth,
+//! a small WiredTiger cache, a `root` user (holds `bypassWriteBlockingMode`) and an `app`
+//! user with `readWriteAnyDatabase` (does not). Processes are killed when the `ReplicaSet`
+//! is dropped, also when the test panics, and die with the test process (PR_SET_PDEATHSIG).
+//!
+//! Tests that need mongod FAIL when it is missing: run `./scripts/install-mongod.sh` or set
+//! `MONGOD=/path/to/mongod`.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Document};
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+
+pub const ROOT_USER: &str = "root";
+pub const ROOT_PASSWORD: &str = "r00t-Secret-pw";
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app-Secret-pw";
+
+/// The `mongod` binary: `$MONGOD`, else the one `scripts/install-mongod.sh` installs.
+pub fn mongod_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("MONGOD") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".mongod/bin/mongod")
+}
+
+/// The `cutover` binary built for these tests.
+pub fn cutover_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cutover"))
+}
+
+fn require_mongod() -> PathBuf {
+    let p = mongod_path();
+    assert!(
+        p.exists(),
+        "this test needs MongoDB's mongod, and {} does not exist.\n\
+         Run ./scripts/install-mongod.sh (or ./scripts/test.sh, which does), or set MONGOD=/path/to/mongod.",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+#[derive(Clone, Debug)]
+pub struct RsOptions {
+    pub members: usize,
+    /// Oplog size in MB (mongod's minimum is 990 MB unless set lower by `replSetResizeOplog`;
+    /// `--oplogSize` accepts smaller values for tests).
+    pub oplog_mb: u32,
+    pub cache_gb: f64,
+}
+
+impl Default for RsOptions {
+    fn default() -> Self {
+        Self { members: 1, oplog_mb: 256, cache_gb: 0.25 }
+    }
+}
+
+pub struct Member {
+    pub port: u16,
+    pub dbpath: PathBuf,
+    pub child: Option<Child>,
+    args: Vec<String>,
+}
+
+/// A running replica set. Dropping it kills its processes and removes its files.
+pub struct ReplicaSet {
+    pub name: String,
+    pub members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+impl ReplicaSet {
+    pub async fn start() -> Self {
+        Self::start_with(RsOptions::default()).await
+    }
+
+    pub async fn start_with(opts: RsOptions) -> Self {
+        let mongod = require_mongod();
+        let dir = tempfile::Builder::new().prefix("cutover-rs-").tempdir().expect("temp dir");
+        let keyfile = dir.path().join("keyfile");
+        std::fs::write(&keyfile, "cutoverTestKeyFile0123456789abcdefABCDEF").expect("write keyfile");
+        std::fs::set_permissions(&keyfile, std::os::unix::fs::PermissionsExt::from_mode(0o400))
+            .expect("chmod keyfile");
+        let name = format!("rs{}", free_port());
+        let mut members = Vec::new();
+        for i in 0..opts.members {
+            let dbpath = dir.path().join(format!("m{i}"));
+            std::fs::create_dir_all(&dbpath).expect("dbpath");
+            members.push(Member { port: 0, dbpath, child: None, args: Vec::new() });
+        }
+        let mut rs = ReplicaSet { name, members, dir };
+        for i in 0..opts.members {
+            rs.spawn_member(i, &mongod, &keyfile, &opts);
+        }
+        rs.initiate().await;
+        rs
+    }
+
+    fn spawn_member(&mut self, i: usize, mongod: &Path, keyfile: &Path, opts: &RsOptions) {
+        for attempt in 0..5 {
+            let port = free_port();
+            let m = &mut self.members[i];
+            let log = m.dbpath.join("mongod.log");
+            m.args = vec![
+                "--replSet".into(),
+                self.name.clone(),
+                "--port".into(),
+                port.to_string(),
+                "--bind_ip".into(),
+                "127.0.0.1".into(),
+                "--dbpath".into(),
+                m.dbpath.display().to_string(),
+                "--keyFile".into(),
+                keyfile.display().to_string(),
+                "--wiredTigerCacheSizeGB".into(),
+                opts.cache_gb.to_string(),
+                "--oplogSize".into(),
+                opts.oplog_mb.to_string(),
+                "--setParameter".into(),
+                "enableTestCommands=1".into(),
+                "--setParameter".into(),
+                "diagnosticDataCollectionEnabled=false".into(),
+                "--unixSocketPrefix".into(),
+                m.dbpath.display().to_string(),
+                "--logpath".into(),
+                log.display().to_string(),
+            ];
+            let child = spawn_with_deathsig(mongod, &m.args);
+            m.port = port;
+            m.child = Some(child);
+            if wait_listening(port, m.child.as_mut().expect("child"), Duration::from_secs(60)) {
+                return;
+            }
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            if !tail.contains("Address already in use") || attempt == 4 {
+                panic!("mongod on port {port} did not start; log tail:\n{}", last_lines(&tail, 30));
+            }
+        }
+    }
+
+    /// Restarts a member that was stopped with [`ReplicaSet::kill_member`], on the same port.
+    pub fn restart_member(&mut self, i: usize) {
+        let mongod = require_mongod();
+        let m = &mut self.members[i];
+        let child = spawn_with_deathsig(&mongod, &m.args);
+        m.child = Some(child);
+        assert!(
+            wait_listening(m.port, m.child.as_mut().expect("child"), Duration::from_secs(60)),
+            "mongod member {i} did not restart"
+        );
+    }
+
+    /// SIGKILLs one member.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn initiate(&self) {
+        let hosts: Vec<Document> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                doc! {"_id": i as i32, "host": format!("127.0.0.1:{}", m.port),
+                      "priority": if i == 0 { 2 } else { 1 }}
+            })
+            .collect();
+        // The localhost exception allows replSetInitiate and the first user before auth exists.
+        let direct = direct_client(self.members[0].port, None).await;
+        direct
+            .database("admin")
+            .run_command(doc! {"replSetInitiate": {"_id": &self.name, "members": hosts}})
+            .await
+            .expect("replSetInitiate");
+        wait_until(Duration::from_secs(60), "the first member to become primary", || async {
+            direct
+                .database("admin")
+                .run_command(doc! {"hello": 1})
+                .await
+                .map(|h| h.get_bool("isWritablePrimary").unwrap_or(false))
+                .unwrap_or(false)
+        })
+        .await;
+        direct
+            .database("admin")
+            .run_command(doc! {"createUser": ROOT_USER, "pwd": ROOT_PASSWORD, "roles": ["root"],
+                               "writeConcern": {"w": "majority"}})
+            .await
+            .expect("create root user");
+        let root = self.root_client().await;
+        root.database("admin")
+            .run_command(doc! {"createUser": APP_USER, "pwd": APP_PASSWORD,
+                               "roles": ["readWriteAnyDatabase"], "writeConcern": {"w": "majority"}})
+            .await
+            .expect("create app user");
+        if self.members.len() > 1 {
+            let n = self.members.len();
+            wait_until(Duration::from_secs(90), "all members to be PRIMARY or SECONDARY", || async {
+                match root.database("admin").run_command(doc! {"replSetGetStatus": 1}).await {
+                    Ok(s) => s
+                        .get_array("members")
+                        .map(|ms| {
+                            ms.iter()
+                                .filter_map(|m| m.as_document())
+                                .filter(|m| matches!(m.get_i32("state"), Ok(1) | Ok(2)))
+                                .count()
+                                == n
+                        })
+                        .unwrap_or(false),
+                    Err(_) => false,
+                }
+            })
+            .await;
+        }
+    }
+
+    pub fn hosts(&self) -> String {
+        self.members.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn uri_for(&self, user: &str, password: &str) -> String {
+        format!("mongodb://{user}:{password}@{}/?replicaSet={}", self.hosts(), self.name)
+    }
+
+    /// The `root` user: may write while user writes are blocked.
+    pub fn root_uri(&self) -> String {
+        self.uri_for(ROOT_USER, ROOT_PASSWORD)
+    }
+
+    /// The `app` user (`readWriteAnyDatabase`): refused while user writes are blocked.
+    pub fn app_uri(&self) -> String {
+        self.uri_for(APP_USER, APP_PASSWORD)
+    }
+
+    pub async fn root_client(&self) -> Client {
+        client(&self.root_uri()).await
+    }
+
+    pub async fn app_client(&self) -> Client {
+        client(&self.app_uri()).await
+    }
+
+    /// A root client connected directly to member `i`.
+    pub async fn member_client(&self, i: usize) -> Client {
+        direct_client(self.members[i].port, Some((ROOT_USER, ROOT_PASSWORD))).await
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ReplicaSet {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn spawn_with_deathsig(bin: &Path, args: &[String]) -> Child {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child when
+    // the thread that spawned it exits, so a crashed test leaves no mongod behind.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
+fn wait_listening(port: u16, child: &mut Child, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub async fn client(uri: &str) -> Client {
+    let mut o = ClientOptions::parse(uri).await.expect("parse test uri");
+    o.server_selection_timeout = Some(Duration::from_secs(30));
+    Client::with_options(o).expect("client")
+}
+
+pub async fn direct_client(port: u16, auth: Option<(&str, &str)>) -> Client {
+    let uri = match auth {
+        Some((u, p)) => format!("mongodb://{u}:{p}@127.0.0.1:{port}/?directConnection=true"),
+        None => format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+    };
+    client(&uri).await
+}
+
+/// Polls `f` every 100 ms until it returns true; panics naming `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the `cutover` binary to completion with extra environment variables.
+pub fn run_cutover(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(cutover_bin());
+    cmd.args(args).env("NO_COLOR", "1").env_remove("RUST_LOG").env_remove("CUTOVER_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run cutover")
+}
+
+/// Writes `text` to a plan file in a fresh temp dir and returns (dir, path).
+pub fn write_plan(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, text).expect("write plan");
+    (dir, path)
+}
+
+/// A plan over two clusters given by `${SOURCE_URI}` / `${DESTINATION_URI}`, with `body`
+/// (options and steps) appended.
+pub fn plan_text(name: &str, body: &str) -> String {
+    format!(
+        "name = \"{name}\"\n\n[clusters.source]\nuri = \"${{SOURCE_URI}}\"\n\n\
+         [clusters.destination]\nuri = \"${{DESTINATION_URI}}\"\n\n{body}\n"
+    )
+}
+
+/// The last oplog entry's timestamp (to prove a command wrote nothing).
+pub async fn last_oplog_ts(c: &Client) -> mongodb::bson::Timestamp {
+    let coll = c.database("local").collection::<Document>("oplog.rs");
+    let last = coll
+        .find_one(doc! {})
+        .sort(doc! {"$natural": -1})
+        .await
+        .expect("read oplog")
+        .expect("oplog not empty");
+    last.get_timestamp("ts").expect("ts")
+}
+
+/// Oplog entries after `ts` that touch user namespaces or the state database (ignores
+/// no-ops and the server's own `config.`/`admin.` bookkeeping).
+pub async fn oplog_writes_since(c: &Client, ts: mongodb::bson::Timestamp, state_db: &str) -> Vec<Document> {
+    use futures::TryStreamExt;
+    let coll = c.database("local").collection::<Document>("oplog.rs");
+    let entries: Vec<Document> = coll
+        .find(doc! {"ts": {"$gt": ts}, "op": {"$ne": "n"}})
+        .await
+        .expect("read oplog")
+        .try_collect()
+        .await
+        .expect("oplog cursor");
+    entries
+        .into_iter()
+        .filter(|e| {
+            let ns = e.get_str("ns").unwrap_or_default();
+            let db = ns.split('.').next().unwrap_or_default();
+            db == state_db || !matches!(db, "admin" | "config" | "local" | "")
+        })
+        .collect()
+}
