@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod exit;
 pub mod logging;
+pub mod namespace;
 pub mod plan;
 pub mod preflight;
 pub mod redact;
