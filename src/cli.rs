@@ -38,8 +38,94 @@ pub enum Command {
     /// Dry run: validate the plan, then check both clusters read-only. Writes nothing.
     #[command(after_help = EXIT_CODES_HELP)]
     Check(CheckArgs),
+    /// Run the plan's steps from the last checkpoint: sync, validate-indexes, commit, reverse,
+    /// verify. Killed or failed, the same command continues where it stopped.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Show a migration's state from the state store (works from any machine that reaches the
+    /// destination): phase, lag, can-commit, can-write, blocked clusters, steps.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Status(StatusArgs),
+    /// Approve a `commit` step that has `approval = "manual"` (typically from a CI job).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Approve(ApproveArgs),
+    /// Release user write blocking on one cluster: the explicit, logged escape hatch.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Unblock(UnblockArgs),
     /// Print the plan's JSON Schema.
     Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+
+    /// Forget this migration's progress, drop what it copied to the destination, and start
+    /// the copy over (e.g. after the source's oplog rolled past the resume point). Refused
+    /// once a commit has happened.
+    #[arg(long)]
+    pub restart: bool,
+
+    /// Accept a plan whose clusters, options or steps changed since the migration started.
+    #[arg(long)]
+    pub accept_changed_plan: bool,
+
+    /// Run at most N steps, then stop (e.g. `--max-steps 1` for one step per invocation).
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<usize>,
+
+    /// Collection ranges copied in parallel.
+    #[arg(long, default_value_t = 8)]
+    pub copy_concurrency: usize,
+
+    /// Parallel writers for change events (each document's events stay in order).
+    #[arg(long, default_value_t = 8)]
+    pub apply_workers: usize,
+
+    /// How long cutover retries a lost connection or an election before giving up, e.g. `5m`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub retry_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+
+    /// The step index of the commit to approve (default: the first manual commit not yet done).
+    #[arg(long)]
+    pub step: Option<usize>,
+
+    /// A note stored with the approval (e.g. the CI job URL). Never put secrets here.
+    #[arg(long, default_value = "")]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Source,
+    Destination,
+}
+
+#[derive(Debug, Args)]
+pub struct UnblockArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+
+    /// Which cluster to release.
+    #[arg(long, value_enum)]
+    pub cluster: Role,
+
+    /// Confirm: user writes become possible again on that cluster, even mid-cutover.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,7 +185,10 @@ pub fn main() -> i32 {
         }
     };
     logging::init(cli.log_format, cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -113,6 +202,10 @@ pub fn main() -> i32 {
 async fn dispatch(cli: Cli) -> Exit {
     match cli.command {
         Command::Check(args) => check(args).await,
+        Command::Run(args) => run(args, cli.quiet).await,
+        Command::Status(args) => status(args).await,
+        Command::Approve(args) => approve(args).await,
+        Command::Unblock(args) => unblock(args).await,
         Command::Schema => {
             out(&plan::model::json_schema());
             Exit::Ok
@@ -176,20 +269,35 @@ fn report_plan_errors(args: &PlanArgs, diags: &[Diagnostic]) {
         }
         Format::Json => {
             let checks = diags.iter().map(diagnostic_check).collect();
-            let name = args.plan.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = args
+                .plan
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             out(&CheckReport::new(&name, checks).to_json());
         }
     }
 }
 
 fn diagnostic_check(d: &Diagnostic) -> Check {
-    let id = if d.key.is_empty() { "plan".to_string() } else { format!("plan.{}", d.key) };
+    let id = if d.key.is_empty() {
+        "plan".to_string()
+    } else {
+        format!("plan.{}", d.key)
+    };
     Check {
         id,
         cluster: Scope::Plan,
-        status: if d.is_error() { Status::Fail } else { Status::Warn },
+        status: if d.is_error() {
+            Status::Fail
+        } else {
+            Status::Warn
+        },
         message: format!("{}: {}", d.position(), d.message)
-            + &d.allowed.as_ref().map(|a| format!(" (allowed: {a})")).unwrap_or_default(),
+            + &d.allowed
+                .as_ref()
+                .map(|a| format!(" (allowed: {a})"))
+                .unwrap_or_default(),
         fix: d.hint.clone(),
     }
 }
@@ -211,7 +319,11 @@ async fn check(args: CheckArgs) -> Exit {
             plan.file,
             plan.steps.len(),
             if plan.steps.len() == 1 { "" } else { "s" },
-            plan.steps.iter().map(|s| s.kind()).collect::<Vec<_>>().join(", ")
+            plan.steps
+                .iter()
+                .map(|s| s.kind())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     )];
     checks.extend(warnings.iter().map(diagnostic_check));
@@ -219,7 +331,10 @@ async fn check(args: CheckArgs) -> Exit {
     if !args.no_connect {
         let outcome = preflight::run(
             &plan,
-            &PreflightOptions { deep: args.deep, connect_timeout: args.plan.connect_timeout },
+            &PreflightOptions {
+                deep: args.deep,
+                connect_timeout: args.plan.connect_timeout,
+            },
         )
         .await;
         unreachable = outcome.unreachable;
@@ -237,4 +352,248 @@ async fn check(args: CheckArgs) -> Exit {
     } else {
         Exit::Failed
     }
+}
+
+async fn run(args: RunArgs, quiet: bool) -> Exit {
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let opts = crate::runner::RunOptions {
+        restart: args.restart,
+        accept_changed_plan: args.accept_changed_plan,
+        max_steps: args.max_steps,
+        copy_concurrency: args.copy_concurrency.max(1),
+        apply_workers: args.apply_workers.max(1),
+        retry_timeout: args.retry_timeout,
+        connect_timeout: args.plan.connect_timeout,
+        progress_bars: !quiet
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("RUST_LOG").is_none(),
+    };
+    let (report, result) = crate::runner::run(plan, opts).await;
+    match args.plan.format {
+        Format::Json => out(&serde_json::to_string_pretty(&report).unwrap_or_default()),
+        Format::Text => out(&run_summary(&report)),
+    }
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            err(&format!("error: {e}"));
+            if let Some(h) = e.hint() {
+                err(&format!("hint: {h}"));
+            }
+            match e {
+                crate::runner::RunError::Cluster(c) if c.is_connectivity() => Exit::Unreachable,
+                crate::runner::RunError::Interrupted => Exit::Interrupted,
+                _ => Exit::Failed,
+            }
+        }
+    }
+}
+
+fn run_summary(r: &crate::runner::RunReport) -> String {
+    let mut s = format!(
+        "plan `{}`: {}\n",
+        r.plan,
+        if r.ok { "ok" } else { "FAILED" }
+    );
+    for st in &r.steps {
+        s.push_str(&format!(
+            "  step {} {:<17} {:<12}",
+            st.index, st.kind, st.status
+        ));
+        if let Some(secs) = st.seconds {
+            s.push_str(&format!(" {secs:>8.1}s"));
+        }
+        if let Some(d) = &st.detail {
+            s.push_str(&format!("  {d}"));
+        }
+        s.push('\n');
+    }
+    if let Some(w) = r.write_blocked_window_ms {
+        s.push_str(&format!(
+            "  write-blocked window of the last commit: {:.3}s\n",
+            w as f64 / 1000.0
+        ));
+    }
+    s
+}
+
+async fn connect_destination(
+    args: &PlanArgs,
+    plan: &Plan,
+) -> Result<crate::cluster::Cluster, Exit> {
+    match crate::cluster::Cluster::connect(
+        Scope::Destination,
+        &plan.destination,
+        args.connect_timeout,
+    )
+    .await
+    {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            err(&format!("error: {e}\nhint: {}", e.hint()));
+            Err(if e.is_connectivity() {
+                Exit::Unreachable
+            } else {
+                Exit::Failed
+            })
+        }
+    }
+}
+
+async fn status(args: StatusArgs) -> Exit {
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let dest = match connect_destination(&args.plan, &plan).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
+    let run = match store.run_doc().await {
+        Ok(r) => r,
+        Err(e) => {
+            err(&format!("error: {e}"));
+            return Exit::Failed;
+        }
+    };
+    let view = crate::status::view(
+        &plan.name,
+        &plan.file,
+        run.as_ref(),
+        &plan.source.hosts_display(),
+        &plan.destination.hosts_display(),
+    );
+    match args.plan.format {
+        Format::Json => out(&serde_json::to_string_pretty(&view).unwrap_or_default()),
+        Format::Text => out(&view.to_text()),
+    }
+    Exit::Ok
+}
+
+async fn approve(args: ApproveArgs) -> Exit {
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let manual: Vec<usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, crate::plan::Step::Commit(c) if c.approval == crate::plan::Approval::Manual))
+        .map(|(i, _)| i)
+        .collect();
+    if manual.is_empty() {
+        err(
+            "error: the plan has no `commit` step with `approval = \"manual\"`; nothing to approve",
+        );
+        return Exit::Invalid;
+    }
+    let dest = match connect_destination(&args.plan, &plan).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
+    let step = match args.step {
+        Some(s) if manual.contains(&s) => s,
+        Some(s) => {
+            err(&format!(
+                "error: step {s} is not a manual `commit`; manual commits are at {}",
+                manual
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return Exit::Invalid;
+        }
+        None => {
+            let run = store.run_doc().await.ok().flatten().unwrap_or_default();
+            let done = |i: usize| {
+                run.get_array("steps")
+                    .ok()
+                    .and_then(|a| a.get(i))
+                    .and_then(|s| s.as_document())
+                    .and_then(|s| s.get_str("status").ok())
+                    == Some("done")
+            };
+            match manual.iter().find(|i| !done(**i)) {
+                Some(i) => *i,
+                None => {
+                    err("error: every manual commit of this plan is already done");
+                    return Exit::Failed;
+                }
+            }
+        }
+    };
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    match store.approve(step, &host, &args.note).await {
+        Ok(()) => {
+            tracing::info!(step, host = %host, "Commit approved.");
+            out(&format!(
+                "approved the commit at step {step} of plan `{}` (from {host})",
+                plan.name
+            ));
+            Exit::Ok
+        }
+        Err(e) => {
+            err(&format!("error: {e}"));
+            Exit::Failed
+        }
+    }
+}
+
+async fn unblock(args: UnblockArgs) -> Exit {
+    if !args.yes {
+        err("error: `cutover unblock` needs `--yes`: it lets applications write to that cluster again, even in the middle of a cutover");
+        return Exit::Invalid;
+    }
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let (scope, uri) = match args.cluster {
+        Role::Source => (Scope::Source, &plan.source),
+        Role::Destination => (Scope::Destination, &plan.destination),
+    };
+    let cluster =
+        match crate::cluster::Cluster::connect(scope, uri, args.plan.connect_timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                err(&format!("error: {e}\nhint: {}", e.hint()));
+                return if e.is_connectivity() {
+                    Exit::Unreachable
+                } else {
+                    Exit::Failed
+                };
+            }
+        };
+    let name = crate::cluster::scope_name(scope);
+    tracing::warn!(cluster = name, plan = %plan.name, "Releasing user write blocking on request (cutover unblock).");
+    if let Err(e) = crate::cluster::set_user_write_block(&cluster, false).await {
+        err(&format!("error: {e}"));
+        return Exit::Failed;
+    }
+    // Record it where `status` looks, if the state store is reachable.
+    if let Ok(dest) = crate::cluster::Cluster::connect(
+        Scope::Destination,
+        &plan.destination,
+        args.plan.connect_timeout,
+    )
+    .await
+    {
+        let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
+        let _ = store
+            .set(mongodb::bson::doc! {format!("blocks.{name}"): false, "last_unblock": {"cluster": name, "when": mongodb::bson::DateTime::now()}})
+            .await;
+    }
+    out(&format!(
+        "user writes on the {name} cluster are no longer blocked"
+    ));
+    Exit::Ok
 }

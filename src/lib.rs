@@ -5,11 +5,17 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod cutover;
+pub mod engine;
 pub mod exit;
 pub mod logging;
 pub mod namespace;
 pub mod plan;
 pub mod preflight;
+pub mod progress;
 pub mod redact;
 pub mod report;
+pub mod runner;
+pub mod state;
+pub mod status;
 pub mod uri;

@@ -1,0 +1,410 @@
+//! The cutover transitions: `commit` (block, drain, restore, unblock) and `reverse`, each
+//! recording its intent before acting and checking the clusters' real state on re-entry.
+//!
+//! A commit's record lives at `commits.<step index>` in the run document:
+//! `phase` = `waiting` → `blocking` → `draining` → `restoring` → `committed` → `done`.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Document, Timestamp};
+
+use crate::engine::catalog::{self, NsKind, RelaxationStore};
+use crate::engine::error::EngineError;
+use crate::engine::lane::{source_now, Direction};
+use crate::plan::model::{CommitStep, VerifyStep};
+use crate::plan::{Approval, Step, WriteBlocking};
+use crate::report::Scope;
+use crate::runner::{Ctx, RunError};
+
+/// The direction a commit at step `i` finishes: that of the last `sync`/`reverse` before it.
+fn direction_of(ctx: &Ctx, i: usize) -> Direction {
+    ctx.plan.steps[..i]
+        .iter()
+        .rev()
+        .find_map(|s| match s {
+            Step::Sync(_) => Some(Direction::Forward),
+            Step::Reverse(_) => Some(Direction::Reverse),
+            _ => None,
+        })
+        .unwrap_or(Direction::Forward)
+}
+
+/// The plan role (`Scope`) of the cluster that is the source of `direction`.
+fn source_role(d: Direction) -> Scope {
+    match d {
+        Direction::Forward => Scope::Source,
+        Direction::Reverse => Scope::Destination,
+    }
+}
+
+fn dest_role(d: Direction) -> Scope {
+    match d {
+        Direction::Forward => Scope::Destination,
+        Direction::Reverse => Scope::Source,
+    }
+}
+
+/// The reverse lane's start point: recorded by the forward commit.
+fn reverse_start(run: &Document) -> Option<Timestamp> {
+    let commits = run.get_document("commits").ok()?;
+    commits
+        .iter()
+        .filter_map(|(_, c)| c.as_document())
+        .find(|c| c.get_str("direction") == Ok("forward"))
+        .and_then(|c| c.get_timestamp("can_write_ts").ok())
+}
+
+pub async fn commit(
+    ctx: &mut Ctx,
+    i: usize,
+    step: &CommitStep,
+) -> Result<Option<String>, RunError> {
+    let fail = |source: EngineError| RunError::Step {
+        index: i,
+        kind: "commit",
+        source,
+    };
+    let direction = direction_of(ctx, i);
+    let key = format!("commits.{i}");
+    let run = ctx.store.run_doc().await?.unwrap_or_default();
+    let mut rec = run
+        .get_document("commits")
+        .ok()
+        .and_then(|c| c.get_document(i.to_string()).ok())
+        .cloned()
+        .unwrap_or_default();
+    let mut phase = rec.get_str("phase").unwrap_or("waiting").to_string();
+    let blocking = ctx.plan.options.write_blocking;
+    let start_at = if direction == Direction::Reverse {
+        reverse_start(&run)
+    } else {
+        None
+    };
+
+    if phase == "waiting" {
+        ctx.store.set(doc! {format!("{key}.phase"): "waiting", format!("{key}.direction"): direction.as_str()}).await?;
+        let started = Instant::now();
+        let timeout = step.timeout.get();
+        let lane = ctx.ensure_lane(direction, start_at);
+        lane.wait_can_commit(Some(timeout)).await.map_err(fail)?;
+        if step.approval == Approval::Manual {
+            wait_for_approval(ctx, i, timeout.saturating_sub(started.elapsed())).await?;
+        }
+        phase = "blocking".into();
+        ctx.store
+            .set(
+                doc! {format!("{key}.phase"): "blocking", "state": "COMMITTING",
+                format!("{key}.blocked_at"): mongodb::bson::DateTime::now()},
+            )
+            .await?;
+        rec = ctx
+            .store
+            .run_doc()
+            .await?
+            .and_then(|r| {
+                r.get_document("commits")
+                    .ok()
+                    .and_then(|c| c.get_document(i.to_string()).ok())
+                    .cloned()
+            })
+            .unwrap_or_default();
+    }
+
+    if phase == "blocking" {
+        let (src, _) = ctx.roles(direction);
+        let src_client = src.client.clone();
+        if blocking == WriteBlocking::SourceAndDestination {
+            ctx.set_block(source_role(direction), true).await?;
+        } else {
+            tracing::warn!(
+                "write_blocking is `{}`: cutover does not block the source; the application must have stopped writing to it",
+                match blocking { WriteBlocking::None => "none", _ => "destination-only" }
+            );
+        }
+        // Every user write the source accepted has a time at or before this point.
+        let block_ts = source_now(&src_client).await.map_err(fail)?;
+        phase = "draining".into();
+        ctx.store
+            .set(doc! {format!("{key}.phase"): "draining", format!("{key}.block_ts"): block_ts})
+            .await?;
+        rec.insert("block_ts", block_ts);
+    }
+
+    if phase == "draining" {
+        let block_ts = rec.get_timestamp("block_ts").map_err(|_| {
+            fail(EngineError::Event(
+                "commit record without block point".into(),
+            ))
+        })?;
+        let lane = ctx.ensure_lane(direction, start_at);
+        if blocking == WriteBlocking::SourceAndDestination {
+            lane.drain_to(block_ts).await.map_err(fail)?;
+        } else {
+            drain_until_quiet(ctx, direction, start_at, block_ts, step.timeout.get())
+                .await
+                .map_err(fail)?;
+        }
+        ctx.lane = None;
+        phase = "restoring".into();
+        ctx.store
+            .set(doc! {format!("{key}.phase"): "restoring"})
+            .await?;
+    }
+
+    if phase == "restoring" {
+        let (src, dst) = ctx.roles(direction);
+        let (src, dst) = (src.client.clone(), dst.client.clone());
+        let relax = RelaxationStore::new(
+            ctx.store.database().clone(),
+            ctx.store.plan(),
+            direction.as_str(),
+        );
+        catalog::restore_relaxations(&dst, &relax)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let mismatches = count_check(&src, &dst, &ctx.plan.selector)
+            .await
+            .map_err(fail)?;
+        if !mismatches.is_empty() {
+            return Err(fail(EngineError::Event(format!(
+                "document counts differ after the drain: {}; the destination is still blocked",
+                mismatches.join(", ")
+            ))));
+        }
+        phase = "committed".into();
+        ctx.store
+            .set(doc! {format!("{key}.phase"): "committed", "state": "COMMITTED"})
+            .await?;
+    }
+
+    if phase == "committed" {
+        let (_, dst) = ctx.roles(direction);
+        let dst_client = dst.client.clone();
+        // The reverse start point: every write the new source accepts after it is unblocked
+        // has a later time.
+        let can_write_ts = source_now(&dst_client).await.map_err(fail)?;
+        ctx.store
+            .set(doc! {format!("{key}.can_write_ts"): can_write_ts})
+            .await?;
+        if blocking != WriteBlocking::None {
+            ctx.set_block(dest_role(direction), false).await?;
+        }
+        let now = mongodb::bson::DateTime::now();
+        // After a crash the in-memory record may predate `blocked_at`: read it from the store.
+        let blocked_at = match rec.get_datetime("blocked_at").ok().copied() {
+            Some(b) => Some(b),
+            None => ctx.store.run_doc().await?.and_then(|r| {
+                r.get_document("commits")
+                    .ok()
+                    .and_then(|c| c.get_document(i.to_string()).ok())
+                    .and_then(|c| c.get_datetime("blocked_at").ok().copied())
+            }),
+        };
+        let window = blocked_at.map(|b| now.timestamp_millis() - b.timestamp_millis());
+        let mut set = doc! {format!("{key}.phase"): "done", format!("{key}.writable_at"): now, "can_write": true};
+        if let Some(w) = window {
+            set.insert(format!("{key}.window_ms"), w);
+            tracing::info!(
+                window_ms = w,
+                "Destination writable: write-blocked window {:.3}s.",
+                w as f64 / 1000.0
+            );
+        }
+        ctx.store.set(set).await?;
+        return Ok(Some(match window {
+            Some(w) => format!("committed; write-blocked window {:.3}s", w as f64 / 1000.0),
+            None => "committed".into(),
+        }));
+    }
+    Ok(Some("already committed".into()))
+}
+
+/// Without source write blocking the operator must have stopped the application: drain to
+/// the block point, then keep draining until no source event arrives for a quiet period.
+async fn drain_until_quiet(
+    ctx: &mut Ctx,
+    direction: Direction,
+    start_at: Option<Timestamp>,
+    first: Timestamp,
+    timeout: Duration,
+) -> Result<(), EngineError> {
+    let started = Instant::now();
+    let mut target = first;
+    loop {
+        let (src, _) = ctx.roles(direction);
+        let src_client = src.client.clone();
+        let lane = ctx.ensure_lane(direction, start_at);
+        let before = lane.progress.events_applied.load(Ordering::Relaxed);
+        while lane.position().is_none_or(|p| p < target) {
+            lane.check_alive().await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let next = source_now(&src_client).await?;
+        let applied = lane.progress.events_applied.load(Ordering::Relaxed) - before;
+        if applied == 0 || next == target {
+            return lane.drain_to(next).await;
+        }
+        tracing::warn!(events = applied, "Source writes are still arriving: stop the application's writes to the source to finish the commit.");
+        if started.elapsed() >= timeout {
+            return Err(EngineError::Event(format!(
+                "source writes kept arriving for {}: the commit cannot finish while the application writes to the source \
+                 (use `write_blocking = \"source-and-destination\"` to have cutover block them)",
+                humantime::format_duration(timeout)
+            )));
+        }
+        target = next;
+    }
+}
+
+async fn wait_for_approval(ctx: &Ctx, i: usize, limit: Duration) -> Result<(), RunError> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        if let Some(a) = ctx.store.approval(i).await? {
+            tracing::info!(
+                step = i,
+                host = a.get_str("host").unwrap_or("?"),
+                "Commit approved."
+            );
+            return Ok(());
+        }
+        if !said {
+            tracing::info!(
+                step = i,
+                "Waiting for approval: run `cutover approve {} --step {i}` (from any machine that reaches the destination).",
+                ctx.plan.file
+            );
+            ctx.store
+                .set(doc! {"status.phase": "waiting for approval"})
+                .await?;
+            said = true;
+        }
+        if started.elapsed() >= limit {
+            return Err(RunError::Step {
+                index: i,
+                kind: "commit",
+                source: EngineError::Event(format!(
+                    "no approval within the step's timeout; run `cutover approve {} --step {i}` and run the plan again",
+                    ctx.plan.file
+                )),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Per-namespace document counts on both sides (metadata counts: fast inside the window).
+async fn count_check(
+    src: &mongodb::Client,
+    dst: &mongodb::Client,
+    selector: &crate::plan::NamespaceSelector,
+) -> Result<Vec<String>, EngineError> {
+    let specs = catalog::list_selected(src, selector).await?;
+    let mut bad = Vec::new();
+    for s in specs.iter().filter(|s| s.kind == NsKind::Collection) {
+        let count = |c: &mongodb::Client| {
+            let coll = c.database(&s.ns.db).collection::<Document>(&s.ns.coll);
+            async move { coll.count_documents(doc! {}).await }
+        };
+        let a = count(src).await.map_err(|e| {
+            crate::engine::error::cluster_err("source", format!("counting `{}`", s.ns), &e)
+        })?;
+        let b = count(dst).await.map_err(|e| {
+            crate::engine::error::cluster_err("destination", format!("counting `{}`", s.ns), &e)
+        })?;
+        if a != b {
+            bad.push(format!("`{}`: source {a}, destination {b}", s.ns));
+        }
+    }
+    Ok(bad)
+}
+
+pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError> {
+    let fail = |source: EngineError| RunError::Step {
+        index: i,
+        kind: "reverse",
+        source,
+    };
+    let run = ctx.store.run_doc().await?.unwrap_or_default();
+    if run.get_str("state") != Ok("COMMITTED") && run.get_str("direction") != Ok("reverse") {
+        return Err(fail(EngineError::Event(
+            "reverse needs a committed forward sync".into(),
+        )));
+    }
+    let Some(start) = reverse_start(&run) else {
+        return Err(fail(EngineError::Event(
+            "the forward commit recorded no reverse start point".into(),
+        )));
+    };
+    let started = Instant::now();
+    ctx.store
+        .set(doc! {"state": "REVERSING", "direction": "reverse", "can_write": false})
+        .await?;
+    // The old source stays user-write-blocked (since the commit) while it receives writes.
+    if ctx.plan.options.write_blocking == WriteBlocking::SourceAndDestination {
+        ctx.set_block(Scope::Source, true).await?;
+    }
+    let store = ctx.store.clone();
+    let lane = ctx.ensure_lane(Direction::Reverse, Some(start));
+    // Started means the change stream opened at the start point (or failed: history lost).
+    while lane.position().is_none() {
+        lane.check_alive().await.map_err(fail)?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let latency = started.elapsed();
+    store
+        .set(doc! {"state": "RUNNING", "reverse_start_latency_ms": latency.as_millis() as i64})
+        .await?;
+    lane.wait_can_commit(None).await.map_err(fail)?;
+    Ok(Some(format!(
+        "reverse replication running (started in {:.3}s)",
+        latency.as_secs_f64()
+    )))
+}
+
+/// `validate-indexes`: every source unique index exists identically on the destination.
+pub async fn validate_indexes(ctx: &mut Ctx) -> Result<Option<String>, EngineError> {
+    let specs = catalog::list_selected(&ctx.source.client, &ctx.plan.selector).await?;
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for s in specs.iter().filter(|s| s.kind == NsKind::Collection) {
+        let dst = catalog::spec_of(&ctx.destination.client, &s.ns).await?;
+        for idx in &s.indexes {
+            let Ok(true) = idx.get_bool("unique") else {
+                continue;
+            };
+            checked += 1;
+            let name = idx.get_str("name").unwrap_or_default();
+            let same = dst.as_ref().is_some_and(|d| {
+                d.indexes.iter().any(|di| {
+                    di.get_str("name").ok() == Some(name)
+                        && di.get("key").ok().flatten() == idx.get("key").ok().flatten()
+                        && di.get("collation").ok().flatten() == idx.get("collation").ok().flatten()
+                        && di.get("partialFilterExpression").ok().flatten()
+                            == idx.get("partialFilterExpression").ok().flatten()
+                })
+            });
+            if !same {
+                problems.push(format!(
+                    "`{}` index `{name}` is missing or different on the destination",
+                    s.ns
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Some(format!(
+            "{checked} unique indexes exist identically on the destination"
+        )))
+    } else {
+        Err(EngineError::Event(problems.join("; ")))
+    }
+}
+
+pub async fn verify(_ctx: &mut Ctx, _step: &VerifyStep) -> Result<Option<String>, EngineError> {
+    Err(EngineError::Event(
+        "the `verify` step is not available in this build yet".into(),
+    ))
+}

@@ -1,0 +1,496 @@
+//! Change-event application: one cluster-wide change stream (with DDL events), events applied
+//! in rounds. Within a round, CRUD events are spread over workers by document, so each
+//! document's events stay in order while different documents are written in parallel; a DDL
+//! event is a barrier. After a round is durable on the destination (majority write concern)
+//! its resume token is stored: a crash replays at most one round, and every statement is
+//! idempotent.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::try_join_all;
+use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::change_stream::ChangeStream;
+use mongodb::error::ErrorKind;
+use mongodb::Client;
+use tokio::sync::watch;
+
+use crate::engine::catalog::{self, DdlOutcome, RelaxationStore};
+use crate::engine::copy::{self, CopyCtx};
+use crate::engine::error::{cluster_err, EngineError};
+use crate::engine::events::{self, Stmt};
+use crate::engine::retry::RetryPolicy;
+use crate::namespace::Namespace;
+use crate::plan::NamespaceSelector;
+use crate::progress::Progress;
+use crate::state::{StateStore, LANES};
+
+const ROUND_EVENTS: usize = 5_000;
+const ROUND_BYTES: usize = 32 * 1024 * 1024;
+const COMMAND_BYTES: usize = 8 * 1024 * 1024;
+const COMMAND_STMTS: usize = 1_000;
+/// Inserts and replaces whose document is bigger than this are fetched from the source
+/// instead of carried in the event: the event itself must stay under 16 MB (MongoDB 6.0.5 has
+/// no `$changeStreamSplitLargeEvent`).
+const MAX_EVENT_DOCUMENT: i64 = 15 * 1024 * 1024;
+
+/// What the lane's owner asks of change application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Keep applying.
+    Run,
+    /// Apply every event up to and including this source time, then stop (the commit drain).
+    DrainTo(Timestamp),
+    /// Stop after the current round (shutdown).
+    Stop,
+}
+
+#[derive(Clone)]
+pub struct ApplyCtx {
+    pub source: Client,
+    pub dest: Client,
+    pub store: StateStore,
+    /// The `lanes` record id (`plan/direction`).
+    pub lane: String,
+    pub selector: NamespaceSelector,
+    pub relax: Arc<RelaxationStore>,
+    pub progress: Arc<Progress>,
+    pub retry: RetryPolicy,
+    pub workers: usize,
+    pub copy: CopyCtx,
+    pub max_lag: Duration,
+    /// The source time up to which every event is applied and durable.
+    pub position: watch::Sender<Option<Timestamp>>,
+}
+
+/// Where change application starts.
+#[derive(Clone, Debug)]
+pub enum StartPoint {
+    Token(ResumeToken),
+    Time(Timestamp),
+}
+
+/// Applies change events until `control` says to stop (returns the final position).
+pub async fn run(
+    ctx: ApplyCtx,
+    start: StartPoint,
+    mut control: watch::Receiver<Control>,
+) -> Result<(), EngineError> {
+    let mut start = start;
+    let mut outage: Option<Instant> = None;
+    let mut attempt = 0;
+    loop {
+        match run_stream(&ctx, &mut start, &mut control).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() => {
+                let since = *outage.get_or_insert_with(Instant::now);
+                attempt += 1;
+                ctx.retry
+                    .wait(&ctx.progress, "applying change events", &e, since, attempt)
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn pipeline(selector: &NamespaceSelector) -> Vec<Document> {
+    vec![
+        // Never the state database (cluster-wide streams already omit admin/config/local).
+        doc! {"$match": {"ns.db": {"$ne": selector.state_database()}}},
+        // Keep events under 16 MB: drop a huge fullDocument; the applier fetches it instead.
+        doc! {"$set": {"fullDocument": {"$cond": [
+            {"$gt": [{"$bsonSize": {"$ifNull": ["$fullDocument", {}]}}, MAX_EVENT_DOCUMENT]},
+            "$$REMOVE",
+            "$fullDocument"
+        ]}}},
+    ]
+}
+
+async fn open(
+    ctx: &ApplyCtx,
+    start: &StartPoint,
+) -> Result<ChangeStream<RawDocumentBuf>, EngineError> {
+    let w = ctx
+        .source
+        .watch()
+        .pipeline(pipeline(&ctx.selector))
+        .show_expanded_events(true)
+        .batch_size(1000)
+        .max_await_time(Duration::from_millis(300));
+    let w = match start {
+        StartPoint::Token(t) => w.resume_after(t.clone()),
+        StartPoint::Time(ts) => w.start_at_operation_time(*ts),
+    };
+    match w.await {
+        Ok(cs) => Ok(cs.with_type::<RawDocumentBuf>()),
+        Err(e) => Err(stream_error(&e, start)),
+    }
+}
+
+fn stream_error(e: &mongodb::error::Error, start: &StartPoint) -> EngineError {
+    let code = match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    };
+    if code == Some(286) || code == Some(280) && crate::cluster::short_message(e).contains("oplog")
+    {
+        let at = match start {
+            StartPoint::Time(ts) => format!("source time {}.{}", ts.time, ts.increment),
+            StartPoint::Token(t) => match token_time(t) {
+                Some(ts) => format!("source time {}.{}", ts.time, ts.increment),
+                None => "the stored resume token".to_string(),
+            },
+        };
+        return EngineError::HistoryLost { at };
+    }
+    cluster_err("source", "reading the change stream", e)
+}
+
+async fn run_stream(
+    ctx: &ApplyCtx,
+    start: &mut StartPoint,
+    control: &mut watch::Receiver<Control>,
+) -> Result<(), EngineError> {
+    let mut cs = open(ctx, start).await?;
+    ctx.progress.set_reconnecting(None);
+    loop {
+        let ctl = *control.borrow();
+        if ctl == Control::Stop {
+            return Ok(());
+        }
+        let mut round: Vec<RawDocumentBuf> = Vec::new();
+        let mut bytes = 0usize;
+        let mut idle = false;
+        let mut ddl: Option<RawDocumentBuf> = None;
+        let mut last_wall: Option<i64> = None;
+        while round.len() < ROUND_EVENTS && bytes < ROUND_BYTES {
+            match cs.next_if_any().await {
+                Ok(Some(ev)) => {
+                    if let Ok(w) = ev.get_datetime("wallTime") {
+                        last_wall = Some(w.timestamp_millis());
+                    }
+                    if is_crud(&ev) {
+                        bytes += ev.as_bytes().len();
+                        round.push(ev);
+                    } else {
+                        ddl = Some(ev);
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    idle = true;
+                    break;
+                }
+                Err(e) => return Err(stream_error(&e, start)),
+            }
+        }
+        let applied = round.len() as u64 + u64::from(ddl.is_some());
+        apply_round(ctx, round).await?;
+        if let Some(ev) = ddl {
+            apply_ddl(ctx, &ev).await?;
+        }
+        let token = cs.resume_token();
+        let pos = token.as_ref().and_then(token_time);
+        persist(ctx, token.as_ref(), pos, applied).await?;
+        if let Some(t) = token {
+            *start = StartPoint::Token(t);
+        }
+        ctx.progress
+            .events_applied
+            .fetch_add(applied, Ordering::Relaxed);
+        let lag_ms = if idle {
+            0
+        } else {
+            last_wall.map_or(0, |w| (now_millis() - w).max(0))
+        };
+        ctx.progress.lag_ms.store(lag_ms, Ordering::Relaxed);
+        let copy_done = ctx.progress.copy_done.load(Ordering::Relaxed);
+        ctx.progress.can_commit.store(
+            copy_done && lag_ms <= ctx.max_lag.as_millis() as i64,
+            Ordering::Relaxed,
+        );
+        if let Some(p) = pos {
+            ctx.position.send_replace(Some(p));
+        }
+        if let Control::DrainTo(target) = *control.borrow() {
+            if idle && pos.is_some_and(|p| p >= target) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn is_crud(ev: &RawDocument) -> bool {
+    matches!(
+        ev.get_str("operationType"),
+        Ok("insert" | "update" | "replace" | "delete")
+    )
+}
+
+async fn persist(
+    ctx: &ApplyCtx,
+    token: Option<&ResumeToken>,
+    pos: Option<Timestamp>,
+    applied: u64,
+) -> Result<(), EngineError> {
+    let mut set = doc! {"updated": mongodb::bson::DateTime::now()};
+    if let Some(t) = token {
+        let b = mongodb::bson::to_bson(t)
+            .map_err(|e| EngineError::Event(format!("resume token: {e}")))?;
+        set.insert("resume_token", b);
+    }
+    if let Some(p) = pos {
+        set.insert("position", p);
+    }
+    ctx.store
+        .coll(LANES)
+        .update_one(
+            doc! {"_id": &ctx.lane},
+            doc! {"$set": set, "$inc": {"events_applied": applied as i64}},
+        )
+        .await
+        .map_err(|e| EngineError::State(ctx.store.err(&e)))?;
+    Ok(())
+}
+
+/// The source time encoded in a resume token (`_data` hex: `82`, then seconds and increment
+/// as 4-byte big-endian numbers).
+pub fn token_time(t: &ResumeToken) -> Option<Timestamp> {
+    let b = mongodb::bson::to_bson(t).ok()?;
+    let data = b.as_document()?.get_str("_data").ok()?;
+    if data.len() < 18 || !data.starts_with("82") {
+        return None;
+    }
+    let time = u32::from_str_radix(&data[2..10], 16).ok()?;
+    let increment = u32::from_str_radix(&data[10..18], 16).ok()?;
+    Some(Timestamp { time, increment })
+}
+
+fn event_ns(ev: &RawDocument) -> Option<Namespace> {
+    ev.get_document("ns")
+        .ok()
+        .and_then(Namespace::from_event_ns)
+}
+
+/// Buckets of time-series collections arrive as `system.buckets.<name>` events.
+fn selected(sel: &NamespaceSelector, ns: &Namespace) -> bool {
+    match ns.coll.strip_prefix("system.buckets.") {
+        Some(view) => sel.selects(&ns.db, view),
+        None => sel.selects(&ns.db, &ns.coll),
+    }
+}
+
+async fn apply_round(ctx: &ApplyCtx, round: Vec<RawDocumentBuf>) -> Result<(), EngineError> {
+    if round.is_empty() {
+        return Ok(());
+    }
+    let workers = ctx.workers.max(1);
+    let mut buckets: Vec<Vec<(Namespace, Stmt)>> = (0..workers).map(|_| Vec::new()).collect();
+    for ev in &round {
+        let Some(ns) = event_ns(ev) else { continue };
+        if !selected(&ctx.selector, &ns) {
+            continue;
+        }
+        let stmts = events::translate(ev).map_err(|why| EngineError::Event(describe(ev, &why)))?;
+        let key = ev
+            .get_document("documentKey")
+            .map(|k| k.as_bytes().to_vec())
+            .unwrap_or_default();
+        let mut h = DefaultHasher::new();
+        ns.hash(&mut h);
+        key.hash(&mut h);
+        let b = (h.finish() % workers as u64) as usize;
+        buckets[b].extend(stmts.into_iter().map(|s| (ns.clone(), s)));
+    }
+    let mut outage: Option<Instant> = None;
+    let mut attempt = 0;
+    loop {
+        let futs = buckets
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| write_bucket(ctx, b));
+        match try_join_all(futs).await {
+            Ok(_) => return Ok(()),
+            // The whole round is idempotent: retry it.
+            Err(e) if e.is_transient() => {
+                let since = *outage.get_or_insert_with(Instant::now);
+                attempt += 1;
+                ctx.retry
+                    .wait(&ctx.progress, "applying change events", &e, since, attempt)
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn describe(ev: &RawDocument, why: &str) -> String {
+    let op = ev.get_str("operationType").unwrap_or("?");
+    let ns = event_ns(ev)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "?".into());
+    let ts = ev
+        .get_timestamp("clusterTime")
+        .map(|t| format!("{}.{}", t.time, t.increment))
+        .unwrap_or_else(|_| "?".into());
+    format!("`{op}` on `{ns}` at source time {ts}: {why}")
+}
+
+#[derive(PartialEq, Clone, Copy)]
+enum Kind {
+    Update,
+    Delete,
+}
+
+/// Writes one worker's statements in order, batching consecutive statements of the same
+/// namespace and kind into one ordered command.
+async fn write_bucket(ctx: &ApplyCtx, stmts: &[(Namespace, Stmt)]) -> Result<(), EngineError> {
+    let mut cur: Option<(Namespace, Kind)> = None;
+    let mut batch: Vec<RawDocumentBuf> = Vec::new();
+    let mut bytes = 0;
+    for (ns, stmt) in stmts {
+        let (kind, doc) = match stmt {
+            Stmt::Update(d) => (Kind::Update, d.clone()),
+            Stmt::Delete(d) => (Kind::Delete, d.clone()),
+            Stmt::Refetch { key } => match refetch(ctx, ns, key).await? {
+                Some(s) => (Kind::Update, s),
+                // Gone from the source: the delete event that follows removes it.
+                None => continue,
+            },
+        };
+        let same = cur.as_ref().is_some_and(|(n, k)| n == ns && *k == kind);
+        if !same || batch.len() >= COMMAND_STMTS || bytes + doc.as_bytes().len() > COMMAND_BYTES {
+            if let Some((n, k)) = cur.take() {
+                send(ctx, &n, k, std::mem::take(&mut batch)).await?;
+                bytes = 0;
+            }
+        }
+        bytes += doc.as_bytes().len();
+        batch.push(doc);
+        cur = Some((ns.clone(), kind));
+    }
+    if let Some((n, k)) = cur {
+        send(ctx, &n, k, batch).await?;
+    }
+    Ok(())
+}
+
+async fn refetch(
+    ctx: &ApplyCtx,
+    ns: &Namespace,
+    key: &RawDocumentBuf,
+) -> Result<Option<RawDocumentBuf>, EngineError> {
+    let filter: Document = key
+        .to_document()
+        .map_err(|e| EngineError::Event(e.to_string()))?;
+    let found = ctx
+        .source
+        .database(&ns.db)
+        .collection::<RawDocumentBuf>(&ns.coll)
+        .find_one(filter)
+        .await
+        .map_err(|e| cluster_err("source", format!("reading `{ns}`"), &e))?;
+    match found {
+        Some(full) => match events::upsert(key, &full) {
+            Ok(Stmt::Update(d)) => Ok(Some(d)),
+            Ok(_) => Ok(None),
+            Err(why) => Err(EngineError::Event(format!("`{ns}`: {why}"))),
+        },
+        None => Ok(None),
+    }
+}
+
+async fn send(
+    ctx: &ApplyCtx,
+    ns: &Namespace,
+    kind: Kind,
+    stmts: Vec<RawDocumentBuf>,
+) -> Result<(), EngineError> {
+    if stmts.is_empty() {
+        return Ok(());
+    }
+    let mut arr = RawArrayBuf::new();
+    for s in &stmts {
+        arr.push(s.clone());
+    }
+    let mut cmd = RawDocumentBuf::new();
+    let (name, list) = match kind {
+        Kind::Update => ("update", "updates"),
+        Kind::Delete => ("delete", "deletes"),
+    };
+    cmd.append(name, ns.coll.as_str());
+    cmd.append(list, arr);
+    cmd.append("ordered", true);
+    if kind == Kind::Update {
+        cmd.append("bypassDocumentValidation", true);
+    }
+    let mut wc = RawDocumentBuf::new();
+    wc.append("w", "majority");
+    cmd.append("writeConcern", wc);
+    let reply = ctx
+        .dest
+        .database(&ns.db)
+        .run_raw_command(cmd)
+        .await
+        .map_err(|e| cluster_err("destination", format!("writing `{ns}`"), &e))?;
+    if let Ok(errs) = reply.get_array("writeErrors") {
+        if let Some(Bson::Document(first)) = errs.first() {
+            let idx = first.get_i32("index").unwrap_or(0) as usize;
+            let id = stmts
+                .get(idx)
+                .and_then(|s| s.get_document("q").ok())
+                .and_then(|q| q.get("_id").ok().flatten())
+                .and_then(|v| Bson::try_from(v).ok())
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "?".into());
+            return Err(EngineError::Write {
+                ns: ns.to_string(),
+                id,
+                code: first.get_i32("code").unwrap_or(0),
+                detail: first.get_str("errmsg").unwrap_or_default().to_string(),
+            });
+        }
+    }
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        return Err(EngineError::Cluster {
+            cluster: "destination",
+            doing: format!("writing `{ns}`"),
+            detail: wce.get_str("errmsg").unwrap_or_default().to_string(),
+            transient: true,
+        });
+    }
+    Ok(())
+}
+
+async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> {
+    let outcome = catalog::apply_ddl(&ctx.source, &ctx.dest, ev, &ctx.selector, &ctx.relax)
+        .await
+        .map_err(|e| EngineError::Event(describe(ev, &e.to_string())))?;
+    match outcome {
+        DdlOutcome::Applied => tracing::info!(event = %describe(ev, "applied"), "DDL applied."),
+        DdlOutcome::Ignored => {
+            tracing::debug!(event = %describe(ev, "not selected"), "DDL ignored.")
+        }
+        DdlOutcome::NeedsCopy(ns) => {
+            tracing::info!(%ns, "A collection moved into the plan's filter: copying it.");
+            if let Some(spec) = catalog::spec_of(&ctx.source, &ns).await? {
+                catalog::create_on_destination(&ctx.dest, &spec, &ctx.relax).await?;
+                copy::copy_all(&ctx.copy, std::slice::from_ref(&spec)).await?;
+                catalog::build_indexes(&ctx.dest, &spec, &ctx.relax).await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! The initial copy: every collection split into `_id` ranges, ranges copied in parallel as
+//! raw BSON, each range resumable from the last `_id` durably written.
+//!
+//! Ranges are index-key ranges (`find` with `hint: {_id: 1}`, `min`, `max`), not `$gte/$lt`
+//! filters, so they cover `_id`s of every BSON type: a `{$gte, $lt}` filter is type-bracketed
+//! and would silently skip other types. Capped collections (natural order matters),
+//! clustered collections and time-series buckets are copied in one natural-order pass that a
+//! crash restarts from the beginning; re-inserting is harmless (duplicate `_id`s are ignored,
+//! and change events since the start point repair anything older).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document, RawBsonRef, RawDocumentBuf};
+use mongodb::error::ErrorKind;
+use mongodb::options::{Hint, ReadConcern, WriteConcern};
+use mongodb::Client;
+use tokio::task::JoinHandle;
+
+use crate::engine::catalog::{self, NsKind, NsSpec};
+use crate::engine::error::{cluster_err, EngineError};
+use crate::engine::retry::RetryPolicy;
+use crate::namespace::Namespace;
+use crate::progress::Progress;
+use crate::state::{StateStore, PARTITIONS};
+
+/// Documents per range: big enough to amortise a range's setup, small enough that a
+/// collection splits across all workers.
+const DOCS_PER_PARTITION: u64 = 20_000;
+const MAX_PARTITIONS: u64 = 512;
+/// Bytes per insert command; several are in flight per range.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+const BATCH_DOCS: usize = 2_000;
+const WRITES_IN_FLIGHT: usize = 2;
+
+#[derive(Clone)]
+pub struct CopyCtx {
+    pub source: Client,
+    pub dest: Client,
+    pub store: StateStore,
+    /// `plan/direction`, the prefix of every partition record.
+    pub lane: String,
+    pub progress: Arc<Progress>,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+/// One `_id` range of one collection, as stored in the `partitions` collection.
+#[derive(Clone, Debug)]
+struct Partition {
+    id: String,
+    read_ns: Namespace,
+    write_ns: Namespace,
+    natural: bool,
+    min: Option<Bson>,
+    max: Option<Bson>,
+    last_id: Option<Bson>,
+}
+
+/// Copies every collection in `specs` (views have no documents). Returns when all ranges are
+/// durably on the destination.
+pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError> {
+    let mut queue = VecDeque::new();
+    for spec in specs.iter().filter(|s| s.kind != NsKind::View) {
+        queue.extend(partitions_of(ctx, spec).await?);
+    }
+    let total = queue.len();
+    tracing::info!(
+        ranges = total,
+        collections = specs.len(),
+        "Copying documents."
+    );
+    let mut running: FuturesUnordered<JoinHandle<Result<(), EngineError>>> =
+        FuturesUnordered::new();
+    loop {
+        while running.len() < ctx.concurrency.max(1) {
+            let Some(p) = queue.pop_front() else { break };
+            let ctx = ctx.clone();
+            running.push(tokio::spawn(async move { copy_partition(&ctx, p).await }));
+        }
+        match running.next().await {
+            None => break,
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => {
+                for h in running.iter() {
+                    h.abort();
+                }
+                return Err(e);
+            }
+            Some(Err(join)) => {
+                for h in running.iter() {
+                    h.abort();
+                }
+                return Err(EngineError::Event(format!("copy task failed: {join}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ranges of one collection that still need copying, planning them on first use.
+async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, EngineError> {
+    let read_ns = catalog::copy_target(spec);
+    let write_ns = read_ns.clone();
+    let prefix = format!("{}/{}/", ctx.lane, read_ns);
+    let coll = ctx.store.coll(PARTITIONS);
+    let marker = format!("{prefix}planned");
+    let err = |e: mongodb::error::Error| EngineError::State(ctx.store.err(&e));
+    if coll
+        .find_one(doc! {"_id": &marker})
+        .await
+        .map_err(err)?
+        .is_none()
+    {
+        // A crash between planning and the marker leaves stray ranges: start planning over.
+        coll.delete_many(doc! {"_id": {"$regex": format!("^{}", regex::escape(&prefix))}})
+            .await
+            .map_err(err)?;
+        let natural = needs_natural_order(spec);
+        let bounds = if natural {
+            vec![None, None]
+        } else {
+            split_points(ctx, &read_ns).await?
+        };
+        let mut docs = Vec::new();
+        for (i, w) in bounds.windows(2).enumerate() {
+            let mut d = doc! {
+                "_id": format!("{prefix}{i:05}"), "plan": ctx.store.plan(), "lane": &ctx.lane,
+                "ns": read_ns.to_string(), "natural": natural, "done": false,
+            };
+            if let Some(b) = &w[0] {
+                d.insert("min", b.clone());
+            }
+            if let Some(b) = &w[1] {
+                d.insert("max", b.clone());
+            }
+            docs.push(d);
+        }
+        coll.insert_many(docs).await.map_err(err)?;
+        coll.insert_one(
+            doc! {"_id": &marker, "plan": ctx.store.plan(), "ranges": (bounds.len() - 1) as i64},
+        )
+        .await
+        .map_err(err)?;
+    }
+    let mut out = Vec::new();
+    let mut cur = coll
+        .find(doc! {"_id": {"$regex": format!("^{}\\d", regex::escape(&prefix))}, "done": false})
+        .sort(doc! {"_id": 1})
+        .await
+        .map_err(err)?;
+    while let Some(d) = cur.try_next().await.map_err(err)? {
+        out.push(Partition {
+            id: d.get_str("_id").unwrap_or_default().to_string(),
+            read_ns: read_ns.clone(),
+            write_ns: write_ns.clone(),
+            natural: d.get_bool("natural").unwrap_or(false),
+            min: d.get("min").cloned(),
+            max: d.get("max").cloned(),
+            last_id: d.get("last_id").cloned(),
+        });
+    }
+    Ok(out)
+}
+
+fn needs_natural_order(spec: &NsSpec) -> bool {
+    let opts = spec.info.get_document("options").ok();
+    let flag = |k: &str| opts.and_then(|o| o.get(k).ok().flatten()).is_some();
+    spec.kind == NsKind::Timeseries || flag("capped") || flag("clusteredIndex")
+}
+
+/// Range boundaries `[None, b1, …, bn, None]` from a server-sorted random sample of `_id`s.
+async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>, EngineError> {
+    let coll = ctx.source.database(&ns.db).collection::<Document>(&ns.coll);
+    let count = coll
+        .estimated_document_count()
+        .await
+        .map_err(|e| cluster_err("source", format!("counting `{ns}`"), &e))?;
+    let parts = (count / DOCS_PER_PARTITION).clamp(1, MAX_PARTITIONS);
+    if parts <= 1 {
+        return Ok(vec![None, None]);
+    }
+    let oversample = 8;
+    let sample: Vec<Document> = coll
+        .aggregate(vec![
+            doc! {"$sample": {"size": (parts * oversample) as i64}},
+            doc! {"$project": {"_id": 1}},
+            doc! {"$sort": {"_id": 1}},
+        ])
+        .await
+        .map_err(|e| cluster_err("source", format!("sampling `{ns}`"), &e))?
+        .try_collect()
+        .await
+        .map_err(|e| cluster_err("source", format!("sampling `{ns}`"), &e))?;
+    let mut bounds = vec![None];
+    for (i, d) in sample.iter().enumerate() {
+        if i > 0 && i % oversample as usize == 0 {
+            if let Some(id) = d.get("_id") {
+                if bounds.last().and_then(|b: &Option<Bson>| b.as_ref()) != Some(id) {
+                    bounds.push(Some(id.clone()));
+                }
+            }
+        }
+    }
+    bounds.push(None);
+    Ok(bounds)
+}
+
+async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineError> {
+    let mut outage: Option<Instant> = None;
+    let mut attempt = 0u32;
+    // Each attempt resumes after the last durable `_id`; transient failures retry with
+    // backoff until the retry timeout.
+    loop {
+        match copy_partition_once(ctx, &mut p).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => {
+                let since = *outage.get_or_insert_with(Instant::now);
+                attempt += 1;
+                ctx.retry
+                    .wait(
+                        &ctx.progress,
+                        &format!("copying `{}`", p.read_ns),
+                        &e,
+                        since,
+                        attempt,
+                    )
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if outage.is_some() {
+        ctx.progress.set_reconnecting(None);
+    }
+    ctx.store
+        .coll(PARTITIONS)
+        .update_one(doc! {"_id": &p.id}, doc! {"$set": {"done": true}})
+        .await
+        .map_err(|e| EngineError::State(ctx.store.err(&e)))?;
+    Ok(())
+}
+
+async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<(), EngineError> {
+    let src = ctx
+        .source
+        .database(&p.read_ns.db)
+        .collection::<RawDocumentBuf>(&p.read_ns.coll);
+    let dst = ctx
+        .dest
+        .database(&p.write_ns.db)
+        .collection_with_options::<RawDocumentBuf>(
+            &p.write_ns.coll,
+            mongodb::options::CollectionOptions::builder()
+                .write_concern(WriteConcern::majority())
+                .build(),
+        );
+    let mut find = src
+        .find(doc! {})
+        .batch_size(1000)
+        .read_concern(ReadConcern::majority());
+    if p.natural {
+        find = find.hint(Hint::Keys(doc! {"$natural": 1}));
+    } else {
+        find = find.hint(Hint::Keys(doc! {"_id": 1})).sort(doc! {"_id": 1});
+        let lower = p.last_id.clone().or_else(|| p.min.clone());
+        if let Some(lo) = lower {
+            find = find.min(doc! {"_id": lo});
+        }
+        if let Some(hi) = &p.max {
+            find = find.max(doc! {"_id": hi.clone()});
+        }
+    }
+    let ns_text = p.read_ns.to_string();
+    let mut cursor = find
+        .batch()
+        .await
+        .map_err(|e| cluster_err("source", format!("reading `{ns_text}`"), &e))?;
+
+    let mut in_flight: VecDeque<Writer> = VecDeque::new();
+    let mut batch: Vec<RawDocumentBuf> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut last_checkpoint = Instant::now();
+    let mut pending_last: Option<Bson> = None;
+
+    let flush = |batch: Vec<RawDocumentBuf>, bytes: usize| {
+        let dst = dst.clone();
+        let ns = ns_text.clone();
+        tokio::spawn(async move {
+            let last = batch.last().and_then(id_of);
+            let n = batch.len() as u64;
+            insert_batch(&dst, &ns, batch).await?;
+            Ok((last, n, bytes as u64))
+        })
+    };
+
+    loop {
+        let next = cursor
+            .try_next()
+            .await
+            .map_err(|e| cluster_err("source", format!("reading `{ns_text}`"), &e))?;
+        let Some(raw_batch) = next else { break };
+        let docs = raw_batch
+            .doc_slices()
+            .map_err(|e| cluster_err("source", format!("reading `{ns_text}`"), &e))?;
+        for item in docs {
+            let item = item.map_err(|e| {
+                EngineError::Event(format!(
+                    "`{ns_text}`: malformed document from the source: {e}"
+                ))
+            })?;
+            let RawBsonRef::Document(d) = item else {
+                continue;
+            };
+            batch_bytes += d.as_bytes().len();
+            batch.push(d.to_raw_document_buf());
+            if batch.len() >= BATCH_DOCS || batch_bytes >= BATCH_BYTES {
+                in_flight.push_back(flush(std::mem::take(&mut batch), batch_bytes));
+                batch_bytes = 0;
+                while in_flight.len() >= WRITES_IN_FLIGHT {
+                    if let Some(h) = in_flight.pop_front() {
+                        let (last, n, b) = join(h).await?;
+                        ctx.progress.add_copied(n, b);
+                        if last.is_some() {
+                            pending_last = last;
+                        }
+                    }
+                }
+                if !p.natural && last_checkpoint.elapsed() > Duration::from_millis(500) {
+                    if let Some(id) = pending_last.take() {
+                        checkpoint(ctx, p, id).await?;
+                        last_checkpoint = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        in_flight.push_back(flush(std::mem::take(&mut batch), batch_bytes));
+    }
+    while let Some(h) = in_flight.pop_front() {
+        let (_, n, b) = join(h).await?;
+        ctx.progress.add_copied(n, b);
+    }
+    Ok(())
+}
+
+async fn join<T>(h: JoinHandle<Result<T, EngineError>>) -> Result<T, EngineError> {
+    h.await
+        .map_err(|e| EngineError::Event(format!("copy writer failed: {e}")))?
+}
+
+/// An insert in flight: resolves to (last `_id`, documents, bytes).
+type Writer = JoinHandle<Result<(Option<Bson>, u64, u64), EngineError>>;
+
+/// Records the last `_id` durably written (the inserts used majority write concern).
+async fn checkpoint(ctx: &CopyCtx, p: &mut Partition, id: Bson) -> Result<(), EngineError> {
+    ctx.store
+        .coll(PARTITIONS)
+        .update_one(doc! {"_id": &p.id}, doc! {"$set": {"last_id": id.clone()}})
+        .await
+        .map_err(|e| EngineError::State(ctx.store.err(&e)))?;
+    p.last_id = Some(id);
+    Ok(())
+}
+
+fn id_of(d: &RawDocumentBuf) -> Option<Bson> {
+    d.get("_id")
+        .ok()
+        .flatten()
+        .and_then(|v| Bson::try_from(v).ok())
+}
+
+/// Unordered insert, bypassing validation; duplicate `_id`s (a range re-copied after a
+/// crash) are expected and ignored, any other write error stops the copy naming the `_id`.
+pub async fn insert_batch(
+    dst: &mongodb::Collection<RawDocumentBuf>,
+    ns: &str,
+    batch: Vec<RawDocumentBuf>,
+) -> Result<(), EngineError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match dst
+        .insert_many(&batch)
+        .ordered(false)
+        .bypass_document_validation(true)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if let ErrorKind::InsertMany(im) = e.kind.as_ref() {
+                if let Some(we) = im
+                    .write_errors
+                    .as_ref()
+                    .and_then(|ws| ws.iter().find(|w| w.code != 11000))
+                {
+                    let id = batch
+                        .get(we.index)
+                        .and_then(id_of)
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "?".into());
+                    return Err(EngineError::Write {
+                        ns: ns.to_string(),
+                        id,
+                        code: we.code,
+                        detail: we.message.clone(),
+                    });
+                }
+                if im.write_concern_error.is_none() {
+                    return Ok(()); // only duplicates
+                }
+            }
+            Err(cluster_err("destination", format!("writing `{ns}`"), &e))
+        }
+    }
+}
+
+/// Total bytes and documents of the collections to copy (for progress and ETA).
+pub async fn estimate(source: &Client, specs: &[NsSpec], progress: &Progress) {
+    let mut bytes = 0u64;
+    let mut docs = 0u64;
+    for s in specs.iter().filter(|s| s.kind != NsKind::View) {
+        let ns = catalog::copy_target(s);
+        let stats = source
+            .database(&ns.db)
+            .run_command(doc! {"collStats": &ns.coll})
+            .await;
+        if let Ok(st) = stats {
+            bytes += num(&st, "size");
+            docs += num(&st, "count");
+        }
+    }
+    progress
+        .estimated_total_bytes
+        .store(bytes, Ordering::Relaxed);
+    progress.estimated_total_docs.store(docs, Ordering::Relaxed);
+}
+
+fn num(d: &Document, k: &str) -> u64 {
+    match d.get(k) {
+        Some(Bson::Int32(v)) => *v as u64,
+        Some(Bson::Int64(v)) => *v as u64,
+        Some(Bson::Double(v)) => *v as u64,
+        _ => 0,
+    }
+}

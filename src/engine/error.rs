@@ -1,0 +1,116 @@
+//! Engine errors: which cluster, which namespace, what cutover was doing, what to do next.
+
+use crate::engine::catalog::CatalogError;
+use crate::state::StateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{cluster} cluster: {doing}: {detail}")]
+    Cluster {
+        cluster: &'static str,
+        doing: String,
+        detail: String,
+        transient: bool,
+    },
+    #[error(
+        "cannot write to `{ns}` on the destination (document _id {id}): {detail} (code {code})"
+    )]
+    Write {
+        ns: String,
+        id: String,
+        code: i32,
+        detail: String,
+    },
+    #[error(
+        "the source's oplog no longer holds cutover's resume point ({at}): changes made since \
+         then are lost to replication, so this sync can never reach can-commit"
+    )]
+    HistoryLost { at: String },
+    #[error("change event cannot be applied: {0}")]
+    Event(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Catalog(#[from] CatalogError),
+    #[error("gave up after {secs}s of failed attempts to reach the {cluster} cluster: {last}")]
+    Outage {
+        cluster: &'static str,
+        secs: u64,
+        last: String,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl EngineError {
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            EngineError::HistoryLost { .. } => Some(
+                "run `cutover run PLAN --restart` to start the copy over, and give the source a larger oplog \
+                 (replSetResizeOplog) or run cutover without long pauses",
+            ),
+            EngineError::Write { .. } => Some(
+                "fix the cause on the destination (privileges, validator, disk), then run the same \
+                 `cutover run PLAN` again: it resumes where it stopped",
+            ),
+            EngineError::Outage { .. } => Some(
+                "restore connectivity, then run the same `cutover run PLAN` again: it resumes from its \
+                 last checkpoint; `--retry-timeout` sets how long cutover keeps retrying",
+            ),
+            EngineError::Event(_) => Some(
+                "the event is named above; fix the destination or the plan's filters, then run the same \
+                 `cutover run PLAN` again",
+            ),
+            _ => None,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Cluster {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Transient: worth retrying after a pause (network, elections, shutdowns), by kind, label
+/// and code — never by message text.
+pub fn is_transient(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    const CODES: &[i32] = &[
+        6, 7, 43, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+    ];
+    if e.contains_label("RetryableWriteError")
+        || e.contains_label("ResumableChangeStreamError")
+        || e.contains_label("TransientTransactionError")
+        || e.contains_label("RetryableError")
+    {
+        return true;
+    }
+    match e.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. } => true,
+        ErrorKind::Command(c) => CODES.contains(&c.code),
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(w)) => {
+            CODES.contains(&w.code) || w.code == 64
+        }
+        _ => false,
+    }
+}
+
+pub fn cluster_err(
+    cluster: &'static str,
+    doing: impl Into<String>,
+    e: &mongodb::error::Error,
+) -> EngineError {
+    EngineError::Cluster {
+        cluster,
+        doing: doing.into(),
+        detail: crate::cluster::short_message(e),
+        transient: is_transient(e),
+    }
+}

@@ -1,0 +1,359 @@
+//! A replication lane: one direction (source → destination). It records its start point,
+//! copies (forward only), then applies change events in the background until its owner
+//! drains or stops it. All of it resumes from the `lanes` and `partitions` records.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::Client;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::engine::apply::{self, ApplyCtx, Control, StartPoint};
+use crate::engine::catalog::{self, NsKind, RelaxationStore};
+use crate::engine::copy::{self, CopyCtx};
+use crate::engine::error::{cluster_err, EngineError};
+use crate::engine::retry::RetryPolicy;
+use crate::plan::{BuildIndexes, NamespaceSelector};
+use crate::progress::Progress;
+use crate::state::{StateStore, LANES};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Reverse,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+}
+
+/// Everything a lane needs; `source`/`destination` are already swapped for `Reverse`.
+#[derive(Clone)]
+pub struct LaneEnv {
+    pub source: Client,
+    pub destination: Client,
+    pub store: StateStore,
+    pub selector: NamespaceSelector,
+    pub build_indexes: BuildIndexes,
+    pub max_lag: Duration,
+    pub copy_concurrency: usize,
+    pub apply_workers: usize,
+    pub retry: RetryPolicy,
+}
+
+pub struct Lane {
+    pub id: String,
+    pub direction: Direction,
+    pub progress: Arc<Progress>,
+    control: watch::Sender<Control>,
+    position: watch::Receiver<Option<Timestamp>>,
+    task: Option<JoinHandle<Result<(), EngineError>>>,
+}
+
+impl Lane {
+    pub fn lane_id(plan: &str, direction: Direction) -> String {
+        format!("{plan}/{}", direction.as_str())
+    }
+
+    /// Starts or resumes a lane. `start_at` is the reverse lane's start point (the
+    /// destination's time when it became writable); the forward lane records its own.
+    pub fn start(env: LaneEnv, direction: Direction, start_at: Option<Timestamp>) -> Lane {
+        let id = Self::lane_id(env.store.plan(), direction);
+        let progress = Arc::new(Progress::new());
+        let (control, control_rx) = watch::channel(Control::Run);
+        let (position_tx, position) = watch::channel(None);
+        let task = tokio::spawn(lane_main(
+            env,
+            direction,
+            id.clone(),
+            start_at,
+            progress.clone(),
+            control_rx,
+            position_tx,
+        ));
+        Lane {
+            id,
+            direction,
+            progress,
+            control,
+            position,
+            task: Some(task),
+        }
+    }
+
+    /// Waits until the lane can commit (copy done, lag ≤ max_lag). Fails if the lane fails,
+    /// or after `timeout`.
+    pub async fn wait_can_commit(&mut self, timeout: Option<Duration>) -> Result<(), EngineError> {
+        let start = Instant::now();
+        loop {
+            if self.progress.can_commit.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            self.check_alive().await?;
+            if let Some(t) = timeout {
+                if start.elapsed() >= t {
+                    return Err(EngineError::Event(format!(
+                        "the sync did not reach can-commit within {} (phase: {}, lag: {})",
+                        humantime::format_duration(t),
+                        self.progress.phase(),
+                        self.progress
+                            .lag_seconds()
+                            .map_or("unknown".into(), |l| format!("{l:.1}s"))
+                    )));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Fails if the lane's task has ended with an error (or ended at all).
+    pub async fn check_alive(&mut self) -> Result<(), EngineError> {
+        if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+            if let Some(t) = self.task.take() {
+                return match t.await {
+                    Ok(Ok(())) => Err(EngineError::Event(
+                        "replication stopped unexpectedly".into(),
+                    )),
+                    Ok(Err(e)) => Err(e),
+                    Err(j) => Err(EngineError::Event(format!("replication task failed: {j}"))),
+                };
+            }
+            return Err(EngineError::Event("replication is not running".into()));
+        }
+        Ok(())
+    }
+
+    /// The source time up to which every event is applied.
+    pub fn position(&self) -> Option<Timestamp> {
+        *self.position.borrow()
+    }
+
+    /// Applies every event up to `to` (inclusive), then stops the lane.
+    pub async fn drain_to(&mut self, to: Timestamp) -> Result<(), EngineError> {
+        self.control.send_replace(Control::DrainTo(to));
+        self.join().await
+    }
+
+    /// Stops after the current round and waits for the task.
+    pub async fn stop(&mut self) -> Result<(), EngineError> {
+        self.control.send_replace(Control::Stop);
+        self.join().await
+    }
+
+    async fn join(&mut self) -> Result<(), EngineError> {
+        match self.task.take() {
+            Some(t) => t
+                .await
+                .map_err(|j| EngineError::Event(format!("replication task failed: {j}")))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.control.send_replace(Control::Stop);
+    }
+}
+
+/// The source's current majority-committed time: the start point of a forward lane. Every
+/// write after it appears in the change stream; every write before it is visible to the copy.
+pub async fn source_now(source: &Client) -> Result<Timestamp, EngineError> {
+    let hello = source
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await
+        .map_err(|e| cluster_err("source", "reading the cluster time", &e))?;
+    let ts = hello
+        .get_document("lastWrite")
+        .ok()
+        .and_then(|lw| lw.get_document("opTime").ok())
+        .and_then(|o| o.get_timestamp("ts").ok())
+        .or_else(|| hello.get_timestamp("operationTime").ok())
+        .or_else(|| {
+            hello
+                .get_document("$clusterTime")
+                .ok()
+                .and_then(|c| c.get_timestamp("clusterTime").ok())
+        });
+    let Some(ts) = ts else {
+        return Err(EngineError::Event(
+            "the source did not report its cluster time (hello)".into(),
+        ));
+    };
+    // Wait until that time is majority-committed, so the copy's majority reads see it.
+    for _ in 0..600 {
+        let h = source
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .await
+            .map_err(|e| cluster_err("source", "reading the cluster time", &e))?;
+        let maj = h
+            .get_document("lastWrite")
+            .ok()
+            .and_then(|lw| lw.get_document("majorityOpTime").ok())
+            .and_then(|o| o.get_timestamp("ts").ok());
+        match maj {
+            Some(m) if m >= ts => break,
+            None => break, // mongos: no lastWrite; operationTime is already majority.
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    Ok(ts)
+}
+
+async fn lane_main(
+    env: LaneEnv,
+    direction: Direction,
+    id: String,
+    start_at: Option<Timestamp>,
+    progress: Arc<Progress>,
+    control: watch::Receiver<Control>,
+    position: watch::Sender<Option<Timestamp>>,
+) -> Result<(), EngineError> {
+    let store = env.store.clone();
+    let lanes = store.coll(LANES);
+    let st = |e: mongodb::error::Error| EngineError::State(store.err(&e));
+    let relax = Arc::new(RelaxationStore::new(
+        store.database().clone(),
+        store.plan(),
+        direction.as_str(),
+    ));
+    let copy_ctx = CopyCtx {
+        source: env.source.clone(),
+        dest: env.destination.clone(),
+        store: store.clone(),
+        lane: id.clone(),
+        progress: progress.clone(),
+        concurrency: env.copy_concurrency,
+        retry: env.retry,
+    };
+
+    let mut record = lanes.find_one(doc! {"_id": &id}).await.map_err(st)?;
+    if record.is_none() {
+        progress.set_phase("starting");
+        let (start_ts, copy_done) = match (direction, start_at) {
+            (_, Some(ts)) => (ts, true),
+            (Direction::Forward, None) => (source_now(&env.source).await?, false),
+            (Direction::Reverse, None) => {
+                return Err(EngineError::Event(
+                    "reverse lane started without a start point".into(),
+                ))
+            }
+        };
+        if !copy_done {
+            refuse_non_empty_destination(&env).await?;
+        }
+        let d = doc! {
+            "_id": &id, "plan": store.plan(), "direction": direction.as_str(),
+            "start_ts": start_ts, "copy_done": copy_done, "events_applied": 0i64,
+            "created": mongodb::bson::DateTime::now(),
+        };
+        lanes.insert_one(d.clone()).await.map_err(st)?;
+        tracing::info!(lane = %id, start = %format!("{}.{}", start_ts.time, start_ts.increment), "Replication lane started.");
+        record = Some(d);
+    }
+    let record = record.unwrap_or_default();
+    let start_ts = record
+        .get_timestamp("start_ts")
+        .map_err(|_| EngineError::Event(format!("lane record `{id}` has no start point")))?;
+
+    if !record.get_bool("copy_done").unwrap_or(false) {
+        progress.set_phase("copying");
+        let specs = catalog::list_selected(&env.source, &env.selector).await?;
+        progress
+            .collections_total
+            .store(specs.len() as u64, Ordering::Relaxed);
+        copy::estimate(&env.source, &specs, &progress).await;
+        for s in &specs {
+            catalog::create_on_destination(&env.destination, s, &relax).await?;
+        }
+        if env.build_indexes == BuildIndexes::BeforeCopy {
+            progress.set_phase("building indexes");
+            for s in specs.iter().filter(|s| s.kind != NsKind::View) {
+                catalog::build_indexes(&env.destination, s, &relax).await?;
+            }
+        }
+        progress.set_phase("copying");
+        copy::copy_all(&copy_ctx, &specs).await?;
+        if env.build_indexes == BuildIndexes::AfterCopy {
+            progress.set_phase("building indexes");
+            for s in specs.iter().filter(|s| s.kind != NsKind::View) {
+                catalog::build_indexes(&env.destination, s, &relax).await?;
+            }
+        }
+        progress
+            .collections_done
+            .store(specs.len() as u64, Ordering::Relaxed);
+        lanes
+            .update_one(
+                doc! {"_id": &id},
+                doc! {"$set": {"copy_done": true, "copy_finished": mongodb::bson::DateTime::now()}},
+            )
+            .await
+            .map_err(st)?;
+        tracing::info!(lane = %id, "Copy finished; applying change events.");
+    }
+    progress.copy_done.store(true, Ordering::Relaxed);
+    progress.set_phase("applying change events");
+    let start = match record.get("resume_token") {
+        Some(Bson::Document(tok)) => match mongodb::bson::from_document::<ResumeToken>(tok.clone())
+        {
+            Ok(t) => StartPoint::Token(t),
+            Err(_) => StartPoint::Time(start_ts),
+        },
+        _ => StartPoint::Time(start_ts),
+    };
+    let ctx = ApplyCtx {
+        source: env.source.clone(),
+        dest: env.destination.clone(),
+        store: store.clone(),
+        lane: id.clone(),
+        selector: env.selector.clone(),
+        relax,
+        progress,
+        retry: env.retry,
+        workers: env.apply_workers,
+        copy: copy_ctx,
+        max_lag: env.max_lag,
+        position,
+    };
+    apply::run(ctx, start, control).await
+}
+
+/// cutover copies into empty namespaces only: an existing non-empty one would mix data.
+async fn refuse_non_empty_destination(env: &LaneEnv) -> Result<(), EngineError> {
+    let specs = catalog::list_selected(&env.destination, &env.selector).await?;
+    let mut busy = Vec::new();
+    for s in specs.iter().filter(|s| s.kind != NsKind::View) {
+        let ns = catalog::copy_target(s);
+        let n = env
+            .destination
+            .database(&ns.db)
+            .collection::<Document>(&ns.coll)
+            .estimated_document_count()
+            .await
+            .map_err(|e| cluster_err("destination", format!("counting `{ns}`"), &e))?;
+        if n > 0 {
+            busy.push(format!("`{}` ({n} documents)", s.ns));
+        }
+    }
+    if busy.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Event(format!(
+            "the destination already holds data in {}: cutover copies into empty namespaces only; drop them \
+             on the destination or exclude them with `options.exclude`",
+            busy.join(", ")
+        )))
+    }
+}

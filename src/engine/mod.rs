@@ -1,0 +1,10 @@
+//! The replication engine: catalog (collections, indexes, relaxations, DDL), the partitioned
+//! copy, change-event application, and the lane that runs them in order.
+
+pub mod apply;
+pub mod catalog;
+pub mod copy;
+pub mod error;
+pub mod events;
+pub mod lane;
+pub mod retry;

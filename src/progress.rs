@@ -1,0 +1,62 @@
+//! Progress flows one way: the engine bumps these counters; a reporter turns them into
+//! progress bars (TTY), periodic log lines (no TTY) and the status document in the store.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Shared, lock-free counters of one replication lane.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub phase: Mutex<String>,
+    pub estimated_total_bytes: AtomicU64,
+    pub estimated_total_docs: AtomicU64,
+    pub copied_bytes: AtomicU64,
+    pub copied_docs: AtomicU64,
+    pub collections_total: AtomicU64,
+    pub collections_done: AtomicU64,
+    pub events_applied: AtomicU64,
+    /// Milliseconds behind the source; -1 while unknown (before change application starts).
+    pub lag_ms: AtomicI64,
+    pub copy_done: AtomicBool,
+    pub can_commit: AtomicBool,
+    /// Set while the lane retries a lost connection.
+    pub reconnecting: Mutex<Option<String>>,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        let p = Self::default();
+        p.lag_ms.store(-1, Ordering::Relaxed);
+        p
+    }
+
+    pub fn set_phase(&self, phase: &str) {
+        if let Ok(mut g) = self.phase.lock() {
+            *g = phase.to_string();
+        }
+    }
+
+    pub fn phase(&self) -> String {
+        self.phase.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    pub fn set_reconnecting(&self, what: Option<String>) {
+        if let Ok(mut g) = self.reconnecting.lock() {
+            *g = what;
+        }
+    }
+
+    pub fn reconnecting(&self) -> Option<String> {
+        self.reconnecting.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub fn add_copied(&self, docs: u64, bytes: u64) {
+        self.copied_docs.fetch_add(docs, Ordering::Relaxed);
+        self.copied_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn lag_seconds(&self) -> Option<f64> {
+        let ms = self.lag_ms.load(Ordering::Relaxed);
+        (ms >= 0).then(|| ms as f64 / 1000.0)
+    }
+}

@@ -1,0 +1,414 @@
+//! The step interpreter: walks the plan's steps from the last checkpoint. Each step handler
+//! is idempotent on re-entry after a crash: it records its intent in the state store before
+//! acting and checks the clusters' real state when re-entered.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use serde::Serialize;
+
+use crate::cluster::{set_user_write_block, Cluster, ClusterError};
+use crate::cutover;
+use crate::engine::error::EngineError;
+use crate::engine::lane::{Direction, Lane, LaneEnv};
+use crate::engine::retry::RetryPolicy;
+use crate::plan::{Plan, Step, WriteBlocking};
+use crate::progress::Progress;
+use crate::report::Scope;
+use crate::state::{Lease, StateError, StateStore};
+
+/// Runtime knobs (command-line only; the plan describes the migration itself).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Forget the migration's progress and start the copy over (refused after a commit).
+    pub restart: bool,
+    /// Accept a plan whose clusters/options/steps changed since the migration started.
+    pub accept_changed_plan: bool,
+    /// Run at most this many steps, then stop (replication stops with the process).
+    pub max_steps: Option<usize>,
+    pub copy_concurrency: usize,
+    pub apply_workers: usize,
+    pub retry_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Show progress bars (stderr is a TTY and not `--quiet`).
+    pub progress_bars: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("step {index} (`{kind}`) failed: {source}")]
+    Step {
+        index: usize,
+        kind: &'static str,
+        source: EngineError,
+    },
+    #[error("{0}")]
+    Refused(String),
+    #[error("interrupted; run the same command again to continue")]
+    Interrupted,
+}
+
+impl RunError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RunError::Cluster(c) => Some(c.hint().to_string()),
+            RunError::Step { source, .. } => source.hint().map(str::to_string),
+            RunError::State(StateError::Changed { .. }) => Some(
+                "restore the plan as it was, or pass `--accept-changed-plan` if the change is deliberate and safe".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// What a run did, printed at the end (text or JSON), also when it failed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunReport {
+    pub plan: String,
+    pub ok: bool,
+    pub steps: Vec<StepReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_blocked_window_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub index: usize,
+    pub kind: &'static str,
+    /// `done` (this run), `already-done`, `failed`, `not-run`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The runner's context, shared by step handlers.
+pub struct Ctx {
+    pub plan: Plan,
+    pub source: Cluster,
+    pub destination: Cluster,
+    pub store: StateStore,
+    pub opts: RunOptions,
+    pub lane: Option<Lane>,
+    /// The progress the status reporter publishes (the current lane's).
+    pub current: Arc<Mutex<Option<Arc<Progress>>>>,
+}
+
+impl Ctx {
+    /// The lane environment for a direction: clients swapped for `Reverse`.
+    pub fn lane_env(&self, direction: Direction) -> LaneEnv {
+        let (s, d) = match direction {
+            Direction::Forward => (&self.source, &self.destination),
+            Direction::Reverse => (&self.destination, &self.source),
+        };
+        LaneEnv {
+            source: s.client.clone(),
+            destination: d.client.clone(),
+            store: self.store.clone(),
+            selector: self.plan.selector.clone(),
+            build_indexes: self.plan.options.build_indexes,
+            max_lag: self.plan.options.max_lag.get(),
+            copy_concurrency: self.opts.copy_concurrency,
+            apply_workers: self.opts.apply_workers,
+            retry: RetryPolicy {
+                timeout: self.opts.retry_timeout,
+            },
+        }
+    }
+
+    /// Starts (or resumes) the lane of `direction` if it is not the one running.
+    pub fn ensure_lane(
+        &mut self,
+        direction: Direction,
+        start_at: Option<mongodb::bson::Timestamp>,
+    ) -> &mut Lane {
+        if self.lane.as_ref().is_some_and(|l| l.direction != direction) {
+            self.lane = None;
+        }
+        if self.lane.is_none() {
+            let lane = Lane::start(self.lane_env(direction), direction, start_at);
+            if let Ok(mut g) = self.current.lock() {
+                *g = Some(lane.progress.clone());
+            }
+            self.lane = Some(lane);
+        }
+        self.lane.as_mut().expect("lane was just set")
+    }
+
+    /// Which cluster plays which role for `direction`.
+    pub fn roles(&self, direction: Direction) -> (&Cluster, &Cluster) {
+        match direction {
+            Direction::Forward => (&self.source, &self.destination),
+            Direction::Reverse => (&self.destination, &self.source),
+        }
+    }
+
+    /// Records the intent, then blocks or unblocks user writes on `which` (a plan role).
+    pub async fn set_block(&self, which: Scope, on: bool) -> Result<(), RunError> {
+        let key = format!("blocks.{}", crate::cluster::scope_name(which));
+        let cluster = if which == Scope::Source {
+            &self.source
+        } else {
+            &self.destination
+        };
+        if on {
+            // Intent first: status must never miss a block that may have happened.
+            self.store.set(doc! {key.clone(): true}).await?;
+            set_user_write_block(cluster, true).await?;
+            tracing::info!(
+                cluster = crate::cluster::scope_name(which),
+                "User writes blocked."
+            );
+        } else {
+            set_user_write_block(cluster, false).await?;
+            self.store.set(doc! {key: false}).await?;
+            tracing::info!(
+                cluster = crate::cluster::scope_name(which),
+                "User writes unblocked."
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the plan from its last checkpoint.
+pub async fn run(plan: Plan, opts: RunOptions) -> (RunReport, Result<(), RunError>) {
+    let mut report = RunReport {
+        plan: plan.name.clone(),
+        ..Default::default()
+    };
+    let result = run_inner(plan, opts, &mut report).await;
+    report.ok = result.is_ok();
+    if let Err(e) = &result {
+        report.error = Some(crate::redact::scrub(&e.to_string()));
+    }
+    (report, result)
+}
+
+async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Result<(), RunError> {
+    let source = Cluster::connect(Scope::Source, &plan.source, opts.connect_timeout).await?;
+    let destination =
+        Cluster::connect(Scope::Destination, &plan.destination, opts.connect_timeout).await?;
+    let store = StateStore::new(&destination.client, &plan.state_database, &plan.name);
+    let kinds: Vec<&str> = plan.steps.iter().map(Step::kind).collect();
+
+    if opts.restart {
+        restart(&plan, &store, &destination).await?;
+    }
+    let run_doc = store
+        .open_run(&plan.fingerprint, &kinds, opts.accept_changed_plan)
+        .await?;
+    let lease = Lease::mine();
+    store.acquire_lease(&lease).await?;
+    let _ = run_doc;
+
+    let current: Arc<Mutex<Option<Arc<Progress>>>> = Arc::new(Mutex::new(None));
+    let reporter = crate::status::spawn_reporter(
+        store.clone(),
+        lease.clone(),
+        current.clone(),
+        plan.source.hosts_display(),
+        plan.destination.hosts_display(),
+        opts.progress_bars,
+    );
+    let mut ctx = Ctx {
+        plan,
+        source,
+        destination,
+        store,
+        opts,
+        lane: None,
+        current,
+    };
+    let result = run_steps(&mut ctx, report).await;
+
+    // Stop replication at a safe point (the current round is finished and checkpointed).
+    if let Some(mut lane) = ctx.lane.take() {
+        if let Err(e) = lane.stop().await {
+            tracing::warn!(error = %e, "Replication stopped with an error.");
+        }
+    }
+    reporter.stop().await;
+    if let Err(e) = &result {
+        let _ = ctx
+            .store
+            .set(doc! {"last_error": crate::redact::scrub(&e.to_string())})
+            .await;
+    }
+    let _ = ctx.store.release_lease(&lease).await;
+    ctx.source.client.clone().shutdown().await;
+    ctx.destination.client.clone().shutdown().await;
+    result
+}
+
+async fn restart(plan: &Plan, store: &StateStore, destination: &Cluster) -> Result<(), RunError> {
+    if let Some(doc) = store.run_doc().await? {
+        let state = doc.get_str("state").unwrap_or_default();
+        if state == "COMMITTED" || state == "REVERSING" || doc.get_str("direction") == Ok("reverse")
+        {
+            return Err(RunError::Refused(format!(
+                "`--restart` is refused: plan `{}` has already committed (state {state}); restarting would \
+                 drop data on the cluster your application now uses",
+                plan.name
+            )));
+        }
+    }
+    // What this migration copied so far is stale: drop it so the copy starts clean.
+    let specs = crate::engine::catalog::list_selected(&destination.client, &plan.selector)
+        .await
+        .map_err(|e| RunError::Refused(e.to_string()))?;
+    for s in specs {
+        tracing::warn!(ns = %s.ns, "Restart: dropping the partial copy on the destination.");
+        destination
+            .client
+            .database(&s.ns.db)
+            .collection::<Document>(&s.ns.coll)
+            .drop()
+            .await
+            .map_err(|e| {
+                RunError::Cluster(crate::cluster::classify(
+                    "destination",
+                    &plan.destination.hosts_display(),
+                    &e,
+                ))
+            })?;
+    }
+    store.reset().await?;
+    tracing::info!(plan = %plan.name, "Restart: progress forgotten; the copy starts over.");
+    Ok(())
+}
+
+async fn run_steps(ctx: &mut Ctx, report: &mut RunReport) -> Result<(), RunError> {
+    let steps = ctx.plan.steps.clone();
+    let mut ran = 0usize;
+    let mut result = Ok(());
+    for (i, step) in steps.iter().enumerate() {
+        let kind = step.kind();
+        let doc = ctx.store.run_doc().await?.unwrap_or_default();
+        let status = step_status(&doc, i);
+        if status == "done" {
+            report.steps.push(StepReport {
+                index: i,
+                kind,
+                status: "already-done",
+                seconds: None,
+                detail: None,
+            });
+            continue;
+        }
+        if result.is_err() || ctx.opts.max_steps.is_some_and(|m| ran >= m) {
+            report.steps.push(StepReport {
+                index: i,
+                kind,
+                status: "not-run",
+                seconds: None,
+                detail: None,
+            });
+            continue;
+        }
+        let span = tracing::info_span!("step", index = i, kind);
+        let _enter = span.enter();
+        drop(_enter);
+        tracing::info!(step = i, kind, "Step started.");
+        ctx.store.step_status(i, "running", None).await?;
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = run_step(ctx, i, step) => r,
+            _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
+        };
+        let secs = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(detail) => {
+                ctx.store.step_status(i, "done", None).await?;
+                tracing::info!(step = i, kind, seconds = format!("{secs:.1}"), "Step done.");
+                report.steps.push(StepReport {
+                    index: i,
+                    kind,
+                    status: "done",
+                    seconds: Some(secs),
+                    detail,
+                });
+                ran += 1;
+            }
+            Err(e) => {
+                let text = crate::redact::scrub(&e.to_string());
+                if !matches!(e, RunError::Interrupted) {
+                    ctx.store.step_status(i, "failed", Some(&text)).await?;
+                }
+                report.steps.push(StepReport {
+                    index: i,
+                    kind,
+                    status: "failed",
+                    seconds: Some(secs),
+                    detail: Some(text),
+                });
+                result = Err(e);
+            }
+        }
+    }
+    if let Some(w) = ctx.store.run_doc().await?.and_then(|d| last_window_ms(&d)) {
+        report.write_blocked_window_ms = Some(w);
+    }
+    result
+}
+
+fn step_status(doc: &Document, i: usize) -> String {
+    doc.get_array("steps")
+        .ok()
+        .and_then(|a| a.get(i))
+        .and_then(Bson::as_document)
+        .and_then(|s| s.get_str("status").ok())
+        .unwrap_or("pending")
+        .to_string()
+}
+
+/// The write-blocked window of the most recent commit, in milliseconds.
+pub fn last_window_ms(doc: &Document) -> Option<i64> {
+    let commits = doc.get_document("commits").ok()?;
+    commits
+        .iter()
+        .filter_map(|(_, v)| v.as_document())
+        .filter_map(|c| c.get_i64("window_ms").ok())
+        .last()
+}
+
+async fn run_step(ctx: &mut Ctx, i: usize, step: &Step) -> Result<Option<String>, RunError> {
+    let fail = |source: EngineError| RunError::Step {
+        index: i,
+        kind: step.kind(),
+        source,
+    };
+    match step {
+        Step::Sync(_) => {
+            if ctx.plan.options.write_blocking != WriteBlocking::None {
+                ctx.set_block(Scope::Destination, true).await?;
+            }
+            ctx.store
+                .set(doc! {"state": "RUNNING", "direction": "forward", "can_write": false})
+                .await?;
+            let lane = ctx.ensure_lane(Direction::Forward, None);
+            lane.wait_can_commit(None).await.map_err(fail)?;
+            let lag = lane.progress.lag_seconds().unwrap_or(0.0);
+            Ok(Some(format!(
+                "can-commit (lag {lag:.1}s); replication continues until the commit"
+            )))
+        }
+        Step::ValidateIndexes(_) => cutover::validate_indexes(ctx).await.map_err(fail),
+        Step::Commit(c) => cutover::commit(ctx, i, c).await,
+        Step::Reverse(_) => cutover::reverse(ctx, i).await,
+        Step::Verify(v) => cutover::verify(ctx, v).await.map_err(fail),
+    }
+}
+
+/// The wall-clock time now as a BSON date.
+pub fn now() -> DateTime {
+    DateTime::now()
+}

@@ -1,0 +1,340 @@
+//! The status document (`runs.status` in the state store) and its reporters: progress bars
+//! on a TTY, periodic log lines otherwise. `cutover status` reads the same document from any
+//! machine that reaches the destination.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use mongodb::bson::{doc, Bson, Document};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::progress::Progress;
+use crate::state::{Lease, StateStore};
+
+pub struct Reporter {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Reporter {
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Every second: renews the lease and publishes the current lane's progress to the store;
+/// draws a progress bar (TTY) or logs a line every 10 s.
+pub fn spawn_reporter(
+    store: StateStore,
+    lease: Lease,
+    current: Arc<Mutex<Option<Arc<Progress>>>>,
+    source_hosts: String,
+    destination_hosts: String,
+    bars: bool,
+) -> Reporter {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let bar = bars.then(|| {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {prefix:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b
+        });
+        let mut last_log = Instant::now();
+        let mut last_renew = Instant::now();
+        loop {
+            let progress = current.lock().ok().and_then(|g| g.clone());
+            if let Some(p) = &progress {
+                let dir = store
+                    .run_doc()
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|d| d.get_str("direction").ok().map(str::to_string))
+                    .unwrap_or_else(|| "forward".into());
+                let (s, d) = if dir == "reverse" {
+                    (destination_hosts.clone(), source_hosts.clone())
+                } else {
+                    (source_hosts.clone(), destination_hosts.clone())
+                };
+                let _ = store.set(doc! {"status": status_fields(p, &s, &d)}).await;
+                if let Some(b) = &bar {
+                    let total = p.estimated_total_bytes.load(Ordering::Relaxed);
+                    b.set_length(total.max(p.copied_bytes.load(Ordering::Relaxed)));
+                    b.set_position(p.copied_bytes.load(Ordering::Relaxed));
+                    b.set_prefix(p.phase());
+                    b.set_message(line_suffix(p));
+                    b.tick();
+                } else if last_log.elapsed() >= Duration::from_secs(10) {
+                    last_log = Instant::now();
+                    tracing::info!(
+                        phase = %p.phase(),
+                        copied_docs = p.copied_docs.load(Ordering::Relaxed),
+                        copied_bytes = p.copied_bytes.load(Ordering::Relaxed),
+                        estimated_total_bytes = p.estimated_total_bytes.load(Ordering::Relaxed),
+                        events_applied = p.events_applied.load(Ordering::Relaxed),
+                        lag_seconds = p.lag_seconds().unwrap_or(-1.0),
+                        can_commit = p.can_commit.load(Ordering::Relaxed),
+                        "Progress."
+                    );
+                }
+            }
+            if last_renew.elapsed() >= Duration::from_secs(5) {
+                last_renew = Instant::now();
+                if let Err(e) = store.acquire_lease(&lease).await {
+                    tracing::warn!(error = %e, "Could not renew the plan's lease.");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+                _ = stop_rx.changed() => break,
+            }
+        }
+        // A last update, so the stored status is current when the process ends.
+        if let Some(p) = current.lock().ok().and_then(|g| g.clone()) {
+            let _ = store.set(doc! {"status.phase": p.phase(), "status.lag_seconds": p.lag_seconds().map_or(Bson::Null, Bson::Double),
+                "status.events_applied": p.events_applied.load(Ordering::Relaxed) as i64}).await;
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+    });
+    Reporter { stop, task }
+}
+
+fn line_suffix(p: &Progress) -> String {
+    let mut s = format!("{} events", p.events_applied.load(Ordering::Relaxed));
+    if let Some(l) = p.lag_seconds() {
+        s.push_str(&format!(", lag {l:.1}s"));
+    }
+    if p.can_commit.load(Ordering::Relaxed) {
+        s.push_str(", can commit");
+    }
+    if let Some(r) = p.reconnecting() {
+        s.push_str(&format!(", reconnecting: {r}"));
+    }
+    s
+}
+
+fn status_fields(p: &Progress, source: &str, destination: &str) -> Document {
+    doc! {
+        "phase": p.phase(),
+        "can_commit": p.can_commit.load(Ordering::Relaxed),
+        "lag_seconds": p.lag_seconds().map_or(Bson::Null, Bson::Double),
+        "collection_copy": {
+            "estimated_total_bytes": p.estimated_total_bytes.load(Ordering::Relaxed) as i64,
+            "estimated_copied_bytes": p.copied_bytes.load(Ordering::Relaxed) as i64,
+            "copied_documents": p.copied_docs.load(Ordering::Relaxed) as i64,
+        },
+        "events_applied": p.events_applied.load(Ordering::Relaxed) as i64,
+        "reconnecting": p.reconnecting().map_or(Bson::Null, Bson::String),
+        "direction": {"source": source, "destination": destination},
+        "at": mongodb::bson::DateTime::now(),
+    }
+}
+
+/// What `cutover status --format json` prints. Field names follow mongosync's `/progress`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub plan: String,
+    pub state: String,
+    pub phase: String,
+    pub can_commit: bool,
+    pub can_write: bool,
+    pub lag_seconds: Option<f64>,
+    pub collection_copy: CopyView,
+    pub events_applied: i64,
+    pub direction: DirectionView,
+    /// Clusters whose user writes cutover has (or may have) blocked, with the command that
+    /// releases each.
+    pub blocked: Vec<BlockedView>,
+    pub steps: Vec<StepView>,
+    pub reconnecting: Option<String>,
+    pub write_blocked_window_ms: Option<i64>,
+    pub runner: Option<String>,
+    pub last_error: Option<String>,
+    pub updated: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CopyView {
+    pub estimated_total_bytes: i64,
+    pub estimated_copied_bytes: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DirectionView {
+    pub source: String,
+    pub destination: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BlockedView {
+    pub cluster: String,
+    pub release: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepView {
+    pub index: usize,
+    pub kind: String,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+pub fn view(
+    plan_name: &str,
+    plan_file: &str,
+    run: Option<&Document>,
+    source_hosts: &str,
+    destination_hosts: &str,
+) -> StatusView {
+    let empty = Document::new();
+    let run = run.unwrap_or(&empty);
+    let st = run.get_document("status").unwrap_or(&empty);
+    let copy = st.get_document("collection_copy").unwrap_or(&empty);
+    let dir = st.get_document("direction").ok();
+    let i64_of = |d: &Document, k: &str| match d.get(k) {
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Int32(v)) => i64::from(*v),
+        Some(Bson::Double(v)) => *v as i64,
+        _ => 0,
+    };
+    let blocks = run.get_document("blocks").unwrap_or(&empty);
+    let blocked = ["source", "destination"]
+        .iter()
+        .filter(|c| blocks.get_bool(c).unwrap_or(false))
+        .map(|c| BlockedView {
+            cluster: c.to_string(),
+            release: format!("cutover unblock {plan_file} --cluster {c} --yes"),
+        })
+        .collect();
+    let steps = run
+        .get_array("steps")
+        .map(|a| {
+            a.iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_document().map(|s| (i, s)))
+                .map(|(i, s)| StepView {
+                    index: i,
+                    kind: s.get_str("kind").unwrap_or_default().into(),
+                    status: s.get_str("status").unwrap_or_default().into(),
+                    error: s.get_str("error").ok().map(str::to_string),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let runner = run.get_document("lease").ok().and_then(|l| {
+        let until = l.get_datetime("until").ok()?;
+        (until.timestamp_millis() > mongodb::bson::DateTime::now().timestamp_millis()).then(|| {
+            format!(
+                "host {} pid {}",
+                l.get_str("host").unwrap_or("?"),
+                l.get_i64("pid").unwrap_or(0)
+            )
+        })
+    });
+    StatusView {
+        plan: plan_name.to_string(),
+        state: run.get_str("state").unwrap_or("IDLE").to_string(),
+        phase: st.get_str("phase").unwrap_or("not started").to_string(),
+        can_commit: st.get_bool("can_commit").unwrap_or(false),
+        can_write: run.get_bool("can_write").unwrap_or(false),
+        lag_seconds: st.get_f64("lag_seconds").ok(),
+        collection_copy: CopyView {
+            estimated_total_bytes: i64_of(copy, "estimated_total_bytes"),
+            estimated_copied_bytes: i64_of(copy, "estimated_copied_bytes"),
+        },
+        events_applied: i64_of(st, "events_applied"),
+        direction: DirectionView {
+            source: dir
+                .and_then(|d| d.get_str("source").ok())
+                .unwrap_or(source_hosts)
+                .to_string(),
+            destination: dir
+                .and_then(|d| d.get_str("destination").ok())
+                .unwrap_or(destination_hosts)
+                .to_string(),
+        },
+        blocked,
+        steps,
+        reconnecting: st.get_str("reconnecting").ok().map(str::to_string),
+        write_blocked_window_ms: crate::runner::last_window_ms(run),
+        runner,
+        last_error: run.get_str("last_error").ok().map(str::to_string),
+        updated: st
+            .get_datetime("at")
+            .ok()
+            .and_then(|d| d.try_to_rfc3339_string().ok()),
+    }
+}
+
+impl StatusView {
+    pub fn to_text(&self) -> String {
+        let mut s = format!("plan `{}`: {} ({})\n", self.plan, self.state, self.phase);
+        s.push_str(&format!(
+            "  direction     {} → {}\n",
+            self.direction.source, self.direction.destination
+        ));
+        s.push_str(&format!(
+            "  copy          {} of ~{} bytes\n",
+            self.collection_copy.estimated_copied_bytes, self.collection_copy.estimated_total_bytes
+        ));
+        s.push_str(&format!(
+            "  replication   {} events applied, lag {}\n",
+            self.events_applied,
+            self.lag_seconds
+                .map_or("unknown".into(), |l| format!("{l:.1}s"))
+        ));
+        s.push_str(&format!(
+            "  can commit    {}\n  can write     {}\n",
+            self.can_commit, self.can_write
+        ));
+        if let Some(w) = self.write_blocked_window_ms {
+            s.push_str(&format!(
+                "  write-blocked window of the last commit: {:.3}s\n",
+                w as f64 / 1000.0
+            ));
+        }
+        for st in &self.steps {
+            s.push_str(&format!(
+                "  step {} {:<17} {}",
+                st.index, st.kind, st.status
+            ));
+            if let Some(e) = &st.error {
+                s.push_str(&format!(": {e}"));
+            }
+            s.push('\n');
+        }
+        match &self.runner {
+            Some(r) => s.push_str(&format!("  runner        {r}\n")),
+            None => s.push_str("  runner        none (no `cutover run` holds this plan)\n"),
+        }
+        if let Some(r) = &self.reconnecting {
+            s.push_str(&format!("  RECONNECTING  {r}\n"));
+        }
+        for b in &self.blocked {
+            s.push_str(&format!(
+                "  BLOCKED       user writes on the {} cluster are blocked by cutover; release: `{}`\n",
+                b.cluster, b.release
+            ));
+        }
+        if let Some(e) = &self.last_error {
+            s.push_str(&format!("  last error    {e}\n"));
+        }
+        if let Some(u) = &self.updated {
+            s.push_str(&format!("  updated       {u}\n"));
+        }
+        s
+    }
+}

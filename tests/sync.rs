@@ -1,0 +1,130 @@
+//! `cutover run`: copy, replicate, commit — on real replica sets, with the real binary.
+mod common;
+
+use common::*;
+use mongodb::bson::{doc, Bson, Document};
+
+const FORWARD: &str = r#"
+[options]
+write_blocking = "source-and-destination"
+max_lag = "2s"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+timeout = "2m"
+"#;
+
+async fn seed(c: &mongodb::Client) {
+    let orders = c.database("shop").collection::<Document>("orders");
+    let docs: Vec<Document> = (0..5000)
+        .map(|i| doc! {"_id": i, "item": format!("item-{i}"), "qty": i % 7, "tags": ["a", "b"], "nested": {"x": i, "y": [1, 2, {"z": i}]}})
+        .collect();
+    orders.insert_many(docs).await.unwrap();
+    let mixed = c.database("shop").collection::<Document>("mixed");
+    mixed
+        .insert_many(vec![
+            doc! {"_id": 1, "t": "int"},
+            doc! {"_id": 2.5, "t": "double"},
+            doc! {"_id": "s", "t": "string"},
+            doc! {"_id": mongodb::bson::oid::ObjectId::new(), "t": "oid"},
+            doc! {"_id": {"a": 1, "b": 2}, "t": "doc"},
+            doc! {"_id": Bson::Int64(i64::MAX), "t": "int64"},
+        ])
+        .await
+        .unwrap();
+    c.database("crm")
+        .collection::<Document>("users")
+        .insert_one(doc! {"_id": "u1", "name": "Ada"})
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_then_commit_copies_and_replicates_exactly() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    let (_dir, plan) = write_plan(&plan_text("sync-commit", FORWARD));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = [
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", dst.root_uri()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    // Step 1 only: the sync reaches can-commit.
+    let o = run_cutover(&["run", &plan, "--max-steps", "1"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // Writes while cutover is stopped are picked up from the stored resume token.
+    let orders = s.database("shop").collection::<Document>("orders");
+    orders
+        .update_one(
+            doc! {"_id": 1},
+            doc! {"$set": {"qty": 100}, "$unset": {"tags": ""}},
+        )
+        .await
+        .unwrap();
+    orders
+        .update_one(doc! {"_id": 2}, doc! {"$push": {"tags": "c"}})
+        .await
+        .unwrap();
+    orders
+        .update_one(
+            doc! {"_id": 3},
+            vec![doc! {"$set": {"tags": {"$slice": ["$tags", 1]}}}],
+        )
+        .await
+        .unwrap();
+    orders.delete_one(doc! {"_id": 4}).await.unwrap();
+    orders
+        .replace_one(doc! {"_id": 5}, doc! {"z": 1, "a": 2})
+        .await
+        .unwrap();
+    orders
+        .insert_one(doc! {"_id": 99999, "new": true})
+        .await
+        .unwrap();
+
+    let o = run_cutover(&["run", &plan], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("write-blocked window"),
+        "{}",
+        show(&o)
+    );
+    assert_same_data(&s, &d, "__cutover").await;
+
+    // After the commit the destination is writable for the app user; the source is blocked.
+    let app_d = dst.app_client().await;
+    app_d
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! {"_id": -1})
+        .await
+        .expect("destination writable");
+    let app_s = src.app_client().await;
+    let e = app_s
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! {"_id": -1})
+        .await;
+    assert!(
+        e.is_err(),
+        "the source must stay write-blocked after a source-and-destination commit"
+    );
+
+    // status tells the truth: COMMITTED, can_write, the source blocked with the release command.
+    let o = run_cutover(&["status", &plan, "--format", "json"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "COMMITTED", "{v}");
+    assert_eq!(v["can_write"], true);
+    assert_eq!(v["blocked"][0]["cluster"], "source", "{v}");
+    assert!(v["write_blocked_window_ms"].as_i64().unwrap() >= 0);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains(ROOT_PASSWORD));
+}
