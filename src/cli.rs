@@ -79,6 +79,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 8)]
     pub copy_concurrency: usize,
 
+    /// Documents per copy range (collections are split into `_id` ranges of about this size).
+    #[arg(long, default_value_t = crate::engine::copy::DOCS_PER_RANGE)]
+    pub docs_per_range: u64,
+
     /// Parallel writers for change events (each document's events stay in order).
     #[arg(long, default_value_t = 8)]
     pub apply_workers: usize,
@@ -364,6 +368,7 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
         accept_changed_plan: args.accept_changed_plan,
         max_steps: args.max_steps,
         copy_concurrency: args.copy_concurrency.max(1),
+        docs_per_range: args.docs_per_range.max(1),
         apply_workers: args.apply_workers.max(1),
         retry_timeout: args.retry_timeout,
         connect_timeout: args.plan.connect_timeout,

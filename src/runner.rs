@@ -28,6 +28,7 @@ pub struct RunOptions {
     /// Run at most this many steps, then stop (replication stops with the process).
     pub max_steps: Option<usize>,
     pub copy_concurrency: usize,
+    pub docs_per_range: u64,
     pub apply_workers: usize,
     pub retry_timeout: Duration,
     pub connect_timeout: Duration,
@@ -117,6 +118,7 @@ impl Ctx {
             build_indexes: self.plan.options.build_indexes,
             max_lag: self.plan.options.max_lag.get(),
             copy_concurrency: self.opts.copy_concurrency,
+            docs_per_range: self.opts.docs_per_range,
             apply_workers: self.opts.apply_workers,
             retry: RetryPolicy {
                 timeout: self.opts.retry_timeout,

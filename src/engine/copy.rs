@@ -28,9 +28,9 @@ use crate::namespace::Namespace;
 use crate::progress::Progress;
 use crate::state::{StateStore, PARTITIONS};
 
-/// Documents per range: big enough to amortise a range's setup, small enough that a
-/// collection splits across all workers.
-const DOCS_PER_PARTITION: u64 = 20_000;
+/// Documents per range by default: big enough to amortise a range's setup, small enough
+/// that a collection splits across all workers.
+pub const DOCS_PER_RANGE: u64 = 20_000;
 const MAX_PARTITIONS: u64 = 512;
 /// Bytes per insert command; several are in flight per range.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -46,6 +46,7 @@ pub struct CopyCtx {
     pub lane: String,
     pub progress: Arc<Progress>,
     pub concurrency: usize,
+    pub docs_per_range: u64,
     pub retry: RetryPolicy,
 }
 
@@ -180,7 +181,7 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
         .estimated_document_count()
         .await
         .map_err(|e| cluster_err("source", format!("counting `{ns}`"), &e))?;
-    let parts = (count / DOCS_PER_PARTITION).clamp(1, MAX_PARTITIONS);
+    let parts = (count / ctx.docs_per_range.max(1)).clamp(1, MAX_PARTITIONS);
     if parts <= 1 {
         return Ok(vec![None, None]);
     }

@@ -46,6 +46,7 @@ pub struct LaneEnv {
     pub build_indexes: BuildIndexes,
     pub max_lag: Duration,
     pub copy_concurrency: usize,
+    pub docs_per_range: u64,
     pub apply_workers: usize,
     pub retry: RetryPolicy,
 }
@@ -235,6 +236,7 @@ async fn lane_main(
         lane: id.clone(),
         progress: progress.clone(),
         concurrency: env.copy_concurrency,
+        docs_per_range: env.docs_per_range,
         retry: env.retry,
     };
 
