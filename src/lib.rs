@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod engine;
 pub mod exit;
 pub mod logging;
 pub mod namespace;

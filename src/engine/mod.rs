@@ -1,0 +1,4 @@
+//! The sync engine: catalog (collections, views, indexes, relaxations, DDL), copy and
+//! change-event application.
+
+pub mod catalog;
