@@ -24,7 +24,11 @@ const RELAXED_OPTIONS: &[&str] = &["size", "max", "expireAfterSeconds"];
 ///
 /// Idempotent: an existing namespace with the same options (relaxed or restored) is fine;
 /// one with other options is a [`CatalogError::Conflict`] naming both.
-pub async fn create_on_destination(dest: &Client, spec: &NsSpec, relax: &RelaxationStore) -> Result<(), CatalogError> {
+pub async fn create_on_destination(
+    dest: &Client,
+    spec: &NsSpec,
+    relax: &RelaxationStore,
+) -> Result<(), CatalogError> {
     let source_opts = spec.options();
     if let Some(existing) = spec_of(dest, &spec.ns).await? {
         return check_same(spec, &existing);

@@ -72,7 +72,9 @@ pub async fn apply_ddl(
     relax: &RelaxationStore,
 ) -> Result<DdlOutcome, CatalogError> {
     let ev = Document::try_from(event).map_err(|e| CatalogError::malformed("change event", e))?;
-    let op = ev.get_str("operationType").map_err(|e| CatalogError::malformed("change event", e))?;
+    let op = ev
+        .get_str("operationType")
+        .map_err(|e| CatalogError::malformed("change event", e))?;
     let ns_doc = ev.get_document("ns").cloned().unwrap_or_default();
     let db = ns_doc.get_str("db").unwrap_or_default().to_string();
     let coll = ns_doc.get_str("coll").ok().map(str::to_string);
@@ -82,22 +84,36 @@ pub async fn apply_ddl(
             Some(c) => format!("{db}.{c}"),
             None => db.clone(),
         },
-        cluster_time: ev.get("clusterTime").map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+        cluster_time: ev
+            .get("clusterTime")
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into()),
     };
-    let desc = ev.get_document("operationDescription").cloned().unwrap_or_default();
+    let desc = ev
+        .get_document("operationDescription")
+        .cloned()
+        .unwrap_or_default();
 
     if op == "dropDatabase" {
         return drop_database(dest, &db, selector, relax).await;
     }
-    if matches!(op, "shardCollection" | "reshardCollection" | "refineCollectionShardKey") {
+    if matches!(
+        op,
+        "shardCollection" | "reshardCollection" | "refineCollectionShardKey"
+    ) {
         return Err(ctx.unsupported(
             "sharding DDL is not supported (cutover syncs replica sets); stop the sync, shard the destination yourself, and run again",
         ));
     }
-    if !matches!(op, "create" | "createIndexes" | "dropIndexes" | "modify" | "drop" | "rename") {
+    if !matches!(
+        op,
+        "create" | "createIndexes" | "dropIndexes" | "modify" | "drop" | "rename"
+    ) {
         return Err(ctx.unsupported("not a DDL event cutover knows how to apply"));
     }
-    let Some(coll) = coll else { return Err(ctx.unsupported("the event has no collection name")) };
+    let Some(coll) = coll else {
+        return Err(ctx.unsupported("the event has no collection name"));
+    };
     let event_ns = Namespace::new(db.clone(), coll.clone());
     // Time-series DDL arrives on the buckets namespace; the user's namespace is the view.
     let (target, buckets) = match coll.strip_prefix(BUCKETS_PREFIX) {
@@ -121,7 +137,9 @@ pub async fn apply_ddl(
         }
         "dropIndexes" => {
             for spec in index_specs(&desc, &ctx)? {
-                let name = spec.get_str("name").map_err(|_| ctx.unsupported("an index without a name"))?;
+                let name = spec
+                    .get_str("name")
+                    .map_err(|_| ctx.unsupported("an index without a name"))?;
                 let cmd = doc! {"dropIndexes": &event_ns.coll, "index": name};
                 run_tolerant(dest, &event_ns, cmd).await?;
                 relax.forget_index(&target, name).await?;
@@ -139,16 +157,28 @@ pub async fn apply_ddl(
 }
 
 fn index_specs(desc: &Document, ctx: &Event<'_>) -> Result<Vec<Document>, CatalogError> {
-    let arr = desc.get_array("indexes").map_err(|_| ctx.unsupported("operationDescription.indexes is missing"))?;
+    let arr = desc
+        .get_array("indexes")
+        .map_err(|_| ctx.unsupported("operationDescription.indexes is missing"))?;
     arr.iter()
-        .map(|b| b.as_document().cloned().ok_or_else(|| ctx.unsupported("an index spec is not a document")))
+        .map(|b| {
+            b.as_document()
+                .cloned()
+                .ok_or_else(|| ctx.unsupported("an index spec is not a document"))
+        })
         .collect()
 }
 
 fn spec_from(ns: &Namespace, kind: NsKind, options: Document) -> Result<NsSpec, CatalogError> {
     let info = doc! {"name": &ns.coll, "type": kind.as_str(), "options": options};
-    let info = RawDocumentBuf::from_document(&info).map_err(|e| CatalogError::malformed("collection options", e))?;
-    Ok(NsSpec { ns: ns.clone(), kind, info, indexes: Vec::new() })
+    let info = RawDocumentBuf::from_document(&info)
+        .map_err(|e| CatalogError::malformed("collection options", e))?;
+    Ok(NsSpec {
+        ns: ns.clone(),
+        kind,
+        info,
+        indexes: Vec::new(),
+    })
 }
 
 async fn create(
@@ -168,13 +198,21 @@ async fn create(
         if let Some(e) = desc.get("expireAfterSeconds") {
             options.insert("expireAfterSeconds", e.clone());
         }
-        create_on_destination(dest, &spec_from(target, NsKind::Timeseries, options)?, relax).await?;
+        create_on_destination(
+            dest,
+            &spec_from(target, NsKind::Timeseries, options)?,
+            relax,
+        )
+        .await?;
         return Ok(DdlOutcome::Applied);
     }
     if view_on.is_some_and(|v| v.starts_with(BUCKETS_PREFIX)) {
         // The view half of a time-series collection. Its buckets' create event (with
         // showSystemEvents) came first; without it, read the options from the source.
-        if spec_of(dest, target).await?.is_some_and(|s| s.kind == NsKind::Timeseries) {
+        if spec_of(dest, target)
+            .await?
+            .is_some_and(|s| s.kind == NsKind::Timeseries)
+        {
             return Ok(DdlOutcome::Applied);
         }
         return match spec_of(source, target).await? {
@@ -190,7 +228,11 @@ async fn create(
     }
     let mut options = desc.clone();
     options.remove("idIndex");
-    let kind = if view_on.is_some() { NsKind::View } else { NsKind::Collection };
+    let kind = if view_on.is_some() {
+        NsKind::View
+    } else {
+        NsKind::Collection
+    };
     create_on_destination(dest, &spec_from(target, kind, options)?, relax).await?;
     Ok(DdlOutcome::Applied)
 }
@@ -205,13 +247,26 @@ async fn modify(
     let mut apply = Document::new();
     for (k, v) in desc {
         match k.as_str() {
-            "validator" | "validationLevel" | "validationAction" | "viewOn" | "pipeline"
-            | "changeStreamPreAndPostImages" | "timeseries" => {
+            "validator"
+            | "validationLevel"
+            | "validationAction"
+            | "viewOn"
+            | "pipeline"
+            | "changeStreamPreAndPostImages"
+            | "timeseries" => {
                 apply.insert(k, v.clone());
             }
             "expireAfterSeconds" => match as_i64(Some(v)) {
-                Some(secs) => relax.record(&Relaxation::collection_ttl(target, secs)).await?,
-                None => relax.remove_id(target, None, RelaxationKind::CollectionTtl).await?,
+                Some(secs) => {
+                    relax
+                        .record(&Relaxation::collection_ttl(target, secs))
+                        .await?
+                }
+                None => {
+                    relax
+                        .remove_id(target, None, RelaxationKind::CollectionTtl)
+                        .await?
+                }
             },
             "cappedSize" | "cappedMax" => {
                 let mut r = relax
@@ -226,7 +281,9 @@ async fn modify(
                 relax.record(&r).await?;
             }
             "index" => {
-                let index = v.as_document().ok_or_else(|| ctx.unsupported("operationDescription.index is not a document"))?;
+                let index = v.as_document().ok_or_else(|| {
+                    ctx.unsupported("operationDescription.index is not a document")
+                })?;
                 if let Some(a) = modify_index(dest, index, target, relax, ctx).await? {
                     apply.insert("index", a);
                 }
@@ -256,8 +313,12 @@ async fn modify_index(
     let name = match index.get_str("name") {
         Ok(n) => n.to_string(),
         Err(_) => {
-            let key = index.get_document("keyPattern").map_err(|_| ctx.unsupported("index without name or keyPattern"))?;
-            index_name_by_key(dest, target, key).await?.ok_or_else(|| ctx.unsupported("no destination index has this keyPattern"))?
+            let key = index
+                .get_document("keyPattern")
+                .map_err(|_| ctx.unsupported("index without name or keyPattern"))?;
+            index_name_by_key(dest, target, key)
+                .await?
+                .ok_or_else(|| ctx.unsupported("no destination index has this keyPattern"))?
         }
     };
     let mut apply = doc! {"name": &name};
@@ -268,32 +329,56 @@ async fn modify_index(
                 apply.insert("hidden", v.clone());
             }
             "expireAfterSeconds" => match as_i64(Some(v)) {
-                Some(secs) => relax.record(&Relaxation::index_ttl(target, &name, secs)).await?,
+                Some(secs) => {
+                    relax
+                        .record(&Relaxation::index_ttl(target, &name, secs))
+                        .await?
+                }
                 None => return Err(ctx.unsupported(format!("index expireAfterSeconds {v}"))),
             },
             "prepareUnique" => {
                 if v.as_bool() == Some(true) {
-                    relax.record(&Relaxation::prepare_unique(target, &name)).await?;
+                    relax
+                        .record(&Relaxation::prepare_unique(target, &name))
+                        .await?;
                 } else {
-                    relax.remove_id(target, Some(&name), RelaxationKind::PrepareUnique).await?;
+                    relax
+                        .remove_id(target, Some(&name), RelaxationKind::PrepareUnique)
+                        .await?;
                 }
             }
             "unique" => {
                 relax.record(&Relaxation::unique(target, &name)).await?;
-                relax.remove_id(target, Some(&name), RelaxationKind::PrepareUnique).await?;
+                relax
+                    .remove_id(target, Some(&name), RelaxationKind::PrepareUnique)
+                    .await?;
             }
-            other => return Err(ctx.unsupported(format!("collMod of index option `{other}` is not supported"))),
+            other => {
+                return Err(ctx.unsupported(format!(
+                    "collMod of index option `{other}` is not supported"
+                )))
+            }
         }
     }
     Ok((apply.len() > 1).then_some(apply))
 }
 
-async fn index_name_by_key(dest: &Client, ns: &Namespace, key: &Document) -> Result<Option<String>, CatalogError> {
-    let specs = super::list::list_indexes(dest, ns).await?.unwrap_or_default();
-    Ok(specs.iter().filter_map(|s| s.to_document().ok()).find_map(|d| {
-        let k = d.get_document("key").ok()?;
-        (k == key && k.keys().eq(key.keys())).then(|| d.get_str("name").ok().map(String::from))?
-    }))
+async fn index_name_by_key(
+    dest: &Client,
+    ns: &Namespace,
+    key: &Document,
+) -> Result<Option<String>, CatalogError> {
+    let specs = super::list::list_indexes(dest, ns)
+        .await?
+        .unwrap_or_default();
+    Ok(specs
+        .iter()
+        .filter_map(|s| s.to_document().ok())
+        .find_map(|d| {
+            let k = d.get_document("key").ok()?;
+            (k == key && k.keys().eq(key.keys()))
+                .then(|| d.get_str("name").ok().map(String::from))?
+        }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -311,8 +396,10 @@ async fn rename(
         .get_document("to")
         .or_else(|_| ev.get_document("to"))
         .map_err(|_| ctx.unsupported("rename without `to`"))?;
-    let raw_to = RawDocumentBuf::from_document(to_doc).map_err(|e| CatalogError::malformed("rename target", e))?;
-    let to = Namespace::from_event_ns(&raw_to).ok_or_else(|| ctx.unsupported("rename `to` lacks db or coll"))?;
+    let raw_to = RawDocumentBuf::from_document(to_doc)
+        .map_err(|e| CatalogError::malformed("rename target", e))?;
+    let to = Namespace::from_event_ns(&raw_to)
+        .ok_or_else(|| ctx.unsupported("rename `to` lacks db or coll"))?;
     let drop_target = desc.contains_key("dropTarget");
     let from_sel = selector.selects(&from.db, &from.coll);
     let to_sel = selector.selects(&to.db, &to.coll);
@@ -394,8 +481,14 @@ async fn drop_database(
 async fn run_tolerant(dest: &Client, ns: &Namespace, cmd: Document) -> Result<(), CatalogError> {
     match dest.database(&ns.db).run_command(cmd.clone()).await {
         Ok(_) => Ok(()),
-        Err(e) if matches!(code_of(&e), Some(NAMESPACE_NOT_FOUND) | Some(INDEX_NOT_FOUND)) => Ok(()),
+        Err(e)
+            if matches!(
+                code_of(&e),
+                Some(NAMESPACE_NOT_FOUND) | Some(INDEX_NOT_FOUND)
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(CatalogError::command(format!("{cmd}"), ns, e)),
     }
 }
-

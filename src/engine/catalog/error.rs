@@ -12,7 +12,7 @@ pub enum CatalogError {
         what: String,
         ns: String,
         #[source]
-        source: mongodb::error::Error,
+        source: Box<mongodb::error::Error>,
     },
 
     /// The destination already holds the namespace (or index) with other options.
@@ -20,7 +20,12 @@ pub enum CatalogError {
         "{ns} already exists on the destination with different {what}:\n  destination: {existing}\n  source:      {wanted}\n\
          hint: drop or rename it on the destination (it is not the source's), then run again"
     )]
-    Conflict { ns: Namespace, what: String, existing: String, wanted: String },
+    Conflict {
+        ns: Namespace,
+        what: String,
+        existing: String,
+        wanted: String,
+    },
 
     /// Restoring a unique index found documents the source's unique index would refuse.
     #[error(
@@ -28,13 +33,22 @@ pub enum CatalogError {
          (_ids {ids:?}). The destination diverged from the source (the source's index is unique). \
          hint: remove the duplicates on the destination (compare these _ids with the source), then run the commit again"
     )]
-    Duplicates { ns: Namespace, index: String, ids: Vec<Bson> },
+    Duplicates {
+        ns: Namespace,
+        index: String,
+        ids: Vec<Bson>,
+    },
 
     /// A DDL change event cutover cannot apply; never skipped silently.
     #[error(
         "cannot apply change event {operation_type} on {ns} at cluster time {cluster_time}: {reason}"
     )]
-    UnsupportedDdl { operation_type: String, ns: String, cluster_time: String, reason: String },
+    UnsupportedDdl {
+        operation_type: String,
+        ns: String,
+        cluster_time: String,
+        reason: String,
+    },
 
     /// A server reply or event without a field it must have.
     #[error("unexpected {what}: {detail}")]
@@ -42,12 +56,23 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
-    pub(crate) fn command(what: impl Into<String>, ns: impl ToString, source: mongodb::error::Error) -> Self {
-        CatalogError::Command { what: what.into(), ns: ns.to_string(), source }
+    pub(crate) fn command(
+        what: impl Into<String>,
+        ns: impl ToString,
+        source: mongodb::error::Error,
+    ) -> Self {
+        CatalogError::Command {
+            what: what.into(),
+            ns: ns.to_string(),
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn malformed(what: impl Into<String>, detail: impl ToString) -> Self {
-        CatalogError::Malformed { what: what.into(), detail: detail.to_string() }
+        CatalogError::Malformed {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
     }
 }
 
@@ -55,7 +80,9 @@ impl CatalogError {
 pub(crate) fn code_of(e: &mongodb::error::Error) -> Option<i32> {
     match e.kind.as_ref() {
         mongodb::error::ErrorKind::Command(c) => Some(c.code),
-        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => Some(w.code),
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => {
+            Some(w.code)
+        }
         _ => None,
     }
 }

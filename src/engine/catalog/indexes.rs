@@ -21,14 +21,20 @@ const RELAXED_FIELDS: &[&str] = &["unique", "prepareUnique", "expireAfterSeconds
 /// recorded first and restored by [`super::restore_relaxations`]. Idempotent: an index that
 /// already exists with the same spec (relaxed or restored) is left alone; one with another
 /// spec is a [`CatalogError::Conflict`].
-pub async fn build_indexes(dest: &Client, spec: &NsSpec, relax: &RelaxationStore) -> Result<(), CatalogError> {
+pub async fn build_indexes(
+    dest: &Client,
+    spec: &NsSpec,
+    relax: &RelaxationStore,
+) -> Result<(), CatalogError> {
     if spec.kind == NsKind::View {
         return Ok(());
     }
     let specs: Vec<Document> = spec
         .index_docs()
         .into_iter()
-        .filter(|i| i.get_str("name").ok() != Some("_id_") && !i.get_bool("clustered").unwrap_or(false))
+        .filter(|i| {
+            i.get_str("name").ok() != Some("_id_") && !i.get_bool("clustered").unwrap_or(false)
+        })
         .collect();
     create_indexes(dest, &spec.ns, specs, relax).await
 }
@@ -51,13 +57,22 @@ pub(crate) async fn create_indexes(
         .collect();
     let mut to_build = Vec::new();
     for source in specs {
-        let name = source.get_str("name").map_err(|e| CatalogError::malformed("index spec", e))?.to_string();
+        let name = source
+            .get_str("name")
+            .map_err(|e| CatalogError::malformed("index spec", e))?
+            .to_string();
         if name == "_id_" {
             continue;
         }
         let (relaxed, relaxations) = relax_index(ns, &name, &source);
-        if let Some(have) = existing.iter().find(|d| d.get_str("name").ok() == Some(name.as_str())) {
-            if !bson_eq(&Bson::Document(strip(have)), &Bson::Document(strip(&source))) {
+        if let Some(have) = existing
+            .iter()
+            .find(|d| d.get_str("name").ok() == Some(name.as_str()))
+        {
+            if !bson_eq(
+                &Bson::Document(strip(have)),
+                &Bson::Document(strip(&source)),
+            ) {
                 return Err(CatalogError::Conflict {
                     ns: ns.clone(),
                     what: format!("index {name}"),
@@ -75,7 +90,10 @@ pub(crate) async fn create_indexes(
     if to_build.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = to_build.iter().filter_map(|d| d.get_str("name").ok().map(String::from)).collect();
+    let names: Vec<String> = to_build
+        .iter()
+        .filter_map(|d| d.get_str("name").ok().map(String::from))
+        .collect();
     let cmd = doc! {"createIndexes": &ns.coll, "indexes": to_build};
     dest.database(&ns.db)
         .run_command(cmd)
@@ -86,7 +104,11 @@ pub(crate) async fn create_indexes(
 }
 
 /// The spec to build during sync and the relaxations it implies.
-pub(crate) fn relax_index(ns: &Namespace, name: &str, source: &Document) -> (Document, Vec<Relaxation>) {
+pub(crate) fn relax_index(
+    ns: &Namespace,
+    name: &str,
+    source: &Document,
+) -> (Document, Vec<Relaxation>) {
     let mut relaxations = Vec::new();
     if source.get_bool("unique").unwrap_or(false) {
         relaxations.push(Relaxation::unique(ns, name));

@@ -11,7 +11,10 @@ use crate::plan::NamespaceSelector;
 
 /// Every selected namespace on a cluster (never `system.*`, `admin`/`local`/`config` or the
 /// state database), sorted by namespace with views after the collections and views they read.
-pub async fn list_selected(client: &Client, selector: &NamespaceSelector) -> Result<Vec<NsSpec>, CatalogError> {
+pub async fn list_selected(
+    client: &Client,
+    selector: &NamespaceSelector,
+) -> Result<Vec<NsSpec>, CatalogError> {
     let dbs = client
         .list_database_names()
         .await
@@ -19,7 +22,9 @@ pub async fn list_selected(client: &Client, selector: &NamespaceSelector) -> Res
     let mut out = Vec::new();
     for db in dbs.iter().filter(|d| selector.may_select_database(d)) {
         for entry in list_collections(client, db, doc! {}).await? {
-            let Some((name, kind)) = name_and_kind(&entry) else { continue };
+            let Some((name, kind)) = name_and_kind(&entry) else {
+                continue;
+            };
             if !selector.selects(db, &name) {
                 continue;
             }
@@ -36,8 +41,12 @@ pub async fn list_selected(client: &Client, selector: &NamespaceSelector) -> Res
 /// One namespace's spec, or `None` when it does not exist.
 pub async fn spec_of(client: &Client, ns: &Namespace) -> Result<Option<NsSpec>, CatalogError> {
     let entries = list_collections(client, &ns.db, doc! {"name": &ns.coll}).await?;
-    let Some(entry) = entries.into_iter().next() else { return Ok(None) };
-    let Some((_, kind)) = name_and_kind(&entry) else { return Ok(None) };
+    let Some(entry) = entries.into_iter().next() else {
+        return Ok(None);
+    };
+    let Some((_, kind)) = name_and_kind(&entry) else {
+        return Ok(None);
+    };
     with_indexes(client, ns.clone(), kind, entry).await
 }
 
@@ -78,12 +87,23 @@ async fn with_indexes(
             None => return Ok(None),
         }
     };
-    Ok(Some(NsSpec { ns, kind, info, indexes }))
+    Ok(Some(NsSpec {
+        ns,
+        kind,
+        info,
+        indexes,
+    }))
 }
 
 /// Raw `listIndexes`, or `None` when the namespace is gone.
-pub(crate) async fn list_indexes(client: &Client, ns: &Namespace) -> Result<Option<Vec<RawDocumentBuf>>, CatalogError> {
-    let res = client.database(&ns.db).run_cursor_command(doc! {"listIndexes": &ns.coll}).await;
+pub(crate) async fn list_indexes(
+    client: &Client,
+    ns: &Namespace,
+) -> Result<Option<Vec<RawDocumentBuf>>, CatalogError> {
+    let res = client
+        .database(&ns.db)
+        .run_cursor_command(doc! {"listIndexes": &ns.coll})
+        .await;
     let cursor = match res {
         Ok(c) => c,
         Err(e) if code_of(&e) == Some(NAMESPACE_NOT_FOUND) => return Ok(None),
@@ -99,7 +119,8 @@ pub(crate) async fn list_indexes(client: &Client, ns: &Namespace) -> Result<Opti
 /// Collections first (by namespace), then views, each after whatever it reads.
 fn order_views_last(mut specs: Vec<NsSpec>) -> Vec<NsSpec> {
     specs.sort_by(|a, b| a.ns.cmp(&b.ns));
-    let (mut out, mut views): (Vec<NsSpec>, Vec<NsSpec>) = specs.into_iter().partition(|s| s.kind != NsKind::View);
+    let (mut out, mut views): (Vec<NsSpec>, Vec<NsSpec>) =
+        specs.into_iter().partition(|s| s.kind != NsKind::View);
     while !views.is_empty() {
         let ready = views.iter().position(|v| {
             let on = v.view_on().unwrap_or_default();
@@ -128,9 +149,15 @@ mod tests {
 
     #[test]
     fn views_follow_what_they_read() {
-        let coll = NsSpec { kind: NsKind::Collection, ..view("z", "") };
+        let coll = NsSpec {
+            kind: NsKind::Collection,
+            ..view("z", "")
+        };
         let specs = vec![view("a", "b"), view("b", "z"), coll];
-        let order: Vec<String> = order_views_last(specs).into_iter().map(|s| s.ns.coll).collect();
+        let order: Vec<String> = order_views_last(specs)
+            .into_iter()
+            .map(|s| s.ns.coll)
+            .collect();
         assert_eq!(order, vec!["z", "b", "a"]);
     }
 }

@@ -27,7 +27,7 @@ pub use error::CatalogError;
 pub use indexes::build_indexes;
 pub use list::{list_selected, spec_of};
 pub use relax::{
-    restore_relaxations, Relaxation, RelaxationKind, RelaxationStore, RestoreReport, RELAXATIONS_COLLECTION,
-    RELAXED_CAPPED_SIZE,
+    restore_relaxations, Relaxation, RelaxationKind, RelaxationStore, RestoreReport,
+    RELAXATIONS_COLLECTION, RELAXED_CAPPED_SIZE,
 };
 pub use spec::{buckets_of, compare_specs, copy_target, NsKind, NsSpec};

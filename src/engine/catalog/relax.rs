@@ -15,7 +15,9 @@ use mongodb::options::{CollectionOptions, WriteConcern};
 use mongodb::{Client, Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use super::error::{code_of, CatalogError, CANNOT_CONVERT_INDEX_TO_UNIQUE, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND};
+use super::error::{
+    code_of, CatalogError, CANNOT_CONVERT_INDEX_TO_UNIQUE, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND,
+};
 use super::list::list_indexes;
 use crate::namespace::Namespace;
 
@@ -78,15 +80,25 @@ impl Relaxation {
     }
 
     pub fn index_ttl(ns: &Namespace, index: &str, seconds: i64) -> Self {
-        Self { expire_after_seconds: Some(seconds), ..Self::base(ns, Some(index), RelaxationKind::IndexTtl) }
+        Self {
+            expire_after_seconds: Some(seconds),
+            ..Self::base(ns, Some(index), RelaxationKind::IndexTtl)
+        }
     }
 
     pub fn collection_ttl(ns: &Namespace, seconds: i64) -> Self {
-        Self { expire_after_seconds: Some(seconds), ..Self::base(ns, None, RelaxationKind::CollectionTtl) }
+        Self {
+            expire_after_seconds: Some(seconds),
+            ..Self::base(ns, None, RelaxationKind::CollectionTtl)
+        }
     }
 
     pub fn capped(ns: &Namespace, size: Option<i64>, max: Option<i64>) -> Self {
-        Self { capped_size: size, capped_max: max, ..Self::base(ns, None, RelaxationKind::Capped) }
+        Self {
+            capped_size: size,
+            capped_max: max,
+            ..Self::base(ns, None, RelaxationKind::Capped)
+        }
     }
 
     fn base(ns: &Namespace, index: Option<&str>, kind: RelaxationKind) -> Self {
@@ -119,7 +131,9 @@ pub struct RelaxationStore {
 impl RelaxationStore {
     /// `direction` is `"forward"` or `"reverse"`.
     pub fn new(state_db: Database, plan: &str, direction: &str) -> Self {
-        let opts = CollectionOptions::builder().write_concern(WriteConcern::majority()).build();
+        let opts = CollectionOptions::builder()
+            .write_concern(WriteConcern::majority())
+            .build();
         Self {
             coll: state_db.collection_with_options(RELAXATIONS_COLLECTION, opts),
             plan: plan.to_string(),
@@ -142,23 +156,41 @@ impl RelaxationStore {
     }
 
     fn err(&self, what: &str, e: mongodb::error::Error) -> CatalogError {
-        CatalogError::command(format!("{what} relaxation records"), format!("plan {}", self.plan), e)
+        CatalogError::command(
+            format!("{what} relaxation records"),
+            format!("plan {}", self.plan),
+            e,
+        )
     }
 
     /// Records (or replaces) a relaxation.
     pub async fn record(&self, r: &Relaxation) -> Result<(), CatalogError> {
-        let mut body = mongodb::bson::to_document(r).map_err(|e| CatalogError::malformed("relaxation", e))?;
+        let mut body =
+            mongodb::bson::to_document(r).map_err(|e| CatalogError::malformed("relaxation", e))?;
         body.insert("_id", self.id(&r.ns, r.index.as_deref(), r.kind));
         body.insert("plan", &self.plan);
         body.insert("direction", &self.direction);
         let filter = doc! {"_id": body.get("_id").cloned().unwrap_or(Bson::Null)};
-        self.coll.replace_one(filter, body).upsert(true).await.map_err(|e| self.err("write", e))?;
+        self.coll
+            .replace_one(filter, body)
+            .upsert(true)
+            .await
+            .map_err(|e| self.err("write", e))?;
         Ok(())
     }
 
     /// The record of one relaxation, if any.
-    pub async fn get(&self, ns: &Namespace, index: Option<&str>, kind: RelaxationKind) -> Result<Option<Relaxation>, CatalogError> {
-        let d = self.coll.find_one(doc! {"_id": self.id(ns, index, kind)}).await.map_err(|e| self.err("read", e))?;
+    pub async fn get(
+        &self,
+        ns: &Namespace,
+        index: Option<&str>,
+        kind: RelaxationKind,
+    ) -> Result<Option<Relaxation>, CatalogError> {
+        let d = self
+            .coll
+            .find_one(doc! {"_id": self.id(ns, index, kind)})
+            .await
+            .map_err(|e| self.err("read", e))?;
         d.map(decode).transpose()
     }
 
@@ -185,8 +217,16 @@ impl RelaxationStore {
         self.remove_id(&r.ns, r.index.as_deref(), r.kind).await
     }
 
-    pub(crate) async fn remove_id(&self, ns: &Namespace, index: Option<&str>, kind: RelaxationKind) -> Result<(), CatalogError> {
-        self.coll.delete_one(doc! {"_id": self.id(ns, index, kind)}).await.map_err(|e| self.err("delete", e))?;
+    pub(crate) async fn remove_id(
+        &self,
+        ns: &Namespace,
+        index: Option<&str>,
+        kind: RelaxationKind,
+    ) -> Result<(), CatalogError> {
+        self.coll
+            .delete_one(doc! {"_id": self.id(ns, index, kind)})
+            .await
+            .map_err(|e| self.err("delete", e))?;
         Ok(())
     }
 
@@ -194,18 +234,28 @@ impl RelaxationStore {
     pub async fn forget_index(&self, ns: &Namespace, index: &str) -> Result<(), CatalogError> {
         let mut f = self.ns_filter(ns);
         f.insert("index", index);
-        self.coll.delete_many(f).await.map_err(|e| self.err("delete", e))?;
+        self.coll
+            .delete_many(f)
+            .await
+            .map_err(|e| self.err("delete", e))?;
         Ok(())
     }
 
     /// Forgets the records of a namespace (dropped).
     pub async fn forget_namespace(&self, ns: &Namespace) -> Result<(), CatalogError> {
-        self.coll.delete_many(self.ns_filter(ns)).await.map_err(|e| self.err("delete", e))?;
+        self.coll
+            .delete_many(self.ns_filter(ns))
+            .await
+            .map_err(|e| self.err("delete", e))?;
         Ok(())
     }
 
     /// Moves the records of a renamed namespace.
-    pub async fn rename_namespace(&self, from: &Namespace, to: &Namespace) -> Result<(), CatalogError> {
+    pub async fn rename_namespace(
+        &self,
+        from: &Namespace,
+        to: &Namespace,
+    ) -> Result<(), CatalogError> {
         for mut r in self.find(self.ns_filter(from)).await? {
             self.remove(&r).await?;
             r.ns = to.clone();
@@ -242,7 +292,10 @@ pub struct RestoreReport {
 /// restores TTL `expireAfterSeconds` and capped limits. Idempotent; each record is removed
 /// once restored. A duplicate key at the unique step is a divergence:
 /// [`CatalogError::Duplicates`] with the `_id`s (the server's error 359 does not list them).
-pub async fn restore_relaxations(dest: &Client, relax: &RelaxationStore) -> Result<RestoreReport, CatalogError> {
+pub async fn restore_relaxations(
+    dest: &Client,
+    relax: &RelaxationStore,
+) -> Result<RestoreReport, CatalogError> {
     let mut report = RestoreReport::default();
     let records = relax.list().await?;
     // prepareUnique-only records are superseded by a unique record on the same index.
@@ -250,9 +303,9 @@ pub async fn restore_relaxations(dest: &Client, relax: &RelaxationStore) -> Resu
         let done = match r.kind {
             RelaxationKind::Unique => restore_unique(dest, r).await?,
             RelaxationKind::PrepareUnique => {
-                let superseded = records
-                    .iter()
-                    .any(|u| u.kind == RelaxationKind::Unique && u.ns == r.ns && u.index == r.index);
+                let superseded = records.iter().any(|u| {
+                    u.kind == RelaxationKind::Unique && u.ns == r.ns && u.index == r.index
+                });
                 if superseded {
                     Some(true)
                 } else {
@@ -293,30 +346,54 @@ pub async fn restore_relaxations(dest: &Client, relax: &RelaxationStore) -> Resu
 }
 
 /// `collMod` on the collection; `None` when it is gone.
-async fn coll_mod(dest: &Client, ns: &Namespace, body: Document) -> Result<Option<bool>, CatalogError> {
+async fn coll_mod(
+    dest: &Client,
+    ns: &Namespace,
+    body: Document,
+) -> Result<Option<bool>, CatalogError> {
     let mut cmd = doc! {"collMod": &ns.coll};
     cmd.extend(body);
     match dest.database(&ns.db).run_command(cmd.clone()).await {
         Ok(_) => Ok(Some(true)),
-        Err(e) if matches!(code_of(&e), Some(NAMESPACE_NOT_FOUND) | Some(INDEX_NOT_FOUND)) => Ok(None),
+        Err(e)
+            if matches!(
+                code_of(&e),
+                Some(NAMESPACE_NOT_FOUND) | Some(INDEX_NOT_FOUND)
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(CatalogError::command(format!("collMod {cmd}"), ns, e)),
     }
 }
 
-async fn coll_mod_index(dest: &Client, r: &Relaxation, change: Document) -> Result<Option<bool>, CatalogError> {
-    let Some(name) = &r.index else { return Ok(None) };
+async fn coll_mod_index(
+    dest: &Client,
+    r: &Relaxation,
+    change: Document,
+) -> Result<Option<bool>, CatalogError> {
+    let Some(name) = &r.index else {
+        return Ok(None);
+    };
     let mut index = doc! {"name": name};
     index.extend(change);
     coll_mod(dest, &r.ns, doc! {"index": index}).await
 }
 
 async fn restore_unique(dest: &Client, r: &Relaxation) -> Result<Option<bool>, CatalogError> {
-    let Some(name) = r.index.as_deref() else { return Ok(None) };
-    let Some(spec) = index_spec(dest, &r.ns, name).await? else { return Ok(None) };
+    let Some(name) = r.index.as_deref() else {
+        return Ok(None);
+    };
+    let Some(spec) = index_spec(dest, &r.ns, name).await? else {
+        return Ok(None);
+    };
     if spec.get_bool("unique").unwrap_or(false) {
         return Ok(Some(true));
     }
-    if coll_mod_index(dest, r, doc! {"prepareUnique": true}).await?.is_none() {
+    if coll_mod_index(dest, r, doc! {"prepareUnique": true})
+        .await?
+        .is_none()
+    {
         return Ok(None);
     }
     let cmd = doc! {"collMod": &r.ns.coll, "index": {"name": name, "unique": true}};
@@ -324,15 +401,36 @@ async fn restore_unique(dest: &Client, r: &Relaxation) -> Result<Option<bool>, C
         Ok(_) => Ok(Some(true)),
         Err(e) if code_of(&e) == Some(CANNOT_CONVERT_INDEX_TO_UNIQUE) => {
             let ids = duplicate_ids(dest, &r.ns, &spec).await?;
-            Err(CatalogError::Duplicates { ns: r.ns.clone(), index: name.to_string(), ids })
+            Err(CatalogError::Duplicates {
+                ns: r.ns.clone(),
+                index: name.to_string(),
+                ids,
+            })
         }
-        Err(e) if matches!(code_of(&e), Some(NAMESPACE_NOT_FOUND) | Some(INDEX_NOT_FOUND)) => Ok(None),
-        Err(e) => Err(CatalogError::command(format!("collMod unique index {name}"), &r.ns, e)),
+        Err(e)
+            if matches!(
+                code_of(&e),
+                Some(NAMESPACE_NOT_FOUND) | Some(INDEX_NOT_FOUND)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(CatalogError::command(
+            format!("collMod unique index {name}"),
+            &r.ns,
+            e,
+        )),
     }
 }
 
-pub(crate) async fn index_spec(client: &Client, ns: &Namespace, name: &str) -> Result<Option<Document>, CatalogError> {
-    let Some(specs) = list_indexes(client, ns).await? else { return Ok(None) };
+pub(crate) async fn index_spec(
+    client: &Client,
+    ns: &Namespace,
+    name: &str,
+) -> Result<Option<Document>, CatalogError> {
+    let Some(specs) = list_indexes(client, ns).await? else {
+        return Ok(None);
+    };
     Ok(specs
         .iter()
         .filter_map(|s| s.to_document().ok())
@@ -341,12 +439,21 @@ pub(crate) async fn index_spec(client: &Client, ns: &Namespace, name: &str) -> R
 
 /// The `_id`s of documents sharing a key of `index` (at most 1000), grouped with the
 /// index's collation and restricted to its partial filter, as a unique index would see them.
-async fn duplicate_ids(dest: &Client, ns: &Namespace, index: &Document) -> Result<Vec<Bson>, CatalogError> {
-    let key = index.get_document("key").map_err(|e| CatalogError::malformed("index spec", e))?;
+async fn duplicate_ids(
+    dest: &Client,
+    ns: &Namespace,
+    index: &Document,
+) -> Result<Vec<Bson>, CatalogError> {
+    let key = index
+        .get_document("key")
+        .map_err(|e| CatalogError::malformed("index spec", e))?;
     let mut group_key = Document::new();
     let mut exists = Vec::new();
     for (i, field) in key.keys().enumerate() {
-        group_key.insert(format!("k{i}"), doc! {"$ifNull": [format!("${field}"), Bson::Null]});
+        group_key.insert(
+            format!("k{i}"),
+            doc! {"$ifNull": [format!("${field}"), Bson::Null]},
+        );
         exists.push(doc! {field.as_str(): {"$exists": true}});
     }
     let mut pipeline = Vec::new();
@@ -359,7 +466,10 @@ async fn duplicate_ids(dest: &Client, ns: &Namespace, index: &Document) -> Resul
     pipeline.push(doc! {"$group": {"_id": group_key, "ids": {"$push": "$_id"}, "n": {"$sum": 1}}});
     pipeline.push(doc! {"$match": {"n": {"$gt": 1}}});
     pipeline.push(doc! {"$limit": 100});
-    let collation = index.get_document("collation").cloned().unwrap_or_else(|_| doc! {"locale": "simple"});
+    let collation = index
+        .get_document("collation")
+        .cloned()
+        .unwrap_or_else(|_| doc! {"locale": "simple"});
     let cmd = doc! {"aggregate": &ns.coll, "pipeline": pipeline, "cursor": {}, "collation": collation, "allowDiskUse": true};
     let groups: Vec<Document> = dest
         .database(&ns.db)

@@ -54,7 +54,10 @@ impl NsSpec {
 
     /// Index specs as documents.
     pub fn index_docs(&self) -> Vec<Document> {
-        self.indexes.iter().filter_map(|i| i.to_document().ok()).collect()
+        self.indexes
+            .iter()
+            .filter_map(|i| i.to_document().ok())
+            .collect()
     }
 
     /// For a view: the collection it reads (same database).
@@ -96,7 +99,11 @@ pub fn compare_specs(a: &NsSpec, b: &NsSpec) -> Vec<String> {
     let mut out = Vec::new();
     let ns = &a.ns;
     if a.kind != b.kind {
-        out.push(format!("{ns}: kind {} vs {}", a.kind.as_str(), b.kind.as_str()));
+        out.push(format!(
+            "{ns}: kind {} vs {}",
+            a.kind.as_str(),
+            b.kind.as_str()
+        ));
     }
     let (oa, ob) = (a.options(), b.options());
     for (k, v) in &oa {
@@ -149,9 +156,13 @@ pub(crate) fn bson_eq(a: &Bson, b: &Bson) -> bool {
                     return false;
                 }
             }
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| bson_eq(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| bson_eq(v, w)))
         }
-        (Bson::Array(x), Bson::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| bson_eq(v, w)),
+        (Bson::Array(x), Bson::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| bson_eq(v, w))
+        }
         _ => numeric(a).zip(numeric(b)).map_or(a == b, |(x, y)| x == y),
     }
 }
@@ -186,26 +197,48 @@ mod tests {
     use mongodb::bson::{doc, rawdoc};
 
     fn spec(options: Document, indexes: Vec<Document>) -> NsSpec {
-        let info = doc! {"name": "c", "type": "collection", "options": options, "info": {"uuid": 1}};
+        let info =
+            doc! {"name": "c", "type": "collection", "options": options, "info": {"uuid": 1}};
         NsSpec {
             ns: Namespace::new("d", "c"),
             kind: NsKind::Collection,
             info: RawDocumentBuf::from_document(&info).unwrap(),
-            indexes: indexes.iter().map(|i| RawDocumentBuf::from_document(i).unwrap()).collect(),
+            indexes: indexes
+                .iter()
+                .map(|i| RawDocumentBuf::from_document(i).unwrap())
+                .collect(),
         }
     }
 
     #[test]
     fn option_order_is_ignored_but_index_key_order_is_not() {
-        let a = spec(doc! {"validator": {"a": 1, "b": 2}, "size": 10}, vec![doc! {"name": "i", "key": {"a": 1, "b": 1}}]);
-        let b = spec(doc! {"size": 10.0, "validator": {"b": 2, "a": 1}}, vec![doc! {"key": {"a": 1, "b": 1}, "name": "i"}]);
-        assert!(compare_specs(&a, &b).is_empty(), "{:?}", compare_specs(&a, &b));
-        let c = spec(doc! {"size": 10, "validator": {"b": 2, "a": 1}}, vec![doc! {"key": {"b": 1, "a": 1}, "name": "i"}]);
+        let a = spec(
+            doc! {"validator": {"a": 1, "b": 2}, "size": 10},
+            vec![doc! {"name": "i", "key": {"a": 1, "b": 1}}],
+        );
+        let b = spec(
+            doc! {"size": 10.0, "validator": {"b": 2, "a": 1}},
+            vec![doc! {"key": {"a": 1, "b": 1}, "name": "i"}],
+        );
+        assert!(
+            compare_specs(&a, &b).is_empty(),
+            "{:?}",
+            compare_specs(&a, &b)
+        );
+        let c = spec(
+            doc! {"size": 10, "validator": {"b": 2, "a": 1}},
+            vec![doc! {"key": {"b": 1, "a": 1}, "name": "i"}],
+        );
         assert_eq!(compare_specs(&a, &c).len(), 1);
         let d = spec(doc! {"size": 11}, vec![]);
         let diffs = compare_specs(&a, &d);
         assert!(diffs.iter().any(|l| l.contains("option size")), "{diffs:?}");
-        assert!(diffs.iter().any(|l| l.contains("index i only on the first")), "{diffs:?}");
+        assert!(
+            diffs
+                .iter()
+                .any(|l| l.contains("index i only on the first")),
+            "{diffs:?}"
+        );
         let _ = rawdoc! {};
     }
 }
