@@ -122,7 +122,7 @@ pub async fn apply_ddl(
     };
 
     if op == "rename" {
-        return rename(source, dest, &ev, &desc, &target, selector, relax, &ctx).await;
+        return rename(dest, &ev, &desc, &target, selector, relax, &ctx).await;
     }
     if !selector.selects(&target.db, &target.coll) {
         tracing::debug!(op, ns = %event_ns, "DDL ignored: namespace not selected");
@@ -383,7 +383,6 @@ async fn index_name_by_key(
 
 #[allow(clippy::too_many_arguments)]
 async fn rename(
-    source: &Client,
     dest: &Client,
     ev: &Document,
     desc: &Document,
@@ -429,21 +428,20 @@ async fn rename(
                     relax.rename_namespace(from, &to).await?;
                     return Ok(DdlOutcome::Applied);
                 }
-                let _ = source;
                 return Ok(DdlOutcome::NeedsCopy(to));
             }
+            // The source's rename succeeded, so `to` did not exist there (or was replaced):
+            // a `to` on the destination is a leftover of an earlier attempt at later events.
             let cmd = doc! {
                 "renameCollection": from.to_string(),
                 "to": to.to_string(),
-                "dropTarget": drop_target,
+                "dropTarget": true,
             };
             dest.database("admin")
                 .run_command(cmd)
                 .await
                 .map_err(|e| CatalogError::command(format!("renameCollection to {to}"), from, e))?;
-            if drop_target {
-                relax.forget_namespace(&to).await?;
-            }
+            relax.forget_namespace(&to).await?;
             relax.rename_namespace(from, &to).await?;
             Ok(DdlOutcome::Applied)
         }
