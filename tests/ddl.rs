@@ -533,3 +533,129 @@ async fn unknown_or_data_events_are_errors_that_name_the_event() {
         DdlOutcome::Ignored
     );
 }
+
+/// The copy reads the catalog after the start point, so replayed events can be *behind* the
+/// destination: creating what already exists in a later shape, indexing a collection the
+/// copy never saw. Replay must converge, not fail.
+#[tokio::test]
+async fn replay_behind_the_copy_converges() {
+    let (src_rs, dst_rs) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let src = src_rs.root_client().await;
+    let dst = dst_rs.root_client().await;
+    let sel = selector();
+    let relax = RelaxationStore::new(dst.database(STATE_DB), "behind", "forward");
+    run(&src, "shop", doc! {"create": "gone2"}).await;
+
+    let start = run(
+        &src,
+        "admin",
+        doc! {"appendOplogNote": 1, "data": {"test": "behind"}},
+    )
+    .await;
+    let t = start.get_timestamp("operationTime").unwrap();
+    run(
+        &src,
+        "shop",
+        doc! {"create": "r", "validator": {"a": {"$exists": true}}},
+    )
+    .await;
+    run(
+        &src,
+        "shop",
+        doc! {"createIndexes": "r", "indexes": [
+            {"key": {"h": 1}, "name": "h_1", "hidden": true},
+            {"key": {"k": 1}, "name": "k_1"},
+            {"key": {"e": 1}, "name": "e_1", "unique": true},
+        ]},
+    )
+    .await;
+    run(
+        &src,
+        "shop",
+        doc! {"collMod": "r", "validator": {"b": {"$exists": true}}},
+    )
+    .await;
+    run(
+        &src,
+        "shop",
+        doc! {"collMod": "r", "index": {"name": "h_1", "hidden": false}},
+    )
+    .await;
+    run(&src, "shop", doc! {"dropIndexes": "r", "index": "k_1"}).await;
+    run(&src, "shop", doc! {"createIndexes": "r", "indexes": [{"key": {"k": 1}, "name": "k_named", "sparse": true}]}).await;
+    run(
+        &src,
+        "shop",
+        doc! {"createIndexes": "gone2", "indexes": [{"key": {"z": 1}, "name": "z_1"}]},
+    )
+    .await;
+    run(&src, "shop", doc! {"drop": "gone2"}).await;
+    run(&src, "zz_sentinel", doc! {"create": "done"}).await;
+
+    // The copy happens now, from the source's current (later) catalog.
+    for spec in list_selected(&src, &sel).await.unwrap() {
+        create_on_destination(&dst, &spec, &relax).await.unwrap();
+        build_indexes(&dst, &spec, &relax).await.unwrap();
+    }
+
+    let stream = doc! {"allChangesForCluster": true, "showExpandedEvents": true, "showSystemEvents": true, "startAtOperationTime": t};
+    let mut cursor = src
+        .database("admin")
+        .run_raw_cursor_command(
+            RawDocumentBuf::from_document(
+                &doc! {"aggregate": 1, "pipeline": [{"$changeStream": stream}], "cursor": {}},
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .with_type::<RawDocumentBuf>();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), cursor.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let d = ev.to_document().unwrap();
+        if d.get_document("ns").ok().and_then(|n| n.get_str("db").ok()) == Some("zz_sentinel") {
+            break;
+        }
+        let op = d.get_str("operationType").unwrap();
+        if matches!(op, "insert" | "update" | "replace" | "delete") {
+            continue;
+        }
+        for _ in 0..2 {
+            apply_ddl(&src, &dst, &ev, &sel, &relax)
+                .await
+                .unwrap_or_else(|e| panic!("{d}: {e}"));
+        }
+        let coll = d
+            .get_document("ns")
+            .unwrap()
+            .get_str("coll")
+            .unwrap_or_default();
+        if op == "createIndexes" && coll == "gone2" {
+            assert!(
+                spec_of(&dst, &Namespace::new("shop", "gone2"))
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "createIndexes must not implicitly create a collection the copy never saw"
+            );
+        }
+    }
+    restore_relaxations(&dst, &relax).await.unwrap();
+    let (s, d) = (
+        list_selected(&src, &sel).await.unwrap(),
+        list_selected(&dst, &sel).await.unwrap(),
+    );
+    assert_eq!(s.len(), d.len());
+    for (a, b) in s.iter().zip(&d) {
+        assert!(
+            compare_specs(a, b).is_empty(),
+            "{}: {:#?}",
+            a.ns,
+            compare_specs(a, b)
+        );
+    }
+}

@@ -29,9 +29,26 @@ pub async fn create_on_destination(
     spec: &NsSpec,
     relax: &RelaxationStore,
 ) -> Result<(), CatalogError> {
+    create_ns(dest, spec, relax, false).await
+}
+
+/// As [`create_on_destination`]; with `replay` (a DDL change event) an existing namespace
+/// with other options is left alone: the copy created it from a later state of the source,
+/// and the events after this one (collMod, drop) converge.
+pub(crate) async fn create_ns(
+    dest: &Client,
+    spec: &NsSpec,
+    relax: &RelaxationStore,
+    replay: bool,
+) -> Result<(), CatalogError> {
     let source_opts = spec.options();
     if let Some(existing) = spec_of(dest, &spec.ns).await? {
-        return check_same(spec, &existing);
+        let same = check_same(spec, &existing);
+        if replay && same.is_err() {
+            tracing::debug!(ns = %spec.ns, "create skipped: the destination already has a later version of it");
+            return Ok(());
+        }
+        return same;
     }
     let (create_opts, relaxations) = relaxed_options(spec, &source_opts);
     for r in &relaxations {
@@ -46,6 +63,10 @@ pub async fn create_on_destination(
         }
         // Created concurrently (or by a previous run between our check and now).
         Err(e) if code_of(&e) == Some(NAMESPACE_EXISTS) => match spec_of(dest, &spec.ns).await? {
+            Some(existing) if replay => {
+                let _ = existing;
+                Ok(())
+            }
             Some(existing) => check_same(spec, &existing),
             None => Err(CatalogError::command(format!("create {cmd}"), &spec.ns, e)),
         },

@@ -23,7 +23,7 @@
 use mongodb::bson::{doc, Document, RawDocument, RawDocumentBuf};
 use mongodb::Client;
 
-use super::create::create_on_destination;
+use super::create::create_ns;
 use super::error::{code_of, CatalogError, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND};
 use super::indexes::create_indexes;
 use super::list::spec_of;
@@ -132,7 +132,7 @@ pub async fn apply_ddl(
         "create" => create(source, dest, &desc, &target, buckets, relax).await,
         "createIndexes" => {
             let specs = index_specs(&desc, &ctx)?;
-            create_indexes(dest, &event_ns, specs, relax).await?;
+            create_indexes(dest, &event_ns, specs, relax, true).await?;
             Ok(DdlOutcome::Applied)
         }
         "dropIndexes" => {
@@ -198,10 +198,11 @@ async fn create(
         if let Some(e) = desc.get("expireAfterSeconds") {
             options.insert("expireAfterSeconds", e.clone());
         }
-        create_on_destination(
+        create_ns(
             dest,
             &spec_from(target, NsKind::Timeseries, options)?,
             relax,
+            true,
         )
         .await?;
         return Ok(DdlOutcome::Applied);
@@ -217,7 +218,7 @@ async fn create(
         }
         return match spec_of(source, target).await? {
             Some(s) if s.kind == NsKind::Timeseries => {
-                create_on_destination(dest, &s, relax).await?;
+                create_ns(dest, &s, relax, true).await?;
                 Ok(DdlOutcome::Applied)
             }
             _ => {
@@ -233,7 +234,7 @@ async fn create(
     } else {
         NsKind::Collection
     };
-    create_on_destination(dest, &spec_from(target, kind, options)?, relax).await?;
+    create_ns(dest, &spec_from(target, kind, options)?, relax, true).await?;
     Ok(DdlOutcome::Applied)
 }
 
@@ -294,10 +295,19 @@ async fn modify(
     if !apply.is_empty() {
         let mut cmd = doc! {"collMod": &target.coll};
         cmd.extend(apply);
-        dest.database(&target.db)
-            .run_command(cmd.clone())
-            .await
-            .map_err(|e| CatalogError::command(format!("collMod {cmd}"), target, e))?;
+        match dest.database(&target.db).run_command(cmd.clone()).await {
+            Ok(_) => {}
+            // Not (or no longer) on the destination: its drop event follows.
+            Err(e)
+                if matches!(
+                    code_of(&e),
+                    Some(NAMESPACE_NOT_FOUND) | Some(INDEX_NOT_FOUND)
+                ) =>
+            {
+                tracing::debug!(ns = %target, "collMod skipped: not on the destination");
+            }
+            Err(e) => return Err(CatalogError::command(format!("collMod {cmd}"), target, e)),
+        }
     }
     Ok(DdlOutcome::Applied)
 }

@@ -90,4 +90,6 @@ pub(crate) fn code_of(e: &mongodb::error::Error) -> Option<i32> {
 pub(crate) const NAMESPACE_NOT_FOUND: i32 = 26;
 pub(crate) const INDEX_NOT_FOUND: i32 = 27;
 pub(crate) const NAMESPACE_EXISTS: i32 = 48;
+pub(crate) const INDEX_OPTIONS_CONFLICT: i32 = 85;
+pub(crate) const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 pub(crate) const CANNOT_CONVERT_INDEX_TO_UNIQUE: i32 = 359;

@@ -3,7 +3,7 @@
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
 
-use super::error::CatalogError;
+use super::error::{code_of, CatalogError, INDEX_KEY_SPECS_CONFLICT, INDEX_OPTIONS_CONFLICT};
 use super::list::list_indexes;
 use super::relax::{Relaxation, RelaxationStore};
 use super::spec::{as_i64, bson_eq, NsKind, NsSpec};
@@ -36,22 +36,34 @@ pub async fn build_indexes(
             i.get_str("name").ok() != Some("_id_") && !i.get_bool("clustered").unwrap_or(false)
         })
         .collect();
-    create_indexes(dest, &spec.ns, specs, relax).await
+    create_indexes(dest, &spec.ns, specs, relax, false).await
 }
 
 /// Creates `specs` (source specs) on `ns`, relaxed and recorded; shared with DDL apply.
+///
+/// With `replay` (a DDL change event), the destination may already be *ahead* of the event:
+/// the copy read the catalog after it. Then a missing collection, or an index already there
+/// with another spec or key, is left alone: the later events (drop, dropIndexes, collMod)
+/// bring the destination to the source's state, and the verifier compares the end result.
 pub(crate) async fn create_indexes(
     dest: &Client,
     ns: &Namespace,
     specs: Vec<Document>,
     relax: &RelaxationStore,
+    replay: bool,
 ) -> Result<(), CatalogError> {
     if specs.is_empty() {
         return Ok(());
     }
-    let existing: Vec<Document> = list_indexes(dest, ns)
-        .await?
-        .unwrap_or_default()
+    let existing = match list_indexes(dest, ns).await? {
+        Some(e) => e,
+        None if replay => {
+            tracing::debug!(%ns, "createIndexes skipped: the collection is not on the destination (dropped later on the source)");
+            return Ok(());
+        }
+        None => Vec::new(),
+    };
+    let existing: Vec<Document> = existing
         .iter()
         .filter_map(|i| i.to_document().ok())
         .collect();
@@ -73,6 +85,10 @@ pub(crate) async fn create_indexes(
                 &Bson::Document(strip(have)),
                 &Bson::Document(strip(&source)),
             ) {
+                if replay {
+                    tracing::debug!(%ns, index = %name, "createIndexes skipped: the destination already has a later version of this index");
+                    continue;
+                }
                 return Err(CatalogError::Conflict {
                     ns: ns.clone(),
                     what: format!("index {name}"),
@@ -94,13 +110,46 @@ pub(crate) async fn create_indexes(
         .iter()
         .filter_map(|d| d.get_str("name").ok().map(String::from))
         .collect();
-    let cmd = doc! {"createIndexes": &ns.coll, "indexes": to_build};
-    dest.database(&ns.db)
-        .run_command(cmd)
-        .await
-        .map_err(|e| CatalogError::command(format!("createIndexes {names:?}"), ns, e))?;
+    let cmd = doc! {"createIndexes": &ns.coll, "indexes": to_build.clone()};
+    match dest.database(&ns.db).run_command(cmd).await {
+        Ok(_) => {}
+        Err(e) if replay && is_index_conflict(&e) => {
+            // One spec collides with a later index of the same key: build the others.
+            for spec in to_build {
+                let name = spec.get_str("name").unwrap_or_default().to_string();
+                let one = doc! {"createIndexes": &ns.coll, "indexes": [spec]};
+                match dest.database(&ns.db).run_command(one).await {
+                    Ok(_) => {}
+                    Err(e) if is_index_conflict(&e) => {
+                        tracing::debug!(%ns, index = %name, "createIndexes skipped: an index with this key already exists (created later on the source)");
+                    }
+                    Err(e) => {
+                        return Err(CatalogError::command(
+                            format!("createIndexes {name}"),
+                            ns,
+                            e,
+                        ))
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            return Err(CatalogError::command(
+                format!("createIndexes {names:?}"),
+                ns,
+                e,
+            ))
+        }
+    }
     tracing::debug!(%ns, ?names, "built indexes");
     Ok(())
+}
+
+fn is_index_conflict(e: &mongodb::error::Error) -> bool {
+    matches!(
+        code_of(e),
+        Some(INDEX_OPTIONS_CONFLICT) | Some(INDEX_KEY_SPECS_CONFLICT)
+    )
 }
 
 /// The spec to build during sync and the relaxations it implies.
