@@ -63,10 +63,7 @@ pub(crate) async fn create_ns(
         }
         // Created concurrently (or by a previous run between our check and now).
         Err(e) if code_of(&e) == Some(NAMESPACE_EXISTS) => match spec_of(dest, &spec.ns).await? {
-            Some(existing) if replay => {
-                let _ = existing;
-                Ok(())
-            }
+            Some(_) if replay => Ok(()),
             Some(existing) => check_same(spec, &existing),
             None => Err(CatalogError::command(format!("create {cmd}"), &spec.ns, e)),
         },

@@ -12,6 +12,24 @@
 //! bucket writes (insert, update with `updateDescription`) and time-series DDL only with
 //! `showSystemEvents: true` (accepted by 6.0.5), on the namespace `system.buckets.<name>`;
 //! the engine's server-side filter must therefore let `system.buckets.<selected>` through.
+//!
+//! # What the engine's change stream must deliver to [`apply_ddl`]
+//! - `showExpandedEvents: true` and `showSystemEvents: true` (both accepted by 6.0.5).
+//! - Events on `<db>.system.buckets.<coll>` when `<db>.<coll>` is selected.
+//! - `rename` events whose **`to`** is selected even when `ns` is not: a rename across
+//!   databases arrives as `create`/`createIndexes`/inserts of `<to db>.tmpXXXXX.renameCollection`,
+//!   then `rename` of that temporary namespace to the target, then `drop` of the original;
+//!   with a collection-list filter the temporary namespace is not selected, and the rename
+//!   yields [`DdlOutcome::NeedsCopy`].
+//! - `dropDatabase` events (`ns` has only `db`) of databases that may hold selected collections.
+//! - Data events are not DDL: passing one to [`apply_ddl`] is an error.
+//!
+//! On [`DdlOutcome::NeedsCopy`] the engine creates, copies and indexes the namespace from the
+//! source's *current* state ([`spec_of`], [`create_on_destination`], [`build_indexes`]) and
+//! keeps applying later events, which must then be idempotent on a destination that is ahead.
+//! DDL replay itself tolerates a destination that is ahead (the copy read the catalog after
+//! the start point): an existing namespace or index in a later shape is left alone and the
+//! later events converge it.
 
 mod create;
 mod ddl;
