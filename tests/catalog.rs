@@ -501,3 +501,50 @@ async fn time_series_buckets_copied_raw_show_the_same_measurements() {
         compare_specs(&spec, &d)
     );
 }
+
+#[tokio::test]
+async fn restore_skips_what_was_dropped_and_is_scoped_by_plan_and_direction() {
+    let dst_rs = ReplicaSet::start().await;
+    let dst = dst_rs.root_client().await;
+    run(&dst, "shop", doc! {"create": "plain"}).await;
+    let relax = store(&dst, "p5");
+    let other_direction = RelaxationStore::new(dst.database(STATE_DB), "p5", "reverse");
+    let other_plan = store(&dst, "p6");
+    let plain = Namespace::new("shop", "plain");
+    relax
+        .record(&Relaxation::index_ttl(&plain, "no_such_index", 60))
+        .await
+        .unwrap();
+    relax
+        .record(&Relaxation::capped(
+            &Namespace::new("shop", "dropped"),
+            Some(4096),
+            None,
+        ))
+        .await
+        .unwrap();
+    relax
+        .record(&Relaxation::unique(&Namespace::new("shop", "dropped"), "u"))
+        .await
+        .unwrap();
+    other_direction
+        .record(&Relaxation::unique(&plain, "x"))
+        .await
+        .unwrap();
+    other_plan
+        .record(&Relaxation::unique(&plain, "y"))
+        .await
+        .unwrap();
+    // Recording twice replaces, never duplicates.
+    relax
+        .record(&Relaxation::index_ttl(&plain, "no_such_index", 90))
+        .await
+        .unwrap();
+    assert_eq!(relax.list().await.unwrap().len(), 3);
+    let report = restore_relaxations(&dst, &relax).await.unwrap();
+    assert_eq!(report.gone.len(), 3, "{report:?}");
+    assert!(report.restored.is_empty());
+    assert!(relax.list().await.unwrap().is_empty());
+    assert_eq!(other_direction.list().await.unwrap().len(), 1);
+    assert_eq!(other_plan.list().await.unwrap().len(), 1);
+}
