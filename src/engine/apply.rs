@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::try_join_all;
+use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf, Timestamp};
-use mongodb::change_stream::event::ResumeToken;
-use mongodb::change_stream::ChangeStream;
 use mongodb::error::ErrorKind;
+use mongodb::raw_batch_cursor::RawBatchCursor;
 use mongodb::Client;
 use tokio::sync::watch;
 
@@ -29,8 +29,8 @@ use crate::plan::NamespaceSelector;
 use crate::progress::Progress;
 use crate::state::{StateStore, LANES};
 
-const ROUND_EVENTS: usize = 5_000;
-const ROUND_BYTES: usize = 32 * 1024 * 1024;
+/// Events per change-stream batch (one round); the server also caps a batch at 16 MB.
+const ROUND_EVENTS: u32 = 5_000;
 const COMMAND_BYTES: usize = 8 * 1024 * 1024;
 const COMMAND_STMTS: usize = 1_000;
 /// Inserts and replaces whose document is bigger than this are fetched from the source
@@ -67,10 +67,10 @@ pub struct ApplyCtx {
     pub position: watch::Sender<Option<Timestamp>>,
 }
 
-/// Where change application starts.
+/// Where change application starts: a stored resume token (`{_data: ...}`) or a time.
 #[derive(Clone, Debug)]
 pub enum StartPoint {
-    Token(ResumeToken),
+    Token(Document),
     Time(Timestamp),
 }
 
@@ -98,8 +98,20 @@ pub async fn run(
     }
 }
 
-fn pipeline(selector: &NamespaceSelector) -> Vec<Document> {
+/// The change stream: cluster-wide, with DDL (`showExpandedEvents`) and time-series bucket
+/// events (`showSystemEvents`, which the driver's `watch()` cannot set, hence a raw
+/// aggregate: the raw cursor also hands us every batch's `postBatchResumeToken`, so an idle
+/// stream still advances the checkpoint). Resuming is ours: [`run`] reopens from the stored
+/// token.
+fn pipeline(selector: &NamespaceSelector, start: &StartPoint) -> Vec<Document> {
+    let mut cs =
+        doc! {"allChangesForCluster": true, "showExpandedEvents": true, "showSystemEvents": true};
+    match start {
+        StartPoint::Token(t) => cs.insert("resumeAfter", t.clone()),
+        StartPoint::Time(ts) => cs.insert("startAtOperationTime", *ts),
+    };
     vec![
+        doc! {"$changeStream": cs},
         // Never the state database (cluster-wide streams already omit admin/config/local).
         doc! {"$match": {"ns.db": {"$ne": selector.state_database()}}},
         // Keep events under 16 MB: drop a huge fullDocument; the applier fetches it instead.
@@ -111,25 +123,15 @@ fn pipeline(selector: &NamespaceSelector) -> Vec<Document> {
     ]
 }
 
-async fn open(
-    ctx: &ApplyCtx,
-    start: &StartPoint,
-) -> Result<ChangeStream<RawDocumentBuf>, EngineError> {
-    let w = ctx
-        .source
-        .watch()
-        .pipeline(pipeline(&ctx.selector))
-        .show_expanded_events(true)
-        .batch_size(1000)
-        .max_await_time(Duration::from_millis(300));
-    let w = match start {
-        StartPoint::Token(t) => w.resume_after(t.clone()),
-        StartPoint::Time(ts) => w.start_at_operation_time(*ts),
-    };
-    match w.await {
-        Ok(cs) => Ok(cs.with_type::<RawDocumentBuf>()),
-        Err(e) => Err(stream_error(&e, start)),
-    }
+async fn open(ctx: &ApplyCtx, start: &StartPoint) -> Result<RawBatchCursor, EngineError> {
+    ctx.source
+        .database("admin")
+        .aggregate(pipeline(&ctx.selector, start))
+        .batch_size(ROUND_EVENTS)
+        .max_await_time(Duration::from_millis(300))
+        .batch()
+        .await
+        .map_err(|e| stream_error(&e, start))
 }
 
 fn stream_error(e: &mongodb::error::Error, start: &StartPoint) -> EngineError {
@@ -137,8 +139,8 @@ fn stream_error(e: &mongodb::error::Error, start: &StartPoint) -> EngineError {
         ErrorKind::Command(c) => Some(c.code),
         _ => None,
     };
-    if code == Some(286) || code == Some(280) && crate::cluster::short_message(e).contains("oplog")
-    {
+    // 286 ChangeStreamHistoryLost: the resume point has left the oplog.
+    if code == Some(286) {
         let at = match start {
             StartPoint::Time(ts) => format!("source time {}.{}", ts.time, ts.increment),
             StartPoint::Token(t) => match token_time(t) {
@@ -156,50 +158,60 @@ async fn run_stream(
     start: &mut StartPoint,
     control: &mut watch::Receiver<Control>,
 ) -> Result<(), EngineError> {
-    let mut cs = open(ctx, start).await?;
+    let mut cursor = open(ctx, start).await?;
     ctx.progress.set_reconnecting(None);
     loop {
-        let ctl = *control.borrow();
-        if ctl == Control::Stop {
+        if *control.borrow() == Control::Stop {
             return Ok(());
         }
+        let batch = match cursor.try_next().await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return Err(EngineError::Event(
+                    "the source closed the change stream".into(),
+                ))
+            }
+            Err(e) => return Err(stream_error(&e, start)),
+        };
+        let pbrt = batch
+            .as_raw_document()
+            .get_document("cursor")
+            .ok()
+            .and_then(|c| c.get_document("postBatchResumeToken").ok())
+            .map(|t| t.to_raw_document_buf());
+        let events = batch.doc_slices().map_err(|e| stream_error(&e, start))?;
         let mut round: Vec<RawDocumentBuf> = Vec::new();
-        let mut bytes = 0usize;
-        let mut idle = false;
-        let mut ddl: Option<RawDocumentBuf> = None;
+        let mut applied = 0u64;
         let mut last_wall: Option<i64> = None;
-        while round.len() < ROUND_EVENTS && bytes < ROUND_BYTES {
-            match cs.next_if_any().await {
-                Ok(Some(ev)) => {
-                    if let Ok(w) = ev.get_datetime("wallTime") {
-                        last_wall = Some(w.timestamp_millis());
-                    }
-                    if is_crud(&ev) {
-                        bytes += ev.as_bytes().len();
-                        round.push(ev);
-                    } else {
-                        ddl = Some(ev);
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    idle = true;
-                    break;
-                }
-                Err(e) => return Err(stream_error(&e, start)),
+        let mut idle = true;
+        for ev in events {
+            let ev = ev.map_err(|e| EngineError::Event(format!("malformed change event: {e}")))?;
+            let Some(ev) = ev.as_document() else { continue };
+            idle = false;
+            if let Ok(w) = ev.get_datetime("wallTime") {
+                last_wall = Some(w.timestamp_millis());
+            }
+            applied += 1;
+            if is_crud(ev) {
+                round.push(ev.to_raw_document_buf());
+            } else {
+                // DDL is a barrier: everything before it first.
+                apply_round(ctx, std::mem::take(&mut round)).await?;
+                apply_ddl(ctx, ev).await?;
             }
         }
-        let applied = round.len() as u64 + u64::from(ddl.is_some());
         apply_round(ctx, round).await?;
-        if let Some(ev) = ddl {
-            apply_ddl(ctx, &ev).await?;
-        }
-        let token = cs.resume_token();
-        let pos = token.as_ref().and_then(token_time);
-        persist(ctx, token.as_ref(), pos, applied).await?;
-        if let Some(t) = token {
-            *start = StartPoint::Token(t);
-        }
+        let Some(token) = pbrt else {
+            return Err(EngineError::Event(
+                "the change stream batch has no postBatchResumeToken".into(),
+            ));
+        };
+        let token: Document = token
+            .to_document()
+            .map_err(|e| EngineError::Event(e.to_string()))?;
+        let pos = token_time(&token);
+        persist(ctx, &token, pos, applied).await?;
+        *start = StartPoint::Token(token);
         ctx.progress
             .events_applied
             .fetch_add(applied, Ordering::Relaxed);
@@ -218,7 +230,7 @@ async fn run_stream(
             ctx.position.send_replace(Some(p));
         }
         if let Control::DrainTo(target) = *control.borrow() {
-            if idle && pos.is_some_and(|p| p >= target) {
+            if pos.is_some_and(|p| p >= target) {
                 return Ok(());
             }
         }
@@ -241,16 +253,11 @@ fn is_crud(ev: &RawDocument) -> bool {
 
 async fn persist(
     ctx: &ApplyCtx,
-    token: Option<&ResumeToken>,
+    token: &Document,
     pos: Option<Timestamp>,
     applied: u64,
 ) -> Result<(), EngineError> {
-    let mut set = doc! {"updated": mongodb::bson::DateTime::now()};
-    if let Some(t) = token {
-        let b = mongodb::bson::to_bson(t)
-            .map_err(|e| EngineError::Event(format!("resume token: {e}")))?;
-        set.insert("resume_token", b);
-    }
+    let mut set = doc! {"updated": mongodb::bson::DateTime::now(), "resume_token": token.clone()};
     if let Some(p) = pos {
         set.insert("position", p);
     }
@@ -267,9 +274,8 @@ async fn persist(
 
 /// The source time encoded in a resume token (`_data` hex: `82`, then seconds and increment
 /// as 4-byte big-endian numbers).
-pub fn token_time(t: &ResumeToken) -> Option<Timestamp> {
-    let b = mongodb::bson::to_bson(t).ok()?;
-    let data = b.as_document()?.get_str("_data").ok()?;
+pub fn token_time(t: &Document) -> Option<Timestamp> {
+    let data = t.get_str("_data").ok()?;
     if data.len() < 18 || !data.starts_with("82") {
         return None;
     }
@@ -296,9 +302,25 @@ async fn apply_round(ctx: &ApplyCtx, round: Vec<RawDocumentBuf>) -> Result<(), E
     if round.is_empty() {
         return Ok(());
     }
-    let workers = ctx.workers.max(1);
+    match apply_round_with(ctx, &round, ctx.workers.max(1)).await {
+        // Parallel application can pass through states the source never had (two documents
+        // swapping a unique value). Where the destination enforces uniqueness (the reverse
+        // direction: the old source's indexes are real), replay the round in source order.
+        Err(EngineError::Write { code: 11000, .. }) if ctx.workers > 1 => {
+            tracing::debug!("Duplicate key in a parallel round; replaying it in source order.");
+            apply_round_with(ctx, &round, 1).await
+        }
+        other => other,
+    }
+}
+
+async fn apply_round_with(
+    ctx: &ApplyCtx,
+    round: &[RawDocumentBuf],
+    workers: usize,
+) -> Result<(), EngineError> {
     let mut buckets: Vec<Vec<(Namespace, Stmt)>> = (0..workers).map(|_| Vec::new()).collect();
-    for ev in &round {
+    for ev in round {
         let Some(ns) = event_ns(ev) else { continue };
         if !selected(&ctx.selector, &ns) {
             continue;
@@ -322,7 +344,12 @@ async fn apply_round(ctx: &ApplyCtx, round: Vec<RawDocumentBuf>) -> Result<(), E
             .filter(|b| !b.is_empty())
             .map(|b| write_bucket(ctx, b));
         match try_join_all(futs).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                if outage.is_some() {
+                    ctx.progress.set_reconnecting(None);
+                }
+                return Ok(());
+            }
             // The whole round is idempotent: retry it.
             Err(e) if e.is_transient() => {
                 let since = *outage.get_or_insert_with(Instant::now);
@@ -475,6 +502,12 @@ async fn send(
 }
 
 async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> {
+    // `showSystemEvents` also shows writes to e.g. `system.views`; only buckets matter.
+    if let Some(ns) = event_ns(ev) {
+        if ns.coll.starts_with("system.") && !ns.coll.starts_with("system.buckets.") {
+            return Ok(());
+        }
+    }
     let outcome = catalog::apply_ddl(&ctx.source, &ctx.dest, ev, &ctx.selector, &ctx.relax)
         .await
         .map_err(|e| EngineError::Event(describe(ev, &e.to_string())))?;

@@ -105,7 +105,9 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
 
 /// The ranges of one collection that still need copying, planning them on first use.
 async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, EngineError> {
-    let read_ns = catalog::copy_target(spec);
+    let Some(read_ns) = catalog::copy_target(spec) else {
+        return Ok(Vec::new()); // a view: no documents
+    };
     let write_ns = read_ns.clone();
     let prefix = format!("{}/{}/", ctx.lane, read_ns);
     let coll = ctx.store.coll(PARTITIONS);
@@ -426,7 +428,9 @@ pub async fn estimate(source: &Client, specs: &[NsSpec], progress: &Progress) {
     let mut bytes = 0u64;
     let mut docs = 0u64;
     for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-        let ns = catalog::copy_target(s);
+        let Some(ns) = catalog::copy_target(s) else {
+            continue;
+        };
         let stats = source
             .database(&ns.db)
             .run_command(doc! {"collStats": &ns.coll})

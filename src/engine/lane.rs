@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Bson, Document, Timestamp};
-use mongodb::change_stream::event::ResumeToken;
 use mongodb::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -308,11 +307,7 @@ async fn lane_main(
     progress.copy_done.store(true, Ordering::Relaxed);
     progress.set_phase("applying change events");
     let start = match record.get("resume_token") {
-        Some(Bson::Document(tok)) => match mongodb::bson::from_document::<ResumeToken>(tok.clone())
-        {
-            Ok(t) => StartPoint::Token(t),
-            Err(_) => StartPoint::Time(start_ts),
-        },
+        Some(Bson::Document(tok)) => StartPoint::Token(tok.clone()),
         _ => StartPoint::Time(start_ts),
     };
     let ctx = ApplyCtx {
@@ -337,7 +332,9 @@ async fn refuse_non_empty_destination(env: &LaneEnv) -> Result<(), EngineError> 
     let specs = catalog::list_selected(&env.destination, &env.selector).await?;
     let mut busy = Vec::new();
     for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-        let ns = catalog::copy_target(s);
+        let Some(ns) = catalog::copy_target(s) else {
+            continue;
+        };
         let n = env
             .destination
             .database(&ns.db)

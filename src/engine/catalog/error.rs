@@ -1,0 +1,95 @@
+//! What can go wrong while reading or writing a catalog.
+
+use mongodb::bson::Bson;
+
+use crate::namespace::Namespace;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// A command the server refused or a network failure.
+    #[error("{what} for {ns} failed: {source}")]
+    Command {
+        what: String,
+        ns: String,
+        #[source]
+        source: Box<mongodb::error::Error>,
+    },
+
+    /// The destination already holds the namespace (or index) with other options.
+    #[error(
+        "{ns} already exists on the destination with different {what}:\n  destination: {existing}\n  source:      {wanted}\n\
+         hint: drop or rename it on the destination (it is not the source's), then run again"
+    )]
+    Conflict {
+        ns: Namespace,
+        what: String,
+        existing: String,
+        wanted: String,
+    },
+
+    /// Restoring a unique index found documents the source's unique index would refuse.
+    #[error(
+        "unique index {index} on {ns} cannot be made unique on the destination: documents with duplicate keys exist \
+         (_ids {ids:?}). The destination diverged from the source (the source's index is unique). \
+         hint: remove the duplicates on the destination (compare these _ids with the source), then run the commit again"
+    )]
+    Duplicates {
+        ns: Namespace,
+        index: String,
+        ids: Vec<Bson>,
+    },
+
+    /// A DDL change event cutover cannot apply; never skipped silently.
+    #[error(
+        "cannot apply change event {operation_type} on {ns} at cluster time {cluster_time}: {reason}"
+    )]
+    UnsupportedDdl {
+        operation_type: String,
+        ns: String,
+        cluster_time: String,
+        reason: String,
+    },
+
+    /// A server reply or event without a field it must have.
+    #[error("unexpected {what}: {detail}")]
+    Malformed { what: String, detail: String },
+}
+
+impl CatalogError {
+    pub(crate) fn command(
+        what: impl Into<String>,
+        ns: impl ToString,
+        source: mongodb::error::Error,
+    ) -> Self {
+        CatalogError::Command {
+            what: what.into(),
+            ns: ns.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn malformed(what: impl Into<String>, detail: impl ToString) -> Self {
+        CatalogError::Malformed {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// The server's error code, when the error is a command error.
+pub(crate) fn code_of(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(c) => Some(c.code),
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => {
+            Some(w.code)
+        }
+        _ => None,
+    }
+}
+
+pub(crate) const NAMESPACE_NOT_FOUND: i32 = 26;
+pub(crate) const INDEX_NOT_FOUND: i32 = 27;
+pub(crate) const NAMESPACE_EXISTS: i32 = 48;
+pub(crate) const INDEX_OPTIONS_CONFLICT: i32 = 85;
+pub(crate) const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+pub(crate) const CANNOT_CONVERT_INDEX_TO_UNIQUE: i32 = 359;

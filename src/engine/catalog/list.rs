@@ -1,0 +1,163 @@
+//! Reading a cluster's catalog: selected namespaces with their options and indexes.
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, RawDocumentBuf};
+use mongodb::Client;
+
+use super::error::{code_of, CatalogError, NAMESPACE_NOT_FOUND};
+use super::spec::{NsKind, NsSpec};
+use crate::namespace::Namespace;
+use crate::plan::NamespaceSelector;
+
+/// Every selected namespace on a cluster (never `system.*`, `admin`/`local`/`config` or the
+/// state database), sorted by namespace with views after the collections and views they read.
+pub async fn list_selected(
+    client: &Client,
+    selector: &NamespaceSelector,
+) -> Result<Vec<NsSpec>, CatalogError> {
+    let dbs = client
+        .list_database_names()
+        .await
+        .map_err(|e| CatalogError::command("listDatabases", "the cluster", e))?;
+    let mut out = Vec::new();
+    for db in dbs.iter().filter(|d| selector.may_select_database(d)) {
+        for entry in list_collections(client, db, doc! {}).await? {
+            let Some((name, kind)) = name_and_kind(&entry) else {
+                continue;
+            };
+            if !selector.selects(db, &name) {
+                continue;
+            }
+            let ns = Namespace::new(db.clone(), name);
+            match with_indexes(client, ns, kind, entry).await? {
+                Some(spec) => out.push(spec),
+                None => continue, // dropped between the two reads: its drop event will follow
+            }
+        }
+    }
+    Ok(order_views_last(out))
+}
+
+/// One namespace's spec, or `None` when it does not exist.
+pub async fn spec_of(client: &Client, ns: &Namespace) -> Result<Option<NsSpec>, CatalogError> {
+    let entries = list_collections(client, &ns.db, doc! {"name": &ns.coll}).await?;
+    let Some(entry) = entries.into_iter().next() else {
+        return Ok(None);
+    };
+    let Some((_, kind)) = name_and_kind(&entry) else {
+        return Ok(None);
+    };
+    with_indexes(client, ns.clone(), kind, entry).await
+}
+
+async fn list_collections(
+    client: &Client,
+    db: &str,
+    filter: mongodb::bson::Document,
+) -> Result<Vec<RawDocumentBuf>, CatalogError> {
+    let cursor = client
+        .database(db)
+        .run_cursor_command(doc! {"listCollections": 1, "filter": filter})
+        .await
+        .map_err(|e| CatalogError::command("listCollections", db, e))?;
+    cursor
+        .with_type::<RawDocumentBuf>()
+        .try_collect()
+        .await
+        .map_err(|e| CatalogError::command("listCollections", db, e))
+}
+
+fn name_and_kind(entry: &RawDocumentBuf) -> Option<(String, NsKind)> {
+    let name = entry.get_str("name").ok()?.to_string();
+    let kind = NsKind::from_type(entry.get_str("type").ok()?)?;
+    Some((name, kind))
+}
+
+async fn with_indexes(
+    client: &Client,
+    ns: Namespace,
+    kind: NsKind,
+    info: RawDocumentBuf,
+) -> Result<Option<NsSpec>, CatalogError> {
+    let indexes = if kind == NsKind::View {
+        Vec::new()
+    } else {
+        match list_indexes(client, &ns).await? {
+            Some(i) => i,
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(NsSpec {
+        ns,
+        kind,
+        info,
+        indexes,
+    }))
+}
+
+/// Raw `listIndexes`, or `None` when the namespace is gone.
+pub(crate) async fn list_indexes(
+    client: &Client,
+    ns: &Namespace,
+) -> Result<Option<Vec<RawDocumentBuf>>, CatalogError> {
+    let res = client
+        .database(&ns.db)
+        .run_cursor_command(doc! {"listIndexes": &ns.coll})
+        .await;
+    let cursor = match res {
+        Ok(c) => c,
+        Err(e) if code_of(&e) == Some(NAMESPACE_NOT_FOUND) => return Ok(None),
+        Err(e) => return Err(CatalogError::command("listIndexes", ns, e)),
+    };
+    match cursor.with_type::<RawDocumentBuf>().try_collect().await {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if code_of(&e) == Some(NAMESPACE_NOT_FOUND) => Ok(None),
+        Err(e) => Err(CatalogError::command("listIndexes", ns, e)),
+    }
+}
+
+/// Collections first (by namespace), then views, each after whatever it reads.
+fn order_views_last(mut specs: Vec<NsSpec>) -> Vec<NsSpec> {
+    specs.sort_by(|a, b| a.ns.cmp(&b.ns));
+    let (mut out, mut views): (Vec<NsSpec>, Vec<NsSpec>) =
+        specs.into_iter().partition(|s| s.kind != NsKind::View);
+    while !views.is_empty() {
+        let ready = views.iter().position(|v| {
+            let on = v.view_on().unwrap_or_default();
+            !views.iter().any(|w| w.ns.db == v.ns.db && w.ns.coll == on)
+        });
+        // A cycle cannot exist on a server; take the first view if one somehow does.
+        out.push(views.remove(ready.unwrap_or(0)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::{doc, RawDocumentBuf};
+
+    fn view(coll: &str, on: &str) -> NsSpec {
+        let info = doc! {"name": coll, "type": "view", "options": {"viewOn": on, "pipeline": []}};
+        NsSpec {
+            ns: Namespace::new("d", coll),
+            kind: NsKind::View,
+            info: RawDocumentBuf::from_document(&info).unwrap(),
+            indexes: vec![],
+        }
+    }
+
+    #[test]
+    fn views_follow_what_they_read() {
+        let coll = NsSpec {
+            kind: NsKind::Collection,
+            ..view("z", "")
+        };
+        let specs = vec![view("a", "b"), view("b", "z"), coll];
+        let order: Vec<String> = order_views_last(specs)
+            .into_iter()
+            .map(|s| s.ns.coll)
+            .collect();
+        assert_eq!(order, vec!["z", "b", "a"]);
+    }
+}
