@@ -122,6 +122,7 @@ pub async fn commit(
                 match blocking { WriteBlocking::None => "none", _ => "destination-only" }
             );
         }
+        crate::crashpoint::hit("commit.blocked", Some(i));
         // Every user write the source accepted has a time at or before this point.
         let block_ts = source_now(&src_client).await.map_err(fail)?;
         phase = "draining".into();
@@ -137,6 +138,7 @@ pub async fn commit(
                 "commit record without block point".into(),
             ))
         })?;
+        crate::crashpoint::hit("commit.draining", Some(i));
         let lane = ctx.ensure_lane(direction, start_at);
         if blocking == WriteBlocking::SourceAndDestination {
             lane.drain_to(block_ts).await.map_err(fail)?;
@@ -176,6 +178,7 @@ pub async fn commit(
         ctx.store
             .set(doc! {format!("{key}.phase"): "committed", "state": "COMMITTED"})
             .await?;
+        crate::crashpoint::hit("commit.committed", Some(i));
     }
 
     if phase == "committed" {
@@ -183,10 +186,20 @@ pub async fn commit(
         let dst_client = dst.client.clone();
         // The reverse start point: every write the new source accepts after it is unblocked
         // has a later time.
-        let can_write_ts = source_now(&dst_client).await.map_err(fail)?;
-        ctx.store
-            .set(doc! {format!("{key}.can_write_ts"): can_write_ts})
-            .await?;
+        // Recorded once: after a crash past the unblock, a later time would miss writes.
+        let stored = ctx.store.run_doc().await?.and_then(|r| {
+            r.get_document("commits")
+                .ok()
+                .and_then(|c| c.get_document(i.to_string()).ok())
+                .and_then(|c| c.get_timestamp("can_write_ts").ok())
+        });
+        if stored.is_none() {
+            let can_write_ts = source_now(&dst_client).await.map_err(fail)?;
+            ctx.store
+                .set(doc! {format!("{key}.can_write_ts"): can_write_ts})
+                .await?;
+        }
+        crate::crashpoint::hit("commit.before-unblock", Some(i));
         if blocking != WriteBlocking::None {
             ctx.set_block(dest_role(direction), false).await?;
         }
@@ -346,6 +359,7 @@ pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError
     if ctx.plan.options.write_blocking == WriteBlocking::SourceAndDestination {
         ctx.set_block(Scope::Source, true).await?;
     }
+    crate::crashpoint::hit("reverse.starting", Some(i));
     let store = ctx.store.clone();
     let lane = ctx.ensure_lane(Direction::Reverse, Some(start));
     // Started means the change stream opened at the start point (or failed: history lost).

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod crashpoint;
 pub mod cutover;
 pub mod engine;
 pub mod exit;

@@ -230,6 +230,9 @@ async fn run_stream(
             ctx.position.send_replace(Some(p));
         }
         if let Control::DrainTo(target) = *control.borrow() {
+            if applied > 0 {
+                crate::crashpoint::hit("apply.drain-round", None);
+            }
             if pos.is_some_and(|p| p >= target) {
                 return Ok(());
             }

@@ -1,0 +1,251 @@
+//! The full reversible plan — sync, validate-indexes, commit, reverse, commit — with an
+//! application writing throughout as the `app` user (refused while blocked), in one run, one
+//! step per invocation, and after crashes at every transition point.
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+
+const REVERSIBLE: &str = r#"
+[options]
+reversible = true
+write_blocking = "source-and-destination"
+max_lag = "2s"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "validate-indexes"
+
+[[steps]]
+kind = "commit"
+timeout = "3m"
+
+[[steps]]
+kind = "reverse"
+
+[[steps]]
+kind = "commit"
+timeout = "3m"
+"#;
+
+/// An application: inserts `{_id: n}` into `app.events` and pushes `n` onto `app.counter.log`,
+/// on whichever cluster accepts writes; moves to the other cluster when refused with
+/// `UserWritesBlocked`; stops for good once it has been refused on the destination after
+/// having written there (the final commit has begun), so both clusters can be compared.
+struct App {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(i64, &'static str)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl App {
+    fn start(src: Client, dst: Client) -> App {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (st, ak) = (stop.clone(), acked.clone());
+        let task = tokio::spawn(async move {
+            let mut on_dst = false;
+            let mut wrote_dst = false;
+            let mut n: i64 = 0;
+            while !st.load(Ordering::Relaxed) {
+                let (c, name) = if on_dst { (&dst, "destination") } else { (&src, "source") };
+                let db = c.database("app");
+                let r = db.collection::<Document>("events").insert_one(doc! {"_id": n, "on": name}).await;
+                match r {
+                    Ok(_) => {
+                        let _ = db
+                            .collection::<Document>("counter")
+                            .update_one(doc! {"_id": "c"}, doc! {"$push": {"log": n}})
+                            .upsert(true)
+                            .await
+                            .map(|_| ak.lock().unwrap().push((n, name)));
+                        ak.lock().unwrap().push((n, name));
+                        wrote_dst |= on_dst;
+                        n += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) if e.to_string().contains("User writes blocked") || e.to_string().contains("371") => {
+                        if on_dst && wrote_dst {
+                            return; // the final commit has begun
+                        }
+                        on_dst = !on_dst;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        App { stop, acked, task }
+    }
+
+    async fn finish(self) -> Vec<(i64, &'static str)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let v = self.acked.lock().unwrap().clone();
+        v
+    }
+}
+
+async fn seed(c: &Client) {
+    let db = c.database("shop");
+    db.collection::<Document>("users")
+        .insert_many((0..2000).map(|i| doc! {"_id": i, "email": format!("u{i}@x"), "ts": mongodb::bson::DateTime::now()}))
+        .await
+        .unwrap();
+    db.run_command(doc! {"createIndexes": "users", "indexes": [
+        {"key": {"email": 1}, "name": "email_1", "unique": true},
+        {"key": {"ts": 1}, "name": "ts_ttl", "expireAfterSeconds": 86400},
+    ]})
+    .await
+    .unwrap();
+    c.database("app").collection::<Document>("events").insert_one(doc! {"_id": -1, "on": "seed"}).await.unwrap();
+}
+
+fn env_for(src: &ReplicaSet, dst: &ReplicaSet) -> Vec<(&'static str, String)> {
+    vec![("SOURCE_URI", src.root_uri()), ("DESTINATION_URI", dst.root_uri())]
+}
+
+fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// After the whole plan: identical data, every acknowledged write on the source (where the
+/// application ends), the source writable and the destination blocked for the app user.
+async fn assert_end_state(src: &ReplicaSet, dst: &ReplicaSet, acked: &[(i64, &str)]) {
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    assert_same_data(&s, &d, "__cutover").await;
+    let events = s.database("app").collection::<Document>("events");
+    for (n, on) in acked {
+        assert!(
+            events.find_one(doc! {"_id": *n}).await.unwrap().is_some(),
+            "acknowledged write {n} (made on the {on}) is missing on the source"
+        );
+    }
+    let log = s.database("app").collection::<Document>("counter").find_one(doc! {"_id": "c"}).await.unwrap();
+    if let Some(log) = log {
+        let pushed: Vec<i64> = log.get_array("log").unwrap().iter().filter_map(|b| b.as_i64()).collect();
+        let mut seen = std::collections::HashSet::new();
+        for p in &pushed {
+            assert!(seen.insert(*p), "push {p} applied twice");
+        }
+    }
+    let sides = acked.iter().map(|(_, on)| *on).collect::<std::collections::BTreeSet<_>>();
+    assert!(sides.contains("destination"), "the application never wrote to the destination: {sides:?}");
+    let app_s = src.app_client().await;
+    app_s.database("app").collection::<Document>("after").insert_one(doc! {"x": 1}).await.expect("source writable at the end");
+    let app_d = dst.app_client().await;
+    assert!(
+        app_d.database("app").collection::<Document>("after").insert_one(doc! {"x": 1}).await.is_err(),
+        "destination must be user-write-blocked after the reverse commit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversible_plan_in_one_run_with_app_writing() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    seed(&src.root_client().await).await;
+    let app = App::start(src.app_client().await, dst.app_client().await);
+    let (_d, plan) = write_plan(&plan_text("reversible", REVERSIBLE));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_for(&src, &dst);
+    let o = tokio::task::spawn_blocking({
+        let (plan, env) = (plan.clone(), env.clone());
+        move || run_cutover(&["run", &plan], &refs(&env))
+    })
+    .await
+    .unwrap();
+    let acked = app.finish().await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("write-blocked window"), "{out}");
+    assert_end_state(&src, &dst, &acked).await;
+
+    let o = run_cutover(&["status", &plan, "--format", "json"], &refs(&env));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "COMMITTED", "{v}");
+    assert_eq!(v["blocked"][0]["cluster"], "destination", "{v}");
+    assert_eq!(v["direction"]["source"], dst.hosts().as_str(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversible_plan_one_step_per_invocation() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    seed(&src.root_client().await).await;
+    let app = App::start(src.app_client().await, dst.app_client().await);
+    let (_d, plan) = write_plan(&plan_text("stepwise", REVERSIBLE));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_for(&src, &dst);
+    for step in 0..5 {
+        let o = tokio::task::spawn_blocking({
+            let (plan, env) = (plan.clone(), env.clone());
+            move || run_cutover(&["run", &plan, "--max-steps", "1"], &refs(&env))
+        })
+        .await
+        .unwrap();
+        assert_eq!(o.status.code(), Some(0), "step {step}: {}", show(&o));
+    }
+    let acked = app.finish().await;
+    assert_end_state(&src, &dst, &acked).await;
+}
+
+/// Crashes (abort, like kill -9) at each transition point, then re-runs the same plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_transition_then_resume() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    seed(&src.root_client().await).await;
+    let app = App::start(src.app_client().await, dst.app_client().await);
+    let (_d, plan) = write_plan(&plan_text("crashy", REVERSIBLE));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_for(&src, &dst);
+    let points = [
+        "commit.blocked@2",
+        "commit.draining@2",
+        "apply.drain-round",
+        "commit.committed@2",
+        "commit.before-unblock@2",
+        "reverse.starting@3",
+        "commit.blocked@4",
+        "commit.committed@4",
+        "commit.before-unblock@4",
+    ];
+    for p in points {
+        let mut e = refs(&env);
+        e.push(("CUTOVER_TEST_CRASH_AT", p));
+        let o = tokio::task::spawn_blocking({
+            let (plan, e) = (plan.clone(), e.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+            move || {
+                let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                run_cutover(&["run", &plan], &e)
+            }
+        })
+        .await
+        .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        // Either the crash point was reached (abort), or the run had already passed it.
+        assert!(o.status.code().is_none() || o.status.code() == Some(0), "{p}: {}", show(&o));
+        if o.status.code().is_none() {
+            assert!(err.contains("crash point"), "{p}: {}", show(&o));
+            // The status names any blocked cluster and the command that releases it.
+            let s = run_cutover(&["status", &plan], &refs(&env));
+            let st = String::from_utf8_lossy(&s.stdout);
+            assert!(!st.contains("BLOCKED") || st.contains("cutover unblock"), "{st}");
+        }
+    }
+    let o = tokio::task::spawn_blocking({
+        let (plan, env) = (plan.clone(), env.clone());
+        move || run_cutover(&["run", &plan], &refs(&env))
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let acked = app.finish().await;
+    assert_end_state(&src, &dst, &acked).await;
+}
