@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod exit;
+pub mod index_format;
 pub mod logging;
 pub mod namespace;
 pub mod plan;

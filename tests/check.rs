@@ -1,0 +1,382 @@
+//! `cutover check` against real replica sets: the example passes, problems fail with the
+//! check that names them, unreachable clusters exit 3, and `check` writes nothing.
+mod common;
+
+use common::*;
+use mongodb::bson::{doc, Document};
+use mongodb::IndexModel;
+use serde_json::Value;
+
+fn example(name: &str) -> String {
+    format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn find<'a>(report: &'a Value, id: &str, cluster: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .expect("checks array")
+        .iter()
+        .find(|c| c["id"] == id && c["cluster"] == cluster)
+        .unwrap_or_else(|| panic!("no check `{id}` for `{cluster}` in {report:#}"))
+}
+
+async fn seed(c: &mongodb::Client) {
+    let orders = c.database("shop").collection::<Document>("orders");
+    orders
+        .insert_many(
+            (0..50).map(|i| doc! {"_id": i, "email": format!("u{i}@example.com"), "total": i * 10}),
+        )
+        .await
+        .unwrap();
+    orders
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"email": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+    c.database("crm")
+        .collection::<Document>("users")
+        .insert_one(doc! {"name": "ada"})
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reversible_example_passes_and_check_writes_nothing() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let (s, d) = (src.root_client().await, dst.root_client().await);
+    seed(&s).await;
+    let (s_before, d_before) = (last_oplog_ts(&s).await, last_oplog_ts(&d).await);
+
+    let out = run_cutover(
+        &["check", &example("reversible.toml"), "--format", "json"],
+        &[
+            ("SOURCE_URI", &src.root_uri()),
+            ("DESTINATION_URI", &dst.root_uri()),
+        ],
+    );
+    let report = json(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report:#}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["plan"], "orders-to-new-cluster");
+    for c in report["checks"].as_array().unwrap() {
+        for key in ["id", "cluster", "status", "message"] {
+            assert!(c.get(key).is_some(), "check without `{key}`: {c}");
+        }
+        assert_ne!(c["status"], "fail", "{c}");
+    }
+    for cluster in ["source", "destination"] {
+        for id in [
+            "reachable",
+            "version",
+            "topology",
+            "privileges",
+            "write-blocking",
+        ] {
+            assert_eq!(
+                find(&report, id, cluster)["status"],
+                "pass",
+                "{id} on {cluster}"
+            );
+        }
+    }
+    assert_eq!(
+        find(&report, "distinct-deployments", "plan")["status"],
+        "pass"
+    );
+    let ns = find(&report, "namespaces", "source")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ns.contains("shop.orders (50 docs"), "{ns}");
+    assert!(ns.contains("crm.users (1 docs"), "{ns}");
+    assert!(ns.starts_with("2 collections selected"), "{ns}");
+    let fmt = find(&report, "indexes.unique-format", "source")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fmt.contains("1 unique index checks"), "{fmt}");
+    assert_eq!(
+        find(&report, "indexes.unique-on-destination", "destination")["status"],
+        "pass"
+    );
+    find(&report, "oplog-window", "source");
+    find(&report, "documents.dollar-fields", "source");
+
+    // Text output carries the same checks.
+    let text = run_cutover(
+        &["check", &example("reversible.toml")],
+        &[
+            ("SOURCE_URI", &src.root_uri()),
+            ("DESTINATION_URI", &dst.root_uri()),
+        ],
+    );
+    assert_eq!(text.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("privileges") && stdout.starts_with("plan `orders-to-new-cluster`"),
+        "{stdout}"
+    );
+
+    // Nothing was written: no new oplog entry for user namespaces or the state database.
+    assert!(oplog_writes_since(&s, s_before, "__cutover")
+        .await
+        .is_empty());
+    assert!(oplog_writes_since(&d, d_before, "__cutover")
+        .await
+        .is_empty());
+    assert!(!d
+        .list_database_names()
+        .await
+        .unwrap()
+        .contains(&"__cutover".to_string()));
+    // Strictly no user-visible write at all: the last user-namespace entry is unchanged.
+    let s_after = last_oplog_ts(&s).await;
+    let newer = oplog_writes_since(&s, s_before, "__cutover").await;
+    assert!(
+        newer.is_empty(),
+        "check wrote to the source up to {s_after:?}: {newer:?}"
+    );
+}
+
+#[tokio::test]
+async fn app_user_lacks_write_blocking_privileges() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    seed(&src.root_client().await).await;
+    let out = run_cutover(
+        &["check", &example("reversible.toml"), "--format", "json"],
+        &[
+            ("SOURCE_URI", &src.app_uri()),
+            ("DESTINATION_URI", &dst.app_uri()),
+        ],
+    );
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["ok"], false);
+    for cluster in ["source", "destination"] {
+        let c = find(&report, "privileges", cluster);
+        assert_eq!(c["status"], "fail", "{c}");
+        let msg = c["message"].as_str().unwrap();
+        assert!(msg.contains("readWriteAnyDatabase@admin"), "{msg}");
+        assert!(
+            msg.contains("`setUserWriteBlockMode` on the cluster (granted by `backup`)"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("`bypassWriteBlockingMode` on the cluster (granted by `restore`)"),
+            "{msg}"
+        );
+        let fix = c["fix"].as_str().unwrap();
+        assert!(
+            fix.contains("`root`") && fix.contains("`backup`") && fix.contains("`restore`"),
+            "{fix}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn data_problems_and_blocked_writes_are_reported() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let (s, d) = (src.root_client().await, dst.root_client().await);
+    seed(&s).await;
+    // A non-empty namespace on the destination.
+    d.database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! {"_id": "leftover"})
+        .await
+        .unwrap();
+    // A unique and a non-unique index on one key pattern (distinct names).
+    let people = s.database("crm").collection::<Document>("people");
+    people
+        .insert_one(doc! {"ssn": "1", "meta": {"$price": 3}})
+        .await
+        .unwrap();
+    people
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"ssn": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .name("ssn_unique".to_string())
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+    people
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"ssn": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .name("ssn_plain".to_string())
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+    // The destination's user writes are blocked.
+    d.database("admin")
+        .run_command(doc! {"setUserWriteBlockMode": 1, "global": true})
+        .await
+        .unwrap();
+
+    let (s_before, d_before) = (last_oplog_ts(&s).await, last_oplog_ts(&d).await);
+    let out = run_cutover(
+        &["check", &example("forward-only.toml"), "--format", "json"],
+        &[
+            ("SOURCE_URI", &src.root_uri()),
+            ("DESTINATION_URI", &dst.root_uri()),
+        ],
+    );
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let c = find(&report, "namespaces.destination-empty", "destination");
+    assert_eq!(c["status"], "fail");
+    assert!(
+        c["message"].as_str().unwrap().contains("`shop.orders`"),
+        "{c}"
+    );
+    let c = find(&report, "indexes.unique-conflict", "source");
+    assert_eq!(c["status"], "fail");
+    let msg = c["message"].as_str().unwrap();
+    assert!(
+        msg.contains("ssn_unique") && msg.contains("ssn_plain") && msg.contains("crm.people"),
+        "{msg}"
+    );
+    let c = find(&report, "documents.dollar-fields", "source");
+    assert_eq!(c["status"], "fail");
+    assert!(
+        c["message"].as_str().unwrap().contains("`meta.$price`"),
+        "{c}"
+    );
+    let c = find(&report, "write-blocking", "destination");
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(c["message"].as_str().unwrap().contains("BLOCKED"), "{c}");
+    assert_eq!(find(&report, "write-blocking", "source")["status"], "pass");
+    // --deep scans everything and finds the same field.
+    let deep = run_cutover(
+        &[
+            "check",
+            &example("forward-only.toml"),
+            "--format",
+            "json",
+            "--deep",
+        ],
+        &[
+            ("SOURCE_URI", &src.root_uri()),
+            ("DESTINATION_URI", &dst.root_uri()),
+        ],
+    );
+    let deep = json(&deep);
+    let c = find(&deep, "documents.dollar-fields", "source");
+    assert!(
+        c["message"].as_str().unwrap().contains("every document"),
+        "{c}"
+    );
+    assert!(oplog_writes_since(&s, s_before, "__cutover")
+        .await
+        .is_empty());
+    assert!(oplog_writes_since(&d, d_before, "__cutover")
+        .await
+        .is_empty());
+
+    // Unblocked again, the state reads as not blocked.
+    d.database("admin")
+        .run_command(doc! {"setUserWriteBlockMode": 1, "global": false})
+        .await
+        .unwrap();
+    let again = json(&run_cutover(
+        &["check", &example("forward-only.toml"), "--format", "json"],
+        &[
+            ("SOURCE_URI", &src.root_uri()),
+            ("DESTINATION_URI", &dst.root_uri()),
+        ],
+    ));
+    assert_eq!(
+        find(&again, "write-blocking", "destination")["status"],
+        "pass"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_cluster_exits_3_with_json() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("mongodb://127.0.0.1:{port}/?replicaSet=gone");
+    let dst = ReplicaSet::start().await;
+    let out = run_cutover(
+        &[
+            "check",
+            &example("forward-only.toml"),
+            "--format",
+            "json",
+            "--connect-timeout",
+            "2s",
+        ],
+        &[("SOURCE_URI", &dead), ("DESTINATION_URI", &dst.root_uri())],
+    );
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(3), "{report:#}");
+    assert_eq!(report["ok"], false);
+    let c = find(&report, "reachable", "source");
+    assert_eq!(c["status"], "fail");
+    assert!(
+        c["message"].as_str().unwrap().contains("unreachable"),
+        "{c}"
+    );
+    assert!(c["fix"].is_string());
+}
+
+#[tokio::test]
+async fn wrong_password_exits_3_and_never_shows_it() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let wrong = "Wr0ng-PassWord-xyz";
+    let uri = src.uri_for(ROOT_USER, wrong);
+    for format in ["text", "json"] {
+        let out = run_cutover(
+            &["check", &example("forward-only.toml"), "--format", format],
+            &[("SOURCE_URI", &uri), ("DESTINATION_URI", &dst.root_uri())],
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(3), "{all}");
+        assert!(all.contains("authentication failed"), "{all}");
+        assert!(!all.contains(wrong), "the password leaked: {all}");
+        assert!(
+            !all.contains(ROOT_PASSWORD),
+            "the destination password leaked: {all}"
+        );
+    }
+}
