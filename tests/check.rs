@@ -110,14 +110,14 @@ async fn reversible_example_passes_and_check_writes_nothing() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(ns.contains("shop.orders (50 docs"), "{ns}");
-    assert!(ns.contains("crm.users (1 docs"), "{ns}");
+    assert!(ns.contains("`shop.orders` (50 documents"), "{ns}");
+    assert!(ns.contains("`crm.users` (1 document,"), "{ns}");
     assert!(ns.starts_with("2 collections selected"), "{ns}");
     let fmt = find(&report, "indexes.unique-format", "source")["message"]
         .as_str()
         .unwrap()
         .to_string();
-    assert!(fmt.contains("1 unique index checks"), "{fmt}");
+    assert!(fmt.contains("1 unique index checked on 1 member"), "{fmt}");
     assert_eq!(
         find(&report, "indexes.unique-on-destination", "destination")["status"],
         "pass"
@@ -240,6 +240,11 @@ async fn data_problems_and_blocked_writes_are_reported() {
         )
         .await
         .unwrap();
+    // A view: its definition lives in `crm.system.views`, which is never synced.
+    s.database("crm")
+        .run_command(doc! {"create": "ada_only", "viewOn": "users", "pipeline": [{"$match": {"name": "ada"}}]})
+        .await
+        .unwrap();
     // The destination's user writes are blocked.
     d.database("admin")
         .run_command(doc! {"setUserWriteBlockMode": 1, "global": true})
@@ -273,6 +278,22 @@ async fn data_problems_and_blocked_writes_are_reported() {
     assert_eq!(c["status"], "fail");
     assert!(
         c["message"].as_str().unwrap().contains("`meta.$price`"),
+        "{c}"
+    );
+    let c = find(&report, "namespaces.system", "source");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("`crm.system.views`"),
+        "{c}"
+    );
+    let c = find(&report, "namespaces", "source");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("views: `crm.ada_only`"),
         "{c}"
     );
     let c = find(&report, "write-blocking", "destination");
@@ -379,4 +400,183 @@ async fn wrong_password_exits_3_and_never_shows_it() {
             "the destination password leaked: {all}"
         );
     }
+}
+
+/// The built-in roles `check` names really grant what it says: a user with exactly
+/// `readWriteAnyDatabase`, `dbAdminAnyDatabase`, `backup` and `restore` passes.
+#[tokio::test]
+async fn the_named_roles_are_enough() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    for rs in [&src, &dst] {
+        rs.root_client()
+            .await
+            .database("admin")
+            .run_command(doc! {"createUser": "migrator", "pwd": "migrator-pw",
+            "roles": ["readWriteAnyDatabase", "dbAdminAnyDatabase", "backup", "restore"]})
+            .await
+            .unwrap();
+    }
+    seed(&src.root_client().await).await;
+    let out = run_cutover(
+        &["check", &example("reversible.toml"), "--format", "json"],
+        &[
+            ("SOURCE_URI", &src.uri_for("migrator", "migrator-pw")),
+            ("DESTINATION_URI", &dst.uri_for("migrator", "migrator-pw")),
+        ],
+    );
+    let report = json(&out);
+    for cluster in ["source", "destination"] {
+        assert_eq!(
+            find(&report, "privileges", cluster)["status"],
+            "pass",
+            "{report:#}"
+        );
+    }
+}
+
+/// Two URIs naming different members of one replica set: static validation cannot tell, the
+/// preflight can (same `replicaSetId`). The unique-index format check visits every member.
+#[tokio::test]
+async fn same_replica_set_through_different_members_and_formats_on_every_member() {
+    let rs = ReplicaSet::start_with(RsOptions {
+        members: 3,
+        ..Default::default()
+    })
+    .await;
+    let root = rs.root_client().await;
+    seed(&root).await;
+    // Wait until the secondaries have the index too.
+    let majority = mongodb::options::WriteConcern::majority();
+    root.database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! {"_id": "sync-marker"})
+        .write_concern(majority)
+        .await
+        .unwrap();
+    let member_uri = |i: usize| {
+        format!(
+            "mongodb://{ROOT_USER}:{ROOT_PASSWORD}@127.0.0.1:{}/?replicaSet={}",
+            rs.members[i].port, rs.name
+        )
+    };
+    let out = run_cutover(
+        &["check", &example("forward-only.toml"), "--format", "json"],
+        &[
+            ("SOURCE_URI", &member_uri(1)),
+            ("DESTINATION_URI", &member_uri(2)),
+        ],
+    );
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let c = find(&report, "distinct-deployments", "plan");
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("replicaSetId"),
+        "{c}"
+    );
+
+    let uri = cutover::uri::ClusterUri::parse(&member_uri(0)).unwrap();
+    let selector = cutover::plan::NamespaceSelector::new(&[], &[], "__cutover").unwrap();
+    let findings = cutover::index_format::check_unique_index_formats(&uri, &selector)
+        .await
+        .unwrap();
+    let members: std::collections::BTreeSet<_> =
+        findings.iter().filter_map(|f| f.member.clone()).collect();
+    assert_eq!(members.len(), 3, "one finding per member: {findings:?}");
+    for f in &findings {
+        assert_eq!(f.index, "email_1");
+        assert_eq!(f.namespace.to_string(), "shop.orders");
+        assert_eq!(
+            f.kind,
+            cutover::index_format::FindingKind::NewFormat { format_version: 14 },
+            "{f}"
+        );
+        assert!(!f.is_problem());
+    }
+}
+
+#[tokio::test]
+async fn unique_indexes_compared_with_the_destination() {
+    use cutover::index_format::{compare_unique_indexes, FindingKind};
+    use mongodb::options::{Collation, IndexOptions};
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let (s, d) = (src.root_client().await, dst.root_client().await);
+    seed(&s).await;
+    let unique = |name: &str| {
+        IndexOptions::builder()
+            .name(name.to_string())
+            .unique(true)
+            .build()
+    };
+    s.database("crm")
+        .collection::<Document>("users")
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"name": 1})
+                .options(unique("name_1"))
+                .build(),
+        )
+        .await
+        .unwrap();
+    s.database("crm")
+        .collection::<Document>("users")
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"login": 1})
+                .options(unique("login_1"))
+                .build(),
+        )
+        .await
+        .unwrap();
+    // Destination: `shop.orders.email` relaxed to non-unique (as during a sync), `crm.users.name`
+    // with another collation, `crm.users.login` missing.
+    d.database("shop")
+        .collection::<Document>("orders")
+        .create_index(IndexModel::builder().keys(doc! {"email": 1}).build())
+        .await
+        .unwrap();
+    let fr = IndexOptions::builder()
+        .name("name_1".to_string())
+        .unique(true)
+        .collation(Collation::builder().locale("fr").build())
+        .build();
+    d.database("crm")
+        .collection::<Document>("users")
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"name": 1})
+                .options(fr)
+                .build(),
+        )
+        .await
+        .unwrap();
+    let selector = cutover::plan::NamespaceSelector::new(&[], &[], "__cutover").unwrap();
+    let findings = compare_unique_indexes(&s, &d, &selector).await.unwrap();
+    let by = |ix: &str| {
+        findings
+            .iter()
+            .find(|f| f.index == ix)
+            .unwrap_or_else(|| panic!("{ix}: {findings:?}"))
+    };
+    assert_eq!(by("email_1").kind, FindingKind::NotUniqueOnDestination);
+    assert!(!by("email_1").is_problem());
+    assert!(
+        matches!(&by("name_1").kind, FindingKind::DifferentOnDestination { difference } if difference.contains("collation"))
+    );
+    assert_eq!(by("login_1").kind, FindingKind::MissingOnDestination);
+    assert!(by("login_1").is_problem());
+    assert_eq!(findings.len(), 3, "{findings:?}");
+
+    // `check` on a reversible plan fails on the conflicting collation only.
+    let out = run_cutover(
+        &["check", &example("reversible.toml"), "--format", "json"],
+        &[
+            ("SOURCE_URI", &src.root_uri()),
+            ("DESTINATION_URI", &dst.root_uri()),
+        ],
+    );
+    let report = json(&out);
+    let c = find(&report, "indexes.unique-on-destination", "destination");
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(c["message"].as_str().unwrap().contains("name_1"), "{c}");
 }

@@ -2,6 +2,8 @@
 //! non-empty destination namespaces, unique and non-unique indexes on one key pattern,
 //! `$`-prefixed field names, `system.*` namespaces, and (reversible plans) unique indexes.
 
+use std::collections::BTreeSet;
+
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 
@@ -22,11 +24,12 @@ pub struct Inventory {
 const LIST_MAX: usize = 10;
 
 fn list<T: std::fmt::Display>(items: &[T]) -> String {
-    let mut s: Vec<String> = items
-        .iter()
-        .take(LIST_MAX)
-        .map(|i| format!("`{i}`"))
-        .collect();
+    let quoted: Vec<String> = items.iter().map(|i| format!("`{i}`")).collect();
+    list_plain(&quoted)
+}
+
+fn list_plain(items: &[String]) -> String {
+    let mut s: Vec<String> = items.iter().take(LIST_MAX).cloned().collect();
     if items.len() > LIST_MAX {
         s.push(format!("and {} more", items.len() - LIST_MAX));
     }
@@ -61,7 +64,11 @@ pub async fn inventory_checks(
         let (count, size) = coll_stats(source, ns).await;
         total_docs += count;
         inv.total_bytes += size;
-        described.push(format!("{ns} ({count} docs, {})", human_bytes(size)));
+        described.push(format!(
+            "`{ns}` ({count} document{}, {})",
+            if count == 1 { "" } else { "s" },
+            human_bytes(size)
+        ));
     }
     let n = listing.selected.len();
     if n == 0 {
@@ -84,7 +91,7 @@ pub async fn inventory_checks(
                 "{n} collection{} selected, {total_docs} documents, {}: {}{views}",
                 if n == 1 { "" } else { "s" },
                 human_bytes(inv.total_bytes),
-                list(&described)
+                list_plain(&described)
             ),
         ));
     }
@@ -336,13 +343,24 @@ pub async fn unique_index_checks(plan: &Plan, source: &Cluster, dest: &Cluster) 
                 .filter(|f| f.is_problem())
                 .map(|f| f.to_string())
                 .collect();
+            let members: BTreeSet<&str> = findings
+                .iter()
+                .filter_map(|f| f.member.as_deref())
+                .collect();
+            let indexes: BTreeSet<(String, &str)> = findings
+                .iter()
+                .map(|f| (f.namespace.to_string(), f.index.as_str()))
+                .collect();
             if bad.is_empty() {
                 out.push(Check::pass(
                     "indexes.unique-format",
                     Scope::Source,
                     format!(
-                        "{} unique index checks across every member: none uses the legacy format",
-                        findings.len()
+                        "{} unique index{} checked on {} member{}: none uses the legacy format",
+                        indexes.len(),
+                        if indexes.len() == 1 { "" } else { "es" },
+                        members.len(),
+                        if members.len() == 1 { "" } else { "s" }
                     ),
                 ));
             } else {
