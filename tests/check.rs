@@ -580,3 +580,36 @@ async fn unique_indexes_compared_with_the_destination() {
     assert_eq!(c["status"], "fail", "{c}");
     assert!(c["message"].as_str().unwrap().contains("name_1"), "{c}");
 }
+
+#[tokio::test]
+async fn a_standalone_mongod_is_refused() {
+    let standalone = Standalone::start();
+    let dst = ReplicaSet::start().await;
+    let out = run_cutover(
+        &["check", &example("forward-only.toml"), "--format", "json"],
+        &[
+            ("SOURCE_URI", &standalone.uri()),
+            ("DESTINATION_URI", &dst.root_uri()),
+        ],
+    );
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let c = find(&report, "topology", "source");
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("change streams need a replica set"),
+        "{c}"
+    );
+    assert!(c["fix"].as_str().unwrap().contains("--replSet"), "{c}");
+    assert_eq!(find(&report, "topology", "destination")["status"], "pass");
+    // No user: the privileges check cannot judge, and says why instead of listing everything.
+    let c = find(&report, "privileges", "source");
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("without a user"),
+        "{c}"
+    );
+}

@@ -224,3 +224,22 @@ async fn invalid_plans_touch_no_real_cluster() {
     let dbs = d.list_database_names().await.unwrap();
     assert!(!dbs.iter().any(|db| db == "__cutover"), "{dbs:?}");
 }
+
+#[test]
+fn same_replica_set_name_with_other_hosts_is_a_warning() {
+    let out = cutover(
+        &["check", "examples/forward-only.toml", "--no-connect"],
+        &[
+            ("SOURCE_URI", "mongodb://old-a:27017/?replicaSet=rs0"),
+            ("DESTINATION_URI", "mongodb://new-a:27017/?replicaSet=rs0"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}{stdout}");
+    assert!(stdout.contains("warn  plan"), "{stdout}");
+    assert!(
+        stdout.contains("source and destination both name replica set `rs0`"),
+        "{stdout}"
+    );
+}

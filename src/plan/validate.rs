@@ -173,6 +173,17 @@ impl Validator<'_> {
                     ),
                     "point `clusters.destination.uri` at the new cluster",
                 );
+            } else if let (Some(a), Some(b)) = (s.replica_set(), d.replica_set()) {
+                // Distinct deployments may share a set name (`rs0` is common), so the name alone
+                // is a warning; `cutover check` compares the sets' `replicaSetId` and fails
+                // when they are the same set.
+                if a == b {
+                    self.warn(
+                        "clusters.destination.uri",
+                        format!("source and destination both name replica set `{a}` (with different hosts)"),
+                        "make sure the destination is the new cluster; `cutover check` compares the sets' replicaSetId",
+                    );
+                }
             }
         }
         (source, destination)

@@ -225,6 +225,18 @@ pub async fn check(c: &Cluster, plan: &Plan) -> crate::report::Check {
         }
     };
     let held = Held::from_connection_status(&status);
+    let anonymous = status
+        .get_document("authInfo")
+        .and_then(|a| a.get_array("authenticatedUsers"))
+        .map_or(true, |u| u.is_empty());
+    if anonymous {
+        return Check::warn(
+            "privileges",
+            c.scope,
+            "connected without a user: that works only when the server runs without access control, where every action is allowed",
+            "create a user for cutover and put it in the URI; production clusters should require authentication",
+        );
+    }
     let missing: Vec<Need> = needs(plan, c.scope)
         .into_iter()
         .filter(|n| !held.has(n))
