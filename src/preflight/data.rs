@@ -291,8 +291,9 @@ async fn scan_one(
     Ok((scanned, found))
 }
 
-/// `$`-prefixed field names are a fail: changes to such fields cannot be replicated
-/// faithfully (update operators reject them; mongosync lists them as unsupported).
+/// `$`-prefixed field names are a warning, not a failure: the server stores them (5.0+) and
+/// cutover moves whole documents, but mongosync lists them as unsupported and update operators
+/// cannot address them, so the operator should know and verify them.
 async fn dollar_fields_check(source: &Cluster, selected: &[Namespace], deep: bool) -> Check {
     let mut scanned = 0;
     let mut found = Vec::new();
@@ -324,11 +325,14 @@ async fn dollar_fields_check(source: &Cluster, selected: &[Namespace], deep: boo
             format!("no `$`-prefixed field names in {scanned} documents ({how})"),
         )
     } else {
-        Check::fail(
+        Check::warn(
             "documents.dollar-fields",
             Scope::Source,
-            format!("documents with `$`-prefixed field names (not supported: changes to them cannot be replicated faithfully) in {how}: {}", found.join("; ")),
-            "rename these fields on the source (e.g. with `$setField`/`$unsetField` in an update pipeline), or exclude the collections",
+            format!(
+                "documents with `$`-prefixed field names in {how}: {}. MongoDB stores them since 5.0, but update operators cannot address them and mongosync does not support them",
+                found.join("; ")
+            ),
+            "cutover copies and replicates whole documents; run a `verify` step after the sync to confirm these documents, or rename the fields (`$setField`/`$unsetField` in an update pipeline)",
         )
     }
 }

@@ -146,3 +146,79 @@ pub async fn same_deployment(
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{load_plan_str, Overrides};
+    use crate::report::Status;
+
+    fn plan(reverse: bool) -> Plan {
+        let steps = if reverse {
+            "[options]\nreversible = true\nwrite_blocking = \"source-and-destination\"\n\n[[steps]]\nkind = \"sync\"\n[[steps]]\nkind = \"validate-indexes\"\n[[steps]]\nkind = \"commit\"\n[[steps]]\nkind = \"reverse\"\n[[steps]]\nkind = \"commit\"\n"
+        } else {
+            "[[steps]]\nkind = \"sync\"\n[[steps]]\nkind = \"commit\"\n"
+        };
+        let text = format!(
+            "name = \"t\"\n[clusters.source]\nuri = \"mongodb://a:1/?replicaSet=a\"\n[clusters.destination]\nuri = \"mongodb://b:1/?replicaSet=b\"\n{steps}"
+        );
+        let ov = Overrides {
+            sets: Vec::new(),
+            env: Default::default(),
+        };
+        load_plan_str("t.toml", &text, &ov)
+            .map(|(p, _)| p)
+            .expect("valid plan")
+    }
+
+    fn info(version: &str, major: i32, minor: i32) -> ServerInfo {
+        ServerInfo {
+            version: version.into(),
+            major,
+            minor,
+            topology: Topology::ReplicaSet {
+                set_name: "rs".into(),
+                hosts: vec!["h:1".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn old_versions_are_refused_plainly() {
+        let checks = version_checks(&plan(false), &info("5.0.14", 5, 0), &info("6.0.5", 6, 0));
+        let src = checks.iter().find(|c| c.cluster == Scope::Source).unwrap();
+        assert_eq!(src.status, Status::Fail);
+        assert!(
+            src.message.contains("MongoDB 5.0.14 is too old"),
+            "{}",
+            src.message
+        );
+        assert!(src.message.contains("6.0 or later"));
+        let dst = checks
+            .iter()
+            .find(|c| c.cluster == Scope::Destination)
+            .unwrap();
+        assert_eq!(dst.status, Status::Pass);
+        assert!(
+            !checks.iter().any(|c| c.id == "version.same-major"),
+            "forward-only plans may mix majors"
+        );
+    }
+
+    #[test]
+    fn reverse_needs_the_same_major_version() {
+        let checks = version_checks(&plan(true), &info("6.0.5", 6, 0), &info("7.0.2", 7, 0));
+        let c = checks
+            .iter()
+            .find(|c| c.id == "version.same-major")
+            .expect("same-major check");
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.message.contains("6.0.5") && c.message.contains("7.0.2"),
+            "{}",
+            c.message
+        );
+        let same = version_checks(&plan(true), &info("6.0.5", 6, 0), &info("6.0.12", 6, 0));
+        assert!(same.iter().all(|c| c.status == Status::Pass));
+    }
+}
