@@ -250,16 +250,13 @@ pub async fn check_unique_index_formats(
         .run_command(doc! {"hello": 1})
         .await
         .map_err(|e| classify("source", &hosts_display, &e))?;
-    let mut members: Vec<String> = Vec::new();
-    for key in ["hosts", "passives"] {
-        if let Ok(list) = hello.get_array(key) {
-            members.extend(list.iter().filter_map(|h| h.as_str().map(str::to_string)));
-        }
-    }
-    if members.is_empty() {
+    let members = member_hosts(&client, &hello).await;
+    let members = if members.is_empty() {
         // A standalone (or mongos): the seed list is all we can reach.
-        members = source.hosts().into_iter().collect();
-    }
+        source.hosts().into_iter().collect()
+    } else {
+        members
+    };
     let mut findings = Vec::new();
     for member in members {
         let address = ServerAddress::parse(&member).map_err(|e| classify("source", &member, &e))?;
@@ -280,6 +277,38 @@ pub async fn check_unique_index_formats(
         }
     }
     Ok(findings)
+}
+
+/// Every data-bearing member: `replSetGetConfig` lists hidden and delayed members too (arbiters
+/// hold no data and are skipped); without the privilege for it, `hello`'s `hosts` and `passives`.
+async fn member_hosts(client: &Client, hello: &Document) -> Vec<String> {
+    if let Ok(cfg) = client
+        .database("admin")
+        .run_command(doc! {"replSetGetConfig": 1})
+        .await
+    {
+        if let Ok(members) = cfg
+            .get_document("config")
+            .and_then(|c| c.get_array("members"))
+        {
+            let hosts: Vec<String> = members
+                .iter()
+                .filter_map(Bson::as_document)
+                .filter(|m| !m.get_bool("arbiterOnly").unwrap_or(false))
+                .filter_map(|m| m.get_str("host").ok().map(str::to_string))
+                .collect();
+            if !hosts.is_empty() {
+                return hosts;
+            }
+        }
+    }
+    let mut hosts = Vec::new();
+    for key in ["hosts", "passives"] {
+        if let Ok(list) = hello.get_array(key) {
+            hosts.extend(list.iter().filter_map(|h| h.as_str().map(str::to_string)));
+        }
+    }
+    hosts
 }
 
 async fn parse_options(uri: &ClusterUri, hosts: &str) -> Result<ClientOptions, ClusterError> {

@@ -140,6 +140,34 @@ async fn reversible_example_passes_and_check_writes_nothing() {
         "{stdout}"
     );
 
+    // The filtered example selects `shop.orders` (listed) and not `crm.users`.
+    let filtered = json(&run_cutover(
+        &["check", &example("filtered.toml"), "--format", "json"],
+        &[
+            ("SOURCE_URI", &src.root_uri()),
+            ("DESTINATION_URI", &dst.root_uri()),
+        ],
+    ));
+    let ns = find(&filtered, "namespaces", "source")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ns.starts_with("1 collection selected") && ns.contains("`shop.orders`"),
+        "{ns}"
+    );
+    assert!(!ns.contains("crm.users"), "{ns}");
+    assert_eq!(filtered["ok"], true, "{filtered:#}");
+
+    for out in [&out, &text] {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains(ROOT_PASSWORD), "the password leaked: {all}");
+    }
+
     // Nothing was written: no new oplog entry for user namespaces or the state database.
     assert!(oplog_writes_since(&s, s_before, "__cutover")
         .await
@@ -474,6 +502,29 @@ async fn same_replica_set_through_different_members_and_formats_on_every_member(
         c["message"].as_str().unwrap().contains("replicaSetId"),
         "{c}"
     );
+
+    // Hide member 2: `hello` no longer lists it, but its indexes count all the same.
+    let admin = root.database("admin");
+    let mut cfg = admin
+        .run_command(doc! {"replSetGetConfig": 1})
+        .await
+        .unwrap()
+        .get_document("config")
+        .unwrap()
+        .clone();
+    let version = cfg.get_i32("version").unwrap();
+    let mut members = cfg.get_array("members").unwrap().clone();
+    let m2 = members[2].as_document_mut().unwrap();
+    m2.insert("priority", 0);
+    m2.insert("hidden", true);
+    cfg.insert("members", members);
+    cfg.insert("version", version + 1);
+    admin
+        .run_command(doc! {"replSetReconfig": cfg})
+        .await
+        .unwrap();
+    let hello = admin.run_command(doc! {"hello": 1}).await.unwrap();
+    assert_eq!(hello.get_array("hosts").unwrap().len(), 2, "{hello}");
 
     let uri = cutover::uri::ClusterUri::parse(&member_uri(0)).unwrap();
     let selector = cutover::plan::NamespaceSelector::new(&[], &[], "__cutover").unwrap();
