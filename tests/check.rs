@@ -216,6 +216,11 @@ async fn app_user_lacks_write_blocking_privileges() {
             msg.contains("`bypassWriteBlockingMode` on the cluster (granted by `restore`)"),
             "{msg}"
         );
+        // readWriteAnyDatabase has no `collMod` (commit needs it to restore unique/TTL settings).
+        assert!(
+            msg.contains("`collMod` on every database (granted by `dbAdminAnyDatabase`)"),
+            "{msg}"
+        );
         let fix = c["fix"].as_str().unwrap();
         assert!(
             fix.contains("`root`") && fix.contains("`backup`") && fix.contains("`restore`"),
