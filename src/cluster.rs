@@ -183,6 +183,205 @@ pub fn short_message(e: &mongodb::error::Error) -> String {
     }
 }
 
+/// How a deployment is laid out, from `hello`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// A replica set: its name and member hosts (`host:port`, as the set reports them).
+    ReplicaSet {
+        set_name: String,
+        hosts: Vec<String>,
+    },
+    /// A sharded cluster reached through `mongos` (`msg: "isdbgrid"`).
+    Sharded,
+    /// A single `mongod` without a replica set.
+    Standalone,
+}
+
+impl Topology {
+    pub fn describe(&self) -> String {
+        match self {
+            Topology::ReplicaSet { set_name, hosts } => {
+                format!(
+                    "replica set `{set_name}` ({} member{})",
+                    hosts.len(),
+                    if hosts.len() == 1 { "" } else { "s" }
+                )
+            }
+            Topology::Sharded => "sharded cluster (mongos)".into(),
+            Topology::Standalone => "standalone mongod".into(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Topology::ReplicaSet { .. } => "replica set",
+            Topology::Sharded => "sharded cluster",
+            Topology::Standalone => "standalone",
+        }
+    }
+}
+
+/// What cutover needs to know about a server before it trusts it.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    /// `buildInfo.version`, e.g. `6.0.5`.
+    pub version: String,
+    /// `buildInfo.versionArray`'s first two numbers.
+    pub major: i32,
+    pub minor: i32,
+    pub topology: Topology,
+}
+
+impl ServerInfo {
+    pub fn at_least(&self, major: i32, minor: i32) -> bool {
+        (self.major, self.minor) >= (major, minor)
+    }
+}
+
+impl Cluster {
+    /// Version (`buildInfo`) and topology (`hello`). Read-only.
+    pub async fn server_info(&self) -> Result<ServerInfo, ClusterError> {
+        let build = self.admin_command(doc! {"buildInfo": 1}).await?;
+        let version = build.get_str("version").unwrap_or("unknown").to_string();
+        let nums: Vec<i32> = match build.get_array("versionArray") {
+            Ok(a) => a.iter().filter_map(bson_i32).collect(),
+            Err(_) => version.split('.').filter_map(|p| p.parse().ok()).collect(),
+        };
+        let hello = self.admin_command(doc! {"hello": 1}).await?;
+        let topology = if hello.get_str("msg") == Ok("isdbgrid") {
+            Topology::Sharded
+        } else if let Ok(set_name) = hello.get_str("setName") {
+            let hosts = hello
+                .get_array("hosts")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|h| h.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Topology::ReplicaSet {
+                set_name: set_name.to_string(),
+                hosts,
+            }
+        } else {
+            Topology::Standalone
+        };
+        Ok(ServerInfo {
+            version,
+            major: nums.first().copied().unwrap_or(0),
+            minor: nums.get(1).copied().unwrap_or(0),
+            topology,
+        })
+    }
+
+    /// The replica set's `settings.replicaSetId` (from `replSetGetConfig`): the same id means
+    /// the same deployment, whatever host names the URIs use. `None` when not readable.
+    pub async fn replica_set_id(&self) -> Option<String> {
+        let cfg = self
+            .admin_command(doc! {"replSetGetConfig": 1})
+            .await
+            .ok()?;
+        let id = cfg
+            .get_document("config")
+            .ok()?
+            .get_document("settings")
+            .ok()?
+            .get_object_id("replicaSetId")
+            .ok()?;
+        Some(id.to_hex())
+    }
+
+    /// The number of shards (`listShards`), for sharded clusters.
+    pub async fn shard_count(&self) -> Result<usize, ClusterError> {
+        let r = self.admin_command(doc! {"listShards": 1}).await?;
+        Ok(r.get_array("shards").map(|a| a.len()).unwrap_or(0))
+    }
+
+    /// An error about this cluster, with its hosts.
+    pub fn error(&self, e: &mongodb::error::Error) -> ClusterError {
+        classify(self.name(), &self.uri.hosts_display(), e)
+    }
+}
+
+/// An integer BSON value of any width.
+pub fn bson_i32(b: &mongodb::bson::Bson) -> Option<i32> {
+    bson_i64(b).and_then(|v| i32::try_from(v).ok())
+}
+
+/// An integer (or integral double) BSON value as `i64`.
+pub fn bson_i64(b: &mongodb::bson::Bson) -> Option<i64> {
+    use mongodb::bson::Bson;
+    match b {
+        Bson::Int32(v) => Some(i64::from(*v)),
+        Bson::Int64(v) => Some(*v),
+        Bson::Double(v) if v.fract() == 0.0 => Some(*v as i64),
+        _ => None,
+    }
+}
+
+/// A document field as `i64` (any numeric width); 0 when absent.
+pub fn get_i64(d: &Document, key: &str) -> i64 {
+    d.get(key).and_then(bson_i64).unwrap_or(0)
+}
+
+/// The namespaces of a deployment, sorted by what the plan's filters do with them.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Collections the plan syncs.
+    pub selected: Vec<crate::namespace::Namespace>,
+    /// `system.*` collections in databases the plan looks at: never synced.
+    pub system: Vec<crate::namespace::Namespace>,
+    /// Views in selected databases (their definitions live in `system.views`).
+    pub views: Vec<crate::namespace::Namespace>,
+}
+
+/// Lists the namespaces `selector` selects (read-only: `listDatabases`, `listCollections`).
+pub async fn list_namespaces(
+    client: &Client,
+    selector: &crate::plan::NamespaceSelector,
+) -> Result<Listing, mongodb::error::Error> {
+    use crate::namespace::Namespace;
+    use futures::TryStreamExt;
+    let mut out = Listing::default();
+    let mut dbs = client.list_database_names().await?;
+    dbs.sort();
+    for db in dbs {
+        if !selector.may_select_database(&db) {
+            continue;
+        }
+        let specs: Vec<Document> = client
+            .database(&db)
+            .run_cursor_command(
+                doc! {"listCollections": 1, "nameOnly": false, "authorizedCollections": true},
+            )
+            .await?
+            .try_collect()
+            .await?;
+        let mut names: Vec<(String, String)> = specs
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.get_str("name").ok()?.to_string(),
+                    s.get_str("type").unwrap_or("collection").to_string(),
+                ))
+            })
+            .collect();
+        names.sort();
+        for (name, kind) in names {
+            if name.starts_with("system.") {
+                out.system.push(Namespace::new(&db, &name));
+            } else if kind == "view" {
+                if selector.selects(&db, &name) {
+                    out.views.push(Namespace::new(&db, &name));
+                }
+            } else if selector.selects(&db, &name) {
+                out.selected.push(Namespace::new(&db, &name));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Blocks or unblocks user writes on a whole cluster (`setUserWriteBlockMode`, 6.0+). Users
 /// holding `bypassWriteBlockingMode` (cutover's own) can still write. Idempotent.
 pub async fn set_user_write_block(cluster: &Cluster, on: bool) -> Result<(), ClusterError> {

@@ -10,7 +10,12 @@ fn points() -> &'static Vec<String> {
     static POINTS: OnceLock<Vec<String>> = OnceLock::new();
     POINTS.get_or_init(|| {
         std::env::var(ENV)
-            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     })
 }
@@ -22,8 +27,14 @@ pub fn hit(name: &str, step: Option<usize>) {
         return;
     }
     let qualified = step.map(|s| format!("{name}@{s}"));
-    if ps.iter().any(|p| p == name || Some(p) == qualified.as_ref()) {
-        eprintln!("crash point `{}` reached: aborting (test)", qualified.as_deref().unwrap_or(name));
+    if ps
+        .iter()
+        .any(|p| p == name || Some(p) == qualified.as_ref())
+    {
+        eprintln!(
+            "crash point `{}` reached: aborting (test)",
+            qualified.as_deref().unwrap_or(name)
+        );
         std::process::abort();
     }
 }

@@ -378,42 +378,41 @@ pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError
     )))
 }
 
-/// `validate-indexes`: every source unique index exists identically on the destination.
+/// `validate-indexes` (mongosync's "Validate Unique Indexes", a prerequisite of reverse): no
+/// unique index on any member of the source may use the legacy (pre-4.2) format, and every
+/// source unique index must exist identically on the destination (key, collation, partial
+/// filter; during the sync the destination's copy is non-unique on purpose).
 pub async fn validate_indexes(ctx: &mut Ctx) -> Result<Option<String>, EngineError> {
-    let specs = catalog::list_selected(&ctx.source.client, &ctx.plan.selector).await?;
-    let mut problems = Vec::new();
-    let mut checked = 0;
-    for s in specs.iter().filter(|s| s.kind == NsKind::Collection) {
-        let dst = catalog::spec_of(&ctx.destination.client, &s.ns).await?;
-        for idx in &s.indexes {
-            let Ok(true) = idx.get_bool("unique") else {
-                continue;
-            };
-            checked += 1;
-            let name = idx.get_str("name").unwrap_or_default();
-            let same = dst.as_ref().is_some_and(|d| {
-                d.indexes.iter().any(|di| {
-                    di.get_str("name").ok() == Some(name)
-                        && di.get("key").ok().flatten() == idx.get("key").ok().flatten()
-                        && di.get("collation").ok().flatten() == idx.get("collation").ok().flatten()
-                        && di.get("partialFilterExpression").ok().flatten()
-                            == idx.get("partialFilterExpression").ok().flatten()
-                })
-            });
-            if !same {
-                problems.push(format!(
-                    "`{}` index `{name}` is missing or different on the destination",
-                    s.ns
-                ));
-            }
-        }
-    }
+    let selector = &ctx.plan.selector;
+    let cluster_err = |e: crate::cluster::ClusterError| EngineError::Event(e.to_string());
+    let mut findings = crate::index_format::check_unique_index_formats(&ctx.plan.source, selector)
+        .await
+        .map_err(cluster_err)?;
+    findings.extend(
+        crate::index_format::compare_unique_indexes(
+            &ctx.source.client,
+            &ctx.destination.client,
+            selector,
+        )
+        .await
+        .map_err(cluster_err)?,
+    );
+    let problems: Vec<String> = findings
+        .iter()
+        .filter(|f| f.is_problem())
+        .map(|f| format!("{f} (fix: {})", f.fix()))
+        .collect();
     if problems.is_empty() {
         Ok(Some(format!(
-            "{checked} unique indexes exist identically on the destination"
+            "{} unique-index findings, none blocking",
+            findings.len()
         )))
     } else {
-        Err(EngineError::Event(problems.join("; ")))
+        Err(EngineError::Event(format!(
+            "{} unique index problem(s): {}",
+            problems.len(),
+            problems.join("; ")
+        )))
     }
 }
 

@@ -120,14 +120,14 @@ impl CheckReport {
             };
             let _ = writeln!(
                 s,
-                "  {mark}  {:<11} {:<28} {}",
+                "  {mark}  {:<11} {:<30} {}",
                 c.cluster.as_str(),
                 c.id,
                 c.message
             );
             if let Some(fix) = &c.fix {
                 if c.status != Status::Pass {
-                    let _ = writeln!(s, "        {:<11} {:<28} fix: {fix}", "", "");
+                    let _ = writeln!(s, "        {:<11} {:<30} fix: {fix}", "", "");
                 }
             }
         }

@@ -17,7 +17,11 @@ pub struct ClusterUri {
 impl ClusterUri {
     /// Parses a URI. The error message is already scrubbed of credentials.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        redact::register_secret(raw);
+        // A URI with user info is a secret as a whole; one without is plain configuration
+        // (and plan diagnostics show it, so a malformed one can be fixed).
+        if raw.contains('@') {
+            redact::register_secret(raw);
+        }
         let parsed = ConnectionString::parse(raw).map_err(|e| {
             let msg = match e.kind.as_ref() {
                 mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),

@@ -55,9 +55,16 @@ impl App {
             let mut wrote_dst = false;
             let mut n: i64 = 0;
             while !st.load(Ordering::Relaxed) {
-                let (c, name) = if on_dst { (&dst, "destination") } else { (&src, "source") };
+                let (c, name) = if on_dst {
+                    (&dst, "destination")
+                } else {
+                    (&src, "source")
+                };
                 let db = c.database("app");
-                let r = db.collection::<Document>("events").insert_one(doc! {"_id": n, "on": name}).await;
+                let r = db
+                    .collection::<Document>("events")
+                    .insert_one(doc! {"_id": n, "on": name})
+                    .await;
                 match r {
                     Ok(_) => {
                         let _ = db
@@ -71,7 +78,10 @@ impl App {
                         n += 1;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err(e) if e.to_string().contains("User writes blocked") || e.to_string().contains("371") => {
+                    Err(e)
+                        if e.to_string().contains("User writes blocked")
+                            || e.to_string().contains("371") =>
+                    {
                         if on_dst && wrote_dst {
                             return; // the final commit has begun
                         }
@@ -96,7 +106,9 @@ impl App {
 async fn seed(c: &Client) {
     let db = c.database("shop");
     db.collection::<Document>("users")
-        .insert_many((0..2000).map(|i| doc! {"_id": i, "email": format!("u{i}@x"), "ts": mongodb::bson::DateTime::now()}))
+        .insert_many((0..2000).map(
+            |i| doc! {"_id": i, "email": format!("u{i}@x"), "ts": mongodb::bson::DateTime::now()},
+        ))
         .await
         .unwrap();
     db.run_command(doc! {"createIndexes": "users", "indexes": [
@@ -105,11 +117,18 @@ async fn seed(c: &Client) {
     ]})
     .await
     .unwrap();
-    c.database("app").collection::<Document>("events").insert_one(doc! {"_id": -1, "on": "seed"}).await.unwrap();
+    c.database("app")
+        .collection::<Document>("events")
+        .insert_one(doc! {"_id": -1, "on": "seed"})
+        .await
+        .unwrap();
 }
 
 fn env_for(src: &ReplicaSet, dst: &ReplicaSet) -> Vec<(&'static str, String)> {
-    vec![("SOURCE_URI", src.root_uri()), ("DESTINATION_URI", dst.root_uri())]
+    vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", dst.root_uri()),
+    ]
 }
 
 fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
@@ -129,21 +148,47 @@ async fn assert_end_state(src: &ReplicaSet, dst: &ReplicaSet, acked: &[(i64, &st
             "acknowledged write {n} (made on the {on}) is missing on the source"
         );
     }
-    let log = s.database("app").collection::<Document>("counter").find_one(doc! {"_id": "c"}).await.unwrap();
+    let log = s
+        .database("app")
+        .collection::<Document>("counter")
+        .find_one(doc! {"_id": "c"})
+        .await
+        .unwrap();
     if let Some(log) = log {
-        let pushed: Vec<i64> = log.get_array("log").unwrap().iter().filter_map(|b| b.as_i64()).collect();
+        let pushed: Vec<i64> = log
+            .get_array("log")
+            .unwrap()
+            .iter()
+            .filter_map(|b| b.as_i64())
+            .collect();
         let mut seen = std::collections::HashSet::new();
         for p in &pushed {
             assert!(seen.insert(*p), "push {p} applied twice");
         }
     }
-    let sides = acked.iter().map(|(_, on)| *on).collect::<std::collections::BTreeSet<_>>();
-    assert!(sides.contains("destination"), "the application never wrote to the destination: {sides:?}");
+    let sides = acked
+        .iter()
+        .map(|(_, on)| *on)
+        .collect::<std::collections::BTreeSet<_>>();
+    assert!(
+        sides.contains("destination"),
+        "the application never wrote to the destination: {sides:?}"
+    );
     let app_s = src.app_client().await;
-    app_s.database("app").collection::<Document>("after").insert_one(doc! {"x": 1}).await.expect("source writable at the end");
+    app_s
+        .database("app")
+        .collection::<Document>("after")
+        .insert_one(doc! {"x": 1})
+        .await
+        .expect("source writable at the end");
     let app_d = dst.app_client().await;
     assert!(
-        app_d.database("app").collection::<Document>("after").insert_one(doc! {"x": 1}).await.is_err(),
+        app_d
+            .database("app")
+            .collection::<Document>("after")
+            .insert_one(doc! {"x": 1})
+            .await
+            .is_err(),
         "destination must be user-write-blocked after the reverse commit"
     );
 }
@@ -220,9 +265,15 @@ async fn crash_at_every_transition_then_resume() {
         let mut e = refs(&env);
         e.push(("CUTOVER_TEST_CRASH_AT", p));
         let o = tokio::task::spawn_blocking({
-            let (plan, e) = (plan.clone(), e.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+            let (plan, e) = (
+                plan.clone(),
+                e.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            );
             move || {
-                let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let e: Vec<(&str, &str)> =
+                    e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 run_cutover(&["run", &plan], &e)
             }
         })
@@ -230,13 +281,20 @@ async fn crash_at_every_transition_then_resume() {
         .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         // Either the crash point was reached (abort), or the run had already passed it.
-        assert!(o.status.code().is_none() || o.status.code() == Some(0), "{p}: {}", show(&o));
+        assert!(
+            o.status.code().is_none() || o.status.code() == Some(0),
+            "{p}: {}",
+            show(&o)
+        );
         if o.status.code().is_none() {
             assert!(err.contains("crash point"), "{p}: {}", show(&o));
             // The status names any blocked cluster and the command that releases it.
             let s = run_cutover(&["status", &plan], &refs(&env));
             let st = String::from_utf8_lossy(&s.stdout);
-            assert!(!st.contains("BLOCKED") || st.contains("cutover unblock"), "{st}");
+            assert!(
+                !st.contains("BLOCKED") || st.contains("cutover unblock"),
+                "{st}"
+            );
         }
     }
     let o = tokio::task::spawn_blocking({

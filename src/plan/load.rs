@@ -46,8 +46,14 @@ impl Overrides {
 /// The raw plan with its source text, ready for validation.
 pub struct LoadedFile {
     pub file: String,
+    /// The plan; sections that failed to load hold their defaults.
     pub plan: PlanFile,
     pub spans: SpanIndex,
+    /// Errors found while loading (unknown keys, wrong types, unset variables, ...).
+    pub errors: Vec<Diagnostic>,
+    /// False when a step could not be read (its kind is unknown or missing): step-order
+    /// checks are skipped then, since they would report the gap rather than the plan.
+    pub steps_complete: bool,
 }
 
 /// Maps key paths to positions in the plan's text.
@@ -312,35 +318,30 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
     } else {
         Some(StateOptions::default())
     };
-    let steps = extract_steps(&spans, &data, &mut errors);
+    let (steps, steps_complete) = extract_steps(&spans, &data, &mut errors);
 
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let (Some(name), Some((source, destination)), Some(options), Some(state), Some(steps)) =
-        (name, clusters, options, state, steps)
-    else {
-        // Each None above pushed its own diagnostic.
-        return Err(errors);
-    };
+    // Sections that failed are replaced by defaults (`name`, `uri` empty) so that semantic
+    // validation still runs on everything that did parse; `validate` drops its findings for keys
+    // that already have a load error, so nothing is reported twice.
+    let (source, destination) = clusters;
+    let blank = || ClusterSpec { uri: String::new() };
     let mut plan = PlanFile {
-        name,
+        name: name.unwrap_or_default(),
         clusters: super::model::Clusters {
-            source,
-            destination,
+            source: source.unwrap_or_else(blank),
+            destination: destination.unwrap_or_else(blank),
         },
-        options,
-        state,
+        options: options.unwrap_or_default(),
+        state: state.unwrap_or_default(),
         steps,
     };
     interpolate_plan(&mut plan, &spans, &ov.env, &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
-    }
     Ok(LoadedFile {
         file: file.to_string(),
         plan,
         spans,
+        errors,
+        steps_complete,
     })
 }
 
@@ -430,17 +431,25 @@ fn deserialize_at<T: DeserializeOwned>(
     errors: &mut Vec<Diagnostic>,
 ) -> Option<T> {
     let mut value = value.clone();
-    let mut failed = false;
+    let mut gone: Vec<Vec<String>> = Vec::new();
     for _ in 0..64 {
         match value.deserialize::<T>() {
-            Ok(v) => return (!failed).then_some(v),
+            // After a failure, `v` lacks the offending keys: their defaults stand in.
+            Ok(v) => return Some(v),
             Err(e) => {
-                failed = true;
                 let mut removed = false;
                 for err in e {
                     let rel = relative_path(&err);
-                    errors.push(figment_error(spans, path, err));
-                    removed |= !rel.is_empty() && remove_at(&mut value, &rel);
+                    // A required key removed after a type error is not also "missing".
+                    let echo = matches!(err.kind, figment::error::Kind::MissingField(_))
+                        && gone.contains(&rel);
+                    if !echo {
+                        errors.push(figment_error(spans, path, err));
+                    }
+                    if !rel.is_empty() && remove_at(&mut value, &rel) {
+                        removed = true;
+                        gone.push(rel);
+                    }
                 }
                 if !removed {
                     return None;
@@ -455,10 +464,12 @@ fn deserialize_at<T: DeserializeOwned>(
 fn relative_path(err: &figment::Error) -> Vec<String> {
     use figment::error::Kind;
     let mut p = err.path.clone();
-    if let Kind::UnknownField(f, _) = &err.kind {
-        if p.last() != Some(f) {
-            p.push(f.clone());
+    match &err.kind {
+        Kind::UnknownField(f, _) if p.last() != Some(f) => p.push(f.clone()),
+        Kind::MissingField(f) if p.last().map(String::as_str) != Some(f.as_ref()) => {
+            p.push(f.to_string())
         }
+        _ => {}
     }
     p
 }
@@ -519,23 +530,52 @@ fn figment_error(spans: &SpanIndex, base: &str, err: figment::Error) -> Diagnost
                 format!("`{v}` is not a valid value for `{shown}`"),
             );
             d.allowed = Some(one_of(expected));
-            d.hint = did_you_mean(v, expected);
+            d.hint =
+                did_you_mean(v, expected).or_else(|| Some("use one of the allowed values".into()));
             d
         }
-        Kind::InvalidType(actual, expected) => spans.diag(
-            Severity::Error,
-            &path,
-            false,
-            format!("`{shown}` must be {expected}, not {actual}"),
-        ),
-        Kind::InvalidValue(actual, expected) => spans.diag(
-            Severity::Error,
-            &path,
-            false,
-            format!("`{shown}` must be {expected}, not {actual}"),
-        ),
-        Kind::Message(m) => spans.diag(Severity::Error, &path, false, format!("`{shown}`: {m}")),
+        Kind::InvalidType(actual, expected) => {
+            let mut d = spans.diag(
+                Severity::Error,
+                &path,
+                false,
+                format!("`{shown}` must be {expected}, not {actual}"),
+            );
+            d.hint = Some(value_hint(&path));
+            d
+        }
+        Kind::InvalidValue(actual, expected) => {
+            let mut d = spans.diag(
+                Severity::Error,
+                &path,
+                false,
+                format!("`{shown}` must be {expected}, not {actual}"),
+            );
+            d.hint = Some(value_hint(&path));
+            d
+        }
+        Kind::Message(m) => {
+            let mut d = spans.diag(Severity::Error, &path, false, format!("`{shown}`: {m}"));
+            d.hint = Some(value_hint(&path));
+            d
+        }
         other => spans.diag(Severity::Error, &path, false, format!("`{shown}`: {other}")),
+    }
+}
+
+/// How to write a value of the key at `path`.
+fn value_hint(path: &str) -> String {
+    let leaf = path.rsplit('.').next().unwrap_or(path);
+    match leaf {
+        "max_lag" | "timeout" => {
+            "write a duration in double quotes: a number and a unit, such as `\"90s\"`, `\"10m\"` or `\"1h30m\"`".into()
+        }
+        "reversible" => "write `true` or `false`, without quotes".into(),
+        "max_differences" => "write a whole number, such as `20`".into(),
+        "collections" => "write a list of names: `collections = [\"orders\", \"users\"]`".into(),
+        "include" | "exclude" => format!("write each filter as a `[[options.{leaf}]]` table"),
+        "uri" => "write the URI as one string in double quotes, e.g. `uri = \"${SOURCE_URI}\"`".into(),
+        _ => "see the plan reference in README.md; `cutover schema` prints every key and its type".into(),
     }
 }
 
@@ -543,19 +583,24 @@ fn extract_clusters(
     spans: &SpanIndex,
     data: &Dict,
     errors: &mut Vec<Diagnostic>,
-) -> Option<(ClusterSpec, ClusterSpec)> {
+) -> (Option<ClusterSpec>, Option<ClusterSpec>) {
     let Some(v) = data.get("clusters") else {
         errors.push(missing(spans, "", "clusters"));
-        return None;
+        return (None, None);
     };
     let Some(dict) = v.as_dict() else {
-        errors.push(spans.diag(
+        let mut d = spans.diag(
             Severity::Error,
             "clusters",
             false,
             "`clusters` must be a table with `source` and `destination`".into(),
-        ));
-        return None;
+        );
+        d.hint = Some(
+            "write `[clusters.source]` and `[clusters.destination]` tables, each with a `uri`"
+                .into(),
+        );
+        errors.push(d);
+        return (None, None);
     };
     const NAMES: &[&str] = &["source", "destination"];
     for k in dict.keys() {
@@ -577,41 +622,44 @@ fn extract_clusters(
     };
     let source = get("source");
     let destination = get("destination");
-    Some((source?, destination?))
+    (source, destination)
 }
 
 fn extract_steps(
     spans: &SpanIndex,
     data: &Dict,
     errors: &mut Vec<Diagnostic>,
-) -> Option<Vec<Step>> {
+) -> (Vec<Step>, bool) {
     let Some(v) = data.get("steps") else {
         errors.push(missing(spans, "", "steps"));
-        return None;
+        return (Vec::new(), false);
     };
     let Some(items) = v.as_array() else {
-        errors.push(
-            spans.diag(
-                Severity::Error,
-                "steps",
-                false,
-                "`steps` must be an array of tables: write each step as `[[steps]]` with a `kind`"
-                    .into(),
-            ),
+        let mut d = spans.diag(
+            Severity::Error,
+            "steps",
+            false,
+            "`steps` must be an array of tables".into(),
         );
-        return None;
+        d.hint = Some(
+            "write each step as `[[steps]]` (double brackets) followed by `kind = \"sync\"`".into(),
+        );
+        errors.push(d);
+        return (Vec::new(), false);
     };
     let mut steps = Vec::new();
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
         let path = format!("steps.{i}");
         let Some(table) = item.as_dict() else {
-            errors.push(spans.diag(
+            let mut d = spans.diag(
                 Severity::Error,
                 &path,
                 false,
                 format!("`{}` must be a table with a `kind`", display_path(&path)),
-            ));
+            );
+            d.hint = Some("write each step as `[[steps]]` followed by `kind = \"sync\"`".into());
+            errors.push(d);
             ok = false;
             continue;
         };
@@ -619,12 +667,15 @@ fn extract_steps(
             Some(k) => match k.as_str() {
                 Some(s) => s.to_string(),
                 None => {
-                    errors.push(spans.diag(
+                    let mut d = spans.diag(
                         Severity::Error,
                         &format!("{path}.kind"),
                         false,
                         format!("`{}.kind` must be a string", display_path(&path)),
-                    ));
+                    );
+                    d.allowed = Some(one_of(STEP_KINDS));
+                    d.hint = Some("write the kind in double quotes, e.g. `kind = \"sync\"`".into());
+                    errors.push(d);
                     ok = false;
                     continue;
                 }
@@ -670,7 +721,7 @@ fn extract_steps(
             None => ok = false,
         }
     }
-    ok.then_some(steps)
+    (steps, ok)
 }
 
 /// Replaces `${VAR}` in every string of the plan; `$${` writes a literal `${`.
@@ -683,6 +734,8 @@ fn interpolate_plan(
     let mut apply = |s: &mut String, path: &str| match interpolate(s, env) {
         Ok(v) => *s = v,
         Err(InterpolationError::Unset(var)) => {
+            // The half-interpolated text must not reach later checks (or the secret registry).
+            s.clear();
             let mut d = spans.diag(
                 Severity::Error,
                 path,
@@ -705,6 +758,7 @@ fn interpolate_plan(
             errors.push(d);
         }
         Err(InterpolationError::Malformed(why)) => {
+            s.clear();
             let mut d = spans.diag(
                 Severity::Error,
                 path,

@@ -38,7 +38,13 @@ pub struct Validated {
 }
 
 pub fn validate(loaded: LoadedFile) -> Validated {
-    let LoadedFile { file, plan, spans } = loaded;
+    let LoadedFile {
+        file,
+        plan,
+        spans,
+        errors: load_errors,
+        steps_complete,
+    } = loaded;
     let mut v = Validator {
         spans: &spans,
         out: Vec::new(),
@@ -48,9 +54,24 @@ pub fn validate(loaded: LoadedFile) -> Validated {
     v.state_database(&plan.state.database);
     let selector = v.filters(&plan);
     v.options(&plan);
-    v.steps(&plan);
+    if steps_complete {
+        v.steps(&plan);
+    }
 
-    let diagnostics = v.out;
+    // Semantic findings about a key that already failed to load would only echo that error
+    // (or judge a default standing in for it): drop them.
+    let failed: Vec<String> = load_errors.iter().map(|d| d.key.clone()).collect();
+    let mut diagnostics = load_errors;
+    diagnostics.extend(
+        v.out
+            .into_iter()
+            .filter(|d| !failed.iter().any(|f| is_under(&d.key, f))),
+    );
+    // In file order, so the report reads top to bottom.
+    diagnostics.sort_by_key(|d| match &d.location {
+        super::diagnostic::Location::File { line, column, .. } => (0, *line, *column),
+        _ => (1, 0, 0),
+    });
     let ok = !diagnostics.iter().any(Diagnostic::is_error);
     let plan = match (ok, source, destination, selector) {
         (true, Some(source), Some(destination), Some(selector)) => Some(Plan {
@@ -152,6 +173,17 @@ impl Validator<'_> {
                     ),
                     "point `clusters.destination.uri` at the new cluster",
                 );
+            } else if let (Some(a), Some(b)) = (s.replica_set(), d.replica_set()) {
+                // Distinct deployments may share a set name (`rs0` is common), so the name alone
+                // is a warning; `cutover check` compares the sets' `replicaSetId` and fails
+                // when they are the same set.
+                if a == b {
+                    self.warn(
+                        "clusters.destination.uri",
+                        format!("source and destination both name replica set `{a}` (with different hosts)"),
+                        "make sure the destination is the new cluster; `cutover check` compares the sets' replicaSetId",
+                    );
+                }
             }
         }
         (source, destination)
@@ -197,7 +229,11 @@ impl Validator<'_> {
             (Some(db), None) => {
                 let path = format!("{base}.database");
                 if let Some(why) = database_name_problem(db) {
-                    self.error(&path, format!("`{}` `{db}` {why}", display_path(&path)), "");
+                    self.error(
+                        &path,
+                        format!("`{}` `{db}` {why}", display_path(&path)),
+                        "use the database's exact name, or `database_regex` for a pattern",
+                    );
                 } else if SYSTEM_DATABASES.contains(&db.as_str()) || db == state_db {
                     self.error(
                         &path,
@@ -232,7 +268,7 @@ impl Validator<'_> {
                     self.error(
                         &p,
                         format!("`{}` `{c}` is not a collection name", display_path(&p)),
-                        "",
+                        "collection names are non-empty and do not start with `$`",
                     );
                 }
             }
@@ -406,6 +442,17 @@ impl Validator<'_> {
             );
         }
     }
+}
+
+/// `key` is `parent` or lies beneath it (`options.include[0].database` under `options.include`).
+fn is_under(key: &str, parent: &str) -> bool {
+    if parent.is_empty() {
+        return key.is_empty();
+    }
+    key == parent
+        || key
+            .strip_prefix(parent)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
 /// Why `db` is not a usable database name, if it is not.

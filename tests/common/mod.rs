@@ -560,3 +560,61 @@ pub fn show(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+/// A standalone `mongod` (no replica set, no auth), only to prove cutover refuses one.
+/// Killed on drop.
+pub struct Standalone {
+    pub port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Standalone {
+    pub fn start() -> Self {
+        let mongod = require_mongod();
+        let dir = tempfile::Builder::new()
+            .prefix("cutover-standalone-")
+            .tempdir()
+            .expect("temp dir");
+        for _ in 0..5 {
+            let port = free_port();
+            let args: Vec<String> = vec![
+                "--port".into(),
+                port.to_string(),
+                "--bind_ip".into(),
+                "127.0.0.1".into(),
+                "--dbpath".into(),
+                dir.path().display().to_string(),
+                "--wiredTigerCacheSizeGB".into(),
+                "0.25".into(),
+                "--unixSocketPrefix".into(),
+                dir.path().display().to_string(),
+                "--logpath".into(),
+                dir.path().join("mongod.log").display().to_string(),
+            ];
+            let mut child = spawn_with_deathsig(&mongod, &args);
+            if wait_listening(port, &mut child, Duration::from_secs(60)) {
+                return Self {
+                    port,
+                    child: Some(child),
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("a standalone mongod did not start");
+    }
+
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
