@@ -147,7 +147,7 @@ pub async fn commit(
                 .await
                 .map_err(fail)?;
         }
-        ctx.lane = None;
+        ctx.drop_lane();
         phase = "restoring".into();
         ctx.store
             .set(doc! {format!("{key}.phase"): "restoring"})
@@ -215,7 +215,8 @@ pub async fn commit(
             }),
         };
         let window = blocked_at.map(|b| now.timestamp_millis() - b.timestamp_millis());
-        let mut set = doc! {format!("{key}.phase"): "done", format!("{key}.writable_at"): now, "can_write": true};
+        let mut set = doc! {format!("{key}.phase"): "done", format!("{key}.writable_at"): now, "can_write": true,
+        "status.phase": "committed", "status.can_commit": false};
         if let Some(w) = window {
             set.insert(format!("{key}.window_ms"), w);
             tracing::info!(

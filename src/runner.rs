@@ -145,6 +145,14 @@ impl Ctx {
         self.lane.as_mut().expect("lane was just set")
     }
 
+    /// Forgets the (stopped) lane, so status no longer reports its progress.
+    pub fn drop_lane(&mut self) {
+        self.lane = None;
+        if let Ok(mut g) = self.current.lock() {
+            *g = None;
+        }
+    }
+
     /// Which cluster plays which role for `direction`.
     pub fn roles(&self, direction: Direction) -> (&Cluster, &Cluster) {
         match direction {

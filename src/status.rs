@@ -102,8 +102,13 @@ pub fn spawn_reporter(
         }
         // A last update, so the stored status is current when the process ends.
         if let Some(p) = current.lock().ok().and_then(|g| g.clone()) {
-            let _ = store.set(doc! {"status.phase": p.phase(), "status.lag_seconds": p.lag_seconds().map_or(Bson::Null, Bson::Double),
-                "status.events_applied": p.events_applied.load(Ordering::Relaxed) as i64}).await;
+            let mut fields = status_fields(&p, "", "");
+            fields.remove("direction");
+            let mut set = Document::new();
+            for (k, v) in fields {
+                set.insert(format!("status.{k}"), v);
+            }
+            let _ = store.set(set).await;
         }
         if let Some(b) = bar {
             b.finish_and_clear();
@@ -203,7 +208,7 @@ pub fn view(
     let run = run.unwrap_or(&empty);
     let st = run.get_document("status").unwrap_or(&empty);
     let copy = st.get_document("collection_copy").unwrap_or(&empty);
-    let dir = st.get_document("direction").ok();
+    let reversed = run.get_str("direction") == Ok("reverse");
     let i64_of = |d: &Document, k: &str| match d.get(k) {
         Some(Bson::Int64(v)) => *v,
         Some(Bson::Int32(v)) => i64::from(*v),
@@ -256,15 +261,16 @@ pub fn view(
             estimated_copied_bytes: i64_of(copy, "estimated_copied_bytes"),
         },
         events_applied: i64_of(st, "events_applied"),
-        direction: DirectionView {
-            source: dir
-                .and_then(|d| d.get_str("source").ok())
-                .unwrap_or(source_hosts)
-                .to_string(),
-            destination: dir
-                .and_then(|d| d.get_str("destination").ok())
-                .unwrap_or(destination_hosts)
-                .to_string(),
+        direction: if reversed {
+            DirectionView {
+                source: destination_hosts.to_string(),
+                destination: source_hosts.to_string(),
+            }
+        } else {
+            DirectionView {
+                source: source_hosts.to_string(),
+                destination: destination_hosts.to_string(),
+            }
         },
         blocked,
         steps,

@@ -24,7 +24,12 @@ use super::model::{
 pub const ENV_PREFIX: &str = "CUTOVER_";
 
 /// `CUTOVER_*` variables that configure the program, not the plan.
-pub const RESERVED_ENV: &[&str] = &["CUTOVER_LOG", "CUTOVER_LOG_FORMAT", "CUTOVER_NO_PROGRESS"];
+pub const RESERVED_ENV: &[&str] = &[
+    "CUTOVER_LOG",
+    "CUTOVER_LOG_FORMAT",
+    "CUTOVER_NO_PROGRESS",
+    crate::crashpoint::ENV,
+];
 
 /// Where overrides come from; the process environment in production, a map in tests.
 pub struct Overrides {
