@@ -38,6 +38,10 @@ pub enum Command {
     /// Dry run: validate the plan, then check both clusters read-only. Writes nothing.
     #[command(after_help = EXIT_CODES_HELP)]
     Check(CheckArgs),
+    /// Prove the destination equals the source: counts, document hashes over `_id` ranges
+    /// (with the exact `_id`s that differ), indexes, collection options and views. Resumable.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Verify(VerifyArgs),
     /// Print the plan's JSON Schema.
     Schema,
 }
@@ -82,6 +86,37 @@ pub struct CheckArgs {
     pub no_connect: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+
+    /// Document differences to list per namespace (totals are always reported). Default: the
+    /// plan's `verify` step's `max_differences`, else 20.
+    #[arg(long, value_name = "N")]
+    pub max_differences: Option<u32>,
+
+    /// Start a new verify run instead of continuing an interrupted one.
+    #[arg(long)]
+    pub restart: bool,
+
+    /// `_id` ranges compared at the same time (memory: about two 16 MiB batches each at most).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub concurrency: usize,
+
+    /// Target documents per `_id` range (the unit of parallelism and of resumption).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub range_docs: u64,
+
+    /// Re-reads of a differing range before it is reported (lag-aware while replication runs).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub rechecks: u32,
+
+    /// Wait before each re-read, e.g. `1s`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub recheck_delay: Duration,
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     plan::duration::HumanDuration::parse(s).map(|d| d.get())
 }
@@ -99,7 +134,10 @@ pub fn main() -> i32 {
         }
     };
     logging::init(cli.log_format, cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -113,6 +151,7 @@ pub fn main() -> i32 {
 async fn dispatch(cli: Cli) -> Exit {
     match cli.command {
         Command::Check(args) => check(args).await,
+        Command::Verify(args) => verify(args).await,
         Command::Schema => {
             out(&plan::model::json_schema());
             Exit::Ok
@@ -176,20 +215,35 @@ fn report_plan_errors(args: &PlanArgs, diags: &[Diagnostic]) {
         }
         Format::Json => {
             let checks = diags.iter().map(diagnostic_check).collect();
-            let name = args.plan.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = args
+                .plan
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             out(&CheckReport::new(&name, checks).to_json());
         }
     }
 }
 
 fn diagnostic_check(d: &Diagnostic) -> Check {
-    let id = if d.key.is_empty() { "plan".to_string() } else { format!("plan.{}", d.key) };
+    let id = if d.key.is_empty() {
+        "plan".to_string()
+    } else {
+        format!("plan.{}", d.key)
+    };
     Check {
         id,
         cluster: Scope::Plan,
-        status: if d.is_error() { Status::Fail } else { Status::Warn },
+        status: if d.is_error() {
+            Status::Fail
+        } else {
+            Status::Warn
+        },
         message: format!("{}: {}", d.position(), d.message)
-            + &d.allowed.as_ref().map(|a| format!(" (allowed: {a})")).unwrap_or_default(),
+            + &d.allowed
+                .as_ref()
+                .map(|a| format!(" (allowed: {a})"))
+                .unwrap_or_default(),
         fix: d.hint.clone(),
     }
 }
@@ -211,7 +265,11 @@ async fn check(args: CheckArgs) -> Exit {
             plan.file,
             plan.steps.len(),
             if plan.steps.len() == 1 { "" } else { "s" },
-            plan.steps.iter().map(|s| s.kind()).collect::<Vec<_>>().join(", ")
+            plan.steps
+                .iter()
+                .map(|s| s.kind())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     )];
     checks.extend(warnings.iter().map(diagnostic_check));
@@ -219,7 +277,10 @@ async fn check(args: CheckArgs) -> Exit {
     if !args.no_connect {
         let outcome = preflight::run(
             &plan,
-            &PreflightOptions { deep: args.deep, connect_timeout: args.plan.connect_timeout },
+            &PreflightOptions {
+                deep: args.deep,
+                connect_timeout: args.plan.connect_timeout,
+            },
         )
         .await;
         unreachable = outcome.unreachable;
@@ -236,5 +297,78 @@ async fn check(args: CheckArgs) -> Exit {
         Exit::Ok
     } else {
         Exit::Failed
+    }
+}
+
+async fn verify(args: VerifyArgs) -> Exit {
+    use crate::cluster::Cluster;
+    use crate::verify::{self, SleepWait, VerifyOptions};
+
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let fail = |exit: Exit, message: String| {
+        err(&format!("error: {message}"));
+        if args.plan.format == Format::Json {
+            out(&serde_json::json!({"ok": false, "plan": plan.name, "error": message}).to_string());
+        }
+        exit
+    };
+    let mut clusters = Vec::new();
+    for (scope, uri) in [
+        (Scope::Source, &plan.source),
+        (Scope::Destination, &plan.destination),
+    ] {
+        match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
+            Ok(c) => clusters.push(c),
+            Err(e) => {
+                let exit = if e.is_connectivity() {
+                    Exit::Unreachable
+                } else {
+                    Exit::Failed
+                };
+                return fail(exit, format!("{e}\nhint: {}", e.hint()));
+            }
+        }
+    }
+    let max_differences = args.max_differences.unwrap_or_else(|| {
+        plan.steps
+            .iter()
+            .find_map(|s| match s {
+                plan::Step::Verify(v) => Some(v.max_differences),
+                _ => None,
+            })
+            .unwrap_or(20)
+    });
+    let opts = VerifyOptions {
+        max_differences: max_differences as usize,
+        concurrency: args.concurrency.max(1),
+        range_docs: args.range_docs.max(1),
+        rechecks: args.rechecks,
+        restart: args.restart,
+        replication: std::sync::Arc::new(SleepWait(args.recheck_delay)),
+        ..VerifyOptions::default()
+    };
+    match verify::run(&clusters[0].client, &clusters[1].client, &plan, &opts).await {
+        Ok(report) => {
+            match args.plan.format {
+                Format::Text => out(&report.to_text()),
+                Format::Json => out(&report.to_json()),
+            }
+            if report.ok {
+                Exit::Ok
+            } else {
+                Exit::Failed
+            }
+        }
+        Err(e) => {
+            let exit = if e.is_connectivity() {
+                Exit::Unreachable
+            } else {
+                Exit::Failed
+            };
+            fail(exit, e.to_string())
+        }
     }
 }

@@ -13,3 +13,4 @@ pub mod preflight;
 pub mod redact;
 pub mod report;
 pub mod uri;
+pub mod verify;

@@ -1,0 +1,85 @@
+//! Why a verify could not finish. A mismatch is not an error: it is a report.
+
+use std::fmt;
+
+use mongodb::error::ErrorKind;
+
+use crate::cluster::short_message;
+use crate::namespace::Namespace;
+use crate::redact;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// A cluster stopped answering (exit 3).
+    #[error("{side} cluster is unreachable while {what}{}: {detail}\nhint: check the cluster and the network, then run the same command again; finished ranges are not checked again", ns_suffix(.ns))]
+    Unreachable {
+        side: Side,
+        ns: Option<Namespace>,
+        what: String,
+        detail: String,
+    },
+    /// The server refused an operation (exit 1).
+    #[error("{side} cluster refused {what}{}: {detail}\nhint: {hint}", ns_suffix(.ns))]
+    Server {
+        side: Side,
+        ns: Option<Namespace>,
+        what: String,
+        detail: String,
+        hint: &'static str,
+    },
+    /// The two `_id` streams were not in the order verify expects.
+    #[error("{ns}: the {side} returned `_id`s out of simple BSON order (is the collection's default collation non-simple?); verify cannot merge-compare this range\nhint: compare this collection with a `find` under `collation: {{locale: \"simple\"}}`")]
+    Order { side: Side, ns: Namespace },
+}
+
+fn ns_suffix(ns: &Option<Namespace>) -> String {
+    ns.as_ref()
+        .map(|n| format!(" (namespace `{n}`)"))
+        .unwrap_or_default()
+}
+
+impl VerifyError {
+    pub fn driver(
+        side: Side,
+        ns: Option<&Namespace>,
+        what: &str,
+        e: &mongodb::error::Error,
+    ) -> Self {
+        let detail = redact::scrub(&short_message(e));
+        let ns = ns.cloned();
+        let what = what.to_string();
+        match e.kind.as_ref() {
+            ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+                VerifyError::Unreachable { side, ns, what, detail }
+            }
+            ErrorKind::Command(c) if c.code == 13 => VerifyError::Server {
+                side,
+                ns,
+                what,
+                detail,
+                hint: "the plan's user needs find, listCollections, listIndexes and collStats on the selected databases, and readWrite on the state database",
+            },
+            _ => VerifyError::Server { side, ns, what, detail, hint: "see the server's message; run the same command again to continue" },
+        }
+    }
+
+    /// True when a cluster could not be reached (exit 3).
+    pub fn is_connectivity(&self) -> bool {
+        matches!(self, VerifyError::Unreachable { .. })
+    }
+}

@@ -1,0 +1,273 @@
+//! Reading one `_id` range from both clusters: a streaming hash of the raw BSON bytes, and
+//! on a mismatch a sorted merge that names the `_id`s that differ. Neither holds more than the
+//! driver's current batch per side in memory.
+
+use std::cmp::Ordering;
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, RawDocumentBuf};
+use mongodb::options::Hint;
+use mongodb::{Client, Collection};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::error::{Side, VerifyError};
+use super::order::cmp_values;
+use super::ranges::Range;
+use crate::namespace::Namespace;
+
+/// What one side holds in a range: field order counts, since the bytes are hashed as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Digest {
+    pub count: u64,
+    pub bytes: u64,
+    pub hash: u64,
+}
+
+fn collection(client: &Client, ns: &Namespace) -> Collection<RawDocumentBuf> {
+    client
+        .database(&ns.db)
+        .collection::<RawDocumentBuf>(&ns.coll)
+}
+
+fn find_range<'a>(
+    coll: &'a Collection<RawDocumentBuf>,
+    range: &Range,
+) -> mongodb::action::Find<'a, RawDocumentBuf> {
+    let mut find = coll
+        .find(doc! {})
+        .hint(Hint::Keys(doc! {"_id": 1}))
+        .sort(doc! {"_id": 1});
+    if let Some(lo) = &range.lower {
+        find = find.min(doc! {"_id": lo.clone()});
+    }
+    if let Some(hi) = &range.upper {
+        find = find.max(doc! {"_id": hi.clone()});
+    }
+    find
+}
+
+/// Hashes every document of `range` in `_id` order. `exists == false`: the collection is not
+/// on this side, which holds nothing.
+pub async fn digest(
+    side: Side,
+    client: &Client,
+    ns: &Namespace,
+    range: &Range,
+    exists: bool,
+) -> Result<Digest, VerifyError> {
+    if !exists {
+        return Ok(Digest::default());
+    }
+    let what = "reading documents";
+    let coll = collection(client, ns);
+    let mut cursor = find_range(&coll, range)
+        .batch()
+        .await
+        .map_err(|e| VerifyError::driver(side, Some(ns), what, &e))?;
+    let mut hasher = Xxh3::new();
+    let mut out = Digest::default();
+    while let Some(batch) = cursor
+        .try_next()
+        .await
+        .map_err(|e| VerifyError::driver(side, Some(ns), what, &e))?
+    {
+        let docs = batch
+            .doc_slices()
+            .map_err(|e| VerifyError::driver(side, Some(ns), what, &e))?;
+        for d in docs {
+            let d = d.map_err(|e| VerifyError::Server {
+                side,
+                ns: Some(ns.clone()),
+                what: what.into(),
+                detail: e.to_string(),
+                hint: "the server sent malformed BSON; run the same command again",
+            })?;
+            if let Some(doc) = d.as_document() {
+                // Documents are length-prefixed, so the concatenation is unambiguous.
+                hasher.update(doc.as_bytes());
+                out.count += 1;
+                out.bytes += doc.as_bytes().len() as u64;
+            }
+        }
+    }
+    out.hash = hasher.digest();
+    Ok(out)
+}
+
+/// A document-level difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// On the source, not on the destination.
+    Missing,
+    /// Only on the destination.
+    Extra,
+    /// Same `_id`, different bytes (a value, a type or the field order).
+    Different,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Missing => "missing",
+            Kind::Extra => "extra",
+            Kind::Different => "different",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "missing" => Some(Kind::Missing),
+            "extra" => Some(Kind::Extra),
+            "different" => Some(Kind::Different),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RangeDiff {
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    /// The first `limit` differences, in `_id` order.
+    pub samples: Vec<(Bson, Kind)>,
+}
+
+impl RangeDiff {
+    pub fn total(&self) -> u64 {
+        self.missing + self.extra + self.different
+    }
+
+    fn note(&mut self, id: Option<Bson>, kind: Kind, limit: usize) {
+        match kind {
+            Kind::Missing => self.missing += 1,
+            Kind::Extra => self.extra += 1,
+            Kind::Different => self.different += 1,
+        }
+        if self.samples.len() < limit {
+            self.samples.push((id.unwrap_or(Bson::Null), kind));
+        }
+    }
+}
+
+struct Side1 {
+    side: Side,
+    ns: Namespace,
+    cursor: Option<mongodb::Cursor<RawDocumentBuf>>,
+    current: Option<RawDocumentBuf>,
+}
+
+impl Side1 {
+    async fn open(
+        side: Side,
+        client: &Client,
+        ns: &Namespace,
+        range: &Range,
+        exists: bool,
+    ) -> Result<Self, VerifyError> {
+        let cursor = if exists {
+            let coll = collection(client, ns);
+            Some(
+                find_range(&coll, range)
+                    .await
+                    .map_err(|e| VerifyError::driver(side, Some(ns), "reading documents", &e))?,
+            )
+        } else {
+            None
+        };
+        let mut s = Side1 {
+            side,
+            ns: ns.clone(),
+            cursor,
+            current: None,
+        };
+        s.advance().await?;
+        Ok(s)
+    }
+
+    /// Moves to the next document, checking that `_id`s ascend.
+    async fn advance(&mut self) -> Result<(), VerifyError> {
+        let Some(cursor) = self.cursor.as_mut() else {
+            self.current = None;
+            return Ok(());
+        };
+        let next = cursor
+            .try_next()
+            .await
+            .map_err(|e| VerifyError::driver(self.side, Some(&self.ns), "reading documents", &e))?;
+        if let (Some(prev), Some(n)) = (&self.current, &next) {
+            if cmp_ids(prev, n) != Ordering::Less {
+                return Err(VerifyError::Order {
+                    side: self.side,
+                    ns: self.ns.clone(),
+                });
+            }
+        }
+        self.current = next;
+        Ok(())
+    }
+}
+
+fn cmp_ids(a: &RawDocumentBuf, b: &RawDocumentBuf) -> Ordering {
+    match (a.get("_id").ok().flatten(), b.get("_id").ok().flatten()) {
+        (Some(x), Some(y)) => cmp_values(x, y),
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+}
+
+fn id_of(d: &RawDocumentBuf) -> Option<Bson> {
+    d.get("_id")
+        .ok()
+        .flatten()
+        .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
+}
+
+/// Streams both sides of `range` in `_id` order and merge-compares them.
+#[allow(clippy::too_many_arguments)]
+pub async fn diff_range(
+    source: &Client,
+    dest: &Client,
+    ns: &Namespace,
+    range: &Range,
+    source_exists: bool,
+    dest_exists: bool,
+    limit: usize,
+) -> Result<RangeDiff, VerifyError> {
+    let (a, b) = tokio::join!(
+        Side1::open(Side::Source, source, ns, range, source_exists),
+        Side1::open(Side::Destination, dest, ns, range, dest_exists)
+    );
+    let (mut a, mut b) = (a?, b?);
+    let mut out = RangeDiff::default();
+    loop {
+        let order = match (&a.current, &b.current) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => cmp_ids(x, y),
+        };
+        match order {
+            Ordering::Less => {
+                out.note(a.current.as_ref().and_then(id_of), Kind::Missing, limit);
+                a.advance().await?;
+            }
+            Ordering::Greater => {
+                out.note(b.current.as_ref().and_then(id_of), Kind::Extra, limit);
+                b.advance().await?;
+            }
+            Ordering::Equal => {
+                if let (Some(x), Some(y)) = (&a.current, &b.current) {
+                    if x.as_bytes() != y.as_bytes() {
+                        out.note(id_of(x), Kind::Different, limit);
+                    }
+                }
+                let (ra, rb) = tokio::join!(a.advance(), b.advance());
+                ra?;
+                rb?;
+            }
+        }
+    }
+    Ok(out)
+}
