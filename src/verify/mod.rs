@@ -133,7 +133,7 @@ pub async fn run(
         if !source_exists && !dest_exists {
             continue;
         }
-        let bounds = match store.partition(ns).await? {
+        let partition = match store.partition(ns).await? {
             Some(b) => b,
             None => {
                 let (side, client) = if source_exists {
@@ -148,7 +148,7 @@ pub async fn run(
         };
         works.push(Work {
             ns: ns.clone(),
-            ranges: ranges::ranges_from_bounds(&bounds),
+            ranges: ranges::ranges_from_bounds(&partition.bounds, partition.batch_docs),
             source_exists,
             dest_exists,
         });

@@ -55,10 +55,11 @@ fn cmp_int_float(i: i64, f: f64) -> Ordering {
     if f.is_nan() {
         return Ordering::Greater;
     }
-    if f >= 9.223_372_036_854_775_807e18 {
+    // 2^63 and -2^63 are exact doubles.
+    if f >= i64::MAX as f64 {
         return Ordering::Less;
     }
-    if f < -9.223_372_036_854_775_808e18 {
+    if f < i64::MIN as f64 {
         return Ordering::Greater;
     }
     let t = f.trunc();

@@ -1,7 +1,7 @@
 //! Splitting a collection into `_id` ranges: the unit of parallelism and of resumption.
 //!
-//! A range is `[lower, upper)` in `_id` **index-key order**, read with `find` + `hint({_id:1})`
-//! + `min({_id: lower})` / `max({_id: upper})`. Index bounds follow BSON comparison order
+//! A range is `[lower, upper)` in `_id` **index-key order**, read with `find`, `hint({_id:1})`,
+//! `min({_id: lower})` and `max({_id: upper})`. Index bounds follow BSON comparison order
 //! across every type, so unlike a `{_id: {$gte: a, $lt: b}}` filter (which only matches `_id`s
 //! of the bounds' type bracket: "type bracketing") the ranges together cover every document
 //! whatever the mix of `_id` types. The first range has no lower bound and the last no upper
@@ -21,15 +21,17 @@ use crate::namespace::Namespace;
 #[derive(Clone, Debug)]
 pub struct Range {
     pub index: usize,
+    pub batch_docs: u32,
     pub lower: Option<Bson>,
     pub upper: Option<Bson>,
 }
 
 /// The ranges between sorted split points.
-pub fn ranges_from_bounds(bounds: &[Bson]) -> Vec<Range> {
+pub fn ranges_from_bounds(bounds: &[Bson], batch_docs: u32) -> Vec<Range> {
     (0..=bounds.len())
         .map(|i| Range {
             index: i,
+            batch_docs,
             lower: if i == 0 {
                 None
             } else {
@@ -57,13 +59,30 @@ fn number(d: &Document, key: &str) -> u64 {
     }
 }
 
-/// Sorted, distinct split points for `ns`, from the cluster that has it (the source when both).
+/// How a namespace is read: its sorted, distinct split points and the documents per batch.
+#[derive(Clone, Debug, Default)]
+pub struct Partition {
+    pub bounds: Vec<Bson>,
+    /// Documents per `find` batch, so a batch holds about [`BATCH_BYTES`] (the server caps a
+    /// batch at 16 MiB anyway): memory per range in flight stays small.
+    pub batch_docs: u32,
+}
+
+/// Target bytes per driver batch.
+pub const BATCH_BYTES: u64 = 4 << 20;
+
+fn batch_docs(count: u64, size: u64) -> u32 {
+    let avg = size.checked_div(count).unwrap_or(1).max(1);
+    u32::try_from((BATCH_BYTES / avg).clamp(16, 10_000)).unwrap_or(10_000)
+}
+
+/// Split points for `ns`, from the cluster that has it (the source when both).
 pub async fn split_points(
     side: Side,
     client: &Client,
     ns: &Namespace,
     sizing: Sizing,
-) -> Result<Vec<Bson>, VerifyError> {
+) -> Result<Partition, VerifyError> {
     let db = client.database(&ns.db);
     let stats = match db.run_command(doc! {"collStats": &ns.coll}).await {
         Ok(s) => s,
@@ -82,8 +101,12 @@ pub async fn split_points(
         .div_ceil(sizing.range_docs.max(1))
         .max(size.div_ceil(sizing.range_bytes.max(1)))
         .clamp(1, sizing.max_ranges.max(1));
+    let batch_docs = batch_docs(count, size);
     if wanted <= 1 {
-        return Ok(Vec::new());
+        return Ok(Partition {
+            bounds: Vec::new(),
+            batch_docs,
+        });
     }
     // Ten samples per range smooth the quantiles; capped to keep the sample small.
     let sample = (wanted * 10).min(20_000);
@@ -119,11 +142,12 @@ pub async fn split_points(
             bounds.push(candidate.clone());
         }
     }
-    Ok(bounds
+    let bounds = bounds
         .iter()
         .filter_map(|d| d.get("_id").ok().flatten())
         .filter_map(|v| Bson::try_from(v.to_raw_bson()).ok())
-        .collect())
+        .collect();
+    Ok(Partition { bounds, batch_docs })
 }
 
 fn cmp_id(a: &RawDocumentBuf, b: &RawDocumentBuf) -> Ordering {
@@ -139,13 +163,20 @@ mod tests {
 
     #[test]
     fn ranges_cover_everything_between_bounds() {
-        let r = ranges_from_bounds(&[Bson::Int32(10), Bson::String("m".into())]);
+        let r = ranges_from_bounds(&[Bson::Int32(10), Bson::String("m".into())], 100);
         assert_eq!(r.len(), 3);
         assert!(r[0].lower.is_none() && r[0].upper == Some(Bson::Int32(10)));
         assert!(
             r[1].lower == Some(Bson::Int32(10)) && r[1].upper == Some(Bson::String("m".into()))
         );
         assert!(r[2].upper.is_none());
-        assert_eq!(ranges_from_bounds(&[]).len(), 1);
+        assert_eq!(ranges_from_bounds(&[], 100).len(), 1);
+    }
+
+    #[test]
+    fn batches_hold_about_four_mebibytes() {
+        assert_eq!(batch_docs(1000, 1000 * 1024), 4096);
+        assert_eq!(batch_docs(10, 10 * (8 << 20)), 16);
+        assert_eq!(batch_docs(0, 0), 10_000);
     }
 }

@@ -1,7 +1,7 @@
 //! Verify's records in the state database on the destination, so a killed verify continues.
 //!
 //! - `verify_runs`: `{_id: {plan, run}, plan, run, status: running|finished|abandoned}`.
-//! - `verify_partitions`: `{_id: {plan, run, ns}, bounds: [...]}`, the split points of a
+//! - `verify_partitions`: `{_id: {plan, run, ns}, bounds: [...], batch_docs}`, the split points of a
 //!   namespace, written before its first range so a resumed run reads the same ranges.
 //! - `verify_ranges`: `{_id: {plan, run, ns, range}, source_count, destination_count, missing,
 //!   extra, different, samples: [{_id, kind}], rechecks}`, one per finished range.
@@ -16,6 +16,7 @@ use mongodb::options::{CollectionOptions, WriteConcern};
 use mongodb::{Client, Collection};
 
 use super::error::{Side, VerifyError};
+use super::ranges::Partition;
 use super::scan::{Kind, RangeDiff};
 use crate::namespace::Namespace;
 
@@ -122,20 +123,28 @@ impl StateStore {
     }
 
     /// The stored split points of `ns` in this run, if any.
-    pub async fn partition(&self, ns: &Namespace) -> Result<Option<Vec<Bson>>, VerifyError> {
+    pub async fn partition(&self, ns: &Namespace) -> Result<Option<Partition>, VerifyError> {
         let found = self
             .coll(PARTITIONS)
             .find_one(doc! {"_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()}})
             .await
             .map_err(|e| err("reading verify partitions", &e))?;
-        Ok(found.and_then(|d| d.get_array("bounds").ok().cloned()))
+        Ok(found.and_then(|d| {
+            Some(Partition {
+                bounds: d.get_array("bounds").ok()?.clone(),
+                batch_docs: d
+                    .get_i64("batch_docs")
+                    .ok()
+                    .and_then(|b| u32::try_from(b).ok())?,
+            })
+        }))
     }
 
-    pub async fn save_partition(&self, ns: &Namespace, bounds: &[Bson]) -> Result<(), VerifyError> {
+    pub async fn save_partition(&self, ns: &Namespace, p: &Partition) -> Result<(), VerifyError> {
         self.coll(PARTITIONS)
             .replace_one(
                 doc! {"_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()}},
-                doc! {"_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()}, "bounds": bounds.to_vec()},
+                doc! {"_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()}, "bounds": p.bounds.clone(), "batch_docs": i64::from(p.batch_docs)},
             )
             .upsert(true)
             .await

@@ -36,7 +36,8 @@ fn find_range<'a>(
     let mut find = coll
         .find(doc! {})
         .hint(Hint::Keys(doc! {"_id": 1}))
-        .sort(doc! {"_id": 1});
+        .sort(doc! {"_id": 1})
+        .batch_size(range.batch_docs.max(1));
     if let Some(lo) = &range.lower {
         find = find.min(doc! {"_id": lo.clone()});
     }
