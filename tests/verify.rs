@@ -107,6 +107,29 @@ fn mixed_ids(n: usize) -> Vec<Bson> {
     ids
 }
 
+/// One-of-a-kind `_id`s and the rarer types, to append to [`mixed_ids`].
+fn special_ids() -> Vec<Bson> {
+    let mut ids = vec![
+        Bson::Null,
+        Bson::MinKey,
+        Bson::MaxKey,
+        Bson::Boolean(true),
+        Bson::Boolean(false),
+    ];
+    for j in 0..10u32 {
+        ids.push(Bson::Decimal128(format!("{j}.25").parse().unwrap()));
+        ids.push(Bson::Timestamp(mongodb::bson::Timestamp {
+            time: 1000 + j,
+            increment: j,
+        }));
+        ids.push(Bson::Symbol(format!("sym-{j}")));
+    }
+    ids.push(Bson::Decimal128("-Infinity".parse().unwrap()));
+    ids.push(Bson::Double(-1e300));
+    ids.push(Bson::Int64(i64::MAX));
+    ids
+}
+
 fn verify_plan(name: &str) -> String {
     plan_text(name, "[[steps]]\nkind = \"sync\"\n\n[[steps]]\nkind = \"commit\"\n\n[[steps]]\nkind = \"verify\"\nmax_differences = 50\n")
 }
@@ -173,6 +196,7 @@ async fn seed_source(c: &Client) {
     let orders = shop.collection::<Document>("orders");
     let docs: Vec<Document> = mixed_ids(400)
         .into_iter()
+        .chain(special_ids())
         .enumerate()
         .map(|(i, id)| doc! {"_id": id, "n": i as i32, "name": format!("order {i}"), "tags": ["a", "b"]})
         .collect();
@@ -236,6 +260,22 @@ async fn seed_source(c: &Client) {
         .unwrap();
     shop.run_command(doc! {"create": "recent", "viewOn": "orders", "pipeline": [{"$limit": 5}]})
         .await
+        .unwrap(); // Collections without a plain `_id` index scan: clustered (6.0+) and capped.
+    shop.run_command(
+        doc! {"create": "clustered", "clusteredIndex": {"key": {"_id": 1}, "unique": true}},
+    )
+    .await
+    .unwrap();
+    shop.collection::<Document>("clustered")
+        .insert_many(mixed_ids(64).into_iter().map(|id| doc! {"_id": id, "c": 1}))
+        .await
+        .unwrap();
+    shop.run_command(doc! {"create": "log", "capped": true, "size": 1_000_000})
+        .await
+        .unwrap();
+    shop.collection::<Document>("log")
+        .insert_many((0..40).map(|i| doc! {"_id": i, "line": i}))
+        .await
         .unwrap();
 }
 
@@ -262,14 +302,32 @@ async fn clean_copy_passes_and_every_injected_difference_is_named() {
     assert_eq!(report["ok"], true);
     let orders = namespace(&report, "shop.orders");
     assert_eq!(orders["status"], "ok");
-    assert_eq!(orders["source_count"], 400);
-    assert_eq!(orders["destination_count"], 400);
+    let total = 400 + special_ids().len();
+    assert_eq!(orders["source_count"], total);
+    assert_eq!(orders["destination_count"], total);
     assert!(
         orders["ranges"].as_u64().unwrap() >= 8,
         "expected several ranges: {orders:#}"
     );
+    assert_eq!(namespace(&report, "shop.clustered")["status"], "ok");
+    assert_eq!(namespace(&report, "shop.clustered")["source_count"], 64);
+    assert_eq!(namespace(&report, "shop.log")["source_count"], 40);
     assert_eq!(namespace(&report, "shop.big_orders")["type"], "view");
     assert_eq!(namespace(&report, "shop.big_orders")["status"], "ok");
+
+    // The drill-down merge must agree with the server's `_id` order for every type: merge the
+    // whole collection (it fails on any out-of-order pair) and find nothing.
+    let whole = cutover::verify::ranges::Range {
+        index: 0,
+        batch_docs: 64,
+        lower: None,
+        upper: None,
+    };
+    let ns = cutover::namespace::Namespace::new("shop", "orders");
+    let diff = cutover::verify::scan::diff_range(&s, &d, &ns, &whole, true, true, 10)
+        .await
+        .expect("ordered merge");
+    assert_eq!(diff.total(), 0, "{diff:?}");
 
     // Inject each kind of difference straight into the destination.
     let dshop = d.database("shop");
@@ -305,6 +363,11 @@ async fn clean_copy_passes_and_every_injected_difference_is_named() {
             doc! {"_id": ids[0].clone()},
             doc! {"_id": 0i64, "n": 0, "name": "order 0", "tags": ["a", "b"]},
         )
+        .await
+        .unwrap();
+    let dclustered = dshop.collection::<Document>("clustered");
+    dclustered
+        .delete_one(doc! {"_id": mixed_ids(64)[3].clone()})
         .await
         .unwrap();
     // A changed index option (TTL) and a missing index.
@@ -349,8 +412,8 @@ async fn clean_copy_passes_and_every_injected_difference_is_named() {
 
     let orders = namespace(&report, "shop.orders");
     assert_eq!(orders["status"], "mismatch");
-    assert_eq!(orders["source_count"], 400);
-    assert_eq!(orders["destination_count"], 400);
+    assert_eq!(orders["source_count"], total);
+    assert_eq!(orders["destination_count"], total);
     let kinds = mismatch_kinds(orders);
     let key = |b: &Bson| b.clone().into_relaxed_extjson().to_string();
     assert_eq!(
@@ -386,6 +449,16 @@ async fn clean_copy_passes_and_every_injected_difference_is_named() {
         serde_json::json!({"missing": 1, "extra": 1, "different": 3})
     );
     assert_eq!(orders["mismatches_truncated"], false);
+
+    let clustered = namespace(&report, "shop.clustered");
+    assert_eq!(
+        mismatch_kinds(clustered)
+            .get("\"key-00003\"")
+            .map(String::as_str),
+        Some("missing"),
+        "{clustered:#}"
+    );
+    assert_eq!(namespace(&report, "shop.log")["status"], "ok");
 
     let sessions = namespace(&report, "shop.sessions");
     assert_eq!(sessions["status"], "mismatch");

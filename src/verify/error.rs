@@ -41,11 +41,23 @@ pub enum VerifyError {
         what: String,
         detail: String,
         hint: &'static str,
+        /// A failover, a killed cursor or a shutdown: worth another attempt.
+        transient: bool,
     },
     /// The two `_id` streams were not in the order verify expects.
     #[error("{ns}: the {side} returned `_id`s out of simple BSON order (is the collection's default collation non-simple?); verify cannot merge-compare this range\nhint: compare this collection with a `find` under `collation: {{locale: \"simple\"}}`")]
     Order { side: Side, ns: Namespace },
 }
+
+/// Server codes after which re-reading a range can succeed: HostUnreachable 6,
+/// HostNotFound 7, CursorNotFound 43, NetworkTimeout 89, ShutdownInProgress 91,
+/// ReadConcernMajorityNotAvailableYet 134, QueryPlanKilled 175, PrimarySteppedDown 189,
+/// CursorKilled 237, ExceededTimeLimit 262, SocketException 9001, NotWritablePrimary 10107,
+/// InterruptedAtShutdown 11600, InterruptedDueToReplStateChange 11602,
+/// NotPrimaryNoSecondaryOk 13435, NotPrimaryOrSecondary 13436.
+const TRANSIENT_CODES: &[i32] = &[
+    6, 7, 43, 89, 91, 134, 175, 189, 237, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+];
 
 fn ns_suffix(ns: &Option<Namespace>) -> String {
     ns.as_ref()
@@ -73,9 +85,33 @@ impl VerifyError {
                 what,
                 detail,
                 hint: "the plan's user needs find, listCollections, listIndexes and collStats on the selected databases, and readWrite on the state database",
+                transient: false,
             },
-            _ => VerifyError::Server { side, ns, what, detail, hint: "see the server's message; run the same command again to continue" },
+            kind => VerifyError::Server {
+                side,
+                ns,
+                what,
+                detail,
+                hint: "see the server's message; run the same command again to continue",
+                transient: match kind {
+                    ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
+                    _ => false,
+                },
+            },
         }
+    }
+
+    /// Worth retrying the range: the cluster is unreachable for now, or a failover, shutdown
+    /// or killed cursor interrupted the read.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::Unreachable { .. }
+                | VerifyError::Server {
+                    transient: true,
+                    ..
+                }
+        )
     }
 
     /// True when a cluster could not be reached (exit 3).

@@ -184,7 +184,32 @@ pub async fn run(
     })
 }
 
+/// Attempts per range when a read fails transiently (failover, killed cursor, network).
+const RANGE_ATTEMPTS: u32 = 3;
+
+/// Verifies one range, starting it over after a transient failure.
 async fn verify_range(
+    source: &Client,
+    dest: &Client,
+    store: &StateStore,
+    w: &Work,
+    r: &Range,
+    opts: &VerifyOptions,
+) -> Result<(), VerifyError> {
+    let mut attempt = 1;
+    loop {
+        match verify_range_once(source, dest, store, w, r, opts).await {
+            Err(e) if e.is_transient() && attempt < RANGE_ATTEMPTS => {
+                tracing::warn!(ns = %w.ns, range = r.index, attempt, error = %e, "range read failed; reading it again");
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn verify_range_once(
     source: &Client,
     dest: &Client,
     store: &StateStore,

@@ -4,8 +4,8 @@
 //! collation: values of different types compare by type bracket (MinKey < null < numbers <
 //! strings < objects < arrays < binary < ObjectId < bool < date < timestamp < regex < MaxKey),
 //! numbers compare by value across int/long/double, strings by bytes, binary by length, then
-//! subtype, then bytes. Decimal128 is compared by its bytes only against another Decimal128
-//! (exact numeric order against other number types is not implemented; such `_id`s are rare).
+//! subtype, then bytes. Decimal128 values compare through their nearest double, which is
+//! exact except for decimals that differ beyond a double's 17 significant digits.
 
 use std::cmp::Ordering;
 
@@ -46,6 +46,13 @@ fn as_num(v: &RawBsonRef<'_>) -> Option<Num> {
         RawBsonRef::Int32(i) => Some(Num::Int(i64::from(*i))),
         RawBsonRef::Int64(i) => Some(Num::Int(*i)),
         RawBsonRef::Double(d) => Some(Num::Float(*d)),
+        // Display gives the exact decimal string ("1.5", "-Infinity", "NaN", "1E+400").
+        RawBsonRef::Decimal128(d) => Some(Num::Float(
+            d.to_string()
+                .replace("Infinity", "inf")
+                .parse::<f64>()
+                .unwrap_or(f64::NAN),
+        )),
         _ => None,
     }
 }
@@ -150,11 +157,6 @@ pub fn cmp_values(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
         return ba.cmp(&bb);
     }
     match (a, b) {
-        (RawBsonRef::Decimal128(x), RawBsonRef::Decimal128(y)) => x.bytes().cmp(&y.bytes()),
-        (RawBsonRef::Decimal128(_), _) | (_, RawBsonRef::Decimal128(_)) => {
-            // See the module note: cross-type Decimal128 order is approximated.
-            Ordering::Equal
-        }
         (x, y) if ba == 10 => match (as_num(&x), as_num(&y)) {
             (Some(nx), Some(ny)) => cmp_num(nx, ny),
             _ => Ordering::Equal,
@@ -257,5 +259,9 @@ mod tests {
             Ordering::Less
         );
         assert_eq!(cmp(Bson::Int64(3), Bson::Double(2.9)), Ordering::Greater);
+        let dec = |s: &str| Bson::Decimal128(s.parse().unwrap());
+        assert_eq!(cmp(Bson::Int32(1), dec("1.5")), Ordering::Less);
+        assert_eq!(cmp(dec("1.5"), Bson::Int32(2)), Ordering::Greater.reverse());
+        assert_eq!(cmp(dec("-Infinity"), Bson::Int64(i64::MIN)), Ordering::Less);
     }
 }

@@ -29,22 +29,30 @@ fn collection(client: &Client, ns: &Namespace) -> Collection<RawDocumentBuf> {
         .collection::<RawDocumentBuf>(&ns.coll)
 }
 
-fn find_range<'a>(
+/// The reads that make up `range`, in `_id` order. The bounds are always explicit: a
+/// `min`-only index scan stops *before* `MaxKey` (verified on 6.0: the implied upper bound is
+/// an exclusive `MaxKey`), so the last range adds an equality read of `{_id: MaxKey}`.
+fn range_reads<'a>(
     coll: &'a Collection<RawDocumentBuf>,
     range: &Range,
-) -> mongodb::action::Find<'a, RawDocumentBuf> {
-    let mut find = coll
+) -> Vec<mongodb::action::Find<'a, RawDocumentBuf>> {
+    let lower = range.lower.clone().unwrap_or(Bson::MinKey);
+    let upper = range.upper.clone().unwrap_or(Bson::MaxKey);
+    let main = coll
         .find(doc! {})
         .hint(Hint::Keys(doc! {"_id": 1}))
         .sort(doc! {"_id": 1})
-        .batch_size(range.batch_docs.max(1));
-    if let Some(lo) = &range.lower {
-        find = find.min(doc! {"_id": lo.clone()});
+        .batch_size(range.batch_docs.max(1))
+        .min(doc! {"_id": lower})
+        .max(doc! {"_id": upper});
+    let mut reads = vec![main];
+    if range.upper.is_none() {
+        reads.push(
+            coll.find(doc! {"_id": Bson::MaxKey})
+                .hint(Hint::Keys(doc! {"_id": 1})),
+        );
     }
-    if let Some(hi) = &range.upper {
-        find = find.max(doc! {"_id": hi.clone()});
-    }
-    find
+    reads
 }
 
 /// Hashes every document of `range` in `_id` order. `exists == false`: the collection is not
@@ -61,33 +69,36 @@ pub async fn digest(
     }
     let what = "reading documents";
     let coll = collection(client, ns);
-    let mut cursor = find_range(&coll, range)
-        .batch()
-        .await
-        .map_err(|e| VerifyError::driver(side, Some(ns), what, &e))?;
     let mut hasher = Xxh3::new();
     let mut out = Digest::default();
-    while let Some(batch) = cursor
-        .try_next()
-        .await
-        .map_err(|e| VerifyError::driver(side, Some(ns), what, &e))?
-    {
-        let docs = batch
-            .doc_slices()
+    for read in range_reads(&coll, range) {
+        let mut cursor = read
+            .batch()
+            .await
             .map_err(|e| VerifyError::driver(side, Some(ns), what, &e))?;
-        for d in docs {
-            let d = d.map_err(|e| VerifyError::Server {
-                side,
-                ns: Some(ns.clone()),
-                what: what.into(),
-                detail: e.to_string(),
-                hint: "the server sent malformed BSON; run the same command again",
-            })?;
-            if let Some(doc) = d.as_document() {
-                // Documents are length-prefixed, so the concatenation is unambiguous.
-                hasher.update(doc.as_bytes());
-                out.count += 1;
-                out.bytes += doc.as_bytes().len() as u64;
+        while let Some(batch) = cursor
+            .try_next()
+            .await
+            .map_err(|e| VerifyError::driver(side, Some(ns), what, &e))?
+        {
+            let docs = batch
+                .doc_slices()
+                .map_err(|e| VerifyError::driver(side, Some(ns), what, &e))?;
+            for d in docs {
+                let d = d.map_err(|e| VerifyError::Server {
+                    side,
+                    ns: Some(ns.clone()),
+                    what: what.into(),
+                    detail: e.to_string(),
+                    hint: "the server sent malformed BSON; run the same command again",
+                    transient: false,
+                })?;
+                if let Some(doc) = d.as_document() {
+                    // Documents are length-prefixed, so the concatenation is unambiguous.
+                    hasher.update(doc.as_bytes());
+                    out.count += 1;
+                    out.bytes += doc.as_bytes().len() as u64;
+                }
             }
         }
     }
@@ -154,7 +165,8 @@ impl RangeDiff {
 struct Side1 {
     side: Side,
     ns: Namespace,
-    cursor: Option<mongodb::Cursor<RawDocumentBuf>>,
+    /// The range's reads still to drain, in `_id` order.
+    cursors: std::collections::VecDeque<mongodb::Cursor<RawDocumentBuf>>,
     current: Option<RawDocumentBuf>,
 }
 
@@ -166,20 +178,21 @@ impl Side1 {
         range: &Range,
         exists: bool,
     ) -> Result<Self, VerifyError> {
-        let cursor = if exists {
+        let mut cursors = std::collections::VecDeque::new();
+        if exists {
             let coll = collection(client, ns);
-            Some(
-                find_range(&coll, range)
-                    .await
-                    .map_err(|e| VerifyError::driver(side, Some(ns), "reading documents", &e))?,
-            )
-        } else {
-            None
-        };
+            for read in range_reads(&coll, range) {
+                cursors.push_back(
+                    read.await.map_err(|e| {
+                        VerifyError::driver(side, Some(ns), "reading documents", &e)
+                    })?,
+                );
+            }
+        }
         let mut s = Side1 {
             side,
             ns: ns.clone(),
-            cursor,
+            cursors,
             current: None,
         };
         s.advance().await?;
@@ -188,14 +201,16 @@ impl Side1 {
 
     /// Moves to the next document, checking that `_id`s ascend.
     async fn advance(&mut self) -> Result<(), VerifyError> {
-        let Some(cursor) = self.cursor.as_mut() else {
-            self.current = None;
-            return Ok(());
-        };
-        let next = cursor
-            .try_next()
-            .await
-            .map_err(|e| VerifyError::driver(self.side, Some(&self.ns), "reading documents", &e))?;
+        let mut next = None;
+        while let Some(cursor) = self.cursors.front_mut() {
+            next = cursor.try_next().await.map_err(|e| {
+                VerifyError::driver(self.side, Some(&self.ns), "reading documents", &e)
+            })?;
+            if next.is_some() {
+                break;
+            }
+            self.cursors.pop_front();
+        }
         if let (Some(prev), Some(n)) = (&self.current, &next) {
             if cmp_ids(prev, n) != Ordering::Less {
                 return Err(VerifyError::Order {
