@@ -40,6 +40,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Prove the destination equals the source: counts, document hashes over `_id` ranges
     /// (with the exact `_id`s that differ), indexes, collection options and views. Resumable.
+    /// Run it after `commit`: before, unique indexes may still be non-unique on the
+    /// destination, and that is reported as an index difference.
     #[command(after_help = EXIT_CODES_HELP)]
     Verify(VerifyArgs),
     /// Print the plan's JSON Schema.
@@ -100,7 +102,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub restart: bool,
 
-    /// `_id` ranges compared at the same time (memory: about two 16 MiB batches each at most).
+    /// `_id` ranges compared at the same time (each holds about two 4 MiB batches).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub concurrency: usize,
 
@@ -134,10 +136,7 @@ pub fn main() -> i32 {
         }
     };
     logging::init(cli.log_format, cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -215,35 +214,20 @@ fn report_plan_errors(args: &PlanArgs, diags: &[Diagnostic]) {
         }
         Format::Json => {
             let checks = diags.iter().map(diagnostic_check).collect();
-            let name = args
-                .plan
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = args.plan.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             out(&CheckReport::new(&name, checks).to_json());
         }
     }
 }
 
 fn diagnostic_check(d: &Diagnostic) -> Check {
-    let id = if d.key.is_empty() {
-        "plan".to_string()
-    } else {
-        format!("plan.{}", d.key)
-    };
+    let id = if d.key.is_empty() { "plan".to_string() } else { format!("plan.{}", d.key) };
     Check {
         id,
         cluster: Scope::Plan,
-        status: if d.is_error() {
-            Status::Fail
-        } else {
-            Status::Warn
-        },
+        status: if d.is_error() { Status::Fail } else { Status::Warn },
         message: format!("{}: {}", d.position(), d.message)
-            + &d.allowed
-                .as_ref()
-                .map(|a| format!(" (allowed: {a})"))
-                .unwrap_or_default(),
+            + &d.allowed.as_ref().map(|a| format!(" (allowed: {a})")).unwrap_or_default(),
         fix: d.hint.clone(),
     }
 }
@@ -265,11 +249,7 @@ async fn check(args: CheckArgs) -> Exit {
             plan.file,
             plan.steps.len(),
             if plan.steps.len() == 1 { "" } else { "s" },
-            plan.steps
-                .iter()
-                .map(|s| s.kind())
-                .collect::<Vec<_>>()
-                .join(", ")
+            plan.steps.iter().map(|s| s.kind()).collect::<Vec<_>>().join(", ")
         ),
     )];
     checks.extend(warnings.iter().map(diagnostic_check));
@@ -277,10 +257,7 @@ async fn check(args: CheckArgs) -> Exit {
     if !args.no_connect {
         let outcome = preflight::run(
             &plan,
-            &PreflightOptions {
-                deep: args.deep,
-                connect_timeout: args.plan.connect_timeout,
-            },
+            &PreflightOptions { deep: args.deep, connect_timeout: args.plan.connect_timeout },
         )
         .await;
         unreachable = outcome.unreachable;

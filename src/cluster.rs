@@ -15,32 +15,17 @@ use crate::uri::ClusterUri;
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("{cluster} cluster ({hosts}) is unreachable: {detail}")]
-    Unreachable {
-        cluster: &'static str,
-        hosts: String,
-        detail: String,
-    },
+    Unreachable { cluster: &'static str, hosts: String, detail: String },
     #[error("{cluster} cluster ({hosts}): authentication failed: {detail}")]
-    Auth {
-        cluster: &'static str,
-        hosts: String,
-        detail: String,
-    },
+    Auth { cluster: &'static str, hosts: String, detail: String },
     #[error("{cluster} cluster ({hosts}): {detail}")]
-    Other {
-        cluster: &'static str,
-        hosts: String,
-        detail: String,
-    },
+    Other { cluster: &'static str, hosts: String, detail: String },
 }
 
 impl ClusterError {
     /// Unreachable and authentication failures exit 3; the rest exit 1.
     pub fn is_connectivity(&self) -> bool {
-        matches!(
-            self,
-            ClusterError::Unreachable { .. } | ClusterError::Auth { .. }
-        )
+        matches!(self, ClusterError::Unreachable { .. } | ClusterError::Auth { .. })
     }
 
     pub fn hint(&self) -> &'static str {
@@ -66,21 +51,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects and authenticates (a `ping` on `admin`), waiting at most `timeout` for a server.
-    pub async fn connect(
-        scope: Scope,
-        uri: &ClusterUri,
-        timeout: Duration,
-    ) -> Result<Self, ClusterError> {
+    pub async fn connect(scope: Scope, uri: &ClusterUri, timeout: Duration) -> Result<Self, ClusterError> {
         let name = scope_name(scope);
         let hosts = uri.hosts_display();
-        let mut opts =
-            ClientOptions::parse(uri.expose())
-                .await
-                .map_err(|e| ClusterError::Other {
-                    cluster: name,
-                    hosts: hosts.clone(),
-                    detail: redact::scrub(&e.to_string()),
-                })?;
+        let mut opts = ClientOptions::parse(uri.expose()).await.map_err(|e| ClusterError::Other {
+            cluster: name,
+            hosts: hosts.clone(),
+            detail: redact::scrub(&e.to_string()),
+        })?;
         opts.app_name = Some("cutover".into());
         opts.server_selection_timeout = Some(timeout);
         opts.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
@@ -90,11 +68,7 @@ impl Cluster {
             .run_command(doc! {"ping": 1})
             .await
             .map_err(|e| classify(name, &hosts, &e))?;
-        Ok(Self {
-            scope,
-            uri: uri.clone(),
-            client,
-        })
+        Ok(Self { scope, uri: uri.clone(), client })
     }
 
     pub fn name(&self) -> &'static str {
@@ -123,29 +97,13 @@ pub fn classify(cluster: &'static str, hosts: &str, e: &mongodb::error::Error) -
     let detail = redact::scrub(&short_message(e));
     let hosts = hosts.to_string();
     match e.kind.as_ref() {
-        ErrorKind::ServerSelection { .. }
-        | ErrorKind::Io(_)
-        | ErrorKind::ConnectionPoolCleared { .. } => ClusterError::Unreachable {
-            cluster,
-            hosts,
-            detail,
-        },
-        ErrorKind::Authentication { .. } => ClusterError::Auth {
-            cluster,
-            hosts,
-            detail,
-        },
+        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+            ClusterError::Unreachable { cluster, hosts, detail }
+        }
+        ErrorKind::Authentication { .. } => ClusterError::Auth { cluster, hosts, detail },
         // 18 AuthenticationFailed, 13 Unauthorized on ping means no valid login.
-        ErrorKind::Command(c) if c.code == 18 => ClusterError::Auth {
-            cluster,
-            hosts,
-            detail,
-        },
-        _ => ClusterError::Other {
-            cluster,
-            hosts,
-            detail,
-        },
+        ErrorKind::Command(c) if c.code == 18 => ClusterError::Auth { cluster, hosts, detail },
+        _ => ClusterError::Other { cluster, hosts, detail },
     }
 }
 
@@ -160,12 +118,7 @@ pub fn short_message(e: &mongodb::error::Error) -> String {
                 let why = part
                     .split("Error: ")
                     .nth(1)
-                    .map(|w| {
-                        w.trim_start_matches("Kind: ")
-                            .split(", labels")
-                            .next()
-                            .unwrap_or(w)
-                    })
+                    .map(|w| w.trim_start_matches("Kind: ").split(", labels").next().unwrap_or(w))
                     .unwrap_or("no answer");
                 reasons.push(format!("{addr}: {}", why.trim()));
             }

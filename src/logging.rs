@@ -48,9 +48,7 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
     let ansi = std::env::var_os("NO_COLOR").is_none() && io::IsTerminal::is_terminal(&io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(ScrubbingStderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(ScrubbingStderr);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(ansi).with_target(false).try_init(),
         LogFormat::Json => builder.json().with_current_span(true).try_init(),

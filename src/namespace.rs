@@ -12,10 +12,7 @@ pub struct Namespace {
 
 impl Namespace {
     pub fn new(db: impl Into<String>, coll: impl Into<String>) -> Self {
-        Self {
-            db: db.into(),
-            coll: coll.into(),
-        }
+        Self { db: db.into(), coll: coll.into() }
     }
 
     /// Splits at the first `.`: database names cannot contain dots, collection names can.

@@ -21,10 +21,7 @@ pub struct PreflightOutcome {
 pub async fn run(plan: &Plan, opts: &PreflightOptions) -> PreflightOutcome {
     let mut checks = Vec::new();
     let mut unreachable = false;
-    for (scope, uri) in [
-        (Scope::Source, &plan.source),
-        (Scope::Destination, &plan.destination),
-    ] {
+    for (scope, uri) in [(Scope::Source, &plan.source), (Scope::Destination, &plan.destination)] {
         match Cluster::connect(scope, uri, opts.connect_timeout).await {
             Ok(c) => checks.push(Check::pass(
                 "reachable",
@@ -37,8 +34,5 @@ pub async fn run(plan: &Plan, opts: &PreflightOptions) -> PreflightOutcome {
             }
         }
     }
-    PreflightOutcome {
-        checks,
-        unreachable,
-    }
+    PreflightOutcome { checks, unreachable }
 }

@@ -81,18 +81,12 @@ mod tests {
             strip_userinfo("mongodb+srv://a%40b:p%2Fw@cluster0.example.net"),
             "mongodb+srv://***@cluster0.example.net"
         );
-        assert_eq!(
-            strip_userinfo("https://x@y/ mongodb://h:1"),
-            "https://x@y/ mongodb://h:1"
-        );
+        assert_eq!(strip_userinfo("https://x@y/ mongodb://h:1"), "https://x@y/ mongodb://h:1");
     }
 
     #[test]
     fn registered_secrets_are_scrubbed() {
         register_secret("s3cr3t-pass");
-        assert_eq!(
-            scrub("auth failed for s3cr3t-pass."),
-            "auth failed for ***."
-        );
+        assert_eq!(scrub("auth failed for s3cr3t-pass."), "auth failed for ***.");
     }
 }

@@ -44,41 +44,13 @@ pub struct Check {
 
 impl Check {
     pub fn pass(id: &str, cluster: Scope, message: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            cluster,
-            status: Status::Pass,
-            message: message.into(),
-            fix: None,
-        }
+        Self { id: id.into(), cluster, status: Status::Pass, message: message.into(), fix: None }
     }
-    pub fn warn(
-        id: &str,
-        cluster: Scope,
-        message: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Self {
-            id: id.into(),
-            cluster,
-            status: Status::Warn,
-            message: message.into(),
-            fix: Some(fix.into()),
-        }
+    pub fn warn(id: &str, cluster: Scope, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { id: id.into(), cluster, status: Status::Warn, message: message.into(), fix: Some(fix.into()) }
     }
-    pub fn fail(
-        id: &str,
-        cluster: Scope,
-        message: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Self {
-            id: id.into(),
-            cluster,
-            status: Status::Fail,
-            message: message.into(),
-            fix: Some(fix.into()),
-        }
+    pub fn fail(id: &str, cluster: Scope, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { id: id.into(), cluster, status: Status::Fail, message: message.into(), fix: Some(fix.into()) }
     }
 }
 
@@ -92,11 +64,7 @@ pub struct CheckReport {
 impl CheckReport {
     pub fn new(plan: &str, checks: Vec<Check>) -> Self {
         let ok = !checks.iter().any(|c| c.status == Status::Fail);
-        Self {
-            ok,
-            plan: plan.to_string(),
-            checks,
-        }
+        Self { ok, plan: plan.to_string(), checks }
     }
 
     pub fn to_json(&self) -> String {
@@ -113,34 +81,16 @@ impl CheckReport {
                 Status::Warn => ("warn", "33"),
                 Status::Fail => ("FAIL", "31"),
             };
-            let mark = if color {
-                format!("\x1b[{code}m{mark}\x1b[0m")
-            } else {
-                mark.to_string()
-            };
-            let _ = writeln!(
-                s,
-                "  {mark}  {:<11} {:<28} {}",
-                c.cluster.as_str(),
-                c.id,
-                c.message
-            );
+            let mark = if color { format!("\x1b[{code}m{mark}\x1b[0m") } else { mark.to_string() };
+            let _ = writeln!(s, "  {mark}  {:<11} {:<28} {}", c.cluster.as_str(), c.id, c.message);
             if let Some(fix) = &c.fix {
                 if c.status != Status::Pass {
                     let _ = writeln!(s, "        {:<11} {:<28} fix: {fix}", "", "");
                 }
             }
         }
-        let fails = self
-            .checks
-            .iter()
-            .filter(|c| c.status == Status::Fail)
-            .count();
-        let warns = self
-            .checks
-            .iter()
-            .filter(|c| c.status == Status::Warn)
-            .count();
+        let fails = self.checks.iter().filter(|c| c.status == Status::Fail).count();
+        let warns = self.checks.iter().filter(|c| c.status == Status::Warn).count();
         let _ = writeln!(
             s,
             "{}: {} checks, {fails} failed, {warns} warnings",

@@ -30,10 +30,7 @@ impl ClusterUri {
                 redact::register_secret(pw);
             }
         }
-        Ok(Self {
-            raw: raw.to_string(),
-            parsed,
-        })
+        Ok(Self { raw: raw.to_string(), parsed })
     }
 
     /// The full URI, credentials included: only for handing to the driver.

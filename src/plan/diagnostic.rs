@@ -55,9 +55,7 @@ impl Diagnostic {
     /// `file:line:column` or where the value came from.
     pub fn position(&self) -> String {
         match &self.location {
-            Location::File {
-                file, line, column, ..
-            } => format!("{file}:{line}:{column}"),
+            Location::File { file, line, column, .. } => format!("{file}:{line}:{column}"),
             Location::Env { variable } => format!("environment variable {variable}"),
             Location::Set { argument } => format!("--set {argument}"),
             Location::Whole { file } => file.clone(),
@@ -85,14 +83,7 @@ impl fmt::Display for Diagnostic {
         };
         writeln!(f, "{label}: {}", self.message)?;
         writeln!(f, "  --> {}", self.position())?;
-        if let Location::File {
-            line,
-            column,
-            text,
-            width,
-            ..
-        } = &self.location
-        {
+        if let Location::File { line, column, text, width, .. } = &self.location {
             let num = line.to_string();
             let pad = " ".repeat(num.len());
             writeln!(f, "  {pad} |")?;
@@ -122,12 +113,7 @@ pub fn did_you_mean(given: &str, candidates: &[&str]) -> Option<String> {
     let given_l = given.to_lowercase().replace('_', "-");
     candidates
         .iter()
-        .map(|c| {
-            (
-                strsim::jaro_winkler(&given_l, &c.to_lowercase().replace('_', "-")),
-                *c,
-            )
-        })
+        .map(|c| (strsim::jaro_winkler(&given_l, &c.to_lowercase().replace('_', "-")), *c))
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| format!("did you mean `{c}`?"))

@@ -64,21 +64,10 @@ mod tests {
 
     #[test]
     fn parses_common_forms() {
-        assert_eq!(
-            HumanDuration::parse("90s").unwrap().get(),
-            Duration::from_secs(90)
-        );
-        assert_eq!(
-            HumanDuration::parse("10m").unwrap().get(),
-            Duration::from_secs(600)
-        );
-        assert_eq!(
-            HumanDuration::parse("1h30m").unwrap().get(),
-            Duration::from_secs(5400)
-        );
-        assert!(HumanDuration::parse("5 parsecs")
-            .unwrap_err()
-            .contains("`90s`"));
+        assert_eq!(HumanDuration::parse("90s").unwrap().get(), Duration::from_secs(90));
+        assert_eq!(HumanDuration::parse("10m").unwrap().get(), Duration::from_secs(600));
+        assert_eq!(HumanDuration::parse("1h30m").unwrap().get(), Duration::from_secs(5400));
+        assert!(HumanDuration::parse("5 parsecs").unwrap_err().contains("`90s`"));
         assert!(HumanDuration::parse("").is_err());
     }
 }

@@ -57,10 +57,7 @@ impl NamespaceSelector {
                 (None, Some(r)) => Matcher::Pattern(Regex::new(r)?),
                 (None, None) => Matcher::Any,
             };
-            Ok(Rule {
-                database,
-                collections,
-            })
+            Ok(Rule { database, collections })
         };
         Ok(Self {
             include: include.iter().map(compile).collect::<Result<_, _>>()?,
@@ -111,12 +108,7 @@ impl NamespaceSelector {
 mod tests {
     use super::*;
 
-    fn f(
-        db: Option<&str>,
-        dbr: Option<&str>,
-        cols: Option<&[&str]>,
-        cr: Option<&str>,
-    ) -> NamespaceFilter {
+    fn f(db: Option<&str>, dbr: Option<&str>, cols: Option<&[&str]>, cr: Option<&str>) -> NamespaceFilter {
         NamespaceFilter {
             database: db.map(Into::into),
             database_regex: dbr.map(Into::into),
@@ -139,14 +131,8 @@ mod tests {
     #[test]
     fn include_then_exclude() {
         let s = NamespaceSelector::new(
-            &[
-                f(Some("shop"), None, Some(&["orders", "users"]), None),
-                f(None, Some("^an"), None, None),
-            ],
-            &[
-                f(None, Some("^tmp_"), None, None),
-                f(Some("analytics"), None, None, Some("^scratch")),
-            ],
+            &[f(Some("shop"), None, Some(&["orders", "users"]), None), f(None, Some("^an"), None, None)],
+            &[f(None, Some("^tmp_"), None, None), f(Some("analytics"), None, None, Some("^scratch"))],
             "__cutover",
         )
         .unwrap();

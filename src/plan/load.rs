@@ -36,10 +36,7 @@ pub struct Overrides {
 
 impl Overrides {
     pub fn from_process(sets: Vec<String>) -> Self {
-        Self {
-            sets,
-            env: std::env::vars().collect(),
-        }
+        Self { sets, env: std::env::vars().collect() }
     }
 }
 
@@ -99,14 +96,10 @@ impl SpanIndex {
         let mut probe = path.to_string();
         loop {
             if let Some(arg) = self.set_keys.get(&probe) {
-                return Location::Set {
-                    argument: arg.clone(),
-                };
+                return Location::Set { argument: arg.clone() };
             }
             if let Some(var) = self.env_keys.get(&probe) {
-                return Location::Env {
-                    variable: var.clone(),
-                };
+                return Location::Env { variable: var.clone() };
             }
             match probe.rfind('.') {
                 Some(i) => probe.truncate(i),
@@ -116,20 +109,12 @@ impl SpanIndex {
         let mut probe = path.to_string();
         loop {
             if let Some((k, v)) = self.spans.get(&probe) {
-                let span = if on_key && probe == path {
-                    k.clone()
-                } else {
-                    v.clone()
-                };
+                let span = if on_key && probe == path { k.clone() } else { v.clone() };
                 return self.file_location(span);
             }
             match probe.rfind('.') {
                 Some(i) => probe.truncate(i),
-                None => {
-                    return Location::Whole {
-                        file: self.file.clone(),
-                    }
-                }
+                None => return Location::Whole { file: self.file.clone() },
             }
         }
     }
@@ -140,22 +125,13 @@ impl SpanIndex {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = self.text[line_start..start].chars().count() + 1;
-        let line_text: String = self.text[line_start..]
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let line_text: String =
+            self.text[line_start..].lines().next().unwrap_or_default().to_string();
         let width = self.text[start..span.end.min(self.text.len())]
             .lines()
             .next()
             .map_or(1, |l| l.chars().count().max(1));
-        Location::File {
-            file: self.file.clone(),
-            line,
-            column,
-            text: line_text,
-            width,
-        }
+        Location::File { file: self.file.clone(), line, column, text: line_text, width }
     }
 
     pub fn diag(&self, sev: Severity, path: &str, on_key: bool, message: String) -> Diagnostic {
@@ -207,10 +183,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<LoadedFile, Vec<Diagno
             key: String::new(),
             message: format!("cannot read the plan file `{file}`: {e}"),
             allowed: None,
-            hint: Some(
-                "pass the path of a TOML plan, e.g. `cutover check examples/reversible.toml`"
-                    .into(),
-            ),
+            hint: Some("pass the path of a TOML plan, e.g. `cutover check examples/reversible.toml`".into()),
             location: Location::Whole { file: file.clone() },
         }]
     })?;
@@ -249,11 +222,7 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
             if rest.is_empty() || RESERVED_ENV.contains(&k.as_str()) {
                 continue;
             }
-            let path = rest
-                .split("__")
-                .map(str::to_lowercase)
-                .collect::<Vec<_>>()
-                .join(".");
+            let path = rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join(".");
             spans.env_keys.insert(path.clone(), k.clone());
             figment = figment.merge(Serialized::default(&path, parse_set_value(v)));
         }
@@ -267,9 +236,7 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
                 message: format!("`--set {arg}` has no `=`"),
                 allowed: None,
                 hint: Some("write `--set key.path=value`, e.g. `--set options.max_lag=10s`".into()),
-                location: Location::Set {
-                    argument: arg.clone(),
-                },
+                location: Location::Set { argument: arg.clone() },
             });
             continue;
         };
@@ -282,12 +249,7 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
     let data: Dict = match figment.extract() {
         Ok(d) => d,
         Err(e) => {
-            errors.push(spans.diag(
-                Severity::Error,
-                "",
-                false,
-                format!("cannot read the plan: {e}"),
-            ));
+            errors.push(spans.diag(Severity::Error, "", false, format!("cannot read the plan: {e}")));
             return Err(errors);
         }
     };
@@ -325,10 +287,7 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
     };
     let mut plan = PlanFile {
         name,
-        clusters: super::model::Clusters {
-            source,
-            destination,
-        },
+        clusters: super::model::Clusters { source, destination },
         options,
         state,
         steps,
@@ -337,11 +296,7 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(LoadedFile {
-        file: file.to_string(),
-        plan,
-        spans,
-    })
+    Ok(LoadedFile { file: file.to_string(), plan, spans })
 }
 
 /// `--set` values are TOML values when they parse as one (`true`, `10`, `"x"`, `[..]`),
@@ -349,9 +304,7 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
 fn parse_set_value(raw: &str) -> toml::Value {
     let snippet = format!("v = {raw}");
     match toml::from_str::<toml::Table>(&snippet) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -393,28 +346,15 @@ fn section<T: DeserializeOwned>(
 
 fn missing(spans: &SpanIndex, parent: &str, key: &str) -> Diagnostic {
     let path = join(parent, key);
-    let mut d = spans.diag(
-        Severity::Error,
-        parent,
-        false,
-        format!("missing key `{}`", display_path(&path)),
-    );
+    let mut d = spans.diag(Severity::Error, parent, false, format!("missing key `{}`", display_path(&path)));
     d.key = display_path(&path);
     d.hint = Some(match path.as_str() {
         "name" => "add `name = \"my-migration\"` at the top of the plan".to_string(),
         "steps" => "add at least one step: `[[steps]]` then `kind = \"sync\"`".to_string(),
         "clusters" | "clusters.source" | "clusters.destination" => format!(
             "add `[{}]` with `uri = \"${{{}_URI}}\"`",
-            if path == "clusters" {
-                "clusters.source"
-            } else {
-                path.as_str()
-            },
-            if path.ends_with("destination") {
-                "DESTINATION"
-            } else {
-                "SOURCE"
-            }
+            if path == "clusters" { "clusters.source" } else { path.as_str() },
+            if path.ends_with("destination") { "DESTINATION" } else { "SOURCE" }
         ),
         _ => format!("add `{key} = ...`"),
     });
@@ -464,9 +404,7 @@ fn relative_path(err: &figment::Error) -> Vec<String> {
 }
 
 fn remove_at(value: &mut Value, path: &[String]) -> bool {
-    let Some((first, rest)) = path.split_first() else {
-        return false;
-    };
+    let Some((first, rest)) = path.split_first() else { return false };
     match value {
         Value::Dict(_, dict) => {
             if rest.is_empty() {
@@ -561,8 +499,7 @@ fn extract_clusters(
     for k in dict.keys() {
         if !NAMES.contains(&k.as_str()) {
             let mut d = unknown_key(spans, "clusters", k, NAMES);
-            d.message =
-                format!("unknown cluster `{k}`: a plan has exactly a `source` and a `destination`");
+            d.message = format!("unknown cluster `{k}`: a plan has exactly a `source` and a `destination`");
             errors.push(d);
         }
     }
@@ -580,25 +517,18 @@ fn extract_clusters(
     Some((source?, destination?))
 }
 
-fn extract_steps(
-    spans: &SpanIndex,
-    data: &Dict,
-    errors: &mut Vec<Diagnostic>,
-) -> Option<Vec<Step>> {
+fn extract_steps(spans: &SpanIndex, data: &Dict, errors: &mut Vec<Diagnostic>) -> Option<Vec<Step>> {
     let Some(v) = data.get("steps") else {
         errors.push(missing(spans, "", "steps"));
         return None;
     };
     let Some(items) = v.as_array() else {
-        errors.push(
-            spans.diag(
-                Severity::Error,
-                "steps",
-                false,
-                "`steps` must be an array of tables: write each step as `[[steps]]` with a `kind`"
-                    .into(),
-            ),
-        );
+        errors.push(spans.diag(
+            Severity::Error,
+            "steps",
+            false,
+            "`steps` must be an array of tables: write each step as `[[steps]]` with a `kind`".into(),
+        ));
         return None;
     };
     let mut steps = Vec::new();
@@ -643,14 +573,10 @@ fn extract_steps(
         let rest = Value::from(rest);
         let step = match kind.as_str() {
             "sync" => deserialize_at::<SyncStep>(spans, &rest, &path, errors).map(Step::Sync),
-            "validate-indexes" => {
-                deserialize_at::<ValidateIndexesStep>(spans, &rest, &path, errors)
-                    .map(Step::ValidateIndexes)
-            }
+            "validate-indexes" => deserialize_at::<ValidateIndexesStep>(spans, &rest, &path, errors)
+                .map(Step::ValidateIndexes),
             "commit" => deserialize_at::<CommitStep>(spans, &rest, &path, errors).map(Step::Commit),
-            "reverse" => {
-                deserialize_at::<ReverseStep>(spans, &rest, &path, errors).map(Step::Reverse)
-            }
+            "reverse" => deserialize_at::<ReverseStep>(spans, &rest, &path, errors).map(Step::Reverse),
             "verify" => deserialize_at::<VerifyStep>(spans, &rest, &path, errors).map(Step::Verify),
             other => {
                 let mut d = spans.diag(
@@ -687,46 +613,26 @@ fn interpolate_plan(
                 Severity::Error,
                 path,
                 false,
-                format!(
-                    "environment variable `{var}` is not set (used by `{}`)",
-                    display_path(path)
-                ),
+                format!("environment variable `{var}` is not set (used by `{}`)", display_path(path)),
             );
             let override_var = format!(
                 "{ENV_PREFIX}{}",
-                path.split('.')
-                    .map(str::to_uppercase)
-                    .collect::<Vec<_>>()
-                    .join("__")
+                path.split('.').map(str::to_uppercase).collect::<Vec<_>>().join("__")
             );
-            d.hint = Some(format!(
-                "export {var}=..., or set {override_var} to the whole value"
-            ));
+            d.hint = Some(format!("export {var}=..., or set {override_var} to the whole value"));
             errors.push(d);
         }
         Err(InterpolationError::Malformed(why)) => {
-            let mut d = spans.diag(
-                Severity::Error,
-                path,
-                false,
-                format!("`{}`: {why}", display_path(path)),
-            );
-            d.hint =
-                Some("write `${NAME}` with a letter or `_` first; `$${` for a literal `${`".into());
+            let mut d = spans.diag(Severity::Error, path, false, format!("`{}`: {why}", display_path(path)));
+            d.hint = Some("write `${NAME}` with a letter or `_` first; `$${` for a literal `${`".into());
             errors.push(d);
         }
     };
     apply(&mut plan.name, "name");
     apply(&mut plan.clusters.source.uri, "clusters.source.uri");
-    apply(
-        &mut plan.clusters.destination.uri,
-        "clusters.destination.uri",
-    );
+    apply(&mut plan.clusters.destination.uri, "clusters.destination.uri");
     apply(&mut plan.state.database, "state.database");
-    for (list, key) in [
-        (&mut plan.options.include, "include"),
-        (&mut plan.options.exclude, "exclude"),
-    ] {
+    for (list, key) in [(&mut plan.options.include, "include"), (&mut plan.options.exclude, "exclude")] {
         for (i, f) in list.iter_mut().enumerate() {
             let base = format!("options.{key}.{i}");
             interpolate_filter(f, &base, &mut apply);
@@ -734,11 +640,7 @@ fn interpolate_plan(
     }
 }
 
-fn interpolate_filter(
-    f: &mut NamespaceFilter,
-    base: &str,
-    apply: &mut impl FnMut(&mut String, &str),
-) {
+fn interpolate_filter(f: &mut NamespaceFilter, base: &str, apply: &mut impl FnMut(&mut String, &str)) {
     if let Some(s) = f.database.as_mut() {
         apply(s, &format!("{base}.database"));
     }
@@ -772,20 +674,13 @@ pub fn interpolate(s: &str, env: &BTreeMap<String, String>) -> Result<String, In
             rest = &after[3..];
         } else if let Some(body) = after.strip_prefix("${") {
             let Some(end) = body.find('}') else {
-                return Err(InterpolationError::Malformed(
-                    "`${` without a closing `}`".into(),
-                ));
+                return Err(InterpolationError::Malformed("`${` without a closing `}`".into()));
             };
             let name = &body[..end];
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(InterpolationError::Malformed(format!(
-                    "`${{{name}}}` is not a variable name"
-                )));
+                return Err(InterpolationError::Malformed(format!("`${{{name}}}` is not a variable name")));
             }
             match env.get(name) {
                 Some(v) => out.push_str(v),
@@ -806,10 +701,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -817,36 +709,21 @@ mod tests {
         let e = env(&[("A", "x"), ("B_2", "y")]);
         assert_eq!(interpolate("${A}-${B_2}", &e).unwrap(), "x-y");
         assert_eq!(interpolate("$${A} $5", &e).unwrap(), "${A} $5");
-        assert_eq!(
-            interpolate("${NOPE}", &e),
-            Err(InterpolationError::Unset("NOPE".into()))
-        );
-        assert!(matches!(
-            interpolate("${A", &e),
-            Err(InterpolationError::Malformed(_))
-        ));
-        assert!(matches!(
-            interpolate("${1A}", &e),
-            Err(InterpolationError::Malformed(_))
-        ));
+        assert_eq!(interpolate("${NOPE}", &e), Err(InterpolationError::Unset("NOPE".into())));
+        assert!(matches!(interpolate("${A", &e), Err(InterpolationError::Malformed(_))));
+        assert!(matches!(interpolate("${1A}", &e), Err(InterpolationError::Malformed(_))));
     }
 
     #[test]
     fn display_paths() {
         assert_eq!(display_path("steps.1.kind"), "steps[1].kind");
-        assert_eq!(
-            display_path("options.include.0.database"),
-            "options.include[0].database"
-        );
+        assert_eq!(display_path("options.include.0.database"), "options.include[0].database");
     }
 
     #[test]
     fn set_values_parse_as_toml_or_string() {
         assert_eq!(parse_set_value("true"), toml::Value::Boolean(true));
         assert_eq!(parse_set_value("10s"), toml::Value::String("10s".into()));
-        assert_eq!(
-            parse_set_value("\"a b\""),
-            toml::Value::String("a b".into())
-        );
+        assert_eq!(parse_set_value("\"a b\""), toml::Value::String("a b".into()));
     }
 }

@@ -17,10 +17,7 @@ pub use validate::Plan;
 
 /// Loads and validates a plan: `Ok` holds the plan and its warnings, `Err` every diagnostic
 /// (errors and warnings) when there is at least one error.
-pub fn load_plan(
-    path: &Path,
-    overrides: &Overrides,
-) -> Result<(Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
+pub fn load_plan(path: &Path, overrides: &Overrides) -> Result<(Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
     let loaded = load::load(path, overrides)?;
     check_loaded(loaded)
 }

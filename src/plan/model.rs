@@ -150,9 +150,7 @@ fn default_state_db() -> String {
 
 impl Default for StateOptions {
     fn default() -> Self {
-        Self {
-            database: default_state_db(),
-        }
+        Self { database: default_state_db() }
     }
 }
 
@@ -229,10 +227,7 @@ fn default_commit_timeout() -> HumanDuration {
 
 impl Default for CommitStep {
     fn default() -> Self {
-        Self {
-            approval: Approval::Auto,
-            timeout: default_commit_timeout(),
-        }
+        Self { approval: Approval::Auto, timeout: default_commit_timeout() }
     }
 }
 
@@ -256,9 +251,7 @@ fn default_max_differences() -> u32 {
 
 impl Default for VerifyStep {
     fn default() -> Self {
-        Self {
-            max_differences: default_max_differences(),
-        }
+        Self { max_differences: default_max_differences() }
     }
 }
 

@@ -39,10 +39,7 @@ pub struct Validated {
 
 pub fn validate(loaded: LoadedFile) -> Validated {
     let LoadedFile { file, plan, spans } = loaded;
-    let mut v = Validator {
-        spans: &spans,
-        out: Vec::new(),
-    };
+    let mut v = Validator { spans: &spans, out: Vec::new() };
     let (source, destination) = v.clusters(&plan);
     v.name(&plan.name);
     v.state_database(&plan.state.database);
@@ -96,9 +93,7 @@ impl Validator<'_> {
     fn name(&mut self, name: &str) {
         let valid = !name.is_empty()
             && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !valid {
             self.error(
                 "name",
@@ -110,11 +105,7 @@ impl Validator<'_> {
 
     fn state_database(&mut self, db: &str) {
         if let Some(why) = database_name_problem(db) {
-            self.error(
-                "state.database",
-                format!("`state.database` `{db}` {why}"),
-                "use a name such as `__cutover`",
-            );
+            self.error("state.database", format!("`state.database` `{db}` {why}"), "use a name such as `__cutover`");
         } else if SYSTEM_DATABASES.contains(&db) {
             self.error(
                 "state.database",
@@ -177,20 +168,14 @@ impl Validator<'_> {
             (Some(_), Some(_)) => {
                 self.error(
                     base,
-                    format!(
-                        "`{}` sets both `database` and `database_regex`",
-                        display_path(base)
-                    ),
+                    format!("`{}` sets both `database` and `database_regex`", display_path(base)),
                     "keep one of them",
                 );
             }
             (None, None) => {
                 self.error(
                     base,
-                    format!(
-                        "`{}` needs `database` or `database_regex`",
-                        display_path(base)
-                    ),
+                    format!("`{}` needs `database` or `database_regex`", display_path(base)),
                     "add `database = \"name\"`, or `database_regex = \"^prefix_\"`",
                 );
             }
@@ -211,10 +196,7 @@ impl Validator<'_> {
         if f.collections.is_some() && f.collections_regex.is_some() {
             self.error(
                 base,
-                format!(
-                    "`{}` sets both `collections` and `collections_regex`",
-                    display_path(base)
-                ),
+                format!("`{}` sets both `collections` and `collections_regex`", display_path(base)),
                 "keep one of them",
             );
         }
@@ -229,30 +211,16 @@ impl Validator<'_> {
             for (j, c) in list.iter().enumerate() {
                 if c.is_empty() || c.contains('\0') || c.starts_with('$') {
                     let p = format!("{base}.collections.{j}");
-                    self.error(
-                        &p,
-                        format!("`{}` `{c}` is not a collection name", display_path(&p)),
-                        "",
-                    );
+                    self.error(&p, format!("`{}` `{c}` is not a collection name", display_path(&p)), "");
                 }
             }
         }
         for key in ["database_regex", "collections_regex"] {
-            let pattern = if key == "database_regex" {
-                &f.database_regex
-            } else {
-                &f.collections_regex
-            };
+            let pattern = if key == "database_regex" { &f.database_regex } else { &f.collections_regex };
             if let Some(p) = pattern {
                 if let Err(e) = regex::Regex::new(p) {
                     let path = format!("{base}.{key}");
-                    let detail = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string();
+                    let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
                     self.error(
                         &path,
                         format!("`{}` is not a valid regular expression: {detail}", display_path(&path)),
@@ -284,17 +252,12 @@ impl Validator<'_> {
             if o.build_indexes == BuildIndexes::Never {
                 self.error(
                     "options.build_indexes",
-                    "`build_indexes = \"never\"` cannot be combined with `reversible = true`"
-                        .into(),
+                    "`build_indexes = \"never\"` cannot be combined with `reversible = true`".into(),
                     "use `after-copy`: reverse writes back through the destination's indexes",
                 );
             }
             if !o.include.is_empty() || !o.exclude.is_empty() {
-                let path = if o.include.is_empty() {
-                    "options.exclude"
-                } else {
-                    "options.include"
-                };
+                let path = if o.include.is_empty() { "options.exclude" } else { "options.include" };
                 self.error(
                     path,
                     "namespace filters cannot be combined with `reversible = true` (filtered sync is not supported during reverse)".into(),
@@ -314,11 +277,7 @@ impl Validator<'_> {
             ReverseCommitted,
         }
         if plan.steps.is_empty() {
-            self.error(
-                "steps",
-                "the plan has no steps".into(),
-                "add `[[steps]]` with `kind = \"sync\"`",
-            );
+            self.error("steps", "the plan has no steps".into(), "add `[[steps]]` with `kind = \"sync\"`");
             return;
         }
         let mut lane = Lane::Idle;
@@ -329,13 +288,7 @@ impl Validator<'_> {
             match step {
                 Step::Sync(_) => {
                     if lane != Lane::Idle {
-                        self.error(
-                            &path,
-                            format!(
-                                "`{at}`: a plan has one `sync`, and it comes before any `commit`"
-                            ),
-                            "remove this `sync`",
-                        );
+                        self.error(&path, format!("`{at}`: a plan has one `sync`, and it comes before any `commit`"), "remove this `sync`");
                     }
                     lane = Lane::Forward;
                 }
@@ -359,9 +312,7 @@ impl Validator<'_> {
                     if lane != Lane::Committed {
                         self.error(
                             &path,
-                            format!(
-                                "`{at}`: `reverse` must follow the `commit` of the forward sync"
-                            ),
+                            format!("`{at}`: `reverse` must follow the `commit` of the forward sync"),
                             "put `reverse` after `sync` … `commit`",
                         );
                     }
@@ -385,11 +336,7 @@ impl Validator<'_> {
                 }
                 Step::Verify(_) => {
                     if lane == Lane::Idle {
-                        self.error(
-                            &path,
-                            format!("`{at}`: `verify` must follow a `sync`"),
-                            "move `verify` after `sync`",
-                        );
+                        self.error(&path, format!("`{at}`: `verify` must follow a `sync`"), "move `verify` after `sync`");
                     }
                 }
             }
@@ -414,10 +361,7 @@ fn database_name_problem(db: &str) -> Option<&'static str> {
         Some("is empty")
     } else if db.len() > 63 {
         Some("is longer than 63 bytes")
-    } else if db
-        .chars()
-        .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
-    {
+    } else if db.chars().any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0')) {
         Some("contains a character MongoDB forbids in database names (/\\. \"$)")
     } else {
         None

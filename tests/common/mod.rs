@@ -62,11 +62,7 @@ pub struct RsOptions {
 
 impl Default for RsOptions {
     fn default() -> Self {
-        Self {
-            members: 1,
-            oplog_mb: 256,
-            cache_gb: 0.25,
-        }
+        Self { members: 1, oplog_mb: 256, cache_gb: 0.25 }
     }
 }
 
@@ -91,29 +87,17 @@ impl ReplicaSet {
 
     pub async fn start_with(opts: RsOptions) -> Self {
         let mongod = require_mongod();
-        let dir = tempfile::Builder::new()
-            .prefix("cutover-rs-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("cutover-rs-").tempdir().expect("temp dir");
         let keyfile = dir.path().join("keyfile");
-        std::fs::write(&keyfile, "cutoverTestKeyFile0123456789abcdefABCDEF")
-            .expect("write keyfile");
-        std::fs::set_permissions(
-            &keyfile,
-            std::os::unix::fs::PermissionsExt::from_mode(0o400),
-        )
-        .expect("chmod keyfile");
+        std::fs::write(&keyfile, "cutoverTestKeyFile0123456789abcdefABCDEF").expect("write keyfile");
+        std::fs::set_permissions(&keyfile, std::os::unix::fs::PermissionsExt::from_mode(0o400))
+            .expect("chmod keyfile");
         let name = format!("rs{}", free_port());
         let mut members = Vec::new();
         for i in 0..opts.members {
             let dbpath = dir.path().join(format!("m{i}"));
             std::fs::create_dir_all(&dbpath).expect("dbpath");
-            members.push(Member {
-                port: 0,
-                dbpath,
-                child: None,
-                args: Vec::new(),
-            });
+            members.push(Member { port: 0, dbpath, child: None, args: Vec::new() });
         }
         let mut rs = ReplicaSet { name, members, dir };
         for i in 0..opts.members {
@@ -155,11 +139,7 @@ impl ReplicaSet {
             let child = spawn_with_deathsig(mongod, &m.args);
             m.port = port;
             m.child = Some(child);
-            if wait_listening(
-                port,
-                m.child.as_mut().expect("child"),
-                Duration::from_secs(60),
-            ) {
+            if wait_listening(port, m.child.as_mut().expect("child"), Duration::from_secs(60)) {
                 return;
             }
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
@@ -168,10 +148,7 @@ impl ReplicaSet {
                 let _ = c.wait();
             }
             if !tail.contains("Address already in use") || attempt == 4 {
-                panic!(
-                    "mongod on port {port} did not start; log tail:\n{}",
-                    last_lines(&tail, 30)
-                );
+                panic!("mongod on port {port} did not start; log tail:\n{}", last_lines(&tail, 30));
             }
         }
     }
@@ -183,11 +160,7 @@ impl ReplicaSet {
         let child = spawn_with_deathsig(&mongod, &m.args);
         m.child = Some(child);
         assert!(
-            wait_listening(
-                m.port,
-                m.child.as_mut().expect("child"),
-                Duration::from_secs(60)
-            ),
+            wait_listening(m.port, m.child.as_mut().expect("child"), Duration::from_secs(60)),
             "mongod member {i} did not restart"
         );
     }
@@ -207,7 +180,7 @@ impl ReplicaSet {
             .enumerate()
             .map(|(i, m)| {
                 doc! {"_id": i as i32, "host": format!("127.0.0.1:{}", m.port),
-                "priority": if i == 0 { 2 } else { 1 }}
+                      "priority": if i == 0 { 2 } else { 1 }}
             })
             .collect();
         // The localhost exception allows replSetInitiate and the first user before auth exists.
@@ -217,76 +190,54 @@ impl ReplicaSet {
             .run_command(doc! {"replSetInitiate": {"_id": &self.name, "members": hosts}})
             .await
             .expect("replSetInitiate");
-        wait_until(
-            Duration::from_secs(60),
-            "the first member to become primary",
-            || async {
-                direct
-                    .database("admin")
-                    .run_command(doc! {"hello": 1})
-                    .await
-                    .map(|h| h.get_bool("isWritablePrimary").unwrap_or(false))
-                    .unwrap_or(false)
-            },
-        )
+        wait_until(Duration::from_secs(60), "the first member to become primary", || async {
+            direct
+                .database("admin")
+                .run_command(doc! {"hello": 1})
+                .await
+                .map(|h| h.get_bool("isWritablePrimary").unwrap_or(false))
+                .unwrap_or(false)
+        })
         .await;
         direct
             .database("admin")
-            .run_command(
-                doc! {"createUser": ROOT_USER, "pwd": ROOT_PASSWORD, "roles": ["root"],
-                "writeConcern": {"w": "majority"}},
-            )
+            .run_command(doc! {"createUser": ROOT_USER, "pwd": ROOT_PASSWORD, "roles": ["root"],
+                               "writeConcern": {"w": "majority"}})
             .await
             .expect("create root user");
         let root = self.root_client().await;
         root.database("admin")
             .run_command(doc! {"createUser": APP_USER, "pwd": APP_PASSWORD,
-            "roles": ["readWriteAnyDatabase"], "writeConcern": {"w": "majority"}})
+                               "roles": ["readWriteAnyDatabase"], "writeConcern": {"w": "majority"}})
             .await
             .expect("create app user");
         if self.members.len() > 1 {
             let n = self.members.len();
-            wait_until(
-                Duration::from_secs(90),
-                "all members to be PRIMARY or SECONDARY",
-                || async {
-                    match root
-                        .database("admin")
-                        .run_command(doc! {"replSetGetStatus": 1})
-                        .await
-                    {
-                        Ok(s) => s
-                            .get_array("members")
-                            .map(|ms| {
-                                ms.iter()
-                                    .filter_map(|m| m.as_document())
-                                    .filter(|m| matches!(m.get_i32("state"), Ok(1) | Ok(2)))
-                                    .count()
-                                    == n
-                            })
-                            .unwrap_or(false),
-                        Err(_) => false,
-                    }
-                },
-            )
+            wait_until(Duration::from_secs(90), "all members to be PRIMARY or SECONDARY", || async {
+                match root.database("admin").run_command(doc! {"replSetGetStatus": 1}).await {
+                    Ok(s) => s
+                        .get_array("members")
+                        .map(|ms| {
+                            ms.iter()
+                                .filter_map(|m| m.as_document())
+                                .filter(|m| matches!(m.get_i32("state"), Ok(1) | Ok(2)))
+                                .count()
+                                == n
+                        })
+                        .unwrap_or(false),
+                    Err(_) => false,
+                }
+            })
             .await;
         }
     }
 
     pub fn hosts(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("127.0.0.1:{}", m.port))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.members.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect::<Vec<_>>().join(",")
     }
 
     pub fn uri_for(&self, user: &str, password: &str) -> String {
-        format!(
-            "mongodb://{user}:{password}@{}/?replicaSet={}",
-            self.hosts(),
-            self.name
-        )
+        format!("mongodb://{user}:{password}@{}/?replicaSet={}", self.hosts(), self.name)
     }
 
     /// The `root` user: may write while user writes are blocked.
@@ -330,10 +281,7 @@ impl Drop for ReplicaSet {
 
 fn spawn_with_deathsig(bin: &Path, args: &[String]) -> Child {
     let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child when
     // the thread that spawned it exits, so a crashed test leaves no mongod behind.
     unsafe {
@@ -342,8 +290,7 @@ fn spawn_with_deathsig(bin: &Path, args: &[String]) -> Child {
             Ok(())
         });
     }
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
 fn wait_listening(port: u16, child: &mut Child, limit: Duration) -> bool {
@@ -390,10 +337,7 @@ where
         if f().await {
             return;
         }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -401,10 +345,7 @@ where
 /// Runs the `cutover` binary to completion with extra environment variables.
 pub fn run_cutover(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(cutover_bin());
-    cmd.args(args)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env_remove("CUTOVER_LOG");
+    cmd.args(args).env("NO_COLOR", "1").env_remove("RUST_LOG").env_remove("CUTOVER_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -442,11 +383,7 @@ pub async fn last_oplog_ts(c: &Client) -> mongodb::bson::Timestamp {
 
 /// Oplog entries after `ts` that touch user namespaces or the state database (ignores
 /// no-ops and the server's own `config.`/`admin.` bookkeeping).
-pub async fn oplog_writes_since(
-    c: &Client,
-    ts: mongodb::bson::Timestamp,
-    state_db: &str,
-) -> Vec<Document> {
+pub async fn oplog_writes_since(c: &Client, ts: mongodb::bson::Timestamp, state_db: &str) -> Vec<Document> {
     use futures::TryStreamExt;
     let coll = c.database("local").collection::<Document>("oplog.rs");
     let entries: Vec<Document> = coll
