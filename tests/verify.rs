@@ -300,6 +300,10 @@ async fn clean_copy_passes_and_every_injected_difference_is_named() {
     );
     let report = json_report(&stdout);
     assert_eq!(report["ok"], true);
+    assert_eq!(
+        report["documents_compared"].as_u64().unwrap(),
+        400 + special_ids().len() as u64 + 50 + 30 + 64 + 40
+    );
     let orders = namespace(&report, "shop.orders");
     assert_eq!(orders["status"], "ok");
     let total = 400 + special_ids().len();
@@ -383,6 +387,12 @@ async fn clean_copy_passes_and_every_injected_difference_is_named() {
     // A different validator.
     dshop
         .run_command(doc! {"collMod": "users", "validator": {"$jsonSchema": {"required": ["email", "name"]}}})
+        .await
+        .unwrap();
+    // A collection only on the destination.
+    dshop
+        .collection::<Document>("stray")
+        .insert_one(doc! {"_id": 1})
         .await
         .unwrap();
     // A missing view, and a view with another pipeline.
@@ -489,6 +499,10 @@ async fn clean_copy_passes_and_every_injected_difference_is_named() {
     );
 
     assert_eq!(namespace(&report, "shop.big_orders")["status"], "missing");
+    let stray = namespace(&report, "shop.stray");
+    assert_eq!(stray["status"], "extra");
+    assert_eq!(stray["destination_count"], 1);
+    assert_eq!(stray["mismatch_totals"]["extra"], 1);
     let recent = namespace(&report, "shop.recent");
     assert_eq!(recent["status"], "mismatch");
     assert!(

@@ -116,6 +116,7 @@ pub async fn run(
     plan: &Plan,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
+    let started = std::time::Instant::now();
     let catalog = catalog::list_selected(source, dest, &plan.selector).await?;
     let (store, resumed) =
         StateStore::open(dest, &plan.state_database, &plan.name, opts.restart).await?;
@@ -160,10 +161,20 @@ pub async fn run(
             .filter(|r| !finished.contains(&(w.ns.to_string(), r.index as i64)))
             .map(move |r| (w, r))
     });
+    let total: usize = works.iter().map(|w| w.ranges.len()).sum();
+    let done = std::sync::atomic::AtomicUsize::new(finished.len().min(total));
+    let mut last_log = std::time::Instant::now();
     futures::stream::iter(pending)
         .map(|(w, r)| verify_range(source, dest, &store, w, r, opts))
         .buffer_unordered(opts.concurrency.max(1))
-        .try_for_each(|()| futures::future::ready(Ok(())))
+        .try_for_each(|()| {
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if last_log.elapsed() >= Duration::from_secs(10) || n == total {
+                last_log = std::time::Instant::now();
+                tracing::info!(plan = %plan.name, ranges_done = n, ranges = total, "verify progress");
+            }
+            futures::future::ready(Ok(()))
+        })
         .await?;
 
     let mut namespaces = Vec::new();
@@ -174,12 +185,15 @@ pub async fn run(
     }
     store.finish().await?;
     let ok = namespaces.iter().all(NamespaceReport::is_ok);
+    let documents_compared = namespaces.iter().map(|n| n.source_count).sum();
     tracing::info!(plan = %plan.name, run = store.run, ok, "verify finished");
     Ok(VerifyReport {
         ok,
         plan: plan.name.clone(),
         run: store.run,
         resumed,
+        documents_compared,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
         namespaces,
     })
 }

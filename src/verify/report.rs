@@ -69,6 +69,10 @@ pub struct VerifyReport {
     pub run: i64,
     /// True when this run continued an interrupted one.
     pub resumed: bool,
+    /// Source documents covered by the report (including ranges a previous run finished).
+    pub documents_compared: u64,
+    /// Wall time of this invocation.
+    pub elapsed_seconds: f64,
     pub namespaces: Vec<NamespaceReport>,
 }
 
