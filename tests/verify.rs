@@ -839,3 +839,54 @@ async fn bench_verify_throughput_and_peak_rss() {
         n as f64 / secs
     );
 }
+
+#[tokio::test]
+async fn collated_string_ids_are_compared_by_hash_join() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let (s, d) = (src.root_client().await, dst.root_client().await);
+    // Under `en` strength 2 the index orders "a" < "B" < "c"; simple BSON order is "B" < "a".
+    s.database("intl")
+        .run_command(doc! {"create": "words", "collation": {"locale": "en", "strength": 2}})
+        .await
+        .unwrap();
+    let words = s.database("intl").collection::<Document>("words");
+    let ids = ["a", "B", "c", "D", "e", "F", "g", "H", "i", "J"];
+    words
+        .insert_many(ids.iter().map(|w| doc! {"_id": *w, "len": w.len() as i32}))
+        .await
+        .unwrap();
+    copy_all(&s, &d).await;
+    let dwords = d.database("intl").collection::<Document>("words");
+    dwords.delete_one(doc! {"_id": "D"}).await.unwrap();
+    dwords
+        .update_one(doc! {"_id": "g"}, doc! {"$set": {"len": 9}})
+        .await
+        .unwrap();
+    dwords
+        .insert_one(doc! {"_id": "zz", "len": 2})
+        .await
+        .unwrap();
+
+    let (_dir, plan) = write_plan(&verify_plan("verify-collated"));
+    let (code, stdout, stderr) = run_verify(&src, &dst, &plan, &["--format", "json"]);
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report = json_report(&stdout);
+    let w = namespace(&report, "intl.words");
+    let kinds = mismatch_kinds(w);
+    assert_eq!(
+        kinds.get("\"D\"").map(String::as_str),
+        Some("missing"),
+        "{w:#}"
+    );
+    assert_eq!(
+        kinds.get("\"g\"").map(String::as_str),
+        Some("different"),
+        "{w:#}"
+    );
+    assert_eq!(
+        kinds.get("\"zz\"").map(String::as_str),
+        Some("extra"),
+        "{w:#}"
+    );
+    assert_eq!(kinds.len(), 3, "{w:#}");
+}

@@ -44,8 +44,9 @@ pub enum VerifyError {
         /// A failover, a killed cursor or a shutdown: worth another attempt.
         transient: bool,
     },
-    /// The two `_id` streams were not in the order verify expects.
-    #[error("{ns}: the {side} returned `_id`s out of simple BSON order (is the collection's default collation non-simple?); verify cannot merge-compare this range\nhint: compare this collection with a `find` under `collation: {{locale: \"simple\"}}`")]
+    /// The `_id` order is collated (not simple BSON order) and the range is too big to
+    /// compare by hash join.
+    #[error("{ns}: the {side} returns `_id`s in collated order (the collection has a non-simple default collation) and a differing range holds more than a million documents, too many to compare in bounded memory\nhint: run again with a smaller `--range-docs` (and `--restart`)")]
     Order { side: Side, ns: Namespace },
 }
 

@@ -7,7 +7,8 @@
 //! streams both sides in `_id` order and hashes the raw bytes of every document (field order
 //! counts). A range whose hashes differ is re-read after [`ReplicationWait::wait_replicated`]
 //! up to [`VerifyOptions::rechecks`] times, then drilled down: both sides are merged in `_id`
-//! order to name each `_id` that is missing, extra or different ([`scan`]). Each finished range
+//! order to name each `_id` that is missing, extra or different ([`scan`]; when the `_id`
+//! index is collated, so its order is not simple BSON order, a hash join of the range instead). Each finished range
 //! is stored with majority write concern in the plan's state database ([`resume`]), so a
 //! killed verify continues where it stopped. Memory: at most one driver batch per side per
 //! range in flight (the server caps a batch at 16 MiB), whatever the collection size.

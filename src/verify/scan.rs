@@ -168,6 +168,8 @@ struct Side1 {
     /// The range's reads still to drain, in `_id` order.
     cursors: std::collections::VecDeque<mongodb::Cursor<RawDocumentBuf>>,
     current: Option<RawDocumentBuf>,
+    /// Fail with [`VerifyError::Order`] when `_id`s do not ascend in simple BSON order.
+    check_order: bool,
 }
 
 impl Side1 {
@@ -177,6 +179,27 @@ impl Side1 {
         ns: &Namespace,
         range: &Range,
         exists: bool,
+    ) -> Result<Self, VerifyError> {
+        Self::open_with(side, client, ns, range, exists, true).await
+    }
+
+    async fn open_unchecked(
+        side: Side,
+        client: &Client,
+        ns: &Namespace,
+        range: &Range,
+        exists: bool,
+    ) -> Result<Self, VerifyError> {
+        Self::open_with(side, client, ns, range, exists, false).await
+    }
+
+    async fn open_with(
+        side: Side,
+        client: &Client,
+        ns: &Namespace,
+        range: &Range,
+        exists: bool,
+        check_order: bool,
     ) -> Result<Self, VerifyError> {
         let mut cursors = std::collections::VecDeque::new();
         if exists {
@@ -194,6 +217,7 @@ impl Side1 {
             ns: ns.clone(),
             cursors,
             current: None,
+            check_order,
         };
         s.advance().await?;
         Ok(s)
@@ -211,7 +235,7 @@ impl Side1 {
             }
             self.cursors.pop_front();
         }
-        if let (Some(prev), Some(n)) = (&self.current, &next) {
+        if let (true, Some(prev), Some(n)) = (self.check_order, &self.current, &next) {
             if cmp_ids(prev, n) != Ordering::Less {
                 return Err(VerifyError::Order {
                     side: self.side,
@@ -240,9 +264,101 @@ fn id_of(d: &RawDocumentBuf) -> Option<Bson> {
         .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
 }
 
-/// Streams both sides of `range` in `_id` order and merge-compares them.
-#[allow(clippy::too_many_arguments)]
+/// Names the differences in `range`: a merge of both sides in `_id` order, or, when the
+/// server's `_id` order is not simple BSON order (a collection with a non-simple default
+/// collation and string `_id`s), a hash join keyed by the `_id`'s bytes.
 pub async fn diff_range(
+    source: &Client,
+    dest: &Client,
+    ns: &Namespace,
+    range: &Range,
+    source_exists: bool,
+    dest_exists: bool,
+    limit: usize,
+) -> Result<RangeDiff, VerifyError> {
+    match merge_range(source, dest, ns, range, source_exists, dest_exists, limit).await {
+        Err(VerifyError::Order { .. }) => {
+            tracing::debug!(%ns, range = range.index, "`_id` order is collated; comparing by hash join");
+            join_range(source, dest, ns, range, source_exists, dest_exists, limit).await
+        }
+        other => other,
+    }
+}
+
+/// At most this many source `_id`s are held by a hash join (about 100 bytes each).
+const JOIN_MAX_IDS: usize = 1_000_000;
+
+/// The `_id` of `d` as a one-field document's bytes: equal bytes, equal `_id` (type included).
+fn id_key(d: &mongodb::bson::RawDocument) -> Vec<u8> {
+    let mut key = RawDocumentBuf::new();
+    if let Ok(Some(id)) = d.get("_id") {
+        key.append_ref("_id", id);
+    }
+    key.into_bytes()
+}
+
+fn key_id(key: &[u8]) -> Option<Bson> {
+    let doc = RawDocumentBuf::from_bytes(key.to_vec()).ok()?;
+    id_of(&doc)
+}
+
+/// Streams the source side of `range` into a map `_id` → document hash, then streams the
+/// destination side against it. Used only when the merge cannot be (collated `_id` order);
+/// refuses ranges with more than [`JOIN_MAX_IDS`] documents to keep memory bounded.
+async fn join_range(
+    source: &Client,
+    dest: &Client,
+    ns: &Namespace,
+    range: &Range,
+    source_exists: bool,
+    dest_exists: bool,
+    limit: usize,
+) -> Result<RangeDiff, VerifyError> {
+    let mut seen: std::collections::HashMap<Vec<u8>, (u64, bool)> = Default::default();
+    let mut src = Side1::open_unchecked(Side::Source, source, ns, range, source_exists).await?;
+    while let Some(doc) = src.current.take() {
+        seen.insert(
+            id_key(&doc),
+            (xxhash_rust::xxh3::xxh3_64(doc.as_bytes()), false),
+        );
+        if seen.len() > JOIN_MAX_IDS {
+            return Err(VerifyError::Order {
+                side: Side::Source,
+                ns: ns.clone(),
+            });
+        }
+        src.advance().await?;
+    }
+    drop(src);
+    let mut out = RangeDiff::default();
+    let mut dst = Side1::open_unchecked(Side::Destination, dest, ns, range, dest_exists).await?;
+    while let Some(doc) = dst.current.take() {
+        let key = id_key(&doc);
+        match seen.get_mut(&key) {
+            None => out.note(id_of(&doc), Kind::Extra, limit),
+            Some((hash, matched)) => {
+                *matched = true;
+                if *hash != xxhash_rust::xxh3::xxh3_64(doc.as_bytes()) {
+                    out.note(id_of(&doc), Kind::Different, limit);
+                }
+            }
+        }
+        dst.advance().await?;
+    }
+    let mut missing: Vec<&Vec<u8>> = seen
+        .iter()
+        .filter(|(_, (_, m))| !m)
+        .map(|(k, _)| k)
+        .collect();
+    missing.sort();
+    for key in missing {
+        out.note(key_id(key), Kind::Missing, limit);
+    }
+    Ok(out)
+}
+
+/// Streams both sides of `range` in `_id` order and merge-compares them.
+async fn merge_range(
     source: &Client,
     dest: &Client,
     ns: &Namespace,
