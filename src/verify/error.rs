@@ -46,7 +46,7 @@ pub enum VerifyError {
     },
     /// The `_id` order is collated (not simple BSON order) and the range is too big to
     /// compare by hash join.
-    #[error("{ns}: the {side} returns `_id`s in collated order (the collection has a non-simple default collation) and a differing range holds more than a million documents, too many to compare in bounded memory\nhint: run again with a smaller `--range-docs` (and `--restart`)")]
+    #[error("{ns}: the {side} returns `_id`s in collated order (the collection has a non-simple default collation) and a differing range holds more than 250,000 documents, too many to compare in bounded memory\nhint: run again with a smaller `--range-docs` (and `--restart`)")]
     Order { side: Side, ns: Namespace },
 }
 

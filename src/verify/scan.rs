@@ -285,8 +285,9 @@ pub async fn diff_range(
     }
 }
 
-/// At most this many source `_id`s are held by a hash join (about 100 bytes each).
-const JOIN_MAX_IDS: usize = 1_000_000;
+/// At most this many source `_id`s are held by a hash join (about 100 bytes each, so about
+/// 25 MB per range in flight; ranges target 100,000 documents).
+const JOIN_MAX_IDS: usize = 250_000;
 
 /// The `_id` of `d` as a one-field document's bytes: equal bytes, equal `_id` (type included).
 fn id_key(d: &mongodb::bson::RawDocument) -> Vec<u8> {
