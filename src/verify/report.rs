@@ -103,10 +103,14 @@ impl VerifyReport {
             }
         );
         for n in &self.namespaces {
-            s += &format!(
-                "  {:<9} {} ({}): {} source / {} destination documents",
-                n.status, n.ns, n.kind, n.source_count, n.destination_count
-            );
+            if n.kind == "view" {
+                s += &format!("  {:<9} {} (view)", n.status, n.ns);
+            } else {
+                s += &format!(
+                    "  {:<9} {} ({}): {} source / {} destination documents",
+                    n.status, n.ns, n.kind, n.source_count, n.destination_count
+                );
+            }
             let t = &n.mismatch_totals;
             if t.sum() > 0 {
                 s += &format!(
