@@ -6,7 +6,9 @@
 //! - `verify_ranges`: `{_id: {plan, run, ns, range}, source_count, destination_count, missing,
 //!   extra, different, samples: [{_id, kind}], rechecks}`, one per finished range.
 //!
-//! Every write uses majority write concern, so a record survives a failover.
+//! Every document also has a top-level `plan` field, so a plan's reset can delete them all
+//! with `{plan: NAME}`. Every write uses majority write concern, so a record survives a
+//! failover.
 
 use std::collections::HashSet;
 
@@ -144,7 +146,12 @@ impl StateStore {
         self.coll(PARTITIONS)
             .replace_one(
                 doc! {"_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()}},
-                doc! {"_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()}, "bounds": p.bounds.clone(), "batch_docs": i64::from(p.batch_docs)},
+                doc! {
+                    "_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()},
+                    "plan": &self.plan,
+                    "bounds": p.bounds.clone(),
+                    "batch_docs": i64::from(p.batch_docs),
+                },
             )
             .upsert(true)
             .await
@@ -186,6 +193,7 @@ impl StateStore {
             .collect();
         let body = doc! {
             "_id": id.clone(),
+            "plan": &self.plan,
             "source_count": rec.source_count as i64,
             "destination_count": rec.destination_count as i64,
             "missing": rec.diff.missing as i64,
