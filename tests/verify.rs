@@ -649,13 +649,15 @@ async fn killed_verify_resumes_from_finished_ranges() {
 struct ApplyOnWait {
     dest: Client,
     calls: AtomicU32,
+    read_at: std::sync::Mutex<Option<mongodb::bson::Timestamp>>,
 }
 
 impl cutover::verify::ReplicationWait for ApplyOnWait {
     fn wait_replicated(
         &self,
-        _read_at: mongodb::bson::Timestamp,
+        read_at: mongodb::bson::Timestamp,
     ) -> futures::future::BoxFuture<'_, ()> {
+        *self.read_at.lock().unwrap() = Some(read_at);
         Box::pin(async move {
             if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
                 self.dest
@@ -684,6 +686,7 @@ async fn lagging_range_is_rechecked_after_replication_not_reported() {
         .insert_one(doc! {"_id": "late", "v": 1})
         .await
         .unwrap();
+    let written_at = last_oplog_ts(&s).await;
 
     let text = format!(
         "name = \"lag\"\n[clusters.source]\nuri = \"{}\"\n[clusters.destination]\nuri = \"{}\"\n[[steps]]\nkind = \"sync\"\n[[steps]]\nkind = \"commit\"\n[[steps]]\nkind = \"verify\"\n",
@@ -698,6 +701,7 @@ async fn lagging_range_is_rechecked_after_replication_not_reported() {
     let wait = Arc::new(ApplyOnWait {
         dest: d.clone(),
         calls: AtomicU32::new(0),
+        read_at: std::sync::Mutex::new(None),
     });
     let opts = cutover::verify::VerifyOptions {
         replication: wait.clone(),
@@ -716,6 +720,16 @@ async fn lagging_range_is_rechecked_after_replication_not_reported() {
     assert_eq!(ns.rechecks, 1);
     assert_eq!(ns.source_count, 101);
     assert_eq!(wait.calls.load(Ordering::SeqCst), 1);
+    // The hook is asked about a source time at or after the unreplicated write.
+    let read_at = wait.read_at.lock().unwrap().expect("read_at");
+    assert!(
+        read_at.increment > 0,
+        "read_at must be a cluster time, not a wall-clock fallback"
+    );
+    assert!(
+        (read_at.time, read_at.increment) >= (written_at.time, written_at.increment),
+        "read_at {read_at:?} is before the write at {written_at:?}"
+    );
 
     // With no rechecks the same lag would have been reported: prove the hook mattered.
     events
