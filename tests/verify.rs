@@ -588,6 +588,11 @@ async fn killed_verify_resumes_from_finished_ranges() {
     child.kill().unwrap();
     let _ = child.wait();
     let done_before = ranges.count_documents(doc! {}).await.unwrap();
+    let range0_before = ranges
+        .find_one(doc! {"_id.range": 0i64})
+        .await
+        .unwrap()
+        .expect("range 0 finished before the kill");
     let partitions = d
         .database("__cutover")
         .collection::<Document>("verify_partitions");
@@ -629,6 +634,13 @@ async fn killed_verify_resumes_from_finished_ranges() {
         "{items:#}"
     );
     assert_eq!(kinds.len(), 2);
+    // Finished ranges were skipped, not read again: their records are untouched.
+    let range0_after = ranges
+        .find_one(doc! {"_id.range": 0i64})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(range0_before, range0_after);
 
     // The finished run is not resumed again; `--restart` is not needed for a fresh run, and
     // with it an interrupted run is abandoned.
