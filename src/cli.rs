@@ -52,8 +52,45 @@ pub enum Command {
     /// Release user write blocking on one cluster: the explicit, logged escape hatch.
     #[command(after_help = EXIT_CODES_HELP)]
     Unblock(UnblockArgs),
+    /// Prove the destination equals the source: counts, document hashes over `_id` ranges
+    /// (with the exact `_id`s that differ), indexes, collection options and views. Resumable.
+    /// Run it after `commit`: before, unique indexes may still be non-unique on the
+    /// destination, and that is reported as an index difference.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Verify(VerifyArgs),
     /// Print the plan's JSON Schema.
     Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+
+    /// Document differences to list per namespace (totals are always reported). Default: the
+    /// plan's `verify` step's `max_differences`, else 20.
+    #[arg(long, value_name = "N")]
+    pub max_differences: Option<u32>,
+
+    /// Start a new verify run instead of continuing an interrupted one.
+    #[arg(long)]
+    pub restart: bool,
+
+    /// `_id` ranges compared at the same time (each holds about two 4 MiB batches).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub concurrency: usize,
+
+    /// Target documents per `_id` range (the unit of parallelism and of resumption).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub range_docs: u64,
+
+    /// Re-reads of a differing range before it is reported (lag-aware while replication runs).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub rechecks: u32,
+
+    /// Wait before each re-read, e.g. `1s`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub recheck_delay: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +247,7 @@ async fn dispatch(cli: Cli) -> Exit {
         Command::Status(args) => status(args).await,
         Command::Approve(args) => approve(args).await,
         Command::Unblock(args) => unblock(args).await,
+        Command::Verify(args) => verify(args).await,
         Command::Schema => {
             out(&plan::model::json_schema());
             Exit::Ok
@@ -601,4 +639,77 @@ async fn unblock(args: UnblockArgs) -> Exit {
         "user writes on the {name} cluster are no longer blocked"
     ));
     Exit::Ok
+}
+
+async fn verify(args: VerifyArgs) -> Exit {
+    use crate::cluster::Cluster;
+    use crate::verify::{self, SleepWait, VerifyOptions};
+
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let fail = |exit: Exit, message: String| {
+        err(&format!("error: {message}"));
+        if args.plan.format == Format::Json {
+            out(&serde_json::json!({"ok": false, "plan": plan.name, "error": message}).to_string());
+        }
+        exit
+    };
+    let mut clusters = Vec::new();
+    for (scope, uri) in [
+        (Scope::Source, &plan.source),
+        (Scope::Destination, &plan.destination),
+    ] {
+        match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
+            Ok(c) => clusters.push(c),
+            Err(e) => {
+                let exit = if e.is_connectivity() {
+                    Exit::Unreachable
+                } else {
+                    Exit::Failed
+                };
+                return fail(exit, format!("{e}\nhint: {}", e.hint()));
+            }
+        }
+    }
+    let max_differences = args.max_differences.unwrap_or_else(|| {
+        plan.steps
+            .iter()
+            .find_map(|s| match s {
+                plan::Step::Verify(v) => Some(v.max_differences),
+                _ => None,
+            })
+            .unwrap_or(20)
+    });
+    let opts = VerifyOptions {
+        max_differences: max_differences as usize,
+        concurrency: args.concurrency.max(1),
+        range_docs: args.range_docs.max(1),
+        rechecks: args.rechecks,
+        restart: args.restart,
+        replication: std::sync::Arc::new(SleepWait(args.recheck_delay)),
+        ..VerifyOptions::default()
+    };
+    match verify::run(&clusters[0].client, &clusters[1].client, &plan, &opts).await {
+        Ok(report) => {
+            match args.plan.format {
+                Format::Text => out(&report.to_text()),
+                Format::Json => out(&report.to_json()),
+            }
+            if report.ok {
+                Exit::Ok
+            } else {
+                Exit::Failed
+            }
+        }
+        Err(e) => {
+            let exit = if e.is_connectivity() {
+                Exit::Unreachable
+            } else {
+                Exit::Failed
+            };
+            fail(exit, e.to_string())
+        }
+    }
 }

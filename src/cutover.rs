@@ -417,8 +417,80 @@ pub async fn validate_indexes(ctx: &mut Ctx) -> Result<Option<String>, EngineErr
     }
 }
 
-pub async fn verify(_ctx: &mut Ctx, _step: &VerifyStep) -> Result<Option<String>, EngineError> {
-    Err(EngineError::Event(
-        "the `verify` step is not available in this build yet".into(),
-    ))
+/// Waits until the running lane has applied every event up to a source time (or gives up
+/// after a minute, so a stalled lane cannot hang verify; the range is then reported).
+struct LaneWait(tokio::sync::watch::Receiver<Option<Timestamp>>);
+
+impl crate::verify::ReplicationWait for LaneWait {
+    fn wait_replicated(&self, read_at: Timestamp) -> futures::future::BoxFuture<'_, ()> {
+        let mut rx = self.0.clone();
+        Box::pin(async move {
+            let reached = async {
+                loop {
+                    if rx.borrow().is_some_and(|p| p >= read_at) {
+                        return;
+                    }
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(60), reached).await;
+        })
+    }
+}
+
+/// `verify`: compares source and destination. While replication still runs (before the
+/// commit), differing ranges are re-checked once the lane has applied past their read time;
+/// after a commit the comparison is exact and there are no rechecks.
+pub async fn verify(ctx: &mut Ctx, step: &VerifyStep) -> Result<Option<String>, EngineError> {
+    use crate::verify::{SleepWait, VerifyOptions};
+    let lane_position = ctx.lane.as_ref().map(|l| l.position_watch());
+    let replication: std::sync::Arc<dyn crate::verify::ReplicationWait> = match &lane_position {
+        Some(rx) => std::sync::Arc::new(LaneWait(rx.clone())),
+        None => std::sync::Arc::new(SleepWait(Duration::from_secs(1))),
+    };
+    // Before the commit, the destination is relaxed on purpose (unique, TTL, capped).
+    let mut relaxed = Vec::new();
+    if let Some(lane) = &ctx.lane {
+        let relax = RelaxationStore::new(
+            ctx.store.database().clone(),
+            ctx.store.plan(),
+            lane.direction.as_str(),
+        );
+        for r in relax.list().await? {
+            relaxed.push((r.ns.clone(), r.index.clone()));
+        }
+    }
+    let opts = VerifyOptions {
+        max_differences: step.max_differences as usize,
+        rechecks: if lane_position.is_some() { 3 } else { 0 },
+        replication,
+        relaxed,
+        ..VerifyOptions::default()
+    };
+    // After a reverse commit the data lives on the old source: compare in the current direction.
+    let run = ctx.store.run_doc().await?.unwrap_or_default();
+    let (a, b) = if run.get_str("direction") == Ok("reverse") {
+        (&ctx.destination.client, &ctx.source.client)
+    } else {
+        (&ctx.source.client, &ctx.destination.client)
+    };
+    let report = crate::verify::run(a, b, &ctx.plan, &opts)
+        .await
+        .map_err(|e| EngineError::Event(format!("verify: {e}")))?;
+    let text = report.to_text();
+    for line in text.lines() {
+        tracing::info!("{line}");
+    }
+    if report.ok {
+        Ok(Some(format!(
+            "verified: {} documents compared, no difference",
+            report.documents_compared
+        )))
+    } else {
+        Err(EngineError::Event(format!(
+            "verify found differences:\n{text}"
+        )))
+    }
 }

@@ -21,3 +21,4 @@ pub mod runner;
 pub mod state;
 pub mod status;
 pub mod uri;
+pub mod verify;

@@ -262,7 +262,15 @@ impl StateStore {
     /// Removes every record of this plan (for `run --restart`).
     pub async fn reset(&self) -> Result<(), StateError> {
         let prefix = format!("^{}/", regex::escape(&self.plan));
-        for c in [LANES, PARTITIONS, APPROVALS, "relaxations", "verify_ranges"] {
+        for c in [
+            LANES,
+            PARTITIONS,
+            APPROVALS,
+            "relaxations",
+            "verify_runs",
+            "verify_partitions",
+            "verify_ranges",
+        ] {
             self.coll(c)
                 .delete_many(doc! {"$or": [{"_id": {"$regex": &prefix}}, {"plan": &self.plan}]})
                 .await

@@ -128,3 +128,61 @@ async fn sync_then_commit_copies_and_replicates_exactly() {
     assert!(v["write_blocked_window_ms"].as_i64().unwrap() >= 0);
     assert!(!String::from_utf8_lossy(&o.stdout).contains(ROOT_PASSWORD));
 }
+
+const WITH_VERIFY: &str = r#"
+[options]
+write_blocking = "source-and-destination"
+max_lag = "2s"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "verify"
+
+[[steps]]
+kind = "commit"
+
+[[steps]]
+kind = "verify"
+"#;
+
+/// `verify` as a step: before the commit (replication running, indexes relaxed on purpose)
+/// and after it; then a difference injected into the destination makes `cutover verify` fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_steps_before_and_after_commit() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    seed(&s).await;
+    s.database("shop")
+        .run_command(doc! {"createIndexes": "orders", "indexes": [
+            {"key": {"item": 1}, "name": "item_1", "unique": true},
+            {"key": {"when": 1}, "name": "when_ttl", "expireAfterSeconds": 3600},
+        ]})
+        .await
+        .unwrap();
+    let (_dir, plan) = write_plan(&plan_text("with-verify", WITH_VERIFY));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = [
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", dst.root_uri()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = run_cutover(&["run", &plan], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches("verified:").count(), 2, "{}", show(&o));
+
+    let d = dst.root_client().await;
+    d.database("shop")
+        .collection::<Document>("orders")
+        .delete_one(doc! {"_id": 7})
+        .await
+        .unwrap();
+    let o = run_cutover(&["verify", &plan, "--format", "json"], &env);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let text = v.to_string();
+    assert!(text.contains("missing"), "{text}");
+}

@@ -132,6 +132,11 @@ impl Lane {
         Ok(())
     }
 
+    /// A receiver of the applied position, for waiting on replication elsewhere (verify).
+    pub fn position_watch(&self) -> watch::Receiver<Option<Timestamp>> {
+        self.position.clone()
+    }
+
     /// The source time up to which every event is applied.
     pub fn position(&self) -> Option<Timestamp> {
         *self.position.borrow()

@@ -1,0 +1,122 @@
+//! Why a verify could not finish. A mismatch is not an error: it is a report.
+
+use std::fmt;
+
+use mongodb::error::ErrorKind;
+
+use crate::cluster::short_message;
+use crate::namespace::Namespace;
+use crate::redact;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// A cluster stopped answering (exit 3).
+    #[error("{side} cluster is unreachable while {what}{}: {detail}\nhint: check the cluster and the network, then run the same command again; finished ranges are not checked again", ns_suffix(.ns))]
+    Unreachable {
+        side: Side,
+        ns: Option<Namespace>,
+        what: String,
+        detail: String,
+    },
+    /// The server refused an operation (exit 1).
+    #[error("{side} cluster refused {what}{}: {detail}\nhint: {hint}", ns_suffix(.ns))]
+    Server {
+        side: Side,
+        ns: Option<Namespace>,
+        what: String,
+        detail: String,
+        hint: &'static str,
+        /// A failover, a killed cursor or a shutdown: worth another attempt.
+        transient: bool,
+    },
+    /// The `_id` order is collated (not simple BSON order) and the range is too big to
+    /// compare by hash join.
+    #[error("{ns}: the {side} returns `_id`s in collated order (the collection has a non-simple default collation) and a differing range holds more than 250,000 documents, too many to compare in bounded memory\nhint: run again with a smaller `--range-docs` (and `--restart`)")]
+    Order { side: Side, ns: Namespace },
+}
+
+/// Server codes after which re-reading a range can succeed: HostUnreachable 6,
+/// HostNotFound 7, CursorNotFound 43, NetworkTimeout 89, ShutdownInProgress 91,
+/// ReadConcernMajorityNotAvailableYet 134, QueryPlanKilled 175, PrimarySteppedDown 189,
+/// CursorKilled 237, ExceededTimeLimit 262, SocketException 9001, NotWritablePrimary 10107,
+/// InterruptedAtShutdown 11600, InterruptedDueToReplStateChange 11602,
+/// NotPrimaryNoSecondaryOk 13435, NotPrimaryOrSecondary 13436.
+const TRANSIENT_CODES: &[i32] = &[
+    6, 7, 43, 89, 91, 134, 175, 189, 237, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+];
+
+fn ns_suffix(ns: &Option<Namespace>) -> String {
+    ns.as_ref()
+        .map(|n| format!(" (namespace `{n}`)"))
+        .unwrap_or_default()
+}
+
+impl VerifyError {
+    pub fn driver(
+        side: Side,
+        ns: Option<&Namespace>,
+        what: &str,
+        e: &mongodb::error::Error,
+    ) -> Self {
+        let detail = redact::scrub(&short_message(e));
+        let ns = ns.cloned();
+        let what = what.to_string();
+        match e.kind.as_ref() {
+            ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+                VerifyError::Unreachable { side, ns, what, detail }
+            }
+            ErrorKind::Command(c) if c.code == 13 => VerifyError::Server {
+                side,
+                ns,
+                what,
+                detail,
+                hint: "the plan's user needs find, listCollections, listIndexes and collStats on the selected databases, and readWrite on the state database",
+                transient: false,
+            },
+            kind => VerifyError::Server {
+                side,
+                ns,
+                what,
+                detail,
+                hint: "see the server's message; run the same command again to continue",
+                transient: match kind {
+                    ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
+                    _ => false,
+                },
+            },
+        }
+    }
+
+    /// Worth retrying the range: the cluster is unreachable for now, or a failover, shutdown
+    /// or killed cursor interrupted the read.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::Unreachable { .. }
+                | VerifyError::Server {
+                    transient: true,
+                    ..
+                }
+        )
+    }
+
+    /// True when a cluster could not be reached (exit 3).
+    pub fn is_connectivity(&self) -> bool {
+        matches!(self, VerifyError::Unreachable { .. })
+    }
+}

@@ -1,0 +1,400 @@
+//! `verify`: a streaming, resumable proof that the destination equals the source.
+//!
+//! For every selected namespace: the catalog (collection options, index specs, view
+//! definitions, compared as raw BSON bytes, see [`catalog`]), then the documents. Each
+//! collection is cut into `_id` ranges ([`ranges`]: index-key bounds, so every BSON type of
+//! `_id` is covered). Ranges run in parallel (bounded by [`VerifyOptions::concurrency`]); each
+//! streams both sides in `_id` order and hashes the raw bytes of every document (field order
+//! counts). A range whose hashes differ is re-read after [`ReplicationWait::wait_replicated`]
+//! up to [`VerifyOptions::rechecks`] times, then drilled down: both sides are merged in `_id`
+//! order to name each `_id` that is missing, extra or different ([`scan`]; when the `_id`
+//! index is collated, so its order is not simple BSON order, a hash join of the range instead). Each finished range
+//! is stored with majority write concern in the plan's state database ([`resume`]), so a
+//! killed verify continues where it stopped. Memory: at most one driver batch per side per
+//! range in flight (the server caps a batch at 16 MiB), whatever the collection size.
+//!
+//! What it guarantees: after a commit (no writes on either side) the comparison is exact.
+//! While replication runs, a range is reported only if it differed on `rechecks + 1`
+//! consecutive reads, each re-read started after `wait_replicated(T)` returned for the source
+//! time `T` at which the previous read ended. With an engine hook that returns once the
+//! destination has applied every source write up to `T`, a reported difference is one that
+//! persisted after replication caught up with the earlier read (a range under constant churn
+//! can still be reported; re-run verify after the commit for an exact answer). The default
+//! hook only sleeps ([`SleepWait`]), which makes false reports unlikely but not impossible.
+
+pub mod catalog;
+pub mod error;
+pub mod order;
+pub mod ranges;
+pub mod report;
+pub mod resume;
+pub mod scan;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{doc, Bson, Timestamp};
+use mongodb::Client;
+
+pub use error::{Side, VerifyError};
+pub use report::{Mismatch, NamespaceReport, Totals, VerifyReport};
+
+use crate::namespace::Namespace;
+use crate::plan::Plan;
+use catalog::CollectionInfo;
+use ranges::{Range, Sizing};
+use resume::{RangeRecord, StateStore};
+
+/// Tells verify when the destination has caught up with the source. The sync engine
+/// implements it precisely ("replication has applied every source write up to `read_at`").
+pub trait ReplicationWait: Send + Sync {
+    /// Returns once the destination reflects every source write at or before `read_at`
+    /// (a source cluster time), or when waiting longer is pointless.
+    fn wait_replicated(&self, read_at: Timestamp) -> BoxFuture<'_, ()>;
+}
+
+/// The default [`ReplicationWait`]: sleeps a fixed delay (no knowledge of replication).
+#[derive(Clone, Copy, Debug)]
+pub struct SleepWait(pub Duration);
+
+impl ReplicationWait for SleepWait {
+    fn wait_replicated(&self, _read_at: Timestamp) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(self.0))
+    }
+}
+
+/// How verify runs.
+#[derive(Clone)]
+pub struct VerifyOptions {
+    /// Document differences listed per namespace (totals are always counted).
+    pub max_differences: usize,
+    /// `_id` ranges compared at the same time.
+    pub concurrency: usize,
+    /// Target documents per range.
+    pub range_docs: u64,
+    /// Target bytes (uncompressed BSON) per range.
+    pub range_bytes: u64,
+    /// Re-reads of a differing range before it is drilled down and reported. Use 0 after a
+    /// commit (nothing is replicating, so a difference is final and re-reads only cost time).
+    pub rechecks: u32,
+    /// Start a new run instead of continuing an interrupted one.
+    pub restart: bool,
+    pub replication: Arc<dyn ReplicationWait>,
+    /// What a running sync relaxed on the destination on purpose (namespace, index name;
+    /// `None` for collection-level options such as capped limits): differences there are
+    /// expected until the commit restores them, and are not reported.
+    pub relaxed: Vec<(Namespace, Option<String>)>,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            max_differences: 20,
+            concurrency: 4,
+            range_docs: 100_000,
+            range_bytes: 64 << 20,
+            rechecks: 2,
+            restart: false,
+            replication: Arc::new(SleepWait(Duration::from_secs(1))),
+            relaxed: Vec::new(),
+        }
+    }
+}
+
+struct Work {
+    ns: Namespace,
+    ranges: Vec<Range>,
+    source_exists: bool,
+    dest_exists: bool,
+}
+
+fn holds_documents(info: &Option<CollectionInfo>) -> bool {
+    info.as_ref().is_some_and(|i| i.kind == "collection")
+}
+
+/// Verifies every namespace `plan` selects: `source` against `dest`. Mismatches are in the
+/// report (`ok == false`); `Err` means the verify could not finish (re-run to continue).
+pub async fn run(
+    source: &Client,
+    dest: &Client,
+    plan: &Plan,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, VerifyError> {
+    let started = std::time::Instant::now();
+    let catalog = catalog::list_selected(source, dest, &plan.selector).await?;
+    let (store, resumed) =
+        StateStore::open(dest, &plan.state_database, &plan.name, opts.restart).await?;
+    tracing::info!(plan = %plan.name, run = store.run, resumed, namespaces = catalog.len(), "verify started");
+    let finished = store.finished().await?;
+    let sizing = Sizing {
+        range_docs: opts.range_docs,
+        range_bytes: opts.range_bytes,
+        max_ranges: 4096,
+    };
+
+    let mut works = Vec::new();
+    for (ns, (s, d)) in &catalog {
+        let (source_exists, dest_exists) = (holds_documents(s), holds_documents(d));
+        if !source_exists && !dest_exists {
+            continue;
+        }
+        let partition = match store.partition(ns).await? {
+            Some(b) => b,
+            None => {
+                let (side, client) = if source_exists {
+                    (Side::Source, source)
+                } else {
+                    (Side::Destination, dest)
+                };
+                let b = ranges::split_points(side, client, ns, sizing).await?;
+                store.save_partition(ns, &b).await?;
+                b
+            }
+        };
+        works.push(Work {
+            ns: ns.clone(),
+            ranges: ranges::ranges_from_bounds(&partition.bounds, partition.batch_docs),
+            source_exists,
+            dest_exists,
+        });
+    }
+
+    let pending = works.iter().flat_map(|w| {
+        w.ranges
+            .iter()
+            .filter(|r| !finished.contains(&(w.ns.to_string(), r.index as i64)))
+            .map(move |r| (w, r))
+    });
+    let total: usize = works.iter().map(|w| w.ranges.len()).sum();
+    let done = std::sync::atomic::AtomicUsize::new(finished.len().min(total));
+    let mut last_log = std::time::Instant::now();
+    futures::stream::iter(pending)
+        .map(|(w, r)| verify_range(source, dest, &store, w, r, opts))
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_for_each(|()| {
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if last_log.elapsed() >= Duration::from_secs(10) || n == total {
+                last_log = std::time::Instant::now();
+                tracing::info!(plan = %plan.name, ranges_done = n, ranges = total, "verify progress");
+            }
+            futures::future::ready(Ok(()))
+        })
+        .await?;
+
+    let mut namespaces = Vec::new();
+    for (ns, (s, d)) in &catalog {
+        let work = works.iter().find(|w| &w.ns == ns);
+        namespaces
+            .push(namespace_report(source, dest, &store, ns, s, d, work, &finished, opts).await?);
+    }
+    store.finish().await?;
+    let ok = namespaces.iter().all(NamespaceReport::is_ok);
+    let documents_compared = namespaces.iter().map(|n| n.source_count).sum();
+    tracing::info!(plan = %plan.name, run = store.run, ok, "verify finished");
+    Ok(VerifyReport {
+        ok,
+        plan: plan.name.clone(),
+        run: store.run,
+        resumed,
+        documents_compared,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        namespaces,
+    })
+}
+
+/// Attempts per range when a read fails transiently (failover, killed cursor, network).
+const RANGE_ATTEMPTS: u32 = 3;
+
+/// Verifies one range, starting it over after a transient failure.
+async fn verify_range(
+    source: &Client,
+    dest: &Client,
+    store: &StateStore,
+    w: &Work,
+    r: &Range,
+    opts: &VerifyOptions,
+) -> Result<(), VerifyError> {
+    let mut attempt = 1;
+    loop {
+        match verify_range_once(source, dest, store, w, r, opts).await {
+            Err(e) if e.is_transient() && attempt < RANGE_ATTEMPTS => {
+                tracing::warn!(ns = %w.ns, range = r.index, attempt, error = %e, "range read failed; reading it again");
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn verify_range_once(
+    source: &Client,
+    dest: &Client,
+    store: &StateStore,
+    w: &Work,
+    r: &Range,
+    opts: &VerifyOptions,
+) -> Result<(), VerifyError> {
+    let mut rechecks = 0u32;
+    loop {
+        let (s, d) = tokio::join!(
+            scan::digest(Side::Source, source, &w.ns, r, w.source_exists),
+            scan::digest(Side::Destination, dest, &w.ns, r, w.dest_exists)
+        );
+        let (s, d) = (s?, d?);
+        let mut rec = RangeRecord {
+            range: r.index as i64,
+            source_count: s.count,
+            destination_count: d.count,
+            rechecks,
+            ..Default::default()
+        };
+        if s == d {
+            return store.save_range(&w.ns, &rec).await;
+        }
+        // A collection missing on one side is not lag of a range: no recheck.
+        if rechecks >= opts.rechecks || !w.source_exists || !w.dest_exists {
+            tracing::debug!(ns = %w.ns, range = r.index, "range differs; naming the differences");
+            rec.diff = scan::diff_range(
+                source,
+                dest,
+                &w.ns,
+                r,
+                w.source_exists,
+                w.dest_exists,
+                opts.max_differences,
+            )
+            .await?;
+            return store.save_range(&w.ns, &rec).await;
+        }
+        let read_at = operation_time(source).await;
+        tracing::debug!(ns = %w.ns, range = r.index, rechecks, "range differs; re-reading after replication");
+        opts.replication.wait_replicated(read_at).await;
+        rechecks += 1;
+    }
+}
+
+/// The source's current operation time: every read that ended before this call is at or
+/// before it.
+async fn operation_time(client: &Client) -> Timestamp {
+    let now = || Timestamp {
+        time: u32::try_from(mongodb::bson::DateTime::now().timestamp_millis() / 1000).unwrap_or(0),
+        increment: 0,
+    };
+    match client.database("admin").run_command(doc! {"ping": 1}).await {
+        Ok(reply) => reply
+            .get_timestamp("operationTime")
+            .unwrap_or_else(|_| now()),
+        Err(_) => now(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn namespace_report(
+    source: &Client,
+    dest: &Client,
+    store: &StateStore,
+    ns: &Namespace,
+    s: &Option<CollectionInfo>,
+    d: &Option<CollectionInfo>,
+    work: Option<&Work>,
+    finished_before: &HashSet<(String, i64)>,
+    opts: &VerifyOptions,
+) -> Result<NamespaceReport, VerifyError> {
+    let kind = s
+        .as_ref()
+        .or(d.as_ref())
+        .map(|i| i.kind.clone())
+        .unwrap_or_default();
+    let mut r = NamespaceReport {
+        ns: ns.to_string(),
+        kind: kind.clone(),
+        status: "ok",
+        source_count: 0,
+        destination_count: 0,
+        mismatches: Vec::new(),
+        mismatch_totals: Totals::default(),
+        mismatches_truncated: false,
+        index_differences: Vec::new(),
+        option_differences: Vec::new(),
+        view_differences: Vec::new(),
+        ranges: 0,
+        ranges_resumed: 0,
+        rechecks: 0,
+        note: None,
+    };
+    if let (Some(si), Some(di)) = (s, d) {
+        let (options, views) = catalog::diff_options(si, di);
+        r.option_differences = options;
+        r.view_differences = views;
+    }
+    let has_indexes = |i: &Option<CollectionInfo>| i.as_ref().is_some_and(|i| i.kind != "view");
+    if has_indexes(s) || has_indexes(d) {
+        let si = if has_indexes(s) {
+            catalog::list_indexes(Side::Source, source, ns).await?
+        } else {
+            Vec::new()
+        };
+        let di = if has_indexes(d) {
+            catalog::list_indexes(Side::Destination, dest, ns).await?
+        } else {
+            Vec::new()
+        };
+        r.index_differences = catalog::diff_indexes(&si, &di);
+        r.index_differences.retain(|x| {
+            !(x.kind == "different"
+                && opts
+                    .relaxed
+                    .iter()
+                    .any(|(n, i)| n == ns && i.as_deref() == Some(x.name.as_str())))
+        });
+    }
+    if opts.relaxed.iter().any(|(n, i)| n == ns && i.is_none()) {
+        r.option_differences.retain(|x| x.name == "type");
+    }
+    if kind == "timeseries" {
+        r.note = Some("time-series documents are not compared; options and indexes are".into());
+    }
+    if let Some(w) = work {
+        r.ranges = w.ranges.len() as u64;
+        r.ranges_resumed = w
+            .ranges
+            .iter()
+            .filter(|x| finished_before.contains(&(ns.to_string(), x.index as i64)))
+            .count() as u64;
+        for rec in store.ranges(ns).await? {
+            r.source_count += rec.source_count;
+            r.destination_count += rec.destination_count;
+            r.rechecks += u64::from(rec.rechecks);
+            r.mismatch_totals.missing += rec.diff.missing;
+            r.mismatch_totals.extra += rec.diff.extra;
+            r.mismatch_totals.different += rec.diff.different;
+            for (id, k) in rec.diff.samples {
+                if r.mismatches.len() < opts.max_differences {
+                    r.mismatches.push(Mismatch {
+                        id: Bson::into_relaxed_extjson(id),
+                        kind: k.as_str(),
+                    });
+                }
+            }
+        }
+        r.mismatches_truncated = (r.mismatches.len() as u64) < r.mismatch_totals.sum();
+    }
+    r.status = match (s, d) {
+        (Some(_), None) => "missing",
+        (None, Some(_)) => "extra",
+        _ if r.mismatch_totals.sum() > 0
+            || r.source_count != r.destination_count
+            || !r.index_differences.is_empty()
+            || !r.option_differences.is_empty()
+            || !r.view_differences.is_empty() =>
+        {
+            "mismatch"
+        }
+        _ => "ok",
+    };
+    Ok(r)
+}
