@@ -523,6 +523,9 @@ async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> 
             tracing::info!(%ns, "A collection moved into the plan's filter: copying it.");
             if let Some(spec) = catalog::spec_of(&ctx.source, &ns).await? {
                 catalog::create_on_destination(&ctx.dest, &spec, &ctx.relax).await?;
+                if let Some(target) = catalog::copy_target(&spec) {
+                    copy::forget(&ctx.copy, &target).await?;
+                }
                 copy::copy_all(&ctx.copy, std::slice::from_ref(&spec)).await?;
                 catalog::build_indexes(&ctx.dest, &spec, &ctx.relax).await?;
             }

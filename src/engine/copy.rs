@@ -454,3 +454,15 @@ fn num(d: &Document, k: &str) -> u64 {
         _ => 0,
     }
 }
+
+/// Forgets the copy records of one namespace, so a collection that comes back into the
+/// filter (a rename into it) is copied again from scratch.
+pub async fn forget(ctx: &CopyCtx, ns: &Namespace) -> Result<(), EngineError> {
+    let prefix = format!("^{}", regex::escape(&format!("{}/{}/", ctx.lane, ns)));
+    ctx.store
+        .coll(PARTITIONS)
+        .delete_many(doc! {"_id": {"$regex": prefix}})
+        .await
+        .map_err(|e| EngineError::State(ctx.store.err(&e)))?;
+    Ok(())
+}
