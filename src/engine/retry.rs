@@ -62,41 +62,21 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, EngineError>>,
     {
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 0u32;
+        let mut outage: Option<Instant> = None;
+        let mut attempt = 0;
         loop {
             match op().await {
                 Ok(v) => {
-                    if attempt > 0 {
+                    if outage.is_some() {
                         tracing::info!(what, attempts = attempt + 1, "Reconnected.");
                         progress.set_reconnecting(None);
                     }
                     return Ok(v);
                 }
                 Err(e) if e.is_transient() => {
+                    let since = *outage.get_or_insert_with(Instant::now);
                     attempt += 1;
-                    let (cluster, last) = match &e {
-                        EngineError::Cluster {
-                            cluster, detail, ..
-                        } => (*cluster, detail.clone()),
-                        other => ("source", other.to_string()),
-                    };
-                    if start.elapsed() >= self.timeout {
-                        progress.set_reconnecting(None);
-                        return Err(EngineError::Outage {
-                            cluster,
-                            secs: self.timeout.as_secs(),
-                            last,
-                        });
-                    }
-                    progress.set_reconnecting(Some(format!(
-                        "{what}: {cluster} cluster unavailable for {}s (attempt {attempt}): {last}",
-                        start.elapsed().as_secs()
-                    )));
-                    tracing::warn!(what, cluster, attempt, error = %last, "Transient failure; retrying.");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    self.wait(progress, what, &e, since, attempt).await?;
                 }
                 Err(e) => return Err(e),
             }
