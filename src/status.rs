@@ -118,7 +118,13 @@ pub fn spawn_reporter(
 }
 
 fn line_suffix(p: &Progress) -> String {
-    let mut s = format!("{} events", p.events_applied.load(Ordering::Relaxed));
+    let mut s = format!(
+        "{}/{} collections, {} docs, {} events",
+        p.collections_done.load(Ordering::Relaxed),
+        p.collections_total.load(Ordering::Relaxed),
+        p.copied_docs.load(Ordering::Relaxed),
+        p.events_applied.load(Ordering::Relaxed)
+    );
     if let Some(l) = p.lag_seconds() {
         s.push_str(&format!(", lag {l:.1}s"));
     }
