@@ -127,6 +127,25 @@ async fn sync_then_commit_copies_and_replicates_exactly() {
     assert_eq!(v["blocked"][0]["cluster"], "source", "{v}");
     assert!(v["write_blocked_window_ms"].as_i64().unwrap() >= 0);
     assert!(!String::from_utf8_lossy(&o.stdout).contains(ROOT_PASSWORD));
+
+    // `--restart` would drop the data the application now uses: refused after a commit.
+    let o = run_cutover(&["run", &plan, "--restart"], &env);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refused"),
+        "{}",
+        show(&o)
+    );
+    let kept = d
+        .database("shop")
+        .collection::<Document>("orders")
+        .find_one(doc! {"_id": -1})
+        .await
+        .unwrap();
+    assert!(
+        kept.is_some(),
+        "the refused restart must not touch the destination"
+    );
 }
 
 const WITH_VERIFY: &str = r#"
@@ -185,4 +204,36 @@ async fn verify_steps_before_and_after_commit() {
     assert_eq!(v["ok"], false);
     let text = v.to_string();
     assert!(text.contains("missing"), "{text}");
+}
+
+/// `write_blocking = "destination-only"`: cutover never blocks the source (the operator stops
+/// the application); the commit drains until the source is quiet, then opens the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_only_commit_leaves_the_source_writable() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    seed(&s).await;
+    let body = FORWARD.replace("source-and-destination", "destination-only");
+    let (_dir, plan) = write_plan(&plan_text("dest-only", &body));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = [
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", dst.root_uri()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = run_cutover(&["run", &plan], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &dst.root_client().await, "__cutover").await;
+    let app = src.app_client().await;
+    app.database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! {"_id": "after"})
+        .await
+        .expect("source never blocked");
+    let app = dst.app_client().await;
+    app.database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! {"_id": "after"})
+        .await
+        .expect("destination writable");
 }
