@@ -260,12 +260,19 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
 }
 
 async fn restart(plan: &Plan, store: &StateStore, destination: &Cluster) -> Result<(), RunError> {
-    if let Some(doc) = store.run_doc().await? {
+    let Some(doc) = store.run_doc().await? else {
+        // Nothing was started: there is no partial copy of ours to drop, and the
+        // destination's namespaces are not ours to touch.
+        tracing::info!(plan = %plan.name, "Restart: no migration recorded for this plan; starting fresh.");
+        return Ok(());
+    };
+    {
         let state = doc.get_str("state").unwrap_or_default();
-        if state == "COMMITTED" || state == "REVERSING" || doc.get_str("direction") == Ok("reverse")
+        if matches!(state, "COMMITTING" | "COMMITTED" | "REVERSING")
+            || doc.get_str("direction") == Ok("reverse")
         {
             return Err(RunError::Refused(format!(
-                "`--restart` is refused: plan `{}` has already committed (state {state}); restarting would \
+                "`--restart` is refused: plan `{}` has begun or finished its commit (state {state}); restarting would \
                  drop data on the cluster your application now uses",
                 plan.name
             )));
