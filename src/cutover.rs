@@ -90,6 +90,9 @@ pub async fn commit(
         lane.wait_can_commit(Some(timeout)).await.map_err(fail)?;
         if step.approval == Approval::Manual {
             wait_for_approval(ctx, i, timeout.saturating_sub(started.elapsed())).await?;
+            if let Some(l) = &ctx.lane {
+                l.progress.set_phase("applying change events");
+            }
         }
         phase = "blocking".into();
         ctx.store
@@ -272,7 +275,10 @@ async fn drain_until_quiet(
     }
 }
 
-async fn wait_for_approval(ctx: &Ctx, i: usize, limit: Duration) -> Result<(), RunError> {
+/// Waits for `cutover approve`. Replication keeps running meanwhile: a lane that fails (an
+/// outage beyond `--retry-timeout`) ends the wait with its error. The lane's phase says
+/// what the run waits for, so the status reporter publishes it.
+async fn wait_for_approval(ctx: &mut Ctx, i: usize, limit: Duration) -> Result<(), RunError> {
     let started = Instant::now();
     let mut said = false;
     loop {
@@ -290,10 +296,20 @@ async fn wait_for_approval(ctx: &Ctx, i: usize, limit: Duration) -> Result<(), R
                 "Waiting for approval: run `cutover approve {} --step {i}` (from any machine that reaches the destination).",
                 ctx.plan.file
             );
+            if let Some(l) = &ctx.lane {
+                l.progress.set_phase("waiting for approval");
+            }
             ctx.store
                 .set(doc! {"status.phase": "waiting for approval"})
                 .await?;
             said = true;
+        }
+        if let Some(l) = ctx.lane.as_mut() {
+            l.check_alive().await.map_err(|source| RunError::Step {
+                index: i,
+                kind: "commit",
+                source,
+            })?;
         }
         if started.elapsed() >= limit {
             return Err(RunError::Step {
