@@ -127,7 +127,7 @@ pub async fn commit(
         }
         crate::crashpoint::hit("commit.blocked", Some(i));
         // Every user write the source accepted has a time at or before this point.
-        let block_ts = source_now(&src_client).await.map_err(fail)?;
+        let block_ts = cluster_time(ctx, &src_client).await.map_err(fail)?;
         phase = "draining".into();
         ctx.store
             .set(doc! {format!("{key}.phase"): "draining", format!("{key}.block_ts"): block_ts})
@@ -197,7 +197,7 @@ pub async fn commit(
                 .and_then(|c| c.get_timestamp("can_write_ts").ok())
         });
         if stored.is_none() {
-            let can_write_ts = source_now(&dst_client).await.map_err(fail)?;
+            let can_write_ts = cluster_time(ctx, &dst_client).await.map_err(fail)?;
             ctx.store
                 .set(doc! {format!("{key}.can_write_ts"): can_write_ts})
                 .await?;
@@ -235,6 +235,22 @@ pub async fn commit(
         }));
     }
     Ok(Some("already committed".into()))
+}
+
+/// [`source_now`] of a cluster, retried through transient failures (an election, a dropped
+/// connection) for `--retry-timeout`: inside the write-blocked window, giving up would
+/// leave the clusters blocked until a re-run.
+async fn cluster_time(ctx: &Ctx, client: &mongodb::Client) -> Result<Timestamp, EngineError> {
+    let progress = match &ctx.lane {
+        Some(l) => l.progress.clone(),
+        None => std::sync::Arc::new(crate::progress::Progress::new()),
+    };
+    let policy = crate::engine::retry::RetryPolicy {
+        timeout: ctx.opts.retry_timeout,
+    };
+    policy
+        .run(&progress, "reading the cluster time", || source_now(client))
+        .await
 }
 
 /// Without source write blocking the operator must have stopped the application: drain to
