@@ -419,3 +419,84 @@ async fn proxy_forwards_drops_and_refuses() {
     }
     assert!(ok, "up again");
 }
+
+/// The same short outage between cutover and the destination (which also holds the state
+/// store) while change events are applied: the run survives it and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_outage_is_retried() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    s.database("shop")
+        .collection::<Document>("orders")
+        .insert_many((0..2_000).map(|i| doc! {"_id": i, "item": format!("item-{i}")}))
+        .await
+        .unwrap();
+    let proxy = Proxy::start(dst.members[0].port).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = app(src.app_client().await, stop.clone());
+    let (_d, plan) = write_plan(&plan_text("dst-outage", MANUAL));
+    let plan = plan.to_str().unwrap().to_string();
+    let env: Vec<(&'static str, String)> = vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", proxy.uri()),
+    ];
+    // `status` reads the state store directly, not through the proxy.
+    let direct: Vec<(&'static str, String)> = vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", dst.root_uri()),
+    ];
+    let run = tokio::task::spawn_blocking({
+        let (plan, env) = (plan.clone(), env.clone());
+        move || {
+            run_cutover(
+                &[
+                    "run",
+                    &plan,
+                    "--retry-timeout",
+                    "60s",
+                    "--connect-timeout",
+                    "2s",
+                ],
+                &refs(&env),
+            )
+        }
+    });
+    wait_status(
+        &plan,
+        &direct,
+        Duration::from_secs(120),
+        "the run to wait for approval",
+        |v| v["phase"] == "waiting for approval",
+    )
+    .await;
+    outage(
+        &proxy,
+        &plan,
+        &direct,
+        &[
+            (Mode::Drop, Duration::from_secs(3)),
+            (Mode::Refuse, Duration::from_secs(3)),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    if run.is_finished() {
+        let o = run.await.unwrap();
+        panic!("a short destination outage ended the run: {}", show(&o));
+    }
+    let o = run_cutover(&["approve", &plan], &refs(&direct));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = run.await.unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    let d = dst.root_client().await;
+    assert_same_data(&s, &d, "__cutover").await;
+    let events = d.database("app").collection::<Document>("events");
+    for n in &acked {
+        assert!(
+            events.find_one(doc! {"_id": *n}).await.unwrap().is_some(),
+            "acknowledged write {n} is missing on the destination"
+        );
+    }
+}
