@@ -97,28 +97,36 @@ async fn step_down(rs: &ReplicaSet, who: &str) -> (usize, usize) {
     }
     let old = old.unwrap_or_else(|| panic!("{who}: no primary to step down"));
     let c = rs.member_client(old).await;
-    // The primary may close this connection as it steps down: the reply can be an error.
-    let r = c
-        .database("admin")
-        .run_command(doc! {"replSetStepDown": 15, "secondaryCatchUpPeriodSecs": 5})
-        .await;
-    eprintln!(
-        "{who}: replSetStepDown on member {old}: {:?}",
-        r.map(|_| "ok")
-    );
     let start = Instant::now();
+    // The primary may close this connection as it steps down, so the reply can be an error;
+    // it refuses when no secondary caught up in time (262): ask again.
     loop {
-        if let Some(p) = primary(rs).await {
-            if p != old {
-                eprintln!("{who}: member {p} is primary after {:?}", start.elapsed());
-                return (old, p);
+        let r = c
+            .database("admin")
+            .run_command(doc! {"replSetStepDown": 15, "secondaryCatchUpPeriodSecs": 5})
+            .await;
+        eprintln!(
+            "{who}: replSetStepDown on member {old}: {}",
+            r.map(|_| "ok".to_string()).unwrap_or_else(|e| e
+                .to_string()
+                .chars()
+                .take(160)
+                .collect())
+        );
+        let asked = Instant::now();
+        while asked.elapsed() < Duration::from_secs(15) {
+            if let Some(p) = primary(rs).await {
+                if p != old {
+                    eprintln!("{who}: member {p} is primary after {:?}", start.elapsed());
+                    return (old, p);
+                }
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(90),
+            start.elapsed() < Duration::from_secs(120),
             "{who}: no new primary after stepping down member {old}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
