@@ -383,10 +383,33 @@ pub async fn list_namespaces(
 }
 
 /// Blocks or unblocks user writes on a whole cluster (`setUserWriteBlockMode`, 6.0+). Users
-/// holding `bypassWriteBlockingMode` (cutover's own) can still write. Idempotent.
+/// holding `bypassWriteBlockingMode` (cutover's own) can still write. Idempotent, so a
+/// transient failure (an election, a dropped connection: the driver does not retry
+/// commands) is retried with backoff for up to a minute.
 pub async fn set_user_write_block(cluster: &Cluster, on: bool) -> Result<(), ClusterError> {
-    cluster
-        .admin_command(doc! {"setUserWriteBlockMode": 1, "global": on})
-        .await?;
-    Ok(())
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match cluster
+            .client
+            .database("admin")
+            .run_command(doc! {"setUserWriteBlockMode": 1, "global": on})
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if crate::engine::error::is_transient(&e)
+                    && started.elapsed() < Duration::from_secs(60) =>
+            {
+                tracing::warn!(
+                    cluster = cluster.name(),
+                    error = %redact::scrub(&short_message(&e)),
+                    "Changing user write blocking failed transiently; retrying."
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(cluster.error(&e)),
+        }
+    }
 }

@@ -90,6 +90,9 @@ pub async fn commit(
         lane.wait_can_commit(Some(timeout)).await.map_err(fail)?;
         if step.approval == Approval::Manual {
             wait_for_approval(ctx, i, timeout.saturating_sub(started.elapsed())).await?;
+            if let Some(l) = &ctx.lane {
+                l.progress.set_phase("applying change events");
+            }
         }
         phase = "blocking".into();
         ctx.store
@@ -124,7 +127,7 @@ pub async fn commit(
         }
         crate::crashpoint::hit("commit.blocked", Some(i));
         // Every user write the source accepted has a time at or before this point.
-        let block_ts = source_now(&src_client).await.map_err(fail)?;
+        let block_ts = cluster_time(ctx, &src_client).await.map_err(fail)?;
         phase = "draining".into();
         ctx.store
             .set(doc! {format!("{key}.phase"): "draining", format!("{key}.block_ts"): block_ts})
@@ -194,7 +197,7 @@ pub async fn commit(
                 .and_then(|c| c.get_timestamp("can_write_ts").ok())
         });
         if stored.is_none() {
-            let can_write_ts = source_now(&dst_client).await.map_err(fail)?;
+            let can_write_ts = cluster_time(ctx, &dst_client).await.map_err(fail)?;
             ctx.store
                 .set(doc! {format!("{key}.can_write_ts"): can_write_ts})
                 .await?;
@@ -232,6 +235,22 @@ pub async fn commit(
         }));
     }
     Ok(Some("already committed".into()))
+}
+
+/// [`source_now`] of a cluster, retried through transient failures (an election, a dropped
+/// connection) for `--retry-timeout`: inside the write-blocked window, giving up would
+/// leave the clusters blocked until a re-run.
+async fn cluster_time(ctx: &Ctx, client: &mongodb::Client) -> Result<Timestamp, EngineError> {
+    let progress = match &ctx.lane {
+        Some(l) => l.progress.clone(),
+        None => std::sync::Arc::new(crate::progress::Progress::new()),
+    };
+    let policy = crate::engine::retry::RetryPolicy {
+        timeout: ctx.opts.retry_timeout,
+    };
+    policy
+        .run(&progress, "reading the cluster time", || source_now(client))
+        .await
 }
 
 /// Without source write blocking the operator must have stopped the application: drain to
@@ -272,7 +291,10 @@ async fn drain_until_quiet(
     }
 }
 
-async fn wait_for_approval(ctx: &Ctx, i: usize, limit: Duration) -> Result<(), RunError> {
+/// Waits for `cutover approve`. Replication keeps running meanwhile: a lane that fails (an
+/// outage beyond `--retry-timeout`) ends the wait with its error. The lane's phase says
+/// what the run waits for, so the status reporter publishes it.
+async fn wait_for_approval(ctx: &mut Ctx, i: usize, limit: Duration) -> Result<(), RunError> {
     let started = Instant::now();
     let mut said = false;
     loop {
@@ -290,10 +312,20 @@ async fn wait_for_approval(ctx: &Ctx, i: usize, limit: Duration) -> Result<(), R
                 "Waiting for approval: run `cutover approve {} --step {i}` (from any machine that reaches the destination).",
                 ctx.plan.file
             );
+            if let Some(l) = &ctx.lane {
+                l.progress.set_phase("waiting for approval");
+            }
             ctx.store
                 .set(doc! {"status.phase": "waiting for approval"})
                 .await?;
             said = true;
+        }
+        if let Some(l) = ctx.lane.as_mut() {
+            l.check_alive().await.map_err(|source| RunError::Step {
+                index: i,
+                kind: "commit",
+                source,
+            })?;
         }
         if started.elapsed() >= limit {
             return Err(RunError::Step {

@@ -207,7 +207,8 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     let source = Cluster::connect(Scope::Source, &plan.source, opts.connect_timeout).await?;
     let destination =
         Cluster::connect(Scope::Destination, &plan.destination, opts.connect_timeout).await?;
-    let store = StateStore::new(&destination.client, &plan.state_database, &plan.name);
+    let store = StateStore::new(&destination.client, &plan.state_database, &plan.name)
+        .with_retry(opts.retry_timeout);
     let kinds: Vec<&str> = plan.steps.iter().map(Step::kind).collect();
 
     if opts.restart {
@@ -222,7 +223,8 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
 
     let current: Arc<Mutex<Option<Arc<Progress>>>> = Arc::new(Mutex::new(None));
     let reporter = crate::status::spawn_reporter(
-        store.clone(),
+        // Status updates are best-effort: one that fails is replaced a second later.
+        store.clone().with_retry(Duration::ZERO),
         lease.clone(),
         current.clone(),
         plan.source.hosts_display(),

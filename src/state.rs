@@ -29,7 +29,12 @@ pub const LEASE_TTL: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state database `{db}` on the destination: {detail}")]
-    Db { db: String, detail: String },
+    Db {
+        db: String,
+        detail: String,
+        /// A network error or an election: worth retrying.
+        transient: bool,
+    },
     #[error(
         "plan `{plan}` is being run by another `cutover run` ({holder}, lease until {until}); \
          wait for it to finish, or stop it first"
@@ -55,6 +60,9 @@ pub enum StateError {
 pub struct StateStore {
     db: Database,
     plan: String,
+    /// How long reads and writes of the run document retry transient failures (a lost
+    /// connection to the destination, an election). Zero: fail at once (status, approve).
+    retry: Duration,
 }
 
 fn majority() -> WriteConcern {
@@ -73,6 +81,37 @@ impl StateStore {
         Self {
             db,
             plan: plan.to_string(),
+            retry: Duration::ZERO,
+        }
+    }
+
+    /// The same store, retrying transient failures of the run document's reads and writes
+    /// for `timeout` (`cutover run` passes `--retry-timeout`).
+    pub fn with_retry(mut self, timeout: Duration) -> Self {
+        self.retry = timeout;
+        self
+    }
+
+    /// Runs an idempotent operation, retrying transient failures with backoff for `self.retry`.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StateError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, mongodb::error::Error>>,
+    {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if crate::engine::error::is_transient(&e) && started.elapsed() < self.retry =>
+                {
+                    tracing::warn!(what, error = %short_message(&e), "State store unavailable; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(self.err(&e)),
+            }
         }
     }
 
@@ -92,15 +131,17 @@ impl StateStore {
         StateError::Db {
             db: self.db.name().to_string(),
             detail: short_message(e),
+            transient: crate::engine::error::is_transient(e),
         }
     }
 
     /// The plan's run document, if a migration was started.
     pub async fn run_doc(&self) -> Result<Option<Document>, StateError> {
-        self.coll(RUNS)
-            .find_one(doc! {"_id": &self.plan})
-            .await
-            .map_err(|e| self.err(&e))
+        self.retrying("reading the run document", || {
+            let (c, id) = (self.coll(RUNS), self.plan.clone());
+            async move { c.find_one(doc! {"_id": id}).await }
+        })
+        .await
     }
 
     /// Creates the run document on first use; refuses a plan whose fingerprint changed unless
@@ -153,11 +194,15 @@ impl StateStore {
     pub async fn set(&self, fields: Document) -> Result<(), StateError> {
         let mut fields = fields;
         fields.insert("updated", DateTime::now());
-        self.coll(RUNS)
-            .update_one(doc! {"_id": &self.plan}, doc! {"$set": fields})
-            .upsert(true)
-            .await
-            .map_err(|e| self.err(&e))?;
+        self.retrying("writing the run document", || {
+            let (c, id, f) = (self.coll(RUNS), self.plan.clone(), fields.clone());
+            async move {
+                c.update_one(doc! {"_id": id}, doc! {"$set": f})
+                    .upsert(true)
+                    .await
+            }
+        })
+        .await?;
         Ok(())
     }
 
@@ -299,10 +344,11 @@ impl StateStore {
 
     pub async fn approval(&self, step: usize) -> Result<Option<Document>, StateError> {
         let id = format!("{}/{step}", self.plan);
-        self.coll(APPROVALS)
-            .find_one(doc! {"_id": id})
-            .await
-            .map_err(|e| self.err(&e))
+        self.retrying("reading the approval", || {
+            let (c, id) = (self.coll(APPROVALS), id.clone());
+            async move { c.find_one(doc! {"_id": id}).await }
+        })
+        .await
     }
 }
 

@@ -84,9 +84,16 @@ pub async fn run(
     let mut outage: Option<Instant> = None;
     let mut attempt = 0;
     loop {
-        match run_stream(&ctx, &mut start, &mut control).await {
+        let mut opened = false;
+        match run_stream(&ctx, &mut start, &mut control, &mut opened).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
+                // The stream was open again in between: this is a new outage, with its own
+                // retry budget.
+                if opened {
+                    outage = None;
+                    attempt = 0;
+                }
                 let since = *outage.get_or_insert_with(Instant::now);
                 attempt += 1;
                 ctx.retry
@@ -157,8 +164,10 @@ async fn run_stream(
     ctx: &ApplyCtx,
     start: &mut StartPoint,
     control: &mut watch::Receiver<Control>,
+    opened: &mut bool,
 ) -> Result<(), EngineError> {
     let mut cursor = open(ctx, start).await?;
+    *opened = true;
     ctx.progress.set_reconnecting(None);
     loop {
         if *control.borrow() == Control::Stop {

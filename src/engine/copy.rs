@@ -219,9 +219,16 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
     // Each attempt resumes after the last durable `_id`; transient failures retry with
     // backoff until the retry timeout.
     loop {
+        let copied = ctx.progress.copied_docs.load(Ordering::Relaxed);
         match copy_partition_once(ctx, &mut p).await {
             Ok(()) => break,
             Err(e) if e.is_transient() => {
+                // Documents were copied since the last failure: a new outage, with its own
+                // retry budget.
+                if ctx.progress.copied_docs.load(Ordering::Relaxed) > copied {
+                    outage = None;
+                    attempt = 0;
+                }
                 let since = *outage.get_or_insert_with(Instant::now);
                 attempt += 1;
                 ctx.retry

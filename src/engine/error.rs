@@ -71,7 +71,10 @@ impl EngineError {
             EngineError::Cluster {
                 transient: true,
                 ..
-            }
+            } | EngineError::State(StateError::Db {
+                transient: true,
+                ..
+            })
         )
     }
 }
