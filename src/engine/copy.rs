@@ -342,6 +342,19 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<(), Eng
             }
         }
     }
+    if !p.natural && p.max.is_none() && (p.last_id.is_some() || p.min.is_some()) {
+        // An index scan with `min` and no `max` stops before MaxKey (the implicit upper bound
+        // is exclusive), so a document whose `_id` is MaxKey would be skipped: fetch it.
+        let top = src
+            .find_one(doc! {"_id": Bson::MaxKey})
+            .read_concern(ReadConcern::majority())
+            .await
+            .map_err(|e| cluster_err("source", format!("reading `{ns_text}`"), &e))?;
+        if let Some(d) = top {
+            batch_bytes += d.as_bytes().len();
+            batch.push(d);
+        }
+    }
     if !batch.is_empty() {
         in_flight.push_back(flush(std::mem::take(&mut batch), batch_bytes));
     }
