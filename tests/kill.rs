@@ -1,0 +1,269 @@
+//! Checkpoints (issue 3) and kill -9 (issue 6): the real binary is SIGKILLed at seeded random
+//! moments of the copy and of change application while a client keeps writing to the source;
+//! each time the same `cutover run PLAN` continues. In the end the clusters are byte-identical
+//! and every acknowledged write is on the destination.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+use rand::{Rng, SeedableRng};
+
+const STATE_DB: &str = "__cutover";
+
+/// Manual approval keeps the commit step waiting with replication running: the window in
+/// which change application is killed.
+const PLAN: &str = r#"
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+approval = "manual"
+timeout = "5m"
+"#;
+
+const SEED_DOCS: i64 = 40_000;
+
+/// What the writer knows the source acknowledged.
+#[derive(Default)]
+struct Acked {
+    inserted: BTreeSet<i64>,
+    deleted: BTreeSet<i64>,
+    /// `_id` → acknowledged `$inc`s of `n`.
+    incs: BTreeMap<i64, i64>,
+    /// `_id`s whose write failed (outcome unknown): excluded from the exact checks.
+    unknown: BTreeSet<i64>,
+    ops: u64,
+}
+
+async fn writer(c: Client, seed: u64, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    let coll = c.database("k").collection::<Document>("main");
+    let mut next = 1_000_000i64;
+    while !stop.load(Ordering::Relaxed) {
+        let op = rng.random_range(0..10);
+        let id = rng.random_range(0..SEED_DOCS);
+        let (target, r) = match op {
+            0..=2 => {
+                next += 1;
+                let r = coll
+                    .insert_one(doc! {"_id": next, "n": 0i64, "v": "inserted", "arr": [1, 2]})
+                    .await
+                    .map(|_| ());
+                (next, r)
+            }
+            3..=7 => {
+                let r = coll
+                    .update_one(
+                        doc! {"_id": id},
+                        doc! {"$inc": {"n": 1i64}, "$set": {"v": format!("w{next}")}},
+                    )
+                    .await
+                    .map(|_| ());
+                (id, r)
+            }
+            8 => {
+                let r = coll
+                    .update_one(
+                        doc! {"_id": id},
+                        doc! {"$push": {"arr": next}, "$unset": {"pad": ""}},
+                    )
+                    .await
+                    .map(|_| ());
+                (id, r)
+            }
+            _ => {
+                // Delete only documents this writer has not touched otherwise.
+                let victim = SEED_DOCS + 1 + rng.random_range(0..5_000);
+                let r = c
+                    .database("k")
+                    .collection::<Document>("extra")
+                    .delete_one(doc! {"_id": victim})
+                    .await
+                    .map(|_| ());
+                (-victim, r)
+            }
+        };
+        {
+            let mut a = acked.lock().unwrap();
+            a.ops += 1;
+            match (op, r) {
+                (_, Err(_)) => {
+                    a.unknown.insert(target);
+                }
+                (0..=2, Ok(())) => {
+                    a.inserted.insert(target);
+                }
+                (3..=7, Ok(())) => *a.incs.entry(target).or_default() += 1,
+                (9, Ok(())) => {
+                    a.deleted.insert(-target);
+                }
+                _ => {}
+            }
+        }
+        // Not flat out: the source must stay responsive for the copy.
+        if op == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+async fn seed(c: &Client) {
+    let main = c.database("k").collection::<Document>("main");
+    for chunk in 0..(SEED_DOCS / 5000) {
+        let docs: Vec<Document> = (chunk * 5000..(chunk + 1) * 5000)
+            .map(|i| doc! {"_id": i, "n": 0i64, "v": "seed", "arr": [i], "pad": "x".repeat(300)})
+            .collect();
+        main.insert_many(docs).await.unwrap();
+    }
+    let extra = c.database("k").collection::<Document>("extra");
+    let docs: Vec<Document> = (SEED_DOCS + 1..SEED_DOCS + 5_001)
+        .map(|i| doc! {"_id": i, "e": i})
+        .collect();
+    extra.insert_many(docs).await.unwrap();
+}
+
+async fn copy_done(d: &Client) -> bool {
+    d.database(STATE_DB)
+        .collection::<Document>("lanes")
+        .find_one(doc! {"_id": "kill/forward"})
+        .await
+        .unwrap()
+        .and_then(|l| l.get_bool("copy_done").ok())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_copy_and_apply_loses_nothing() {
+    let started = Instant::now();
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+
+    let seed: u64 = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("kill seed: {seed} (set KILL_SEED={seed} to replay)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let w = tokio::spawn(writer(s.clone(), seed, stop.clone(), acked.clone()));
+
+    let (_dir, plan) = write_plan(&plan_text("kill", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let args = [
+        "run",
+        plan.as_str(),
+        "--docs-per-range",
+        "100",
+        "--copy-concurrency",
+        "1",
+    ];
+
+    let (mut copy_kills, mut apply_kills) = (0, 0);
+    let mut attempts = 0;
+    while copy_kills < 4 || apply_kills < 4 {
+        attempts += 1;
+        assert!(
+            attempts <= 30,
+            "could not place the kills (copy {copy_kills}, apply {apply_kills})"
+        );
+        let in_copy = !copy_done(&d).await;
+        // In the copy: short random runs (the copy lasts a few seconds in all). In change
+        // application: long enough to get past startup into applying rounds.
+        let delay = if in_copy {
+            rng.random_range(250..900)
+        } else {
+            rng.random_range(600..2500)
+        };
+        let mut child = spawn_cutover(&args, &env_refs(&env));
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "cutover exited by itself ({status}) before kill #{attempts}:\n{}",
+                show(&out)
+            );
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let done_after = copy_done(&d).await;
+        let phase = if !done_after {
+            copy_kills += 1;
+            "copy"
+        } else if in_copy {
+            "end of copy"
+        } else {
+            apply_kills += 1;
+            "change application"
+        };
+        let ops = acked.lock().unwrap().ops;
+        println!("kill #{attempts} after {delay} ms, during {phase} (writer ops so far: {ops})");
+    }
+    let kills = attempts;
+    assert!(kills >= 8);
+
+    // Stop the writer, approve, and run to the end.
+    stop.store(true, Ordering::Relaxed);
+    w.await.unwrap();
+    let o = run_cutover(&["approve", &plan], &env_refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = run_cutover(&args, &env_refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    assert_same_data(&s, &d, STATE_DB).await;
+
+    // Every acknowledged write is on the destination.
+    let a = std::mem::take(&mut *acked.lock().unwrap());
+    let main = d.database("k").collection::<Document>("main");
+    let extra = d.database("k").collection::<Document>("extra");
+    for id in &a.inserted {
+        assert!(
+            main.find_one(doc! {"_id": id}).await.unwrap().is_some(),
+            "acknowledged insert of _id {id} is missing on the destination"
+        );
+    }
+    for (id, n) in &a.incs {
+        if a.unknown.contains(id) {
+            continue;
+        }
+        let got = main
+            .find_one(doc! {"_id": id})
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("document {id} missing on the destination"))
+            .get_i64("n")
+            .unwrap();
+        assert_eq!(
+            got, *n,
+            "_id {id}: {n} acknowledged $inc, destination has n = {got}"
+        );
+    }
+    for id in &a.deleted {
+        assert!(
+            extra.find_one(doc! {"_id": id}).await.unwrap().is_none(),
+            "acknowledged delete of _id {id} not applied on the destination"
+        );
+    }
+    println!(
+        "{kills} kills ({copy_kills} in the copy, {apply_kills} in change application), {} writer ops \
+         ({} inserts, {} updated documents, {} deletes), {:?} in all",
+        a.ops,
+        a.inserted.len(),
+        a.incs.len(),
+        a.deleted.len(),
+        started.elapsed()
+    );
+    assert!(a.ops > 1000, "the writer must have written throughout");
+}
