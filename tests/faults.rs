@@ -122,6 +122,7 @@ async fn oplog_rollover_past_the_resume_point_is_an_error_and_restart_recovers()
 
     let o = run_cutover(&["run", &plan], &env);
     let text = show(&o);
+    println!("{text}");
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(
         text.contains("oplog"),
@@ -199,6 +200,7 @@ async fn a_destination_write_that_keeps_failing_names_the_document_and_resumes()
 
     let o = run_cutover(&["run", &plan], &env);
     let text = show(&o);
+    println!("{text}");
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(text.contains("crm.users"), "names the namespace: {text}");
     assert!(text.contains("dup-7"), "names the document _id: {text}");

@@ -379,7 +379,52 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let id = rng.random_range(0..20_000i64);
-        let r = match rng.random_range(0..9) {
+        let r = match rng.random_range(0..12) {
+            9 => {
+                // Hostile shapes through the change stream: `$` and dotted field names (a
+                // replacement with a top-level `$` field, a pipeline update of one), capped and
+                // time-series inserts.
+                let k = i % 4;
+                let alt = db.client().database("kinds");
+                match k {
+                    0 => main
+                        .replace_one(doc! {"_id": id}, doc! {"$price": i as i64, "a.b": {"$c": 1}, "x": []})
+                        .await
+                        .map(|_| ()),
+                    1 => main
+                        .update_one(
+                            doc! {"_id": id},
+                            vec![doc! {"$replaceWith": {"$setField": {"field": {"$literal": "$cost"}, "input": "$$ROOT", "value": i as i64}}}],
+                        )
+                        .await
+                        .map(|_| ()),
+                    2 => alt
+                        .collection::<Document>("capped")
+                        .insert_one(doc! {"_id": 10_000 + i as i64, "i": i as i64})
+                        .await
+                        .map(|_| ()),
+                    _ => alt
+                        .collection::<Document>("weather")
+                        .insert_one(doc! {"ts": DateTime::from_millis(1_700_000_000_000 + i as i64 * 1000), "meta": {"station": (i % 5) as i32}, "temp": 1.5})
+                        .await
+                        .map(|_| ()),
+                }
+            }
+            10 => main
+                .update_one(
+                    doc! {"_id": id},
+                    doc! {"$set": {"arr.1": i as i64, "deep.a.b": "x"}, "$pop": {"none": 1}},
+                )
+                .await
+                .map(|_| ()),
+            11 if i % 50 == 0 => {
+                // Near 16 MB: the event would exceed the limit; the applier fetches it.
+                next_id += 1;
+                main.insert_one(doc! {"_id": next_id, "blob": mongodb::bson::Binary {
+                    subtype: mongodb::bson::spec::BinarySubtype::Generic, bytes: vec![1u8; 16 * 1024 * 1024 - 300] }})
+                    .await
+                    .map(|_| ())
+            }
             0 => {
                 next_id += 1;
                 main.insert_one(doc! {"_id": next_id, "n": 0, "arr": [1, 2, 3], "s": "new"})
