@@ -195,6 +195,22 @@ async fn seed_kinds(c: &Client) {
         .insert_one(doc! {"_id": 1, "a": 1})
         .await
         .unwrap();
+    // Several copy batches: their order must survive (a capped collection's natural order is
+    // insertion order).
+    run(
+        c,
+        "kinds",
+        doc! {"create": "bigcapped", "capped": true, "size": 64 * 1024 * 1024},
+    )
+    .await;
+    let big: Vec<Document> = (0..12_000)
+        .map(|i| doc! {"_id": (i * 7919) % 12_000, "pad": "c".repeat(100)})
+        .collect();
+    c.database("kinds")
+        .collection::<Document>("bigcapped")
+        .insert_many(big)
+        .await
+        .unwrap();
     run(
         c,
         "kinds",
@@ -309,6 +325,24 @@ async fn natural(c: &Client, db: &str, coll: &str) -> Vec<Vec<u8>> {
     v.into_iter().map(|d| d.into_bytes()).collect()
 }
 
+async fn assert_same_natural(s: &Client, d: &Client, db: &str, coll: &str) {
+    let (a, b) = (natural(s, db, coll).await, natural(d, db, coll).await);
+    let id = |x: &Vec<u8>| {
+        mongodb::bson::RawDocument::from_bytes(x)
+            .ok()
+            .and_then(|r| r.get("_id").ok().flatten())
+            .and_then(|v| Bson::try_from(v).ok())
+    };
+    if let Some(i) = (0..a.len().min(b.len())).find(|&i| a[i] != b[i]) {
+        panic!(
+            "natural order of {db}.{coll} differs at #{i}: source _id {:?}, destination _id {:?}",
+            id(&a[i]),
+            id(&b[i])
+        );
+    }
+    assert_eq!(a.len(), b.len(), "{db}.{coll}: document counts");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_every_kind_many_ranges_identical() {
     let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
@@ -354,18 +388,11 @@ async fn every_type_every_kind_many_ranges_identical() {
     assert_same_data(&s, &d, STATE_DB).await;
     assert_same_catalog(&s, &d, STATE_DB).await;
     // Capped and clustered collections keep natural order.
-    for coll in ["capped", "clustered", "system.buckets.weather"] {
-        assert_eq!(
-            natural(&s, "kinds", coll).await,
-            natural(&d, "kinds", coll).await,
-            "natural order of kinds.{coll}"
-        );
+    for coll in ["capped", "bigcapped", "clustered", "system.buckets.weather"] {
+        assert_same_natural(&s, &d, "kinds", coll).await;
     }
     // The time-series view shows the same measurements.
-    assert_eq!(
-        natural(&s, "kinds", "weather").await,
-        natural(&d, "kinds", "weather").await
-    );
+    assert_same_natural(&s, &d, "kinds", "weather").await;
 }
 
 /// A writer that churns the source: every kind of document change plus renames, drops and
@@ -400,7 +427,7 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
                         .map(|_| ()),
                     2 => alt
                         .collection::<Document>("capped")
-                        .insert_one(doc! {"_id": 10_000 + i as i64, "i": i as i64})
+                        .insert_many((0..5).map(|j| doc! {"_id": 10_000 + (i * 10 + j) as i64, "i": i as i64}).collect::<Vec<_>>())
                         .await
                         .map(|_| ()),
                     _ => alt
@@ -569,4 +596,7 @@ async fn churn_during_copy_ends_identical() {
 
     assert_same_data(&s, &d, STATE_DB).await;
     assert_same_catalog(&s, &d, STATE_DB).await;
+    for coll in ["capped", "bigcapped", "clustered", "system.buckets.weather"] {
+        assert_same_natural(&s, &d, "kinds", coll).await;
+    }
 }

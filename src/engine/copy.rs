@@ -324,7 +324,9 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<(), Eng
             if batch.len() >= BATCH_DOCS || batch_bytes >= BATCH_BYTES {
                 in_flight.push_back(flush(std::mem::take(&mut batch), batch_bytes));
                 batch_bytes = 0;
-                while in_flight.len() >= WRITES_IN_FLIGHT {
+                // Natural-order collections (capped) keep insertion order: one write at a time.
+                let limit = if p.natural { 1 } else { WRITES_IN_FLIGHT };
+                while in_flight.len() >= limit {
                     if let Some(h) = in_flight.pop_front() {
                         let (last, n, b) = join(h).await?;
                         ctx.progress.add_copied(n, b);
