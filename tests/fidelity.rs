@@ -444,7 +444,7 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
                 )
                 .await
                 .map(|_| ()),
-            11 if i % 50 == 0 => {
+            11 if i.is_multiple_of(50) => {
                 // Near 16 MB: the event would exceed the limit; the applier fetches it.
                 next_id += 1;
                 main.insert_one(doc! {"_id": next_id, "blob": mongodb::bson::Binary {
