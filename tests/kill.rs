@@ -79,6 +79,27 @@ async fn writer(c: Client, seed: u64, stop: Arc<AtomicBool>, acked: Arc<Mutex<Ac
                     .map(|_| ());
                 (id, r)
             }
+            9 if next % 4 == 0 => {
+                // Capped (natural order matters) and time-series inserts.
+                next += 1;
+                let db = c.database("k");
+                let r = if next % 8 < 4 {
+                    db.collection::<Document>("log")
+                        .insert_many(
+                            (0..3)
+                                .map(|j| doc! {"_id": next * 10 + j, "at": next})
+                                .collect::<Vec<_>>(),
+                        )
+                        .await
+                        .map(|_| ())
+                } else {
+                    db.collection::<Document>("metrics")
+                        .insert_one(doc! {"ts": mongodb::bson::DateTime::from_millis(1_700_000_000_000 + next * 1000), "m": {"host": next % 3}, "v": next})
+                        .await
+                        .map(|_| ())
+                };
+                (0, r)
+            }
             _ => {
                 // Delete only documents this writer has not touched otherwise.
                 let victim = SEED_DOCS + 1 + rng.random_range(0..5_000);
@@ -102,7 +123,7 @@ async fn writer(c: Client, seed: u64, stop: Arc<AtomicBool>, acked: Arc<Mutex<Ac
                     a.inserted.insert(target);
                 }
                 (3..=7, Ok(())) => *a.incs.entry(target).or_default() += 1,
-                (9, Ok(())) => {
+                (9, Ok(())) if target < 0 => {
                     a.deleted.insert(-target);
                 }
                 _ => {}
@@ -123,6 +144,25 @@ async fn seed(c: &Client) {
             .collect();
         main.insert_many(docs).await.unwrap();
     }
+    c.database("k")
+        .run_command(doc! {"create": "log", "capped": true, "size": 256 * 1024, "max": 1500})
+        .await
+        .unwrap();
+    c.database("k")
+        .collection::<Document>("log")
+        .insert_many(
+            (0..3000i64)
+                .map(|i| doc! {"_id": i, "at": 0i64})
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    c.database("k")
+        .run_command(
+            doc! {"create": "metrics", "timeseries": {"timeField": "ts", "metaField": "m"}},
+        )
+        .await
+        .unwrap();
     let extra = c.database("k").collection::<Document>("extra");
     let docs: Vec<Document> = (SEED_DOCS + 1..SEED_DOCS + 5_001)
         .map(|i| doc! {"_id": i, "e": i})
@@ -138,6 +178,20 @@ async fn copy_done(d: &Client) -> bool {
         .unwrap()
         .and_then(|l| l.get_bool("copy_done").ok())
         .unwrap_or(false)
+}
+
+/// `k.<coll>`'s documents in natural order, as raw bytes.
+async fn natural(c: &Client, coll: &str) -> Vec<Vec<u8>> {
+    use futures::TryStreamExt;
+    let cur = c
+        .database("k")
+        .collection::<mongodb::bson::RawDocumentBuf>(coll)
+        .find(doc! {})
+        .sort(doc! {"$natural": 1})
+        .await
+        .unwrap();
+    let v: Vec<mongodb::bson::RawDocumentBuf> = cur.try_collect().await.unwrap();
+    v.into_iter().map(|d| d.into_bytes()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,15 +268,44 @@ async fn kill_9_during_copy_and_apply_loses_nothing() {
     let kills = attempts;
     assert!(kills >= 8);
 
-    // Stop the writer, approve, and run to the end.
+    // Stop the writer and approve; kill the commit too, then run to the end.
     stop.store(true, Ordering::Relaxed);
     w.await.unwrap();
     let o = run_cutover(&["approve", &plan], &env_refs(&env));
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let mut commit_kills = 0;
+    for _ in 0..3 {
+        let delay = rng.random_range(100..1500);
+        let mut child = spawn_cutover(&args, &env_refs(&env));
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(status.code(), Some(0), "{}", show(&out));
+            println!("the commit finished within {delay} ms");
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        commit_kills += 1;
+        println!("kill during the commit after {delay} ms");
+    }
     let o = run_cutover(&args, &env_refs(&env));
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let v: serde_json::Value = serde_json::from_slice(
+        &run_cutover(&["status", &plan, "--format", "json"], &env_refs(&env)).stdout,
+    )
+    .unwrap();
+    assert_eq!(v["state"], "COMMITTED", "{v}");
 
     assert_same_data(&s, &d, STATE_DB).await;
+    assert_same_catalog(&s, &d, STATE_DB).await;
+    for coll in ["log", "system.buckets.metrics"] {
+        assert_eq!(
+            natural(&s, coll).await,
+            natural(&d, coll).await,
+            "natural order of k.{coll}"
+        );
+    }
 
     // Every acknowledged write is on the destination.
     let a = std::mem::take(&mut *acked.lock().unwrap());
@@ -257,7 +340,8 @@ async fn kill_9_during_copy_and_apply_loses_nothing() {
         );
     }
     println!(
-        "{kills} kills ({copy_kills} in the copy, {apply_kills} in change application), {} writer ops \
+        "{kills} kills ({copy_kills} in the copy, {apply_kills} in change application, \
+         {commit_kills} in the commit), {} writer ops \
          ({} inserts, {} updated documents, {} deletes), {:?} in all",
         a.ops,
         a.inserted.len(),
