@@ -220,3 +220,46 @@ async fn a_destination_write_that_keeps_failing_names_the_document_and_resumes()
     assert_same_data(&s, &d, STATE_DB).await;
     assert_same_catalog(&s, &d, STATE_DB).await;
 }
+
+/// The same during the copy: the destination already has the (empty) collection with a unique
+/// index the source lacks. Copy inserts ignore duplicate keys (a re-copy after a crash), but
+/// only on `_id`: the rejected document is named instead of silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_insert_rejected_by_another_unique_index_is_named() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    let users = s.database("crm").collection::<Document>("users");
+    users
+        .insert_many(
+            (0..300)
+                .map(|i| doc! {"_id": i, "email": format!("u{}@x", i % 299)})
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    d.database("crm")
+        .run_command(doc! {"createIndexes": "users", "indexes": [
+        {"key": {"email": 1}, "name": "rogue", "unique": true}]})
+        .await
+        .unwrap();
+    let (_dir, plan) = write_plan(&plan_text("copyfail", SYNC_COMMIT));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let env = env_refs(&env);
+    let o = run_cutover(&["run", &plan], &env);
+    let text = show(&o);
+    println!("{text}");
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("crm.users"), "names the namespace: {text}");
+    assert!(text.contains("_id 299"), "names the document _id: {text}");
+
+    d.database("crm")
+        .run_command(doc! {"dropIndexes": "users", "index": "rogue"})
+        .await
+        .unwrap();
+    let o = run_cutover(&["run", &plan], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, STATE_DB).await;
+    assert_same_catalog(&s, &d, STATE_DB).await;
+}
