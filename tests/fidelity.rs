@@ -406,6 +406,26 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let id = rng.random_range(0..20_000i64);
+        if i == 100 || i == 150 {
+            // Near 16 MB, once as an insert and once as an update: the change event would
+            // exceed the BSON limit.
+            let blob = mongodb::bson::Binary {
+                subtype: mongodb::bson::spec::BinarySubtype::Generic,
+                bytes: vec![i as u8; 16 * 1024 * 1024 - 400],
+            };
+            let r = if i == 100 {
+                main.insert_one(doc! {"_id": "huge-insert", "blob": blob})
+                    .await
+                    .map(|_| ())
+            } else {
+                main.update_one(doc! {"_id": id}, doc! {"$set": {"blob": blob}})
+                    .await
+                    .map(|_| ())
+            };
+            r.expect("near-16MB write on the source");
+            ops.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let r = match rng.random_range(0..12) {
             9 => {
                 // Hostile shapes through the change stream: `$` and dotted field names (a
