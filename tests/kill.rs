@@ -163,6 +163,24 @@ async fn seed(c: &Client) {
         )
         .await
         .unwrap();
+    // Mixed `_id` types, copied first (namespaces are copied in name order): kills land in
+    // its ranges, whose resume points (`last_id`) are of every type.
+    let mut mixed = Vec::new();
+    for i in 0..1500i64 {
+        mixed.push(doc! {"_id": i as i32, "t": 1});
+        mixed.push(doc! {"_id": format!("s{i:05}"), "t": 2});
+        mixed.push(doc! {"_id": mongodb::bson::oid::ObjectId::new(), "t": 3});
+        mixed.push(doc! {"_id": {"k": i}, "t": 4});
+        mixed.push(doc! {"_id": i as f64 + 0.5, "t": 5});
+        mixed.push(doc! {"_id": mongodb::bson::DateTime::from_millis(i * 1000), "t": 6});
+    }
+    mixed.push(doc! {"_id": mongodb::bson::Bson::MaxKey});
+    mixed.push(doc! {"_id": mongodb::bson::Bson::MinKey});
+    c.database("k")
+        .collection::<Document>("aa_mixed")
+        .insert_many(mixed)
+        .await
+        .unwrap();
     let extra = c.database("k").collection::<Document>("extra");
     let docs: Vec<Document> = (SEED_DOCS + 1..SEED_DOCS + 5_001)
         .map(|i| doc! {"_id": i, "e": i})
@@ -351,4 +369,81 @@ async fn kill_9_during_copy_and_apply_loses_nothing() {
         started.elapsed()
     );
     assert!(a.ops > 1000, "the writer must have written throughout");
+}
+
+/// Resuming inside one range: a single large range of mixed `_id` types is killed after it
+/// checkpointed a `last_id`; re-runs continue from there (inclusive, duplicates ignored)
+/// without losing or duplicating a document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_inside_a_range_resumes_from_last_id() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    let coll = s.database("k").collection::<Document>("big");
+    for chunk in 0..16i64 {
+        let mut docs = Vec::new();
+        for i in chunk * 5000..(chunk + 1) * 5000 {
+            docs.push(doc! {"_id": i as i32, "pad": "x".repeat(150)});
+            docs.push(doc! {"_id": format!("s{i:06}"), "pad": "y".repeat(150)});
+            docs.push(doc! {"_id": {"k": i}, "pad": "z".repeat(150)});
+        }
+        coll.insert_many(docs).await.unwrap();
+    }
+    let seed: u64 = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("kill seed: {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (_dir, plan) = write_plan(&plan_text("kill", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let args = [
+        "run",
+        plan.as_str(),
+        "--docs-per-range",
+        "1000000",
+        "--copy-concurrency",
+        "1",
+        "--max-steps",
+        "1",
+    ];
+    let parts = d.database(STATE_DB).collection::<Document>("partitions");
+    let mut resumed_from = Vec::new();
+    for attempt in 0..40 {
+        if copy_done(&d).await {
+            break;
+        }
+        let delay = rng.random_range(700..1300);
+        let mut child = spawn_cutover(&args, &env_refs(&env));
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let p = parts
+            .find_one(doc! {"ns": "k.big"})
+            .await
+            .unwrap()
+            .and_then(|p| p.get("last_id").cloned());
+        println!("kill #{attempt} after {delay} ms: last_id {p:?}");
+        if let Some(id) = p {
+            if resumed_from.last() != Some(&id) {
+                resumed_from.push(id);
+            }
+        }
+    }
+    assert!(
+        !resumed_from.is_empty(),
+        "no kill landed after a within-range checkpoint"
+    );
+    let o = run_cutover(&["approve", &plan], &env_refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = run_cutover(&args[..args.len() - 2], &env_refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    println!("resumed from: {resumed_from:?}");
+    assert_same_data(&s, &d, STATE_DB).await;
 }
