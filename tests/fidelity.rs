@@ -406,23 +406,66 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let id = rng.random_range(0..20_000i64);
+        if i == 50 || i == 250 {
+            // Every BSON type and hostile shape through the change stream (inserted during the
+            // copy, then replaced and updated).
+            let types = db.collection::<Document>("types");
+            let mut docs = every_type_docs();
+            docs.extend(optional_docs().into_iter().map(|(_, d)| d));
+            for mut d in docs {
+                let id = format!(
+                    "ev-{}",
+                    d.get("_id").map(|v| v.to_string()).unwrap_or_default()
+                );
+                d.insert("_id", id.clone());
+                if i == 50 {
+                    // The server may refuse some optional values; it decides.
+                    let _ = types.insert_one(d).await;
+                } else {
+                    let _ = types.replace_one(doc! {"_id": &id}, d).await;
+                    let _ = types
+                        .update_one(doc! {"_id": &id}, doc! {"$set": {"deep2": nested(90), "when": Timestamp { time: 9, increment: 9 }}, "$unset": {"z": ""}})
+                        .await;
+                }
+            }
+            ops.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         if i == 100 || i == 150 {
-            // Near 16 MB, once as an insert and once as an update: the change event would
-            // exceed the BSON limit.
+            // Large documents through the change stream: a near-16 MB insert (the event would
+            // exceed the BSON limit: the applier fetches the document) and an 8 MB update.
             let blob = mongodb::bson::Binary {
                 subtype: mongodb::bson::spec::BinarySubtype::Generic,
                 bytes: vec![i as u8; 16 * 1024 * 1024 - 400],
             };
-            let r = if i == 100 {
-                main.insert_one(doc! {"_id": "huge-insert", "blob": blob})
-                    .await
-                    .map(|_| ())
-            } else {
-                main.update_one(doc! {"_id": id}, doc! {"$set": {"blob": blob}})
-                    .await
-                    .map(|_| ())
-            };
-            r.expect("near-16MB write on the source");
+            // The test source has a 256 MB cache: under load it may refuse a 16 MB write
+            // (TransactionTooLargeForCache, 388); that is the source's business, try again.
+            let mut tries = 0;
+            loop {
+                let r = if i == 100 {
+                    main.insert_one(doc! {"_id": "huge-insert", "blob": blob.clone()})
+                        .await
+                        .map(|_| ())
+                } else {
+                    // 8 MB: a 16 MB update (old and new document plus oplog entry in one
+                    // transaction) does not fit the test source's small cache.
+                    let half = mongodb::bson::Binary {
+                        subtype: mongodb::bson::spec::BinarySubtype::Generic,
+                        bytes: vec![i as u8; 8 * 1024 * 1024],
+                    };
+                    main.update_one(doc! {"_id": id}, doc! {"$set": {"blob": half}})
+                        .await
+                        .map(|_| ())
+                };
+                tries += 1;
+                match r {
+                    Ok(()) => break,
+                    Err(_) if tries < 10 => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    Err(e) => panic!("large write on the source: {e}"),
+                }
+            }
             ops.fetch_add(1, Ordering::Relaxed);
             continue;
         }
