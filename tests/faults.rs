@@ -72,6 +72,15 @@ async fn oplog_rollover_past_the_resume_point_is_an_error_and_restart_recovers()
     )
     .await
     .unwrap();
+    s.database("o")
+        .run_command(doc! {"createIndexes": "c", "indexes": [
+        {"key": {"v": 1}, "name": "v_unique", "unique": true}]})
+        .await
+        .unwrap();
+    s.database("o")
+        .run_command(doc! {"create": "capped", "capped": true, "size": 100_000, "max": 50})
+        .await
+        .unwrap();
     let (_dir, plan) = write_plan(&plan_text("oplog", SYNC_COMMIT));
     let plan = plan.to_str().unwrap().to_string();
     let env = root_env(&src, &dst);
@@ -111,7 +120,7 @@ async fn oplog_rollover_past_the_resume_point_is_an_error_and_restart_recovers()
                 .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        coll.update_one(doc! {"_id": 1}, doc! {"$inc": {"v": 1}})
+        coll.update_one(doc! {"_id": 1}, doc! {"$inc": {"w": 1}})
             .await
             .unwrap();
     }
@@ -157,6 +166,9 @@ async fn oplog_rollover_past_the_resume_point_is_an_error_and_restart_recovers()
     let o = run_cutover(&["run", &plan, "--restart"], &env);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_same_data(&s, &d, STATE_DB).await;
+    assert_same_catalog(&s, &d, STATE_DB).await;
+    let v = status_json(&plan, &env);
+    assert_eq!(v["state"], "COMMITTED", "{v}");
 }
 
 /// A rogue unique index on the destination (created by someone else during the sync) makes
