@@ -395,6 +395,8 @@ async fn every_type_every_kind_many_ranges_identical() {
     assert_same_natural(&s, &d, "kinds", "weather").await;
 }
 
+static RENAMES: AtomicU64 = AtomicU64::new(0);
+
 /// A writer that churns the source: every kind of document change plus renames, drops and
 /// index builds, until `stop` is set. Returns how many operations it made.
 async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>) {
@@ -469,7 +471,8 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
             ops.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let r = match rng.random_range(0..12) {
+        let op = rng.random_range(0..12);
+        let r = match op {
             9 => {
                 // Hostile shapes through the change stream: `$` and dotted field names (a
                 // replacement with a top-level `$` field, a pipeline update of one), capped and
@@ -560,9 +563,30 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
                 .map(|_| ()),
             _ => {
                 // Structural changes, in a fixed rotation.
-                let k = i % 5;
+                let k = i % 9;
                 let name = format!("side{}", i % 7);
+                let admin = db.client().database("admin");
                 match k {
+                    5 => admin
+                        .run_command(doc! {"renameCollection": format!("churn.renamed{}", i % 3), "to": format!("other.moved{}", i % 2), "dropTarget": true})
+                        .await
+                        .map(|_| ()),
+                    6 => db
+                        .client()
+                        .database("other")
+                        .drop()
+                        .await
+                        .map(|_| ()),
+                    7 => db
+                        .run_command(doc! {"collMod": &name, "validator": {"i": {"$exists": true}}, "validationLevel": "moderate"})
+                        .await
+                        .map(|_| ()),
+                    8 => db
+                        .client()
+                        .database("kinds")
+                        .run_command(doc! {"collMod": "indexed", "index": {"name": "hidden", "hidden": i % 2 == 0}})
+                        .await
+                        .map(|_| ()),
                     0 => db
                         .collection::<Document>(&name)
                         .insert_many((0..20).map(|j| doc! {"_id": j, "i": i as i64}).collect::<Vec<_>>())
@@ -573,7 +597,7 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
                         .create_index(mongodb::IndexModel::builder().keys(doc! {"i": 1}).build())
                         .await
                         .map(|_| ()),
-                    2 => db
+                    2 => admin
                         .run_command(doc! {"renameCollection": format!("churn.{name}"), "to": format!("churn.renamed{}", i % 3), "dropTarget": true})
                         .await
                         .map(|_| ()),
@@ -596,6 +620,9 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
         // Renames of missing collections fail (NamespaceNotFound): that is fine.
         if r.is_ok() {
             ops.fetch_add(1, Ordering::Relaxed);
+            if (op == 8 || (op == 11 && !i.is_multiple_of(50))) && matches!(i % 9, 2 | 5) {
+                RENAMES.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -650,6 +677,9 @@ async fn churn_during_copy_ends_identical() {
         started.elapsed()
     );
     assert!(during > 100, "the writer must churn during the copy");
+    let renames = RENAMES.load(Ordering::Relaxed);
+    eprintln!("renames so far: {renames}");
+    assert!(renames > 0, "the writer must rename collections");
     // A little more churn while cutover is stopped, then stop the writer and commit.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
