@@ -584,7 +584,7 @@ async fn churn(c: Client, seed: u64, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>)
                     8 => db
                         .client()
                         .database("kinds")
-                        .run_command(doc! {"collMod": "indexed", "index": {"name": "hidden", "hidden": i % 2 == 0}})
+                        .run_command(doc! {"collMod": "indexed", "index": {"name": "hidden", "hidden": i.is_multiple_of(2)}})
                         .await
                         .map(|_| ()),
                     0 => db
