@@ -79,6 +79,37 @@ async fn writer(c: Client, seed: u64, stop: Arc<AtomicBool>, acked: Arc<Mutex<Ac
                     .map(|_| ());
                 (id, r)
             }
+            9 if next % 4 == 1 => {
+                // DDL in its own database: create, index, rename, drop in rotation.
+                next += 1;
+                let k2 = c.database("k2");
+                let name = format!("t{}", next % 5);
+                let r = match (next / 4) % 4 {
+                    0 => k2
+                        .collection::<Document>(&name)
+                        .insert_many((0..10).map(|j| doc! {"_id": j, "at": next}).collect::<Vec<_>>())
+                        .await
+                        .map(|_| ()),
+                    1 => k2
+                        .collection::<Document>(&name)
+                        .create_index(mongodb::IndexModel::builder().keys(doc! {"at": -1}).build())
+                        .await
+                        .map(|_| ()),
+                    2 => c
+                        .database("admin")
+                        .run_command(doc! {"renameCollection": format!("k2.{name}"), "to": format!("k2.r{}", next % 3), "dropTarget": true})
+                        .await
+                        .map(|_| ()),
+                    _ => k2
+                        .collection::<Document>(&format!("r{}", next % 3))
+                        .drop()
+                        .await
+                        .map(|_| ()),
+                };
+                // Not an acknowledged-write check: a rename of a missing collection fails.
+                let _ = r;
+                (0, Ok(()))
+            }
             9 if next % 4 == 0 => {
                 // Capped (natural order matters) and time-series inserts.
                 next += 1;
@@ -249,7 +280,7 @@ async fn kill_9_during_copy_and_apply_loses_nothing() {
     while copy_kills < 4 || apply_kills < 4 || copy_kills + apply_kills < 14 {
         attempts += 1;
         assert!(
-            attempts <= 30,
+            attempts <= 40,
             "could not place the kills (copy {copy_kills}, apply {apply_kills})"
         );
         let in_copy = !copy_done(&d).await;
@@ -261,6 +292,16 @@ async fn kill_9_during_copy_and_apply_loses_nothing() {
             rng.random_range(500..2000)
         };
         let mut child = spawn_cutover(&args, &env_refs(&env));
+        if in_copy && copy_kills >= 8 {
+            // Enough kills in the copy (a loaded machine copies slowly): let this run finish
+            // the copy, then kill it in change application.
+            let d2 = d.clone();
+            wait_until(Duration::from_secs(120), "the copy to finish", || {
+                let d2 = d2.clone();
+                async move { copy_done(&d2).await }
+            })
+            .await;
+        }
         tokio::time::sleep(Duration::from_millis(delay)).await;
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
