@@ -539,31 +539,6 @@ pub async fn assert_same_data(src: &Client, dst: &Client, state_db: &str) {
     }
 }
 
-/// Starts `cutover` with the given args/env, returning the child (for kill tests).
-pub fn spawn_cutover(args: &[&str], env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(cutover_bin());
-    cmd.args(args)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn cutover")
-}
-
-/// Formats an Output for assertion messages.
-pub fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Asserts both clusters hold the same user namespaces with the same kinds, options and index
 /// specs (the catalog layer's [`compare_specs`]: ignores collection UUIDs only).
 ///
@@ -618,4 +593,29 @@ pub fn ids_only_in(a: &[Vec<u8>], b: &[Vec<u8>]) -> Vec<String> {
         .take(10)
         .map(|i| format!("{i:?}"))
         .collect()
+}
+
+/// Starts `cutover` with the given args/env, returning the child (for kill tests).
+pub fn spawn_cutover(args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(cutover_bin());
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn cutover")
+}
+
+/// Formats an Output for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
