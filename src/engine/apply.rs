@@ -6,6 +6,7 @@
 //! idempotent.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -65,6 +66,9 @@ pub struct ApplyCtx {
     pub max_lag: Duration,
     /// The source time up to which every event is applied and durable.
     pub position: watch::Sender<Option<Timestamp>>,
+    /// Whether a destination namespace is capped (its events must keep their order across
+    /// documents); forgotten at every DDL event.
+    pub capped: Arc<std::sync::Mutex<HashMap<Namespace, bool>>>,
 }
 
 /// Where change application starts: a stored resume token (`{_data: ...}`) or a time.
@@ -338,13 +342,17 @@ async fn apply_round_with(
             continue;
         }
         let stmts = events::translate(ev).map_err(|why| EngineError::Event(describe(ev, &why)))?;
-        let key = ev
-            .get_document("documentKey")
-            .map(|k| k.as_bytes().to_vec())
-            .unwrap_or_default();
         let mut h = DefaultHasher::new();
         ns.hash(&mut h);
-        key.hash(&mut h);
+        // A capped collection's natural order is insertion order: all its events go to one
+        // worker, in source order. Other collections spread by document.
+        if !is_capped(ctx, &ns).await? {
+            let key = ev
+                .get_document("documentKey")
+                .map(|k| k.as_bytes().to_vec())
+                .unwrap_or_default();
+            key.hash(&mut h);
+        }
         let b = (h.finish() % workers as u64) as usize;
         buckets[b].extend(stmts.into_iter().map(|s| (ns.clone(), s)));
     }
@@ -373,6 +381,19 @@ async fn apply_round_with(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether `ns` is a capped collection on the destination (cached until the next DDL event).
+async fn is_capped(ctx: &ApplyCtx, ns: &Namespace) -> Result<bool, EngineError> {
+    if let Some(c) = ctx.capped.lock().ok().and_then(|m| m.get(ns).copied()) {
+        return Ok(c);
+    }
+    let spec = catalog::spec_of(&ctx.dest, ns).await?;
+    let capped = spec.is_some_and(|s| s.options().get_bool("capped").unwrap_or(false));
+    if let Ok(mut m) = ctx.capped.lock() {
+        m.insert(ns.clone(), capped);
+    }
+    Ok(capped)
 }
 
 fn describe(ev: &RawDocument, why: &str) -> String {
@@ -514,6 +535,9 @@ async fn send(
 }
 
 async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> {
+    if let Ok(mut m) = ctx.capped.lock() {
+        m.clear();
+    }
     // `showSystemEvents` also shows writes to e.g. `system.views`; only buckets matter.
     if let Some(ns) = event_ns(ev) {
         if ns.coll.starts_with("system.") && !ns.coll.starts_with("system.buckets.") {

@@ -331,7 +331,9 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<(), Eng
             if batch.len() >= BATCH_DOCS || batch_bytes >= BATCH_BYTES {
                 in_flight.push_back(flush(std::mem::take(&mut batch), batch_bytes));
                 batch_bytes = 0;
-                while in_flight.len() >= WRITES_IN_FLIGHT {
+                // Natural-order collections (capped) keep insertion order: one write at a time.
+                let limit = if p.natural { 1 } else { WRITES_IN_FLIGHT };
+                while in_flight.len() >= limit {
                     if let Some(h) = in_flight.pop_front() {
                         let (last, n, b) = join(h).await?;
                         ctx.progress.add_copied(n, b);
@@ -347,6 +349,19 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<(), Eng
                     }
                 }
             }
+        }
+    }
+    if !p.natural && p.max.is_none() && (p.last_id.is_some() || p.min.is_some()) {
+        // An index scan with `min` and no `max` stops before MaxKey (the implicit upper bound
+        // is exclusive), so a document whose `_id` is MaxKey would be skipped: fetch it.
+        let top = src
+            .find_one(doc! {"_id": Bson::MaxKey})
+            .read_concern(ReadConcern::majority())
+            .await
+            .map_err(|e| cluster_err("source", format!("reading `{ns_text}`"), &e))?;
+        if let Some(d) = top {
+            batch_bytes += d.as_bytes().len();
+            batch.push(d);
         }
     }
     if !batch.is_empty() {
@@ -422,12 +437,63 @@ pub async fn insert_batch(
                     });
                 }
                 if im.write_concern_error.is_none() {
-                    return Ok(()); // only duplicates
+                    // Duplicate keys: expected when a range is re-copied after a crash, but only
+                    // on `_id`. A unique index the destination has and the source lacks would
+                    // drop documents silently: make sure every rejected `_id` is there.
+                    let dups: Vec<usize> = im
+                        .write_errors
+                        .as_ref()
+                        .map(|ws| ws.iter().map(|w| w.index).collect())
+                        .unwrap_or_default();
+                    return check_duplicates(dst, ns, &batch, &dups).await;
                 }
             }
             Err(cluster_err("destination", format!("writing `{ns}`"), &e))
         }
     }
+}
+
+/// After duplicate-key errors at `dups` (indexes into `batch`): Ok if every one of those
+/// `_id`s exists on the destination (a re-copy), else a write error naming the first `_id`
+/// that is missing (another unique index rejected it).
+async fn check_duplicates(
+    dst: &mongodb::Collection<RawDocumentBuf>,
+    ns: &str,
+    batch: &[RawDocumentBuf],
+    dups: &[usize],
+) -> Result<(), EngineError> {
+    let ids: Vec<Bson> = dups
+        .iter()
+        .filter_map(|&i| batch.get(i).and_then(id_of))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let read = |e: mongodb::error::Error| cluster_err("destination", format!("reading `{ns}`"), &e);
+    let found = dst
+        .count_documents(doc! {"_id": {"$in": ids.clone()}})
+        .await
+        .map_err(read)?;
+    if found as usize >= ids.len() {
+        return Ok(());
+    }
+    for id in ids {
+        let present = dst
+            .count_documents(doc! {"_id": {"$eq": id.clone()}})
+            .await
+            .map_err(read)?;
+        if present == 0 {
+            return Err(EngineError::Write {
+                ns: ns.to_string(),
+                id: id.to_string(),
+                code: 11000,
+                detail: "duplicate key on a unique index other than `_id` (the destination has \
+                         a unique index the source does not)"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Total bytes and documents of the collections to copy (for progress and ETA).

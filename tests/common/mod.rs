@@ -513,13 +513,16 @@ pub async fn assert_same_data(src: &Client, dst: &Client, state_db: &str) {
     for (db, coll) in &a {
         let x = raw_docs(src, db, coll).await;
         let y = raw_docs(dst, db, coll).await;
-        assert_eq!(
-            x.len(),
-            y.len(),
-            "`{db}.{coll}`: {} documents on the source, {} on the destination",
-            x.len(),
-            y.len()
-        );
+        if x.len() != y.len() {
+            panic!(
+                "`{db}.{coll}`: {} documents on the source, {} on the destination; _ids only on \
+                 the source: {:?}; only on the destination: {:?}",
+                x.len(),
+                y.len(),
+                ids_only_in(&x, &y),
+                ids_only_in(&y, &x)
+            );
+        }
         for (i, (p, q)) in x.iter().zip(y.iter()).enumerate() {
             if p != q {
                 let pd = mongodb::bson::RawDocument::from_bytes(p)
@@ -534,6 +537,62 @@ pub async fn assert_same_data(src: &Client, dst: &Client, state_db: &str) {
             }
         }
     }
+}
+
+/// Asserts both clusters hold the same user namespaces with the same kinds, options and index
+/// specs (the catalog layer's [`compare_specs`]: ignores collection UUIDs only).
+///
+/// [`compare_specs`]: cutover::engine::catalog::compare_specs
+pub async fn assert_same_catalog(src: &Client, dst: &Client, state_db: &str) {
+    use cutover::engine::catalog::{compare_specs, list_selected};
+    let all = cutover::plan::NamespaceSelector::new(&[], &[], state_db).expect("selector");
+    let a = list_selected(src, &all).await.expect("list source catalog");
+    let b = list_selected(dst, &all)
+        .await
+        .expect("list destination catalog");
+    let names = |v: &[cutover::engine::catalog::NsSpec]| {
+        v.iter().map(|s| s.ns.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&a),
+        names(&b),
+        "selected namespaces differ between source and destination"
+    );
+    let mut diffs = Vec::new();
+    for (x, y) in a.iter().zip(b.iter()) {
+        diffs.extend(compare_specs(x, y));
+    }
+    assert!(diffs.is_empty(), "catalog differs:\n{}", diffs.join("\n"));
+}
+
+/// `(KEY, value)` pairs as the `&[(&str, &str)]` that [`run_cutover`] takes.
+pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The plan's source/destination URIs as root.
+pub fn root_env(src: &ReplicaSet, dst: &ReplicaSet) -> Vec<(&'static str, String)> {
+    vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", dst.root_uri()),
+    ]
+}
+
+/// Up to 10 `_id`s of documents in `a` whose `_id` is not in `b`.
+pub fn ids_only_in(a: &[Vec<u8>], b: &[Vec<u8>]) -> Vec<String> {
+    let id = |d: &Vec<u8>| {
+        mongodb::bson::RawDocument::from_bytes(d)
+            .ok()
+            .and_then(|r| r.get("_id").ok().flatten())
+            .and_then(|v| mongodb::bson::Bson::try_from(v).ok())
+    };
+    let bs: Vec<Option<mongodb::bson::Bson>> = b.iter().map(id).collect();
+    a.iter()
+        .map(id)
+        .filter(|i| !bs.contains(i))
+        .take(10)
+        .map(|i| format!("{i:?}"))
+        .collect()
 }
 
 /// Starts `cutover` with the given args/env, returning the child (for kill tests).
