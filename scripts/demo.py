@@ -111,7 +111,15 @@ def main():
         t = threading.Thread(target=app_writer, args=(old, new, stop, stats), daemon=True)
         t.start()
         print("demo: an application now writes ~100 orders/s as user `app`, following whichever cluster accepts writes")
-        rc = run(["run", PLAN], env)
+        # Up to and including `reverse`: the application moves to the new cluster at the
+        # first commit, and the old one receives its writes once reverse starts.
+        rc = run(["run", PLAN, "--max-steps", "4"], env)
+        if rc == 0:
+            print("\ndemo: the application writes to the new cluster for 3 s while cutover is stopped "
+                  "(the reverse sync resumes from its checkpoint) ...", flush=True)
+            time.sleep(3)
+            run(["status", PLAN], env)
+            rc = run(["run", PLAN], env)
         stop.set()
         t.join()
         run(["status", PLAN], env)

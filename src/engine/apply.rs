@@ -139,7 +139,9 @@ async fn open(ctx: &ApplyCtx, start: &StartPoint) -> Result<RawBatchCursor, Engi
         .database("admin")
         .aggregate(pipeline(&ctx.selector, start))
         .batch_size(ROUND_EVENTS)
-        .max_await_time(Duration::from_millis(300))
+        // An idle stream answers after this long with a fresh postBatchResumeToken: it bounds
+        // how long a commit's drain waits to see the block point (the write-blocked window).
+        .max_await_time(Duration::from_millis(50))
         .batch()
         .await
         .map_err(|e| stream_error(&e, start))
