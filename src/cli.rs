@@ -503,13 +503,31 @@ async fn status(args: StatusArgs) -> Exit {
             return Exit::Failed;
         }
     };
-    let view = crate::status::view(
+    let mut view = crate::status::view(
         &plan.name,
         &plan.file,
         run.as_ref(),
         &plan.source.hosts_display(),
         &plan.destination.hosts_display(),
     );
+    // The lane record counts every event durably applied, across invocations.
+    let direction = run
+        .as_ref()
+        .and_then(|r| r.get_str("direction").ok())
+        .unwrap_or("forward");
+    let lane_id = format!("{}/{direction}", plan.name);
+    if let Ok(Some(lane)) = store
+        .coll(crate::state::LANES)
+        .find_one(mongodb::bson::doc! {"_id": &lane_id})
+        .await
+    {
+        if let Ok(n) = lane.get_i64("events_applied") {
+            view.events_applied = n;
+        }
+    }
+    if view.state == "COMMITTED" {
+        view.lag_seconds = None; // nothing is replicating after a commit
+    }
     match args.plan.format {
         Format::Json => out(&serde_json::to_string_pretty(&view).unwrap_or_default()),
         Format::Text => out(&view.to_text()),

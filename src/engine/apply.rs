@@ -577,7 +577,13 @@ mod tests {
     fn resume_token_time_is_decoded() {
         // A 6.0 token: `82` + seconds 0x6566A1B2 + increment 0x00000003 + the rest.
         let t = doc! {"_data": "826566A1B2000000032B022C0100296E5A1004ABCDEF"};
-        assert_eq!(token_time(&t), Some(Timestamp { time: 0x6566_A1B2, increment: 3 }));
+        assert_eq!(
+            token_time(&t),
+            Some(Timestamp {
+                time: 0x6566_A1B2,
+                increment: 3
+            })
+        );
         assert_eq!(token_time(&doc! {"_data": "01"}), None);
         assert_eq!(token_time(&doc! {}), None);
     }
