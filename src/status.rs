@@ -255,7 +255,7 @@ pub fn view(
             )
         })
     });
-    StatusView {
+    let mut v = StatusView {
         plan: plan_name.to_string(),
         state: run.get_str("state").unwrap_or("IDLE").to_string(),
         phase: st.get_str("phase").unwrap_or("not started").to_string(),
@@ -288,7 +288,18 @@ pub fn view(
             .get_datetime("at")
             .ok()
             .and_then(|d| d.try_to_rfc3339_string().ok()),
+    };
+    // Replication runs inside `cutover run`: without a runner, nothing is replicating, so
+    // the last stored can-commit and lag no longer hold.
+    if v.runner.is_none() && matches!(v.state.as_str(), "RUNNING" | "REVERSING" | "COMMITTING") {
+        v.phase = format!(
+            "stopped ({}); run `cutover run {plan_file}` to continue",
+            v.phase
+        );
+        v.can_commit = false;
+        v.lag_seconds = None;
     }
+    v
 }
 
 impl StatusView {
