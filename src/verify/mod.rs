@@ -29,6 +29,7 @@ pub mod ranges;
 pub mod report;
 pub mod resume;
 pub mod scan;
+mod settle;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -256,7 +257,7 @@ async fn verify_range_once(
             return store.save_range(&w.ns, &rec).await;
         }
         // A collection missing on one side is not lag of a range: no recheck.
-        if rechecks >= opts.rechecks || !w.source_exists || !w.dest_exists {
+        if opts.rechecks == 0 || !w.source_exists || !w.dest_exists {
             tracing::debug!(ns = %w.ns, range = r.index, "range differs; naming the differences");
             rec.diff = scan::diff_range(
                 source,
@@ -270,10 +271,31 @@ async fn verify_range_once(
             .await?;
             return store.save_range(&w.ns, &rec).await;
         }
-        let read_at = operation_time(source).await;
-        tracing::debug!(ns = %w.ns, range = r.index, rechecks, "range differs; re-reading after replication");
-        opts.replication.wait_replicated(read_at).await;
+        // Replication is running: confirm each differing document after replication has
+        // caught up with its read (see `settle`), rather than re-reading whole ranges, which
+        // would race the writes again.
+        let mut diff = scan::diff_range(
+            source,
+            dest,
+            &w.ns,
+            r,
+            w.source_exists,
+            w.dest_exists,
+            settle::MAX_SETTLE_IDS,
+        )
+        .await?;
+        if diff.total() as usize <= settle::MAX_SETTLE_IDS {
+            diff = settle::settle(source, dest, &w.ns, diff, opts).await?;
+            // The first reads raced the writes: the counts that hold are the source's and
+            // what the confirmed differences make of it on the destination.
+            rec.destination_count = (rec.source_count + diff.extra).saturating_sub(diff.missing);
+        } else {
+            diff.samples.truncate(opts.max_differences);
+        }
         rechecks += 1;
+        rec.rechecks = rechecks;
+        rec.diff = diff;
+        return store.save_range(&w.ns, &rec).await;
     }
 }
 

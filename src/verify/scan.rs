@@ -290,7 +290,7 @@ pub async fn diff_range(
 const JOIN_MAX_IDS: usize = 250_000;
 
 /// The `_id` of `d` as a one-field document's bytes: equal bytes, equal `_id` (type included).
-fn id_key(d: &mongodb::bson::RawDocument) -> Vec<u8> {
+pub(crate) fn id_key(d: &mongodb::bson::RawDocument) -> Vec<u8> {
     let mut key = RawDocumentBuf::new();
     if let Ok(Some(id)) = d.get("_id") {
         key.append_ref("_id", id);
