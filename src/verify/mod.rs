@@ -239,8 +239,7 @@ async fn verify_range_once(
     r: &Range,
     opts: &VerifyOptions,
 ) -> Result<(), VerifyError> {
-    let mut rechecks = 0u32;
-    loop {
+    {
         let (s, d) = tokio::join!(
             scan::digest(Side::Source, source, &w.ns, r, w.source_exists),
             scan::digest(Side::Destination, dest, &w.ns, r, w.dest_exists)
@@ -250,7 +249,7 @@ async fn verify_range_once(
             range: r.index as i64,
             source_count: s.count,
             destination_count: d.count,
-            rechecks,
+            rechecks: 0,
             ..Default::default()
         };
         if s == d {
@@ -292,8 +291,7 @@ async fn verify_range_once(
         } else {
             diff.samples.truncate(opts.max_differences);
         }
-        rechecks += 1;
-        rec.rechecks = rechecks;
+        rec.rechecks = 1;
         rec.diff = diff;
         return store.save_range(&w.ns, &rec).await;
     }
