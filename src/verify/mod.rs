@@ -239,62 +239,60 @@ async fn verify_range_once(
     r: &Range,
     opts: &VerifyOptions,
 ) -> Result<(), VerifyError> {
-    {
-        let (s, d) = tokio::join!(
-            scan::digest(Side::Source, source, &w.ns, r, w.source_exists),
-            scan::digest(Side::Destination, dest, &w.ns, r, w.dest_exists)
-        );
-        let (s, d) = (s?, d?);
-        let mut rec = RangeRecord {
-            range: r.index as i64,
-            source_count: s.count,
-            destination_count: d.count,
-            rechecks: 0,
-            ..Default::default()
-        };
-        if s == d {
-            return store.save_range(&w.ns, &rec).await;
-        }
-        // A collection missing on one side is not lag of a range: no recheck.
-        if opts.rechecks == 0 || !w.source_exists || !w.dest_exists {
-            tracing::debug!(ns = %w.ns, range = r.index, "range differs; naming the differences");
-            rec.diff = scan::diff_range(
-                source,
-                dest,
-                &w.ns,
-                r,
-                w.source_exists,
-                w.dest_exists,
-                opts.max_differences,
-            )
-            .await?;
-            return store.save_range(&w.ns, &rec).await;
-        }
-        // Replication is running: confirm each differing document after replication has
-        // caught up with its read (see `settle`), rather than re-reading whole ranges, which
-        // would race the writes again.
-        let mut diff = scan::diff_range(
+    let (s, d) = tokio::join!(
+        scan::digest(Side::Source, source, &w.ns, r, w.source_exists),
+        scan::digest(Side::Destination, dest, &w.ns, r, w.dest_exists)
+    );
+    let (s, d) = (s?, d?);
+    let mut rec = RangeRecord {
+        range: r.index as i64,
+        source_count: s.count,
+        destination_count: d.count,
+        rechecks: 0,
+        ..Default::default()
+    };
+    if s == d {
+        return store.save_range(&w.ns, &rec).await;
+    }
+    // A collection missing on one side is not lag of a range: no recheck.
+    if opts.rechecks == 0 || !w.source_exists || !w.dest_exists {
+        tracing::debug!(ns = %w.ns, range = r.index, "range differs; naming the differences");
+        rec.diff = scan::diff_range(
             source,
             dest,
             &w.ns,
             r,
             w.source_exists,
             w.dest_exists,
-            settle::MAX_SETTLE_IDS,
+            opts.max_differences,
         )
         .await?;
-        if diff.total() as usize <= settle::MAX_SETTLE_IDS {
-            diff = settle::settle(source, dest, &w.ns, diff, opts).await?;
-            // The first reads raced the writes: the counts that hold are the source's and
-            // what the confirmed differences make of it on the destination.
-            rec.destination_count = (rec.source_count + diff.extra).saturating_sub(diff.missing);
-        } else {
-            diff.samples.truncate(opts.max_differences);
-        }
-        rec.rechecks = 1;
-        rec.diff = diff;
         return store.save_range(&w.ns, &rec).await;
     }
+    // Replication is running: confirm each differing document after replication has
+    // caught up with its read (see `settle`), rather than re-reading whole ranges, which
+    // would race the writes again.
+    let mut diff = scan::diff_range(
+        source,
+        dest,
+        &w.ns,
+        r,
+        w.source_exists,
+        w.dest_exists,
+        settle::MAX_SETTLE_IDS,
+    )
+    .await?;
+    if diff.total() as usize <= settle::MAX_SETTLE_IDS {
+        diff = settle::settle(source, dest, &w.ns, diff, opts).await?;
+        // The first reads raced the writes: the counts that hold are the source's and
+        // what the confirmed differences make of it on the destination.
+        rec.destination_count = (rec.source_count + diff.extra).saturating_sub(diff.missing);
+    } else {
+        diff.samples.truncate(opts.max_differences);
+    }
+    rec.rechecks = 1;
+    rec.diff = diff;
+    return store.save_range(&w.ns, &rec).await;
 }
 
 /// The source's current operation time: every read that ended before this call is at or
