@@ -919,14 +919,16 @@ async fn main() {
     let churn_proc = spawn_cutover(&opts, &args, &env_refs(&env), dir, "churn");
     let churn_pid = churn_proc.pid;
     let churn_wait = tokio::spawn(churn_proc.wait());
-    log("(e) waiting for the sync to wait for approval…");
+    log("(e) waiting for the sync to reach can-commit (the commit then waits for approval)…");
     let t = Instant::now();
     loop {
-        let phase = run_doc(&dc, "bench-churn")
+        // The reporter rewrites `status` every second, so `phase` flips between "waiting for
+        // approval" and the lane's phase; can-commit is what approval waits behind.
+        let can_commit = run_doc(&dc, "bench-churn")
             .await
             .and_then(|d| d.get_document("status").ok().cloned())
-            .and_then(|s| s.get_str("phase").ok().map(str::to_string));
-        if phase.as_deref() == Some("waiting for approval") {
+            .and_then(|s| s.get_bool("can_commit").ok());
+        if can_commit == Some(true) {
             break;
         }
         assert!(
