@@ -15,9 +15,9 @@ use futures::future::try_join_all;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf, Timestamp};
 use mongodb::error::ErrorKind;
-use mongodb::raw_batch_cursor::RawBatchCursor;
+use mongodb::raw_batch_cursor::{RawBatch, RawBatchCursor};
 use mongodb::Client;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::engine::catalog::{self, DdlOutcome, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
@@ -158,13 +158,14 @@ async fn run_stream(
     start: &mut StartPoint,
     control: &mut watch::Receiver<Control>,
 ) -> Result<(), EngineError> {
-    let mut cursor = open(ctx, start).await?;
+    let cursor = open(ctx, start).await?;
     ctx.progress.set_reconnecting(None);
+    let mut ahead = Prefetch::start(cursor);
     loop {
         if *control.borrow() == Control::Stop {
             return Ok(());
         }
-        let batch = match cursor.try_next().await {
+        let batch = match ahead.next().await {
             Ok(Some(b)) => b,
             Ok(None) => {
                 return Err(EngineError::Event(
@@ -237,6 +238,44 @@ async fn run_stream(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Reads the change stream one batch ahead of the applier, so the source prepares the next
+/// batch (its `getMore`) while the destination applies the current one; strictly alternating
+/// left each side idle half the time. Only batches the applier took are ever checkpointed, so
+/// a batch read ahead and then dropped (stop, drain target reached, error) is read again from
+/// the stored resume token.
+struct Prefetch {
+    rx: mpsc::Receiver<mongodb::error::Result<Option<RawBatch>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Prefetch {
+    fn start(mut cursor: RawBatchCursor) -> Self {
+        // One batch in the channel and one being read: at most two 16 MB batches ahead.
+        let (tx, rx) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            loop {
+                let next = cursor.try_next().await;
+                let last = !matches!(next, Ok(Some(_)));
+                if tx.send(next).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Prefetch { rx, task }
+    }
+
+    async fn next(&mut self) -> mongodb::error::Result<Option<RawBatch>> {
+        Ok(self.rx.recv().await.transpose()?.flatten())
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        // Dropping the reader's cursor kills it on the server.
+        self.task.abort();
     }
 }
 
