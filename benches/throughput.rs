@@ -19,7 +19,7 @@
 //!
 //! Flags: `--docs N` (default 1,000,000), `--quick` (100,000 documents, smaller backlog, shorter
 //! churn), `--rss-check` (also runs the sync at 2× the documents: slow), `--backlog N`,
-//! `--churn-secs S`, `--churn-rate W`, `--commits K`, `--streams N`, `--cache-gb G`,
+//! `--only-sync` (seed, (a), (b), (c) only), `--churn-secs S`, `--churn-rate W`, `--commits K`, `--streams N`, `--cache-gb G`,
 //! `--cutover PATH`, `--cutover-arg ARG` (repeatable: extra flags for `cutover run`).
 
 #[path = "../tests/common/mod.rs"]
@@ -49,6 +49,7 @@ struct Opts {
     docs: u64,
     quick: bool,
     rss_check: bool,
+    only_sync: bool,
     backlog: u64,
     churn_secs: u64,
     churn_rate: u64,
@@ -66,6 +67,7 @@ fn parse_opts() -> Opts {
         docs: 1_000_000,
         quick: false,
         rss_check: false,
+        only_sync: false,
         backlog: 200_000,
         churn_secs: 30,
         churn_rate: 1000,
@@ -95,6 +97,7 @@ fn parse_opts() -> Opts {
             }
             "--quick" => o.quick = true,
             "--rss-check" => o.rss_check = true,
+            "--only-sync" => o.only_sync = true,
             "--backlog" => {
                 o.backlog = val(&mut i).parse().expect("--backlog N");
                 backlog_set = true;
@@ -897,6 +900,23 @@ async fn main() {
         sync.wall.as_secs_f64(),
         sync.rss_mb
     ));
+
+    if opts.only_sync {
+        // A quick look at the copy alone (e.g. while tuning `--cutover-arg` flags).
+        let line = format!(
+            "only-sync: {ndocs} docs, {:.0} MB: naive {:.1}s, ceiling {:.1}s, cutover {:.1}s ({:.2}x naive, {:.2}x ceiling time), peak RSS {:.0} MB; flags: {}",
+            mb(bytes),
+            naive.as_secs_f64(),
+            ceiling.as_secs_f64(),
+            sync.wall.as_secs_f64(),
+            naive.as_secs_f64() / sync.wall.as_secs_f64(),
+            sync.wall.as_secs_f64() / ceiling.as_secs_f64(),
+            sync.rss_mb,
+            opts.cutover_args.join(" ")
+        );
+        rep.line(line);
+        return;
+    }
 
     // ---- (d) backlog drains: the plan's commit is manual, so `run` resumes replication and
     // waits; the drain time is from process start until the lane's durable position passes

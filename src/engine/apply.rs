@@ -361,7 +361,7 @@ async fn apply_round_with(
     round: &[RawDocumentBuf],
     workers: usize,
 ) -> Result<(), EngineError> {
-    let mut buckets: Vec<Vec<(Namespace, Stmt)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut buckets: Vec<Vec<Keyed>> = (0..workers).map(|_| Vec::new()).collect();
     for ev in round {
         let Some(ns) = event_ns(ev) else { continue };
         if !selected(&ctx.selector, &ns) {
@@ -376,7 +376,14 @@ async fn apply_round_with(
         ns.hash(&mut h);
         key.hash(&mut h);
         let b = (h.finish() % workers as u64) as usize;
-        buckets[b].extend(stmts.into_iter().map(|s| (ns.clone(), s)));
+        buckets[b].extend(stmts.into_iter().map(|s| (ns.clone(), key.clone(), s)));
+    }
+    // Replaying in source order (workers == 1, the duplicate-key fallback) keeps the order;
+    // otherwise documents are independent and each bucket is regrouped into few commands.
+    if workers > 1 {
+        for b in &mut buckets {
+            regroup(b);
+        }
     }
     let mut outage: Option<Instant> = None;
     let mut attempt = 0;
@@ -417,19 +424,69 @@ fn describe(ev: &RawDocument, why: &str) -> String {
     format!("`{op}` on `{ns}` at source time {ts}: {why}")
 }
 
-#[derive(PartialEq, Clone, Copy)]
+#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
 enum Kind {
     Update,
     Delete,
 }
 
+/// A statement with its namespace and the event's `documentKey` bytes.
+type Keyed = (Namespace, Vec<u8>, Stmt);
+
+fn kind_of(s: &Stmt) -> Kind {
+    match s {
+        Stmt::Delete(_) => Kind::Delete,
+        Stmt::Update(_) | Stmt::Refetch { .. } => Kind::Update,
+    }
+}
+
+/// Reorders one worker's statements so that consecutive statements share namespace and kind
+/// (one command each) while every document's own statements keep their order.
+///
+/// Writes batch only while namespace and kind stay the same, so an application writing to
+/// several collections with a mix of updates and deletes interleaves them and every command
+/// carried one or two statements (a round trip and a majority wait each). Statements of
+/// different documents are independent (the workers already apply them concurrently), so
+/// each statement gets a wave: the number of kind changes in its document's sequence so far.
+/// Waves run in order; within a wave a stable sort by (namespace, kind) groups them, and a
+/// document's statements within one wave all have the same kind, in their original order.
+fn regroup(stmts: &mut Vec<Keyed>) {
+    if stmts.len() < 2 {
+        return;
+    }
+    let mut last: std::collections::HashMap<(&Namespace, &[u8]), (Kind, usize)> =
+        std::collections::HashMap::new();
+    let mut waves = Vec::with_capacity(stmts.len());
+    for (ns, key, st) in stmts.iter() {
+        let k = kind_of(st);
+        let w = match last.get(&(ns, key.as_slice())) {
+            None => 0,
+            Some((pk, pw)) if *pk == k => *pw,
+            Some((_, pw)) => pw + 1,
+        };
+        last.insert((ns, key.as_slice()), (k, w));
+        waves.push(w);
+    }
+    drop(last);
+    let mut order: Vec<usize> = (0..stmts.len()).collect();
+    order.sort_by(|&a, &b| {
+        (waves[a], &stmts[a].0, kind_of(&stmts[a].2)).cmp(&(
+            waves[b],
+            &stmts[b].0,
+            kind_of(&stmts[b].2),
+        ))
+    });
+    let mut taken: Vec<Option<Keyed>> = std::mem::take(stmts).into_iter().map(Some).collect();
+    stmts.extend(order.into_iter().filter_map(|i| taken[i].take()));
+}
+
 /// Writes one worker's statements in order, batching consecutive statements of the same
 /// namespace and kind into one ordered command.
-async fn write_bucket(ctx: &ApplyCtx, stmts: &[(Namespace, Stmt)]) -> Result<(), EngineError> {
+async fn write_bucket(ctx: &ApplyCtx, stmts: &[Keyed]) -> Result<(), EngineError> {
     let mut cur: Option<(Namespace, Kind)> = None;
     let mut batch: Vec<RawDocumentBuf> = Vec::new();
     let mut bytes = 0;
-    for (ns, stmt) in stmts {
+    for (ns, _, stmt) in stmts {
         let (kind, doc) = match stmt {
             Stmt::Update(d) => (Kind::Update, d.clone()),
             Stmt::Delete(d) => (Kind::Delete, d.clone()),
@@ -568,4 +625,62 @@ async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stmt(ns: &str, key: u8, kind: Kind, i: i32) -> Keyed {
+        let mut d = RawDocumentBuf::new();
+        d.append("i", i);
+        let s = match kind {
+            Kind::Update => Stmt::Update(d),
+            Kind::Delete => Stmt::Delete(d),
+        };
+        (Namespace::parse(ns).expect("ns"), vec![key], s)
+    }
+
+    fn seq(stmts: &[Keyed]) -> Vec<i32> {
+        stmts
+            .iter()
+            .map(|(_, _, s)| match s {
+                Stmt::Update(d) | Stmt::Delete(d) => d.get_i32("i").expect("i"),
+                Stmt::Refetch { .. } => -1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn regroup_batches_kinds_and_keeps_each_documents_order() {
+        use Kind::{Delete as D, Update as U};
+        // Interleaved like several application writers: a.x and b.y, updates and deletes.
+        let mut v = vec![
+            stmt("a.x", 1, U, 0),
+            stmt("b.y", 2, D, 1),
+            stmt("a.x", 3, U, 2),
+            stmt("a.x", 1, D, 3), // doc 1: U then D then U
+            stmt("b.y", 2, U, 4), // doc 2 (b.y): D then U
+            stmt("a.x", 1, U, 5),
+            stmt("a.x", 4, D, 6),
+            stmt("a.x", 3, U, 7),
+        ];
+        regroup(&mut v);
+        let order = seq(&v);
+        // Wave 0: a.x updates (0, 2, 7), a.x deletes (6), b.y deletes (1); wave 1: a.x
+        // delete (3), b.y update (4); wave 2: a.x update (5).
+        assert_eq!(order, vec![0, 2, 7, 6, 1, 3, 4, 5]);
+        // Every document's statements are still in their original order.
+        for key in [1u8, 2, 3, 4] {
+            let mine: Vec<i32> = v
+                .iter()
+                .zip(order.iter())
+                .filter(|((_, k, _), _)| k == &vec![key])
+                .map(|(_, i)| *i)
+                .collect();
+            let mut sorted = mine.clone();
+            sorted.sort();
+            assert_eq!(mine, sorted, "document {key} reordered");
+        }
+    }
 }
