@@ -7,7 +7,7 @@
 //! (b) the destination's ingest ceiling (the same documents held in memory, inserted by several
 //!     concurrent unordered `insert_many` streams, then the indexes);
 //! (c) `cutover run PLAN --max-steps 1` (the `sync` step) from start to can-commit, with its peak
-//!     RSS (the kernel's `ru_maxrss` from `wait4`, what `/usr/bin/time -v` reports);
+//!     RSS (the kernel's `VmHWM` of the process, polled every 20 ms);
 //! (d) backlogs of mixed events written while cutover is stopped (batched writes, then
 //!     single-document writes), each drained by the next `cutover run` (the plan's commit is
 //!     manual, so the run replicates and waits): process start → the lane's durable position
@@ -334,7 +334,25 @@ impl Proc {
     /// Waits (on a blocking thread) and returns exit code, wall time and peak RSS.
     async fn wait(self) -> Finished {
         let pid = self.pid;
-        let (code, rss) = tokio::task::spawn_blocking(move || {
+        // Peak RSS from the kernel's VmHWM of the process, polled until it exits. Not wait4's
+        // ru_maxrss: Rust spawns with posix_spawn (CLONE_VM), and exec records the parent's
+        // high-water mark into the child's maxrss, so it reported this bench's own memory (the
+        // data set it holds). VmHWM belongs to the new address space; it only grows, so polling
+        // misses at most the last few milliseconds.
+        let hwm = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (hwm, done) = (hwm.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    if let Some(kb) = vm_hwm_kb(pid) {
+                        hwm.fetch_max(kb, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let (code, _maxrss_with_parent) = tokio::task::spawn_blocking(move || {
             let mut status = 0i32;
             // SAFETY: a zeroed rusage is a valid out-parameter; wait4 fills it.
             let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -350,14 +368,26 @@ impl Proc {
         })
         .await
         .expect("wait task");
+        let wall = self.started.elapsed();
+        done.store(true, Ordering::Relaxed);
+        let _ = poller.await;
         Finished {
             code,
-            wall: self.started.elapsed(),
-            max_rss_kb: rss,
+            wall,
+            max_rss_kb: hwm.load(Ordering::Relaxed) as i64,
             stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
             stderr: std::fs::read_to_string(&self.err).unwrap_or_default(),
         }
     }
+}
+
+/// `VmHWM` (peak resident set) of a live process, in KB.
+fn vm_hwm_kb(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 impl Finished {
