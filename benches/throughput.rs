@@ -411,7 +411,7 @@ fn tail(s: &str, n: usize) -> String {
 }
 
 fn run_args<'a>(opts: &'a Opts, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["run", plan, "--format", "json", "--quiet"];
+    let mut v = vec!["run", plan, "--format", "json"];
     v.extend_from_slice(extra);
     v.extend(opts.cutover_args.iter().map(String::as_str));
     v
@@ -825,6 +825,9 @@ async fn measure_sync(
     let p = spawn_cutover(opts, &args, &env_refs(&env), dir, tag);
     let f = p.wait().await;
     f.expect_ok("cutover run --max-steps 1 (sync)");
+    // Its log (step timings) stays for a look after the run.
+    let log_path = opts.out.with_file_name(format!("bench-cutover-{tag}.log"));
+    let _ = std::fs::write(&log_path, &f.stderr);
     let dc = dst.root_client().await;
     let docs = count_all(&dc).await;
     SyncResult {
