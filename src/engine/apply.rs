@@ -16,9 +16,9 @@ use futures::future::try_join_all;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf, Timestamp};
 use mongodb::error::ErrorKind;
-use mongodb::raw_batch_cursor::RawBatchCursor;
+use mongodb::raw_batch_cursor::{RawBatch, RawBatchCursor};
 use mongodb::Client;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::engine::catalog::{self, DdlOutcome, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
@@ -172,14 +172,15 @@ async fn run_stream(
     control: &mut watch::Receiver<Control>,
     opened: &mut bool,
 ) -> Result<(), EngineError> {
-    let mut cursor = open(ctx, start).await?;
+    let cursor = open(ctx, start).await?;
     *opened = true;
     ctx.progress.set_reconnecting(None);
+    let mut ahead = Prefetch::start(cursor);
     loop {
         if *control.borrow() == Control::Stop {
             return Ok(());
         }
-        let batch = match cursor.try_next().await {
+        let batch = match ahead.next().await {
             Ok(Some(b)) => b,
             Ok(None) => {
                 return Err(EngineError::Event(
@@ -252,6 +253,44 @@ async fn run_stream(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Reads the change stream one batch ahead of the applier, so the source prepares the next
+/// batch (its `getMore`) while the destination applies the current one; strictly alternating
+/// left each side idle half the time. Only batches the applier took are ever checkpointed, so
+/// a batch read ahead and then dropped (stop, drain target reached, error) is read again from
+/// the stored resume token.
+struct Prefetch {
+    rx: mpsc::Receiver<mongodb::error::Result<Option<RawBatch>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Prefetch {
+    fn start(mut cursor: RawBatchCursor) -> Self {
+        // One batch in the channel and one being read: at most two 16 MB batches ahead.
+        let (tx, rx) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            loop {
+                let next = cursor.try_next().await;
+                let last = !matches!(next, Ok(Some(_)));
+                if tx.send(next).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Prefetch { rx, task }
+    }
+
+    async fn next(&mut self) -> mongodb::error::Result<Option<RawBatch>> {
+        Ok(self.rx.recv().await.transpose()?.flatten())
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        // Dropping the reader's cursor kills it on the server.
+        self.task.abort();
     }
 }
 
@@ -337,7 +376,7 @@ async fn apply_round_with(
     round: &[RawDocumentBuf],
     workers: usize,
 ) -> Result<(), EngineError> {
-    let mut buckets: Vec<Vec<(Namespace, Stmt)>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut buckets: Vec<Vec<Keyed>> = (0..workers).map(|_| Vec::new()).collect();
     for ev in round {
         let Some(ns) = event_ns(ev) else { continue };
         if !selected(&ctx.selector, &ns) {
@@ -346,17 +385,26 @@ async fn apply_round_with(
         let stmts = events::translate(ev).map_err(|why| EngineError::Event(describe(ev, &why)))?;
         let mut h = DefaultHasher::new();
         ns.hash(&mut h);
-        // A capped collection's natural order is insertion order: all its events go to one
-        // worker, in source order. Other collections spread by document.
-        if !is_capped(ctx, &ns).await? {
-            let key = ev
-                .get_document("documentKey")
+        // A capped collection's natural order is insertion order: all its events share one
+        // key, so they go to one worker and `regroup` keeps them in source order. Other
+        // collections spread by document.
+        let key = if is_capped(ctx, &ns).await? {
+            Vec::new()
+        } else {
+            ev.get_document("documentKey")
                 .map(|k| k.as_bytes().to_vec())
-                .unwrap_or_default();
-            key.hash(&mut h);
-        }
+                .unwrap_or_default()
+        };
+        key.hash(&mut h);
         let b = (h.finish() % workers as u64) as usize;
-        buckets[b].extend(stmts.into_iter().map(|s| (ns.clone(), s)));
+        buckets[b].extend(stmts.into_iter().map(|s| (ns.clone(), key.clone(), s)));
+    }
+    // Replaying in source order (workers == 1, the duplicate-key fallback) keeps the order;
+    // otherwise documents are independent and each bucket is regrouped into few commands.
+    if workers > 1 {
+        for b in &mut buckets {
+            regroup(b);
+        }
     }
     let mut outage: Option<Instant> = None;
     let mut attempt = 0;
@@ -410,19 +458,69 @@ fn describe(ev: &RawDocument, why: &str) -> String {
     format!("`{op}` on `{ns}` at source time {ts}: {why}")
 }
 
-#[derive(PartialEq, Clone, Copy)]
+#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
 enum Kind {
     Update,
     Delete,
 }
 
+/// A statement with its namespace and the event's `documentKey` bytes.
+type Keyed = (Namespace, Vec<u8>, Stmt);
+
+fn kind_of(s: &Stmt) -> Kind {
+    match s {
+        Stmt::Delete(_) => Kind::Delete,
+        Stmt::Update(_) | Stmt::Refetch { .. } => Kind::Update,
+    }
+}
+
+/// Reorders one worker's statements so that consecutive statements share namespace and kind
+/// (one command each) while every document's own statements keep their order.
+///
+/// Writes batch only while namespace and kind stay the same, so an application writing to
+/// several collections with a mix of updates and deletes interleaves them and every command
+/// carried one or two statements (a round trip and a majority wait each). Statements of
+/// different documents are independent (the workers already apply them concurrently), so
+/// each statement gets a wave: the number of kind changes in its document's sequence so far.
+/// Waves run in order; within a wave a stable sort by (namespace, kind) groups them, and a
+/// document's statements within one wave all have the same kind, in their original order.
+fn regroup(stmts: &mut Vec<Keyed>) {
+    if stmts.len() < 2 {
+        return;
+    }
+    let mut last: std::collections::HashMap<(&Namespace, &[u8]), (Kind, usize)> =
+        std::collections::HashMap::new();
+    let mut waves = Vec::with_capacity(stmts.len());
+    for (ns, key, st) in stmts.iter() {
+        let k = kind_of(st);
+        let w = match last.get(&(ns, key.as_slice())) {
+            None => 0,
+            Some((pk, pw)) if *pk == k => *pw,
+            Some((_, pw)) => pw + 1,
+        };
+        last.insert((ns, key.as_slice()), (k, w));
+        waves.push(w);
+    }
+    drop(last);
+    let mut order: Vec<usize> = (0..stmts.len()).collect();
+    order.sort_by(|&a, &b| {
+        (waves[a], &stmts[a].0, kind_of(&stmts[a].2)).cmp(&(
+            waves[b],
+            &stmts[b].0,
+            kind_of(&stmts[b].2),
+        ))
+    });
+    let mut taken: Vec<Option<Keyed>> = std::mem::take(stmts).into_iter().map(Some).collect();
+    stmts.extend(order.into_iter().filter_map(|i| taken[i].take()));
+}
+
 /// Writes one worker's statements in order, batching consecutive statements of the same
 /// namespace and kind into one ordered command.
-async fn write_bucket(ctx: &ApplyCtx, stmts: &[(Namespace, Stmt)]) -> Result<(), EngineError> {
+async fn write_bucket(ctx: &ApplyCtx, stmts: &[Keyed]) -> Result<(), EngineError> {
     let mut cur: Option<(Namespace, Kind)> = None;
     let mut batch: Vec<RawDocumentBuf> = Vec::new();
     let mut bytes = 0;
-    for (ns, stmt) in stmts {
+    for (ns, _, stmt) in stmts {
         let (kind, doc) = match stmt {
             Stmt::Update(d) => (Kind::Update, d.clone()),
             Stmt::Delete(d) => (Kind::Delete, d.clone()),
@@ -586,5 +684,58 @@ mod tests {
         );
         assert_eq!(token_time(&doc! {"_data": "01"}), None);
         assert_eq!(token_time(&doc! {}), None);
+    }
+
+    fn stmt(ns: &str, key: u8, kind: Kind, i: i32) -> Keyed {
+        let mut d = RawDocumentBuf::new();
+        d.append("i", i);
+        let s = match kind {
+            Kind::Update => Stmt::Update(d),
+            Kind::Delete => Stmt::Delete(d),
+        };
+        (Namespace::parse(ns).expect("ns"), vec![key], s)
+    }
+
+    fn seq(stmts: &[Keyed]) -> Vec<i32> {
+        stmts
+            .iter()
+            .map(|(_, _, s)| match s {
+                Stmt::Update(d) | Stmt::Delete(d) => d.get_i32("i").expect("i"),
+                Stmt::Refetch { .. } => -1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn regroup_batches_kinds_and_keeps_each_documents_order() {
+        use Kind::{Delete as D, Update as U};
+        // Interleaved like several application writers: a.x and b.y, updates and deletes.
+        let mut v = vec![
+            stmt("a.x", 1, U, 0),
+            stmt("b.y", 2, D, 1),
+            stmt("a.x", 3, U, 2),
+            stmt("a.x", 1, D, 3), // doc 1: U then D then U
+            stmt("b.y", 2, U, 4), // doc 2 (b.y): D then U
+            stmt("a.x", 1, U, 5),
+            stmt("a.x", 4, D, 6),
+            stmt("a.x", 3, U, 7),
+        ];
+        regroup(&mut v);
+        let order = seq(&v);
+        // Wave 0: a.x updates (0, 2, 7), a.x deletes (6), b.y deletes (1); wave 1: a.x
+        // delete (3), b.y update (4); wave 2: a.x update (5).
+        assert_eq!(order, vec![0, 2, 7, 6, 1, 3, 4, 5]);
+        // Every document's statements are still in their original order.
+        for key in [1u8, 2, 3, 4] {
+            let mine: Vec<i32> = v
+                .iter()
+                .zip(order.iter())
+                .filter(|((_, k, _), _)| k == &vec![key])
+                .map(|(_, i)| *i)
+                .collect();
+            let mut sorted = mine.clone();
+            sorted.sort();
+            assert_eq!(mine, sorted, "document {key} reordered");
+        }
     }
 }
