@@ -447,6 +447,11 @@ async fn is_capped(ctx: &ApplyCtx, ns: &Namespace) -> Result<bool, EngineError> 
 }
 
 fn describe(ev: &RawDocument, why: &str) -> String {
+    format!("change event {} cannot be applied: {why}", event_label(ev))
+}
+
+/// `` `insert` on `shop.orders` at source time 1795646164.4 ``
+fn event_label(ev: &RawDocument) -> String {
     let op = ev.get_str("operationType").unwrap_or("?");
     let ns = event_ns(ev)
         .map(|n| n.to_string())
@@ -455,7 +460,7 @@ fn describe(ev: &RawDocument, why: &str) -> String {
         .get_timestamp("clusterTime")
         .map(|t| format!("{}.{}", t.time, t.increment))
         .unwrap_or_else(|_| "?".into());
-    format!("`{op}` on `{ns}` at source time {ts}: {why}")
+    format!("`{op}` on `{ns}` at source time {ts}")
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
@@ -648,9 +653,9 @@ async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> 
         .await
         .map_err(|e| EngineError::Event(describe(ev, &e.to_string())))?;
     match outcome {
-        DdlOutcome::Applied => tracing::info!(event = %describe(ev, "applied"), "DDL applied."),
+        DdlOutcome::Applied => tracing::info!(event = %event_label(ev), "DDL applied."),
         DdlOutcome::Ignored => {
-            tracing::debug!(event = %describe(ev, "not selected"), "DDL ignored.")
+            tracing::debug!(event = %event_label(ev), "DDL ignored: not selected.")
         }
         DdlOutcome::NeedsCopy(ns) => {
             tracing::info!(%ns, "A collection moved into the plan's filter: copying it.");

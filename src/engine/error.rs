@@ -26,7 +26,9 @@ pub enum EngineError {
          then are lost to replication, so this sync can never reach can-commit"
     )]
     HistoryLost { at: String },
-    #[error("change event cannot be applied: {0}")]
+    /// A failure described in full by its message (a change event that cannot be applied
+    /// names the event; other messages name what was checked).
+    #[error("{0}")]
     Event(String),
     #[error(transparent)]
     State(#[from] StateError),
