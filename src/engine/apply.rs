@@ -465,6 +465,7 @@ fn event_label(ev: &RawDocument) -> String {
 
 #[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
 enum Kind {
+    Insert,
     Update,
     Delete,
 }
@@ -475,6 +476,7 @@ type Keyed = (Namespace, Vec<u8>, Stmt);
 fn kind_of(s: &Stmt) -> Kind {
     match s {
         Stmt::Delete(_) => Kind::Delete,
+        Stmt::Insert(_) => Kind::Insert,
         Stmt::Update(_) | Stmt::Refetch { .. } => Kind::Update,
     }
 }
@@ -528,6 +530,7 @@ async fn write_bucket(ctx: &ApplyCtx, stmts: &[Keyed]) -> Result<(), EngineError
     for (ns, _, stmt) in stmts {
         let (kind, doc) = match stmt {
             Stmt::Update(d) => (Kind::Update, d.clone()),
+            Stmt::Insert(d) => (Kind::Insert, d.clone()),
             Stmt::Delete(d) => (Kind::Delete, d.clone()),
             Stmt::Refetch { key } => match refetch(ctx, ns, key).await? {
                 Some(s) => (Kind::Update, s),
@@ -588,17 +591,28 @@ async fn send(
     }
     let mut arr = RawArrayBuf::new();
     for s in &stmts {
-        arr.push(s.clone());
+        match kind {
+            // `{q, u}` → the document itself.
+            Kind::Insert => {
+                let doc = s
+                    .get_document("u")
+                    .map_err(|e| EngineError::Event(format!("internal: insert statement: {e}")))?;
+                arr.push(doc.to_raw_document_buf());
+            }
+            _ => arr.push(s.clone()),
+        }
     }
     let mut cmd = RawDocumentBuf::new();
     let (name, list) = match kind {
+        Kind::Insert => ("insert", "documents"),
         Kind::Update => ("update", "updates"),
         Kind::Delete => ("delete", "deletes"),
     };
     cmd.append(name, ns.coll.as_str());
     cmd.append(list, arr);
-    cmd.append("ordered", true);
-    if kind == Kind::Update {
+    // Inserts are of distinct documents: unordered, so duplicates do not stop the rest.
+    cmd.append("ordered", kind != Kind::Insert);
+    if kind != Kind::Delete {
         cmd.append("bypassDocumentValidation", true);
     }
     let mut wc = RawDocumentBuf::new();
@@ -610,9 +624,19 @@ async fn send(
         .run_raw_command(cmd)
         .await
         .map_err(|e| cluster_err("destination", format!("writing `{ns}`"), &e))?;
+    let mut replay = Vec::new();
     if let Ok(errs) = reply.get_array("writeErrors") {
-        if let Some(Bson::Document(first)) = errs.first() {
-            let idx = first.get_i32("index").unwrap_or(0) as usize;
+        for e in errs.iter().filter_map(Bson::as_document) {
+            let idx = e.get_i32("index").unwrap_or(0) as usize;
+            let code = e.get_i32("code").unwrap_or(0);
+            // The document is already there (copied, or this event replayed after a crash):
+            // write it as the event has it, with an upsert.
+            if kind == Kind::Insert && code == 11000 {
+                if let Some(st) = stmts.get(idx) {
+                    replay.push((idx, st));
+                    continue;
+                }
+            }
             let id = stmts
                 .get(idx)
                 .and_then(|s| s.get_document("q").ok())
@@ -623,8 +647,8 @@ async fn send(
             return Err(EngineError::Write {
                 ns: ns.to_string(),
                 id,
-                code: first.get_i32("code").unwrap_or(0),
-                detail: first.get_str("errmsg").unwrap_or_default().to_string(),
+                code,
+                detail: e.get_str("errmsg").unwrap_or_default().to_string(),
             });
         }
     }
@@ -635,6 +659,23 @@ async fn send(
             detail: wce.get_str("errmsg").unwrap_or_default().to_string(),
             transient: true,
         });
+    }
+    if !replay.is_empty() {
+        replay.sort_by_key(|(i, _)| *i);
+        let mut upserts = Vec::with_capacity(replay.len());
+        for (_, st) in replay {
+            let (Ok(q), Ok(u)) = (st.get_document("q"), st.get_document("u")) else {
+                return Err(EngineError::Event(
+                    "internal: insert statement without q/u".into(),
+                ));
+            };
+            match events::upsert(q, u) {
+                Ok(Stmt::Update(d)) => upserts.push(d),
+                Ok(_) => {}
+                Err(why) => return Err(EngineError::Event(format!("`{ns}`: {why}"))),
+            }
+        }
+        Box::pin(send(ctx, ns, Kind::Update, upserts)).await?;
     }
     Ok(())
 }
@@ -695,6 +736,7 @@ mod tests {
         let mut d = RawDocumentBuf::new();
         d.append("i", i);
         let s = match kind {
+            Kind::Insert => Stmt::Insert(d),
             Kind::Update => Stmt::Update(d),
             Kind::Delete => Stmt::Delete(d),
         };
@@ -705,7 +747,7 @@ mod tests {
         stmts
             .iter()
             .map(|(_, _, s)| match s {
-                Stmt::Update(d) | Stmt::Delete(d) => d.get_i32("i").expect("i"),
+                Stmt::Update(d) | Stmt::Insert(d) | Stmt::Delete(d) => d.get_i32("i").expect("i"),
                 Stmt::Refetch { .. } => -1,
             })
             .collect()

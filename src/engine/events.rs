@@ -1,6 +1,8 @@
 //! Turning CRUD change events into write statements that are idempotent and exact.
 //!
-//! - insert / replace → `update {q: documentKey, u: fullDocument, upsert: true}`: re-applying
+//! - insert → an `insert` of the full document, batched; a duplicate key (the document is
+//!   already there: copied, or an event replayed after a crash) falls back to the upsert below.
+//! - replace → `update {q: documentKey, u: fullDocument, upsert: true}`: re-applying
 //!   it after a crash is harmless. A document with `$`-prefixed top-level fields cannot be a
 //!   replacement document (the server would read them as operators), so those use a pipeline
 //!   `[{$replaceWith: {$literal: doc}}]`.
@@ -18,6 +20,9 @@ use mongodb::bson::{doc, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf
 pub enum Stmt {
     /// An `update` command statement.
     Update(RawDocumentBuf),
+    /// An insert: `{q: documentKey, u: fullDocument}`; sent in an `insert` command, replayed
+    /// as an upsert when the document exists.
+    Insert(RawDocumentBuf),
     /// A `delete` command statement.
     Delete(RawDocumentBuf),
     /// The update cannot be expressed exactly: replace with the source's current document.
@@ -27,7 +32,9 @@ pub enum Stmt {
 impl Stmt {
     pub fn size(&self) -> usize {
         match self {
-            Stmt::Update(d) | Stmt::Delete(d) | Stmt::Refetch { key: d } => d.as_bytes().len(),
+            Stmt::Update(d) | Stmt::Insert(d) | Stmt::Delete(d) | Stmt::Refetch { key: d } => {
+                d.as_bytes().len()
+            }
         }
     }
 }
@@ -43,7 +50,19 @@ pub fn translate(event: &RawDocument) -> Result<Vec<Stmt>, TranslateError> {
         .get_document("documentKey")
         .map_err(|_| format!("`{op}` event without documentKey"))?;
     match op {
-        "insert" | "replace" => match event.get("fullDocument").ok().flatten() {
+        "insert" => match event.get("fullDocument").ok().flatten() {
+            Some(RawBsonRef::Document(full)) => {
+                let mut d = RawDocumentBuf::new();
+                d.append("q", key.to_raw_document_buf());
+                d.append("u", full.to_raw_document_buf());
+                Ok(vec![Stmt::Insert(d)])
+            }
+            // Dropped by our pipeline because the event would exceed 16 MB: fetch it.
+            _ => Ok(vec![Stmt::Refetch {
+                key: key.to_raw_document_buf(),
+            }]),
+        },
+        "replace" => match event.get("fullDocument").ok().flatten() {
             Some(RawBsonRef::Document(full)) => Ok(vec![upsert(key, full)?]),
             // Dropped by our pipeline because the event would exceed 16 MB: fetch it.
             _ => Ok(vec![Stmt::Refetch {
@@ -176,15 +195,23 @@ mod tests {
 
     fn stmt_doc(s: &Stmt) -> Document {
         match s {
-            Stmt::Update(d) | Stmt::Delete(d) | Stmt::Refetch { key: d } => {
+            Stmt::Update(d) | Stmt::Insert(d) | Stmt::Delete(d) | Stmt::Refetch { key: d } => {
                 d.to_document().unwrap()
             }
         }
     }
 
     #[test]
-    fn insert_is_an_exact_upsert() {
+    fn insert_is_an_insert_and_replace_an_exact_upsert() {
         let ev = raw(doc! {"operationType": "insert", "documentKey": {"_id": 1},
+        "fullDocument": {"_id": 1, "b": 2, "a": 1}});
+        let s = translate(&ev).unwrap();
+        assert!(matches!(s[0], Stmt::Insert(_)));
+        assert_eq!(
+            stmt_doc(&s[0]),
+            doc! {"q": {"_id": 1}, "u": {"_id": 1, "b": 2, "a": 1}}
+        );
+        let ev = raw(doc! {"operationType": "replace", "documentKey": {"_id": 1},
         "fullDocument": {"_id": 1, "b": 2, "a": 1}});
         let s = translate(&ev).unwrap();
         assert_eq!(
