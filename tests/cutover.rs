@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::env_refs as refs;
 use common::*;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
@@ -129,10 +130,6 @@ fn env_for(src: &ReplicaSet, dst: &ReplicaSet) -> Vec<(&'static str, String)> {
         ("SOURCE_URI", src.root_uri()),
         ("DESTINATION_URI", dst.root_uri()),
     ]
-}
-
-fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// After the whole plan: identical data, every acknowledged write on the source (where the

@@ -5,6 +5,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
+use common::env_refs as refs;
 use common::*;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
@@ -51,43 +52,6 @@ fn env_of(src: &str, dst: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-fn status_json(plan: &str, env: &[(&'static str, String)]) -> serde_json::Value {
-    let o = run_cutover(&["status", plan, "--format", "json"], &refs(env));
-    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("status json: {e}: {}", show(&o)))
-}
-
-/// Polls `cutover status --format json` until `pred` holds.
-async fn wait_status(
-    plan: &str,
-    env: &[(&'static str, String)],
-    limit: Duration,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let start = std::time::Instant::now();
-    loop {
-        let v = tokio::task::spawn_blocking({
-            let (plan, env) = (plan.to_string(), env.to_vec());
-            move || status_json(&plan, &env)
-        })
-        .await
-        .unwrap();
-        if pred(&v) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}; last status: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn app_insert(rs: &ReplicaSet, db: &str, id: i64) -> bool {
     rs.app_client()
         .await
@@ -115,6 +79,7 @@ async fn manual_commit_waits_for_cutover_approve() {
     let v = wait_status(
         &plan,
         &env,
+        &[],
         Duration::from_secs(120),
         "the run to wait for approval",
         |v| v["phase"] == "waiting for approval",
@@ -130,7 +95,7 @@ async fn manual_commit_waits_for_cutover_approve() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!run.is_finished(), "the run must wait for the approval");
-    let v = status_json(&plan, &env);
+    let v = status_json(&plan, &env, &[]).await;
     assert_eq!(v["phase"], "waiting for approval", "{v}");
     assert_ne!(v["state"], "COMMITTED", "{v}");
 
@@ -150,7 +115,7 @@ async fn manual_commit_waits_for_cutover_approve() {
     );
     let d = dst.root_client().await;
     assert_same_data(&s, &d, "__cutover").await;
-    let v = status_json(&plan, &env);
+    let v = status_json(&plan, &env, &[]).await;
     assert_eq!(v["state"], "COMMITTED", "{v}");
 
     // The approval record: host, time, note; no credentials.
@@ -205,7 +170,7 @@ async fn unblock_needs_yes_and_releases_the_block() {
         !app_insert(&dst, "scratch", 1).await,
         "destination must be blocked"
     );
-    let v = status_json(&plan, &env);
+    let v = status_json(&plan, &env, &[]).await;
     assert_eq!(v["blocked"][0]["cluster"], "destination", "{v}");
 
     let o = run_cutover(&["unblock", &plan, "--cluster", "destination"], &refs(&env));
@@ -219,7 +184,7 @@ async fn unblock_needs_yes_and_releases_the_block() {
         !app_insert(&dst, "scratch", 2).await,
         "unblock without --yes must change nothing"
     );
-    let v = status_json(&plan, &env);
+    let v = status_json(&plan, &env, &[]).await;
     assert_eq!(v["blocked"][0]["cluster"], "destination", "{v}");
 
     let o = run_cutover(
@@ -228,7 +193,7 @@ async fn unblock_needs_yes_and_releases_the_block() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(app_insert(&dst, "scratch", 3).await, "destination released");
-    let v = status_json(&plan, &env);
+    let v = status_json(&plan, &env, &[]).await;
     assert_eq!(v["blocked"].as_array().unwrap().len(), 0, "{v}");
     let run_doc = d
         .database("__cutover")
@@ -255,7 +220,7 @@ async fn unblock_needs_yes_and_releases_the_block() {
         !app_insert(&src, "scratch", 4).await,
         "source must be blocked"
     );
-    let v = status_json(&plan, &env);
+    let v = status_json(&plan, &env, &[]).await;
     assert_eq!(v["blocked"][0]["cluster"], "source", "{v}");
     let o = run_cutover(&["unblock", &plan, "--cluster", "source"], &refs(&env));
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
@@ -271,7 +236,7 @@ async fn unblock_needs_yes_and_releases_the_block() {
         show(&o)
     );
     assert!(app_insert(&src, "scratch", 6).await, "source released");
-    let v = status_json(&plan, &env);
+    let v = status_json(&plan, &env, &[]).await;
     assert_eq!(v["blocked"].as_array().unwrap().len(), 0, "{v}");
 }
 
@@ -334,6 +299,7 @@ async fn credentials_never_appear_in_any_output_or_the_state_store() {
     wait_status(
         &plan,
         &env,
+        &[],
         Duration::from_secs(120),
         "the run to wait for approval",
         |v| v["phase"] == "waiting for approval",

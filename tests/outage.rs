@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::env_refs as refs;
 use common::*;
 use mongodb::bson::{doc, Document};
 use tokio::io::copy_bidirectional;
@@ -134,42 +135,6 @@ approval = "manual"
 timeout = "5m"
 "#;
 
-fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-async fn status_json(plan: &str, env: &[(&'static str, String)]) -> serde_json::Value {
-    let (plan, env) = (plan.to_string(), env.to_vec());
-    tokio::task::spawn_blocking(move || {
-        let o = run_cutover(&["status", &plan, "--format", "json"], &refs(&env));
-        assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-async fn wait_status(
-    plan: &str,
-    env: &[(&'static str, String)],
-    limit: Duration,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let v = status_json(plan, env).await;
-        if pred(&v) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}; last status: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-}
-
 /// Polls status while the proxy is in `mode` for `dur`; returns the reconnecting messages seen.
 async fn outage(
     proxy: &Proxy,
@@ -182,7 +147,7 @@ async fn outage(
         proxy.set(*mode);
         let until = Instant::now() + *dur;
         while Instant::now() < until {
-            let v = status_json(plan, env).await;
+            let v = status_json(plan, env, &[]).await;
             if let Some(r) = v["reconnecting"].as_str() {
                 seen.push(r.to_string());
             }
@@ -264,9 +229,17 @@ async fn source_outage_is_retried_then_times_out_then_resumes() {
     });
 
     // 1. During the copy: drop everything for 2 s, refuse for 2 s.
-    wait_status(&plan, &env, Duration::from_secs(120), "the copy", |v| {
-        v["phase"] == "copying" && v["collection_copy"]["estimated_copied_bytes"].as_i64() > Some(0)
-    })
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the copy",
+        |v| {
+            v["phase"] == "copying"
+                && v["collection_copy"]["estimated_copied_bytes"].as_i64() > Some(0)
+        },
+    )
     .await;
     let seen = outage(
         &proxy,
@@ -283,7 +256,7 @@ async fn source_outage_is_retried_then_times_out_then_resumes() {
         !run1.is_finished(),
         "a short outage during the copy must not end the run"
     );
-    let v = status_json(&plan, &env).await;
+    let v = status_json(&plan, &env, &[]).await;
     if !seen
         .iter()
         .any(|r| r.contains("source cluster unavailable"))
@@ -306,6 +279,7 @@ async fn source_outage_is_retried_then_times_out_then_resumes() {
     wait_status(
         &plan,
         &env,
+        &[],
         Duration::from_secs(300),
         "the run to wait for approval",
         |v| v["phase"] == "waiting for approval" && v["reconnecting"].is_null(),
@@ -326,9 +300,14 @@ async fn source_outage_is_retried_then_times_out_then_resumes() {
         seen.iter().any(|r| r.contains("applying change events")),
         "status never showed change application reconnecting: {seen:?}"
     );
-    let v = wait_status(&plan, &env, Duration::from_secs(60), "reconnected", |v| {
-        v["reconnecting"].is_null()
-    })
+    let v = wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(60),
+        "reconnected",
+        |v| v["reconnecting"].is_null(),
+    )
     .await;
     assert!(
         !run1.is_finished(),
@@ -349,7 +328,7 @@ async fn source_outage_is_retried_then_times_out_then_resumes() {
         took >= Duration::from_secs(5) && took < Duration::from_secs(60),
         "gave up after {took:?}"
     );
-    let v = status_json(&plan, &env).await;
+    let v = status_json(&plan, &env, &[]).await;
     assert!(
         v["last_error"]
             .as_str()
@@ -464,6 +443,7 @@ async fn destination_outage_is_retried() {
     wait_status(
         &plan,
         &direct,
+        &[],
         Duration::from_secs(120),
         "the run to wait for approval",
         |v| v["phase"] == "waiting for approval",

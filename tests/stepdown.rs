@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::env_refs as refs;
 use common::*;
+
+/// Elections can take a while: `status` waits longer for a primary.
+const STATUS_ARGS: &[&str] = &["--connect-timeout", "30s"];
 use mongodb::bson::{doc, Document};
 
 const MANUAL: &str = r#"
@@ -24,52 +28,6 @@ kind = "commit"
 approval = "manual"
 timeout = "10m"
 "#;
-
-fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-async fn status_json(plan: &str, env: &[(&'static str, String)]) -> serde_json::Value {
-    let (plan, env) = (plan.to_string(), env.to_vec());
-    tokio::task::spawn_blocking(move || {
-        let o = run_cutover(
-            &[
-                "status",
-                &plan,
-                "--format",
-                "json",
-                "--connect-timeout",
-                "30s",
-            ],
-            &refs(&env),
-        );
-        assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-async fn wait_status(
-    plan: &str,
-    env: &[(&'static str, String)],
-    limit: Duration,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let v = status_json(plan, env).await;
-        if pred(&v) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}; last status: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The member that is primary now.
 async fn primary(rs: &ReplicaSet) -> Option<usize> {
@@ -208,9 +166,17 @@ async fn primary_stepdowns_during_copy_apply_and_commit() {
     });
 
     // 1. During the copy: the source's primary steps down.
-    wait_status(&plan, &env, Duration::from_secs(300), "the copy", |v| {
-        v["phase"] == "copying" && v["collection_copy"]["estimated_copied_bytes"].as_i64() > Some(0)
-    })
+    wait_status(
+        &plan,
+        &env,
+        STATUS_ARGS,
+        Duration::from_secs(300),
+        "the copy",
+        |v| {
+            v["phase"] == "copying"
+                && v["collection_copy"]["estimated_copied_bytes"].as_i64() > Some(0)
+        },
+    )
     .await;
     step_down(&src, "source (copy)").await;
     let d = dst.root_client().await;
@@ -232,12 +198,13 @@ async fn primary_stepdowns_during_copy_apply_and_commit() {
     wait_status(
         &plan,
         &env,
+        STATUS_ARGS,
         Duration::from_secs(600),
         "the run to wait for approval",
         |v| v["phase"] == "waiting for approval",
     )
     .await;
-    let before = status_json(&plan, &env).await["events_applied"]
+    let before = status_json(&plan, &env, STATUS_ARGS).await["events_applied"]
         .as_i64()
         .unwrap_or(0);
     step_down(&dst, "destination (apply)").await;
@@ -245,6 +212,7 @@ async fn primary_stepdowns_during_copy_apply_and_commit() {
     let v = wait_status(
         &plan,
         &env,
+        STATUS_ARGS,
         Duration::from_secs(120),
         "change application to continue",
         |v| v["events_applied"].as_i64().unwrap_or(0) > before + 50 && v["can_commit"] == true,
@@ -260,7 +228,7 @@ async fn primary_stepdowns_during_copy_apply_and_commit() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let approved_at = mongodb::bson::DateTime::now();
     let (dst_old, _) = step_down(&dst, "destination (commit)").await;
-    let state_after_dst = status_json(&plan, &env).await;
+    let state_after_dst = status_json(&plan, &env, STATUS_ARGS).await;
     step_down(&src, "source (commit)").await;
     let o = run.await.unwrap();
     stop.store(true, Ordering::Relaxed);

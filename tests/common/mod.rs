@@ -677,3 +677,46 @@ impl Drop for Standalone {
         }
     }
 }
+
+/// `cutover status PLAN --format json` (plus `extra` arguments), run off the async runtime.
+pub async fn status_json(
+    plan: &str,
+    env: &[(&'static str, String)],
+    extra: &[&str],
+) -> serde_json::Value {
+    let (plan, env) = (plan.to_string(), env.to_vec());
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut args = vec!["status", plan.as_str(), "--format", "json"];
+        args.extend(extra.iter().map(String::as_str));
+        let o = run_cutover(&args, &env_refs(&env));
+        assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("status json: {e}: {}", show(&o)))
+    })
+    .await
+    .expect("status task")
+}
+
+/// Polls `cutover status --format json` until `pred` holds; panics naming `what` after `limit`.
+pub async fn wait_status(
+    plan: &str,
+    env: &[(&'static str, String)],
+    extra: &[&str],
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let v = status_json(plan, env, extra).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}; last status: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
