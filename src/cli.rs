@@ -54,8 +54,8 @@ pub enum Command {
     Unblock(UnblockArgs),
     /// Prove the destination equals the source: counts, document hashes over `_id` ranges
     /// (with the exact `_id`s that differ), indexes, collection options and views. Resumable.
-    /// Run it after `commit`: before, unique indexes may still be non-unique on the
-    /// destination, and that is reported as an index difference.
+    /// Before the commit, what the sync relaxed on purpose (non-unique unique indexes, TTL,
+    /// capped limits) is not reported; run it after `commit` for an exact comparison.
     #[command(after_help = EXIT_CODES_HELP)]
     Verify(VerifyArgs),
     /// Print the plan's JSON Schema.
@@ -700,6 +700,24 @@ async fn verify(args: VerifyArgs) -> Exit {
             })
             .unwrap_or(20)
     });
+    // Before the commit the sync has relaxed the destination on purpose (unique, TTL,
+    // capped): those are expected differences, not findings. In reverse the new cluster is
+    // the source of truth, so compare in the current direction.
+    let store =
+        crate::state::StateStore::new(&clusters[1].client, &plan.state_database, &plan.name);
+    let run = store.run_doc().await.ok().flatten().unwrap_or_default();
+    let direction = run.get_str("direction").unwrap_or("forward").to_string();
+    let mut relaxed = Vec::new();
+    if run.get_str("state") != Ok("COMMITTED") {
+        let relax = crate::engine::catalog::RelaxationStore::new(
+            store.database().clone(),
+            &plan.name,
+            &direction,
+        );
+        if let Ok(list) = relax.list().await {
+            relaxed = list.into_iter().map(|r| (r.ns, r.index)).collect();
+        }
+    }
     let opts = VerifyOptions {
         max_differences: max_differences as usize,
         concurrency: args.concurrency.max(1),
@@ -707,9 +725,15 @@ async fn verify(args: VerifyArgs) -> Exit {
         rechecks: args.rechecks,
         restart: args.restart,
         replication: std::sync::Arc::new(SleepWait(args.recheck_delay)),
+        relaxed,
         ..VerifyOptions::default()
     };
-    match verify::run(&clusters[0].client, &clusters[1].client, &plan, &opts).await {
+    let (a, b) = if direction == "reverse" {
+        (&clusters[1].client, &clusters[0].client)
+    } else {
+        (&clusters[0].client, &clusters[1].client)
+    };
+    match verify::run(a, b, &plan, &opts).await {
         Ok(report) => {
             match args.plan.format {
                 Format::Text => out(&report.to_text()),
