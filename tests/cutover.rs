@@ -31,8 +31,11 @@ timeout = "3m"
 [[steps]]
 kind = "reverse"
 
+# Approved by the test once the application has written to the new cluster: without it a
+# fast machine finishes the reverse before the application has moved there.
 [[steps]]
 kind = "commit"
+approval = "manual"
 timeout = "3m"
 "#;
 
@@ -94,6 +97,37 @@ impl App {
             }
         });
         App { stop, acked, task }
+    }
+
+    /// Approves the final commit (step 4) once the application has written to the
+    /// destination a few times.
+    fn approve_when_on_destination(
+        &self,
+        plan: &str,
+        env: &[(&'static str, String)],
+    ) -> tokio::task::JoinHandle<()> {
+        let acked = self.acked.clone();
+        let (plan, env) = (plan.to_string(), env.to_vec());
+        tokio::spawn(async move {
+            loop {
+                let on_dst = acked
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, on)| *on == "destination")
+                    .count();
+                if on_dst >= 10 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let o = tokio::task::spawn_blocking(move || {
+                run_cutover(&["approve", &plan, "--step", "4"], &refs(&env))
+            })
+            .await
+            .unwrap();
+            assert_eq!(o.status.code(), Some(0), "approve: {}", show(&o));
+        })
     }
 
     async fn finish(self) -> Vec<(i64, &'static str)> {
@@ -198,12 +232,14 @@ async fn reversible_plan_in_one_run_with_app_writing() {
     let (_d, plan) = write_plan(&plan_text("reversible", REVERSIBLE));
     let plan = plan.to_str().unwrap().to_string();
     let env = env_for(&src, &dst);
+    let approver = app.approve_when_on_destination(&plan, &env);
     let o = tokio::task::spawn_blocking({
         let (plan, env) = (plan.clone(), env.clone());
         move || run_cutover(&["run", &plan], &refs(&env))
     })
     .await
     .unwrap();
+    approver.await.unwrap();
     let acked = app.finish().await;
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -225,6 +261,7 @@ async fn reversible_plan_one_step_per_invocation() {
     let (_d, plan) = write_plan(&plan_text("stepwise", REVERSIBLE));
     let plan = plan.to_str().unwrap().to_string();
     let env = env_for(&src, &dst);
+    let approver = app.approve_when_on_destination(&plan, &env);
     for step in 0..5 {
         let o = tokio::task::spawn_blocking({
             let (plan, env) = (plan.clone(), env.clone());
@@ -234,6 +271,7 @@ async fn reversible_plan_one_step_per_invocation() {
         .unwrap();
         assert_eq!(o.status.code(), Some(0), "step {step}: {}", show(&o));
     }
+    approver.await.unwrap();
     let acked = app.finish().await;
     assert_end_state(&src, &dst, &acked).await;
 }
@@ -247,6 +285,7 @@ async fn crash_at_every_transition_then_resume() {
     let (_d, plan) = write_plan(&plan_text("crashy", REVERSIBLE));
     let plan = plan.to_str().unwrap().to_string();
     let env = env_for(&src, &dst);
+    let approver = app.approve_when_on_destination(&plan, &env);
     let points = [
         "commit.blocked@2",
         "commit.draining@2",
@@ -305,6 +344,7 @@ async fn crash_at_every_transition_then_resume() {
     for p in points.iter().filter(|p| p.contains('@')) {
         assert!(crashed.contains(p), "never crashed at {p}: {crashed:?}");
     }
+    approver.await.unwrap();
     let acked = app.finish().await;
     assert_end_state(&src, &dst, &acked).await;
 }
