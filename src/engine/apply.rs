@@ -406,31 +406,16 @@ async fn apply_round_with(
             regroup(b);
         }
     }
-    let mut outage: Option<Instant> = None;
-    let mut attempt = 0;
-    loop {
-        let futs = buckets
-            .iter()
-            .filter(|b| !b.is_empty())
-            .map(|b| write_bucket(ctx, b));
-        match try_join_all(futs).await {
-            Ok(_) => {
-                if outage.is_some() {
-                    ctx.progress.set_reconnecting(None);
-                }
-                return Ok(());
-            }
-            // The whole round is idempotent: retry it.
-            Err(e) if e.is_transient() => {
-                let since = *outage.get_or_insert_with(Instant::now);
-                attempt += 1;
-                ctx.retry
-                    .wait(&ctx.progress, "applying change events", &e, since, attempt)
-                    .await?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    // The whole round is idempotent: a transient failure retries it.
+    ctx.retry
+        .run(&ctx.progress, "applying change events", || async {
+            let futs = buckets
+                .iter()
+                .filter(|b| !b.is_empty())
+                .map(|b| write_bucket(ctx, b));
+            try_join_all(futs).await.map(|_| ())
+        })
+        .await
 }
 
 /// Whether `ns` is a capped collection on the destination (cached until the next DDL event).
