@@ -49,6 +49,14 @@ pub enum Command {
     /// Approve a `commit` step that has `approval = "manual"` (typically from a CI job).
     #[command(after_help = EXIT_CODES_HELP)]
     Approve(ApproveArgs),
+    /// Pause a running migration (from any machine that reaches the destination): copying
+    /// and change application stop at their next checkpoint; the runner stays up. A commit
+    /// waiting for approval keeps waiting, and does not start until `cutover resume`.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Pause(StatusArgs),
+    /// Resume a paused migration.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Resume(StatusArgs),
     /// Release user write blocking on one cluster: the explicit, logged escape hatch.
     #[command(after_help = EXIT_CODES_HELP)]
     Unblock(UnblockArgs),
@@ -127,6 +135,12 @@ pub struct RunArgs {
     /// How long cutover retries a lost connection or an election before giving up, e.g. `5m`.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub retry_timeout: Duration,
+
+    /// Serve the HTTP API (progress, Prometheus metrics, pause/resume/approve) on this address
+    /// while the run lasts, e.g. `127.0.0.1:27182`. Addresses other than loopback need a
+    /// bearer token in `CUTOVER_API_TOKEN` (then required on every request).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +260,8 @@ async fn dispatch(cli: Cli) -> Exit {
         Command::Run(args) => run(args, cli.quiet).await,
         Command::Status(args) => status(args).await,
         Command::Approve(args) => approve(args).await,
+        Command::Pause(args) => pause(args, true).await,
+        Command::Resume(args) => pause(args, false).await,
         Command::Unblock(args) => unblock(args).await,
         Command::Verify(args) => verify(args).await,
         Command::Schema => {
@@ -401,6 +417,18 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
         Ok(p) => p,
         Err(e) => return e,
     };
+    if let Some(addr) = args.listen {
+        let token = std::env::var(crate::api::TOKEN_ENV).unwrap_or_default();
+        if !addr.ip().is_loopback() && token.is_empty() {
+            err(&format!(
+                "error: `--listen {addr}` is not a loopback address: the API can pause the migration and approve \
+                 its commit, so other addresses need a bearer token\nhint: set `{}` (clients then send \
+                 `Authorization: Bearer <token>`), or listen on 127.0.0.1",
+                crate::api::TOKEN_ENV
+            ));
+            return Exit::Invalid;
+        }
+    }
     let opts = crate::runner::RunOptions {
         restart: args.restart,
         accept_changed_plan: args.accept_changed_plan,
@@ -410,6 +438,7 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
         apply_workers: args.apply_workers.max(1),
         retry_timeout: args.retry_timeout,
         connect_timeout: args.plan.connect_timeout,
+        listen: args.listen,
         progress_bars: !quiet
             && std::io::stderr().is_terminal()
             && std::env::var_os("RUST_LOG").is_none(),
@@ -496,38 +525,13 @@ async fn status(args: StatusArgs) -> Exit {
         Err(e) => return e,
     };
     let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
-    let run = match store.run_doc().await {
-        Ok(r) => r,
+    let view = match crate::status::load_view(&store, &plan).await {
+        Ok(v) => v,
         Err(e) => {
             err(&format!("error: {e}"));
             return Exit::Failed;
         }
     };
-    let mut view = crate::status::view(
-        &plan.name,
-        &plan.file,
-        run.as_ref(),
-        &plan.source.hosts_display(),
-        &plan.destination.hosts_display(),
-    );
-    // The lane record counts every event durably applied, across invocations.
-    let direction = run
-        .as_ref()
-        .and_then(|r| r.get_str("direction").ok())
-        .unwrap_or("forward");
-    let lane_id = format!("{}/{direction}", plan.name);
-    if let Ok(Some(lane)) = store
-        .coll(crate::state::LANES)
-        .find_one(mongodb::bson::doc! {"_id": &lane_id})
-        .await
-    {
-        if let Ok(n) = lane.get_i64("events_applied") {
-            view.events_applied = n;
-        }
-    }
-    if view.state == "COMMITTED" {
-        view.lag_seconds = None; // nothing is replicating after a commit
-    }
     match args.plan.format {
         Format::Json => out(&serde_json::to_string_pretty(&view).unwrap_or_default()),
         Format::Text => out(&view.to_text()),
@@ -540,14 +544,10 @@ async fn approve(args: ApproveArgs) -> Exit {
         Ok(p) => p,
         Err(e) => return e,
     };
-    let manual: Vec<usize> = plan
-        .steps
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| matches!(s, crate::plan::Step::Commit(c) if c.approval == crate::plan::Approval::Manual))
-        .map(|(i, _)| i)
-        .collect();
-    if manual.is_empty() {
+    let has_manual = plan.steps.iter().any(
+        |s| matches!(s, crate::plan::Step::Commit(c) if c.approval == crate::plan::Approval::Manual),
+    );
+    if !has_manual {
         err(
             "error: the plan has no `commit` step with `approval = \"manual\"`; nothing to approve",
         );
@@ -558,53 +558,36 @@ async fn approve(args: ApproveArgs) -> Exit {
         Err(e) => return e,
     };
     let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
-    let step = match args.step {
-        Some(s) if manual.contains(&s) => s,
-        Some(s) => {
-            err(&format!(
-                "error: step {s} is not a manual `commit`; manual commits are at {}",
-                manual
-                    .iter()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            return Exit::Invalid;
-        }
-        None => {
-            let run = store.run_doc().await.ok().flatten().unwrap_or_default();
-            let done = |i: usize| {
-                run.get_array("steps")
-                    .ok()
-                    .and_then(|a| a.get(i))
-                    .and_then(|s| s.as_document())
-                    .and_then(|s| s.get_str("status").ok())
-                    == Some("done")
-            };
-            match manual.iter().find(|i| !done(**i)) {
-                Some(i) => *i,
-                None => {
-                    err("error: every manual commit of this plan is already done");
-                    return Exit::Failed;
-                }
-            }
-        }
-    };
-    let host = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    match store.approve(step, &host, &args.note).await {
-        Ok(()) => {
-            tracing::info!(step, host = %host, "Commit approved.");
-            out(&format!(
-                "approved the commit at step {step} of plan `{}` (from {host})",
-                plan.name
-            ));
+    match crate::service::approve(&plan, &store, args.step, &args.note).await {
+        Ok((_, message)) => {
+            out(&message);
             Exit::Ok
         }
-        Err(e) => {
-            err(&format!("error: {e}"));
-            Exit::Failed
+        Err((exit, message)) => {
+            err(&format!("error: {message}"));
+            exit
+        }
+    }
+}
+
+async fn pause(args: StatusArgs, paused: bool) -> Exit {
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let dest = match connect_destination(&args.plan, &plan).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
+    match crate::service::set_pause(&store, paused).await {
+        Ok(message) => {
+            out(&message);
+            Exit::Ok
+        }
+        Err((exit, message)) => {
+            err(&format!("error: {message}"));
+            exit
         }
     }
 }

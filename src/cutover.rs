@@ -94,6 +94,8 @@ pub async fn commit(
                 l.progress.set_phase("applying change events");
             }
         }
+        // A paused run does not block writes: the commit starts once resumed.
+        crate::service::wait_resumed_before_commit(ctx.lane.as_ref().map(|l| &*l.progress)).await;
         phase = "blocking".into();
         ctx.store
             .set(

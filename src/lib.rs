@@ -3,6 +3,7 @@
 //! The plan (TOML) is loaded and checked without I/O ([`plan`]); `cutover check` adds a
 //! read-only preflight of both clusters ([`preflight`]).
 
+pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod crashpoint;
@@ -11,14 +12,18 @@ pub mod engine;
 pub mod exit;
 pub mod index_format;
 pub mod logging;
+pub mod metrics;
 pub mod namespace;
+pub mod pause;
 pub mod plan;
 pub mod preflight;
 pub mod progress;
 pub mod redact;
 pub mod report;
 pub mod runner;
+pub mod service;
 pub mod state;
+pub mod stats;
 pub mod status;
 pub mod uri;
 pub mod verify;

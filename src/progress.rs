@@ -21,6 +21,8 @@ pub struct Progress {
     pub can_commit: AtomicBool,
     /// Set while the lane retries a lost connection.
     pub reconnecting: Mutex<Option<String>>,
+    /// Events read, stage busy time, events per namespace (lag explained).
+    pub stats: crate::stats::LaneStats,
 }
 
 impl Progress {

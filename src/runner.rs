@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub connect_timeout: Duration,
     /// Show progress bars (stderr is a TTY and not `--quiet`).
     pub progress_bars: bool,
+    /// Serve the HTTP API here (`--listen`); the token comes from `CUTOVER_API_TOKEN`.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +206,14 @@ pub async fn run(plan: Plan, opts: RunOptions) -> (RunReport, Result<(), RunErro
 }
 
 async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Result<(), RunError> {
+    let api = match opts.listen {
+        Some(addr) => Some(
+            crate::api::bind(addr, std::env::var(crate::api::TOKEN_ENV).ok())
+                .await
+                .map_err(RunError::Refused)?,
+        ),
+        None => None,
+    };
     let source = Cluster::connect(Scope::Source, &plan.source, opts.connect_timeout).await?;
     let destination =
         Cluster::connect(Scope::Destination, &plan.destination, opts.connect_timeout).await?;
@@ -231,6 +241,15 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         plan.destination.hosts_display(),
         opts.progress_bars,
     );
+    let service = crate::service::start(
+        plan.clone(),
+        store.clone().with_retry(Duration::ZERO),
+        source.client.clone(),
+        destination.client.clone(),
+        current.clone(),
+        api,
+    )
+    .await;
     let mut ctx = Ctx {
         plan,
         source,
@@ -249,6 +268,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         }
     }
     reporter.stop().await;
+    service.stop().await;
     if let Err(e) = &result {
         let _ = ctx
             .store

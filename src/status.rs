@@ -172,6 +172,10 @@ pub struct StatusView {
     pub steps: Vec<StepView>,
     pub reconnecting: Option<String>,
     pub write_blocked_window_ms: Option<i64>,
+    /// Set while `cutover pause` holds the run.
+    pub paused: Option<PausedView>,
+    /// Why the lag is what it is (rates, stage busy time, bottleneck; see `stats.rs`).
+    pub insight: Option<crate::stats::Insight>,
     pub runner: Option<String>,
     pub last_error: Option<String>,
     pub updated: Option<String>,
@@ -181,6 +185,15 @@ pub struct StatusView {
 pub struct CopyView {
     pub estimated_total_bytes: i64,
     pub estimated_copied_bytes: i64,
+    pub copied_documents: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PausedView {
+    pub since: Option<String>,
+    pub by: Option<String>,
+    /// How long the pause can last before the source's oplog rolls past the resume point.
+    pub oplog_remaining_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -265,6 +278,7 @@ pub fn view(
         collection_copy: CopyView {
             estimated_total_bytes: i64_of(copy, "estimated_total_bytes"),
             estimated_copied_bytes: i64_of(copy, "estimated_copied_bytes"),
+            copied_documents: i64_of(copy, "copied_documents"),
         },
         events_applied: i64_of(st, "events_applied"),
         direction: if reversed {
@@ -282,6 +296,11 @@ pub fn view(
         steps,
         reconnecting: st.get_str("reconnecting").ok().map(str::to_string),
         write_blocked_window_ms: crate::runner::last_window_ms(run),
+        paused: None,
+        insight: st
+            .get_document("insight")
+            .ok()
+            .and_then(|d| mongodb::bson::from_document(d.clone()).ok()),
         runner,
         last_error: run.get_str("last_error").ok().map(str::to_string),
         updated: st
@@ -298,7 +317,9 @@ pub fn view(
         );
         v.can_commit = false;
         v.lag_seconds = None;
+        v.insight = None;
     }
+    apply_pause(&mut v, run);
     v
 }
 
@@ -310,8 +331,10 @@ impl StatusView {
             self.direction.source, self.direction.destination
         ));
         s.push_str(&format!(
-            "  copy          {} of ~{} bytes\n",
-            self.collection_copy.estimated_copied_bytes, self.collection_copy.estimated_total_bytes
+            "  copy          {} of ~{} bytes, {} documents\n",
+            self.collection_copy.estimated_copied_bytes,
+            self.collection_copy.estimated_total_bytes,
+            self.collection_copy.copied_documents
         ));
         s.push_str(&format!(
             "  replication   {} events applied, lag {}\n",
@@ -319,6 +342,18 @@ impl StatusView {
             self.lag_seconds
                 .map_or("unknown".into(), |l| format!("{l:.1}s"))
         ));
+        if let Some(i) = &self.insight {
+            s.push_str(&insight_text(i));
+        }
+        if let Some(p) = &self.paused {
+            s.push_str(&format!(
+                "  PAUSED        since {} by {}; the source's oplog allows the pause to last {}; continue with `cutover resume`\n",
+                p.since.as_deref().unwrap_or("?"),
+                p.by.as_deref().unwrap_or("?"),
+                p.oplog_remaining_seconds
+                    .map_or("an unknown time (the oplog could not be read)".into(), |r| format!("about {}", secs_text(r)))
+            ));
+        }
         s.push_str(&format!(
             "  can commit    {}\n  can write     {}\n",
             self.can_commit, self.can_write
@@ -360,4 +395,118 @@ impl StatusView {
         }
         s
     }
+}
+
+/// Marks a paused run: `state` says `PAUSED` while replication would otherwise run (a
+/// commit's drain ignores a pause, so `COMMITTING` stays).
+fn apply_pause(v: &mut StatusView, run: &Document) {
+    let Ok(p) = run.get_document("pause") else {
+        return;
+    };
+    if !p.get_bool("paused").unwrap_or(false) {
+        return;
+    }
+    if matches!(v.state.as_str(), "RUNNING" | "REVERSING" | "IDLE") {
+        v.state = "PAUSED".into();
+    }
+    v.paused = Some(PausedView {
+        since: p
+            .get_datetime("since")
+            .ok()
+            .and_then(|d| d.try_to_rfc3339_string().ok()),
+        by: p.get_str("by").ok().map(str::to_string),
+        oplog_remaining_seconds: v.insight.as_ref().and_then(|i| i.oplog_remaining_seconds),
+    });
+}
+
+fn secs_text(s: f64) -> String {
+    humantime::format_duration(Duration::from_secs(s.max(0.0) as u64)).to_string()
+}
+
+fn insight_text(i: &crate::stats::Insight) -> String {
+    let mut s = format!(
+        "  rates         {:.1} events/s read, {:.1} events/s applied (last {:.0}s)\n",
+        i.events_read_per_second, i.events_applied_per_second, i.window_seconds
+    );
+    s.push_str(&format!(
+        "  busy          {}; bottleneck: {}\n",
+        i.stages
+            .iter()
+            .map(|st| format!("{} {:.0}%", st.stage, st.busy_fraction * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        i.bottleneck
+    ));
+    if !i.busiest_namespaces.is_empty() {
+        s.push_str(&format!(
+            "  busiest       {}\n",
+            i.busiest_namespaces
+                .iter()
+                .map(|n| format!("{} {:.1}/s", n.namespace, n.events_per_second))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    s.push_str(&format!(
+        "  catch-up      {}\n",
+        i.catch_up_seconds.map_or(
+            "- (caught up, or the lag is not shrinking)".into(),
+            secs_text
+        )
+    ));
+    if let Some(o) = i.oplog_remaining_seconds {
+        s.push_str(&format!(
+            "  oplog left    {} before the source's oplog rolls past the resume point\n",
+            secs_text(o)
+        ));
+    }
+    s
+}
+
+/// The status of `plan` as `cutover status` and `GET /api/v1/progress` show it: the run
+/// document's view, with durable counters from the lane records (events applied across
+/// invocations; what the copy copied, also after the copy and after the commit).
+pub async fn load_view(
+    store: &StateStore,
+    plan: &crate::plan::Plan,
+) -> Result<StatusView, crate::state::StateError> {
+    let run = store.run_doc().await?;
+    let mut view = view(
+        &plan.name,
+        &plan.file,
+        run.as_ref(),
+        &plan.source.hosts_display(),
+        &plan.destination.hosts_display(),
+    );
+    let direction = run
+        .as_ref()
+        .and_then(|r| r.get_str("direction").ok())
+        .unwrap_or("forward");
+    let lanes = store.coll(crate::state::LANES);
+    let lane_id = format!("{}/{direction}", plan.name);
+    if let Ok(Some(lane)) = lanes.find_one(doc! {"_id": &lane_id}).await {
+        if let Ok(n) = lane.get_i64("events_applied") {
+            view.events_applied = n;
+        }
+    }
+    // The copy happens once, forward: its record keeps the figures.
+    let forward = format!("{}/forward", plan.name);
+    if let Ok(Some(lane)) = lanes.find_one(doc! {"_id": &forward}).await {
+        if lane.get_bool("copy_done").unwrap_or(false) {
+            let get = |k: &str| lane.get_i64(k).ok();
+            if let (Some(b), Some(d)) = (get("copied_bytes"), get("copied_documents")) {
+                let c = &mut view.collection_copy;
+                c.estimated_copied_bytes = c.estimated_copied_bytes.max(b);
+                c.copied_documents = c.copied_documents.max(d);
+                c.estimated_total_bytes = c
+                    .estimated_total_bytes
+                    .max(get("estimated_total_bytes").unwrap_or(b));
+            }
+        }
+    }
+    if view.state == "COMMITTED" {
+        view.lag_seconds = None; // nothing is replicating after a commit
+        view.insight = None;
+    }
+    Ok(view)
 }

@@ -29,6 +29,7 @@ use crate::namespace::Namespace;
 use crate::plan::NamespaceSelector;
 use crate::progress::Progress;
 use crate::state::{StateStore, LANES};
+use crate::stats::Stage;
 
 /// Events per change-stream batch (one round); the server also caps a batch at 16 MB.
 const ROUND_EVENTS: u32 = 5_000;
@@ -175,10 +176,19 @@ async fn run_stream(
     let cursor = open(ctx, start).await?;
     *opened = true;
     ctx.progress.set_reconnecting(None);
-    let mut ahead = Prefetch::start(cursor);
+    let mut ahead = Prefetch::start(cursor, ctx.progress.clone());
     loop {
         if *control.borrow() == Control::Stop {
             return Ok(());
+        }
+        // A safe boundary: the last round is applied and its resume token stored. A pause
+        // stops reading (the read-ahead batch is dropped and read again from the token).
+        if crate::pause::is_paused() && *control.borrow() == Control::Run {
+            drop(ahead);
+            if !crate::pause::hold_apply(&ctx.progress, control).await {
+                return Ok(());
+            }
+            ahead = Prefetch::start(open(ctx, start).await?, ctx.progress.clone());
         }
         let batch = match ahead.next().await {
             Ok(Some(b)) => b,
@@ -204,6 +214,10 @@ async fn run_stream(
             let ev = ev.map_err(|e| EngineError::Event(format!("malformed change event: {e}")))?;
             let Some(ev) = ev.as_document() else { continue };
             idle = false;
+            ctx.progress
+                .stats
+                .events_read
+                .fetch_add(1, Ordering::Relaxed);
             if let Ok(w) = ev.get_datetime("wallTime") {
                 last_wall = Some(w.timestamp_millis());
             }
@@ -226,7 +240,11 @@ async fn run_stream(
             .to_document()
             .map_err(|e| EngineError::Event(e.to_string()))?;
         let pos = token_time(&token);
+        let persisting = Instant::now();
         persist(ctx, &token, pos, applied).await?;
+        ctx.progress
+            .stats
+            .add_busy(Stage::DestinationWrite, persisting.elapsed());
         *start = StartPoint::Token(token);
         ctx.progress
             .events_applied
@@ -262,28 +280,40 @@ async fn run_stream(
 /// a batch read ahead and then dropped (stop, drain target reached, error) is read again from
 /// the stored resume token.
 struct Prefetch {
-    rx: mpsc::Receiver<mongodb::error::Result<Option<RawBatch>>>,
+    rx: mpsc::Receiver<(Instant, mongodb::error::Result<Option<RawBatch>>)>,
     task: tokio::task::JoinHandle<()>,
+    progress: Arc<Progress>,
 }
 
 impl Prefetch {
-    fn start(mut cursor: RawBatchCursor) -> Self {
+    fn start(mut cursor: RawBatchCursor, progress: Arc<Progress>) -> Self {
         // One batch in the channel and one being read: at most two 16 MB batches ahead.
         let (tx, rx) = mpsc::channel(1);
+        let p = progress.clone();
         let task = tokio::spawn(async move {
             loop {
+                let reading = Instant::now();
                 let next = cursor.try_next().await;
+                p.stats.add_busy(Stage::SourceRead, reading.elapsed());
                 let last = !matches!(next, Ok(Some(_)));
-                if tx.send(next).await.is_err() || last {
+                if tx.send((Instant::now(), next)).await.is_err() || last {
                     return;
                 }
             }
         });
-        Prefetch { rx, task }
+        Prefetch { rx, task, progress }
     }
 
     async fn next(&mut self) -> mongodb::error::Result<Option<RawBatch>> {
-        Ok(self.rx.recv().await.transpose()?.flatten())
+        match self.rx.recv().await {
+            Some((queued, next)) => {
+                self.progress
+                    .stats
+                    .add_busy(Stage::ApplyQueue, queued.elapsed());
+                next
+            }
+            None => Ok(None),
+        }
     }
 }
 
@@ -376,12 +406,15 @@ async fn apply_round_with(
     round: &[RawDocumentBuf],
     workers: usize,
 ) -> Result<(), EngineError> {
+    let decoding = Instant::now();
+    let mut per_ns: HashMap<String, u64> = HashMap::new();
     let mut buckets: Vec<Vec<Keyed>> = (0..workers).map(|_| Vec::new()).collect();
     for ev in round {
         let Some(ns) = event_ns(ev) else { continue };
         if !selected(&ctx.selector, &ns) {
             continue;
         }
+        *per_ns.entry(ns.to_string()).or_default() += 1;
         let stmts = events::translate(ev).map_err(|why| EngineError::Event(describe(ev, &why)))?;
         let mut h = DefaultHasher::new();
         ns.hash(&mut h);
@@ -406,8 +439,14 @@ async fn apply_round_with(
             regroup(b);
         }
     }
+    ctx.progress
+        .stats
+        .add_busy(Stage::Decode, decoding.elapsed());
+    ctx.progress.stats.add_namespaces(per_ns);
+    let writing = Instant::now();
     // The whole round is idempotent: a transient failure retries it.
-    ctx.retry
+    let written = ctx
+        .retry
         .run(&ctx.progress, "applying change events", || async {
             let futs = buckets
                 .iter()
@@ -415,7 +454,11 @@ async fn apply_round_with(
                 .map(|b| write_bucket(ctx, b));
             try_join_all(futs).await.map(|_| ())
         })
-        .await
+        .await;
+    ctx.progress
+        .stats
+        .add_busy(Stage::DestinationWrite, writing.elapsed());
+    written
 }
 
 /// Whether `ns` is a capped collection on the destination (cached until the next DDL event).

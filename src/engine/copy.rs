@@ -79,6 +79,13 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
         FuturesUnordered::new();
     loop {
         while running.len() < ctx.concurrency.max(1) {
+            if crate::pause::is_paused() && !queue.is_empty() {
+                if running.is_empty() {
+                    crate::pause::hold_copy(&ctx.progress).await;
+                } else {
+                    break; // no new range while paused; the running ones stop at a checkpoint
+                }
+            }
             let Some(p) = queue.pop_front() else { break };
             let ctx = ctx.clone();
             running.push(tokio::spawn(async move { copy_partition(&ctx, p).await }));
@@ -221,7 +228,9 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
     loop {
         let copied = ctx.progress.copied_docs.load(Ordering::Relaxed);
         match copy_partition_once(ctx, &mut p).await {
-            Ok(()) => break,
+            Ok(true) => break,
+            // Paused at a checkpoint: continue from it once resumed.
+            Ok(false) => crate::pause::hold_copy(&ctx.progress).await,
             Err(e) if e.is_transient() => {
                 // Documents were copied since the last failure: a new outage, with its own
                 // retry budget.
@@ -255,7 +264,9 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
     Ok(())
 }
 
-async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<(), EngineError> {
+/// Copies the rest of a range; `Ok(false)` when it stopped early for a pause, after its
+/// last write is durable and checkpointed.
+async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<bool, EngineError> {
     let src = ctx
         .source
         .database(&p.read_ns.db)
@@ -309,6 +320,20 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<(), Eng
     };
 
     loop {
+        if crate::pause::is_paused() && !p.natural {
+            while let Some(h) = in_flight.pop_front() {
+                let (last, n, b) = join(h).await?;
+                ctx.progress.add_copied(n, b);
+                if last.is_some() {
+                    pending_last = last;
+                }
+            }
+            // `batch` holds documents not written yet: the checkpoint is before them.
+            if let Some(id) = pending_last.take() {
+                checkpoint(ctx, p, id).await?;
+            }
+            return Ok(false);
+        }
         let next = cursor
             .try_next()
             .await
@@ -371,7 +396,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<(), Eng
         let (_, n, b) = join(h).await?;
         ctx.progress.add_copied(n, b);
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn join<T>(h: JoinHandle<Result<T, EngineError>>) -> Result<T, EngineError> {

@@ -303,7 +303,11 @@ async fn lane_main(
         lanes
             .update_one(
                 doc! {"_id": &id},
-                doc! {"$set": {"copy_done": true, "copy_finished": mongodb::bson::DateTime::now()}},
+                doc! {"$set": {"copy_done": true, "copy_finished": mongodb::bson::DateTime::now(),
+                    // What the copy copied, for `status` after the copy and the commit.
+                    "copied_bytes": progress.copied_bytes.load(Ordering::Relaxed) as i64,
+                    "copied_documents": progress.copied_docs.load(Ordering::Relaxed) as i64,
+                    "estimated_total_bytes": progress.estimated_total_bytes.load(Ordering::Relaxed) as i64}},
             )
             .await
             .map_err(st)?;

@@ -2,6 +2,7 @@
 //! sends is a read (`hello`, `buildInfo`, `connectionStatus`, `listDatabases`,
 //! `listCollections`, `listIndexes`, `$collStats`, `$sample`/`find`, `replSetGetConfig`).
 
+mod connection;
 mod data;
 mod oplog;
 pub mod privileges;
@@ -42,7 +43,11 @@ pub async fn run(plan: &Plan, opts: &PreflightOptions) -> PreflightOutcome {
                 checks.push(Check::pass(
                     "reachable",
                     scope,
-                    format!("connected and authenticated to {}", c.uri.hosts_display()),
+                    format!(
+                        "connected and authenticated to {} ({})",
+                        c.uri.hosts_display(),
+                        connection::describe(&c.uri)
+                    ),
                 ));
                 let info = match c.server_info().await {
                     Ok(i) => Some(i),
@@ -83,6 +88,7 @@ pub async fn run(plan: &Plan, opts: &PreflightOptions) -> PreflightOutcome {
     checks.push(write_block::check(&dest).await);
     let inventory = data::inventory_checks(plan, &source, &dest, opts.deep, &mut checks).await;
     checks.push(oplog::check(&source, inventory.total_bytes).await);
+    checks.push(connection::disk_check(&dest, inventory.total_bytes).await);
     if plan.options.reversible || plan.has_reverse() {
         checks.extend(data::unique_index_checks(plan, &source, &dest).await);
     }

@@ -46,7 +46,7 @@ fn require_mongod() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
     l.local_addr().expect("local addr").port()
 }
@@ -328,7 +328,7 @@ impl Drop for ReplicaSet {
     }
 }
 
-fn spawn_with_deathsig(bin: &Path, args: &[String]) -> Child {
+pub fn spawn_with_deathsig(bin: &Path, args: &[String]) -> Child {
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -346,7 +346,7 @@ fn spawn_with_deathsig(bin: &Path, args: &[String]) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
-fn wait_listening(port: u16, child: &mut Child, limit: Duration) -> bool {
+pub fn wait_listening(port: u16, child: &mut Child, limit: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -1,0 +1,334 @@
+//! Operating a run like a service: the operations that `cutover pause|resume|approve` and the
+//! HTTP API share, and the runner's service task, which every second
+//! - follows pause requests in the run document (so they work from any machine),
+//! - samples the current lane's counters into an [`Insight`] (rates, stage busy time,
+//!   bottleneck, busiest namespaces, catch-up time) and, every 10 s, the source's oplog
+//!   (how long before it rolls past the lane's resume point),
+//! - publishes both in the status document (`status.insight`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::Client;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::exit::Exit;
+use crate::plan::{Approval, Plan, Step};
+use crate::progress::Progress;
+use crate::state::{StateError, StateStore, LANES};
+use crate::stats::{Insight, Sampler};
+
+/// What the runner shares with the HTTP API.
+pub struct Live {
+    pub plan: Plan,
+    pub store: StateStore,
+    pub current: Arc<Mutex<Option<Arc<Progress>>>>,
+    pub insight: Mutex<Option<Insight>>,
+}
+
+impl Live {
+    pub fn progress(&self) -> Option<Arc<Progress>> {
+        self.current.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+/// The runner's service task (and the API server, if `--listen` was given).
+pub struct Service {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    pub live: Arc<Live>,
+}
+
+impl Service {
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the service task; follows a pause already requested before returning, so a
+/// paused plan's copy or change application does not start.
+pub async fn start(
+    plan: Plan,
+    store: StateStore,
+    source: Client,
+    destination: Client,
+    current: Arc<Mutex<Option<Arc<Progress>>>>,
+    api: Option<crate::api::Bound>,
+) -> Service {
+    let live = Arc::new(Live {
+        plan,
+        store,
+        current,
+        insight: Mutex::new(None),
+    });
+    if let Ok(Some(run)) = live.store.run_doc().await {
+        crate::pause::set_paused(is_paused(&run));
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = vec![tokio::spawn(service_loop(
+        live.clone(),
+        source,
+        destination,
+        stop_rx.clone(),
+    ))];
+    if let Some(bound) = api {
+        tasks.push(tokio::spawn(crate::api::serve(
+            bound,
+            live.clone(),
+            stop_rx,
+        )));
+    }
+    Service { stop, tasks, live }
+}
+
+fn is_paused(run: &Document) -> bool {
+    run.get_document("pause")
+        .ok()
+        .and_then(|p| p.get_bool("paused").ok())
+        .unwrap_or(false)
+}
+
+async fn service_loop(
+    live: Arc<Live>,
+    source: Client,
+    destination: Client,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sampler = Sampler::default();
+    let mut last_oplog: Option<Instant> = None;
+    let mut oplog_remaining: Option<f64> = None;
+    let mut was_paused = crate::pause::is_paused();
+    loop {
+        let run = live.store.run_doc().await.ok().flatten();
+        if let Some(run) = &run {
+            let paused = is_paused(run);
+            if paused != was_paused {
+                if paused {
+                    tracing::info!("Pause requested: copying and change application stop at the next checkpoint.");
+                } else {
+                    tracing::info!("Resume requested.");
+                }
+                was_paused = paused;
+            }
+            crate::pause::set_paused(paused);
+        }
+        if let Some(p) = live.progress() {
+            let reverse = run.as_ref().and_then(|r| r.get_str("direction").ok()) == Some("reverse");
+            if last_oplog.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                last_oplog = Some(Instant::now());
+                let (src, dir) = if reverse {
+                    (&destination, "reverse")
+                } else {
+                    (&source, "forward")
+                };
+                oplog_remaining = oplog_window(src, &live.store, dir).await;
+            }
+            let mut insight = sampler.sample(&p);
+            insight.oplog_remaining_seconds = oplog_remaining;
+            if let Ok(d) = mongodb::bson::to_document(&insight) {
+                let _ = live.store.set(doc! {"status.insight": d}).await;
+            }
+            if let Ok(mut g) = live.insight.lock() {
+                *g = Some(insight);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Seconds before the source's oplog rolls past the lane's resume point (its stored
+/// position, else its start point). `None` when it cannot be read (e.g. no permission on
+/// `local`).
+pub async fn oplog_window(source: &Client, store: &StateStore, direction: &str) -> Option<f64> {
+    let lane = store
+        .coll(LANES)
+        .find_one(doc! {"_id": format!("{}/{direction}", store.plan())})
+        .await
+        .ok()??;
+    let resume = lane
+        .get_timestamp("position")
+        .or_else(|_| lane.get_timestamp("start_ts"))
+        .ok()?;
+    let local = source.database("local");
+    let oplog = local.collection::<Document>("oplog.rs");
+    let first = oplog
+        .find_one(doc! {})
+        .sort(doc! {"$natural": 1})
+        .projection(doc! {"ts": 1})
+        .await
+        .ok()??
+        .get_timestamp("ts")
+        .ok()?;
+    let last = oplog
+        .find_one(doc! {})
+        .sort(doc! {"$natural": -1})
+        .projection(doc! {"ts": 1})
+        .await
+        .ok()??
+        .get_timestamp("ts")
+        .ok()?;
+    let stats = local
+        .run_command(doc! {"collStats": "oplog.rs"})
+        .await
+        .ok()?;
+    let num = |k: &str| match stats.get(k) {
+        Some(Bson::Int32(v)) => Some(f64::from(*v)),
+        Some(Bson::Int64(v)) => Some(*v as f64),
+        Some(Bson::Double(v)) => Some(*v),
+        _ => None,
+    };
+    crate::stats::oplog_remaining(
+        first.time,
+        last.time,
+        resume.time,
+        num("size")?,
+        num("maxSize")?,
+    )
+}
+
+/// `cutover pause` / `resume`: records the request in the run document, where the runner
+/// (on any machine) follows it within a second.
+pub async fn set_pause(store: &StateStore, paused: bool) -> Result<String, (Exit, String)> {
+    let run = store
+        .run_doc()
+        .await
+        .map_err(|e| (Exit::Failed, e.to_string()))?
+        .ok_or_else(|| {
+            (
+                Exit::Failed,
+                format!(
+                    "plan `{}` has no migration recorded yet: nothing to {}",
+                    store.plan(),
+                    if paused { "pause" } else { "resume" }
+                ),
+            )
+        })?;
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let already = is_paused(&run);
+    if paused == already {
+        return Ok(format!(
+            "plan `{}` is already {}",
+            store.plan(),
+            if paused {
+                "paused"
+            } else {
+                "running (not paused)"
+            }
+        ));
+    }
+    let fields = if paused {
+        doc! {"pause": {"paused": true, "since": DateTime::now(), "by": &host}}
+    } else {
+        doc! {"pause.paused": false, "pause.resumed": DateTime::now(), "pause.resumed_by": &host}
+    };
+    store
+        .set(fields)
+        .await
+        .map_err(|e: StateError| (Exit::Failed, e.to_string()))?;
+    tracing::info!(plan = %store.plan(), host = %host, paused, "Pause state changed on request.");
+    Ok(if paused {
+        format!(
+            "paused plan `{}`: the runner stops copying and applying at its next checkpoint; resume with `cutover resume`",
+            store.plan()
+        )
+    } else {
+        format!("resumed plan `{}`", store.plan())
+    })
+}
+
+/// `cutover approve`: records the approval of a manual commit (`step`, default the first
+/// manual commit not yet done). Returns the step and a message.
+pub async fn approve(
+    plan: &Plan,
+    store: &StateStore,
+    step: Option<usize>,
+    note: &str,
+) -> Result<(usize, String), (Exit, String)> {
+    let manual: Vec<usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, Step::Commit(c) if c.approval == Approval::Manual))
+        .map(|(i, _)| i)
+        .collect();
+    if manual.is_empty() {
+        return Err((
+            Exit::Invalid,
+            "the plan has no `commit` step with `approval = \"manual\"`; nothing to approve".into(),
+        ));
+    }
+    let step = match step {
+        Some(s) if manual.contains(&s) => s,
+        Some(s) => {
+            return Err((
+                Exit::Invalid,
+                format!(
+                    "step {s} is not a manual `commit`; manual commits are at {}",
+                    manual
+                        .iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+        None => {
+            let run = store.run_doc().await.ok().flatten().unwrap_or_default();
+            let done = |i: usize| {
+                run.get_array("steps")
+                    .ok()
+                    .and_then(|a| a.get(i))
+                    .and_then(|s| s.as_document())
+                    .and_then(|s| s.get_str("status").ok())
+                    == Some("done")
+            };
+            match manual.iter().find(|i| !done(**i)) {
+                Some(i) => *i,
+                None => {
+                    return Err((
+                        Exit::Failed,
+                        "every manual commit of this plan is already done".into(),
+                    ))
+                }
+            }
+        }
+    };
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    store
+        .approve(step, &host, note)
+        .await
+        .map_err(|e| (Exit::Failed, e.to_string()))?;
+    tracing::info!(step, host = %host, "Commit approved.");
+    Ok((
+        step,
+        format!(
+            "approved the commit at step {step} of plan `{}` (from {host})",
+            plan.name
+        ),
+    ))
+}
+
+/// A commit approved (or automatic) while the run is paused waits for `cutover resume`
+/// before it blocks any write.
+pub async fn wait_resumed_before_commit(progress: Option<&Progress>) {
+    if !crate::pause::is_paused() {
+        return;
+    }
+    tracing::info!("The run is paused: the commit starts after `cutover resume`.");
+    match progress {
+        Some(p) => crate::pause::hold_copy(p).await,
+        None => crate::pause::wait_resumed().await,
+    }
+}

@@ -1,0 +1,302 @@
+//! Lag explained: where change application spends its time. The engine adds busy time per
+//! stage and counts events per namespace ([`LaneStats`], inside [`Progress`]); the service's
+//! sampler turns consecutive samples into rates, busy fractions and a bottleneck
+//! ([`Insight`]), which `status`, the HTTP API and the metrics show.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::progress::Progress;
+
+/// The stages of change application, in pipeline order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting on the source's change stream (`getMore`), in the read-ahead task.
+    SourceRead = 0,
+    /// Parsing events and translating them into write statements.
+    Decode = 1,
+    /// A batch read from the source waiting for the applier to take it.
+    ApplyQueue = 2,
+    /// Writes to the destination (statements, DDL and the checkpoint).
+    DestinationWrite = 3,
+}
+
+pub const STAGES: [Stage; 4] = [
+    Stage::SourceRead,
+    Stage::Decode,
+    Stage::ApplyQueue,
+    Stage::DestinationWrite,
+];
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::SourceRead => "source_read",
+            Stage::Decode => "decode",
+            Stage::ApplyQueue => "apply_queue",
+            Stage::DestinationWrite => "destination_write",
+        }
+    }
+}
+
+/// Counters of one lane beyond [`Progress`]'s: events read, busy nanoseconds per stage,
+/// events per namespace.
+#[derive(Debug, Default)]
+pub struct LaneStats {
+    pub events_read: AtomicU64,
+    busy_ns: [AtomicU64; 4],
+    namespaces: Mutex<HashMap<String, u64>>,
+}
+
+impl LaneStats {
+    pub fn add_busy(&self, stage: Stage, d: Duration) {
+        self.busy_ns[stage as usize].fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn busy(&self, stage: Stage) -> Duration {
+        Duration::from_nanos(self.busy_ns[stage as usize].load(Ordering::Relaxed))
+    }
+
+    /// Adds one batch's per-namespace event counts.
+    pub fn add_namespaces(&self, counts: HashMap<String, u64>) {
+        if counts.is_empty() {
+            return;
+        }
+        if let Ok(mut g) = self.namespaces.lock() {
+            for (ns, n) in counts {
+                *g.entry(ns).or_default() += n;
+            }
+        }
+    }
+
+    fn namespaces(&self) -> HashMap<String, u64> {
+        self.namespaces
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// What the sampler derives from the counters over its window (also stored in the status
+/// document as `status.insight`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Insight {
+    /// The span the rates are measured over.
+    pub window_seconds: f64,
+    pub events_read_per_second: f64,
+    pub events_applied_per_second: f64,
+    /// Busy time per stage over the window.
+    pub stages: Vec<StageBusy>,
+    /// The stage with the largest busy share (`none` while the lane is caught up).
+    pub bottleneck: String,
+    /// The five namespaces with the most events per second.
+    pub busiest_namespaces: Vec<NamespaceRate>,
+    /// Time to catch up at the current rate of lag reduction; `None` while the lag does not
+    /// shrink (or is already below a second).
+    pub catch_up_seconds: Option<f64>,
+    /// How long before the source's oplog rolls past the lane's resume point at the current
+    /// oplog write rate (also how long a pause can last).
+    pub oplog_remaining_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StageBusy {
+    pub stage: String,
+    pub busy_seconds: f64,
+    /// Busy time divided by the window (can exceed 1 where work runs in parallel).
+    pub busy_fraction: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NamespaceRate {
+    pub namespace: String,
+    pub events_per_second: f64,
+}
+
+#[derive(Clone, Debug)]
+struct Sample {
+    at: Instant,
+    read: u64,
+    applied: u64,
+    busy: [Duration; 4],
+    namespaces: HashMap<String, u64>,
+    lag: Option<f64>,
+}
+
+/// Keeps the last samples of one lane and derives an [`Insight`].
+#[derive(Debug, Default)]
+pub struct Sampler {
+    samples: VecDeque<Sample>,
+    /// The lane the samples belong to (a new lane starts the window over).
+    lane: usize,
+}
+
+/// The span rates are computed over.
+const WINDOW: Duration = Duration::from_secs(10);
+
+impl Sampler {
+    pub fn sample(&mut self, p: &Progress) -> Insight {
+        let lane = p as *const Progress as usize;
+        if lane != self.lane {
+            self.samples.clear();
+            self.lane = lane;
+        }
+        let now = Sample {
+            at: Instant::now(),
+            read: p.stats.events_read.load(Ordering::Relaxed),
+            applied: p.events_applied.load(Ordering::Relaxed),
+            busy: STAGES.map(|s| p.stats.busy(s)),
+            namespaces: p.stats.namespaces(),
+            lag: p.lag_seconds(),
+        };
+        self.samples.push_back(now.clone());
+        while self.samples.len() > 2 && now.at.duration_since(self.samples[1].at) >= WINDOW {
+            self.samples.pop_front();
+        }
+        let first = self.samples.front().cloned().unwrap_or(now.clone());
+        derive(&first, &now)
+    }
+}
+
+fn derive(a: &Sample, b: &Sample) -> Insight {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    let rate = |x: u64, y: u64| {
+        if secs > 0.0 {
+            y.saturating_sub(x) as f64 / secs
+        } else {
+            0.0
+        }
+    };
+    let stages: Vec<StageBusy> = STAGES
+        .iter()
+        .map(|s| {
+            let i = *s as usize;
+            let busy = b.busy[i].saturating_sub(a.busy[i]).as_secs_f64();
+            StageBusy {
+                stage: s.name().into(),
+                busy_seconds: round3(busy),
+                busy_fraction: if secs > 0.0 { round3(busy / secs) } else { 0.0 },
+            }
+        })
+        .collect();
+    let read = rate(a.read, b.read);
+    let applied = rate(a.applied, b.applied);
+    let lagging = b.lag.is_some_and(|l| l >= 1.0);
+    // The source read includes the stream's wait for new events: only a lane that is
+    // behind has a bottleneck. The apply queue is the applier's backlog, not work: the
+    // bottleneck is the busiest of the stages that do work.
+    let bottleneck = if lagging && (read > 0.0 || applied > 0.0) {
+        stages
+            .iter()
+            .filter(|s| s.stage != Stage::ApplyQueue.name())
+            .max_by(|x, y| x.busy_fraction.total_cmp(&y.busy_fraction))
+            .map(|s| s.stage.clone())
+            .unwrap_or_else(|| "none".into())
+    } else {
+        "none".into()
+    };
+    let mut namespaces: Vec<NamespaceRate> = b
+        .namespaces
+        .iter()
+        .map(|(ns, n)| NamespaceRate {
+            namespace: ns.clone(),
+            events_per_second: round3(rate(a.namespaces.get(ns).copied().unwrap_or(0), *n)),
+        })
+        .filter(|r| r.events_per_second > 0.0)
+        .collect();
+    namespaces.sort_by(|x, y| {
+        y.events_per_second
+            .total_cmp(&x.events_per_second)
+            .then_with(|| x.namespace.cmp(&y.namespace))
+    });
+    namespaces.truncate(5);
+    let catch_up_seconds = match (a.lag, b.lag) {
+        (Some(l0), Some(l1)) if l1 >= 1.0 && l1 < l0 && secs > 0.0 => {
+            Some(round3(l1 / ((l0 - l1) / secs)))
+        }
+        _ => None,
+    };
+    Insight {
+        window_seconds: round3(secs),
+        events_read_per_second: round3(read),
+        events_applied_per_second: round3(applied),
+        stages,
+        bottleneck,
+        busiest_namespaces: namespaces,
+        catch_up_seconds,
+        oplog_remaining_seconds: None,
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// How long until the oplog rolls past `resume` (seconds), from the oplog's first and last
+/// entry times, its used and maximum size: the free space fills at the average write rate,
+/// then entries older than `resume` go first.
+pub fn oplog_remaining(first: u32, last: u32, resume: u32, used: f64, max: f64) -> Option<f64> {
+    if resume < first {
+        return Some(0.0);
+    }
+    let span = f64::from(last.saturating_sub(first)).max(1.0);
+    let rate = used / span; // bytes per second of source time
+    if rate <= 0.0 {
+        return None;
+    }
+    let free = (max - used).max(0.0) / rate;
+    Some((free + f64::from(resume - first)).round())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oplog_remaining_counts_free_space_then_history_before_the_resume_point() {
+        // 1000 s of history in 100 MB of a 200 MB oplog: 100 KB/s; 1000 s to fill, then the
+        // resume point 400 s after the first entry rolls off 400 s later.
+        assert_eq!(
+            oplog_remaining(1000, 2000, 1400, 100e6, 200e6),
+            Some(1400.0)
+        );
+        assert_eq!(oplog_remaining(1000, 2000, 900, 100e6, 200e6), Some(0.0));
+    }
+
+    #[test]
+    fn bottleneck_and_rates_come_from_the_window() {
+        let t0 = Instant::now();
+        let a = Sample {
+            at: t0,
+            read: 0,
+            applied: 0,
+            busy: [Duration::ZERO; 4],
+            namespaces: HashMap::from([("a.x".to_string(), 0)]),
+            lag: Some(20.0),
+        };
+        let b = Sample {
+            at: t0 + Duration::from_secs(10),
+            read: 1000,
+            applied: 800,
+            busy: [
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(9),
+                Duration::from_secs(8),
+            ],
+            namespaces: HashMap::from([("a.x".to_string(), 500), ("a.y".to_string(), 300)]),
+            lag: Some(10.0),
+        };
+        let i = derive(&a, &b);
+        assert_eq!(i.events_read_per_second, 100.0);
+        assert_eq!(i.events_applied_per_second, 80.0);
+        assert_eq!(i.bottleneck, "destination_write");
+        assert_eq!(i.busiest_namespaces[0].namespace, "a.x");
+        assert_eq!(i.busiest_namespaces[0].events_per_second, 50.0);
+        assert_eq!(i.catch_up_seconds, Some(10.0));
+    }
+}
