@@ -99,6 +99,31 @@ pub struct VerifyArgs {
     /// Wait before each re-read, e.g. `1s`.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub recheck_delay: Duration,
+
+    /// Repair what differs (before the commit only): rewrite each differing document from the
+    /// source (through the live lane when a runner is live), build missing indexes, set
+    /// validation options; then verify again. Exit 0 only when a final pass finds nothing.
+    #[arg(long)]
+    pub repair: bool,
+
+    /// With `--repair`: `build` builds missing indexes and reports extra or different ones;
+    /// `drop` also drops extra ones and drops and rebuilds different ones.
+    #[arg(long, value_enum, default_value_t = RepairIndexes::Build, requires = "repair")]
+    pub repair_indexes: RepairIndexes,
+
+    /// With `--repair`: repair passes at most (each followed by a verify pass).
+    #[arg(long, default_value_t = 3, value_name = "N", requires = "repair")]
+    pub repair_rounds: u32,
+
+    /// With `--repair`: differing `_id`s repaired per namespace and pass.
+    #[arg(long, default_value_t = 100_000, value_name = "N", requires = "repair")]
+    pub repair_max: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RepairIndexes {
+    Build,
+    Drop,
 }
 
 #[derive(Debug, Args)]
@@ -711,12 +736,76 @@ async fn verify(args: VerifyArgs) -> Exit {
         relaxed,
         ..VerifyOptions::default()
     };
+    if args.repair {
+        return verify_repair(&args, &plan, &clusters, &store, &run, opts).await;
+    }
     let (a, b) = if direction == "reverse" {
         (&clusters[1].client, &clusters[0].client)
     } else {
         (&clusters[0].client, &clusters[1].client)
     };
     match verify::run(a, b, &plan, &opts).await {
+        Ok(report) => {
+            match args.plan.format {
+                Format::Text => out(&report.to_text()),
+                Format::Json => out(&report.to_json()),
+            }
+            if report.ok {
+                Exit::Ok
+            } else {
+                Exit::Failed
+            }
+        }
+        Err(e) => {
+            let exit = if e.is_connectivity() {
+                Exit::Unreachable
+            } else {
+                Exit::Failed
+            };
+            fail(exit, e.to_string())
+        }
+    }
+}
+
+/// `verify --repair` (see `verify::repair`).
+async fn verify_repair(
+    args: &VerifyArgs,
+    plan: &Plan,
+    clusters: &[crate::cluster::Cluster],
+    store: &crate::state::StateStore,
+    run: &mongodb::bson::Document,
+    opts: crate::verify::VerifyOptions,
+) -> Exit {
+    use crate::verify::repair::{self, IndexPolicy, RepairOptions};
+    let fail = |exit: Exit, message: String| {
+        err(&format!("error: {message}"));
+        if args.plan.format == Format::Json {
+            out(&serde_json::json!({"ok": false, "plan": plan.name, "error": message}).to_string());
+        }
+        exit
+    };
+    let lane = store
+        .coll(crate::state::LANES)
+        .find_one(mongodb::bson::doc! {"_id": format!("{}/forward", plan.name)})
+        .await
+        .ok()
+        .flatten();
+    let has_run = !run.is_empty();
+    let mode = match repair::gate(&plan.name, has_run.then_some(run), lane.as_ref()) {
+        Ok(m) => m,
+        Err(message) => return fail(Exit::Refused, message),
+    };
+    let ropts = RepairOptions {
+        indexes: match args.repair_indexes {
+            RepairIndexes::Build => IndexPolicy::Build,
+            RepairIndexes::Drop => IndexPolicy::Drop,
+        },
+        rounds: args.repair_rounds,
+        max_ids: args.repair_max.max(1),
+        ..RepairOptions::default()
+    };
+    let (a, b) = (&clusters[0].client, &clusters[1].client);
+    match repair::run(a, b, plan, store, mode, opts, &ropts).await {
         Ok(report) => {
             match args.plan.format {
                 Format::Text => out(&report.to_text()),

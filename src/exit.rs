@@ -11,6 +11,9 @@ pub enum Exit {
     Invalid = 2,
     /// A cluster is unreachable or authentication failed.
     Unreachable = 3,
+    /// Refused: the migration's state does not allow this command now (e.g. `verify
+    /// --repair` after the commit); nothing was written.
+    Refused = 4,
     /// Interrupted (Ctrl-C) at a safe point; re-run to continue.
     Interrupted = 130,
 }
@@ -27,8 +30,9 @@ impl Exit {
                 Exit::Ok => 0,
                 Exit::Failed => 1,
                 Exit::Unreachable => 2,
-                Exit::Invalid => 3,
-                Exit::Interrupted => 4,
+                Exit::Refused => 3,
+                Exit::Invalid => 4,
+                Exit::Interrupted => 5,
             }
         }
         if rank(other) > rank(self) {
@@ -45,4 +49,5 @@ Exit codes:
   1    a check, step or comparison failed
   2    the plan or the command line is invalid (nothing was written anywhere)
   3    a cluster is unreachable or authentication failed
+  4    refused in the migration's current state (e.g. verify --repair after the commit); nothing written
   130  interrupted; run the same command again to continue";

@@ -315,6 +315,8 @@ impl StateStore {
             "verify_runs",
             "verify_partitions",
             "verify_ranges",
+            "repairs",
+            "repair_requests",
         ] {
             self.coll(c)
                 .delete_many(doc! {"$or": [{"_id": {"$regex": &prefix}}, {"plan": &self.plan}]})

@@ -179,6 +179,8 @@ pub struct StatusView {
     pub runner: Option<String>,
     pub last_error: Option<String>,
     pub updated: Option<String>,
+    /// The last `verify --repair` (who, when, what it repaired).
+    pub last_repair: Option<crate::verify::repair::RepairSummary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -307,6 +309,7 @@ pub fn view(
             .get_datetime("at")
             .ok()
             .and_then(|d| d.try_to_rfc3339_string().ok()),
+        last_repair: None,
     };
     // Replication runs inside `cutover run`: without a runner, nothing is replicating, so
     // the last stored can-commit and lag no longer hold.
@@ -389,6 +392,9 @@ impl StatusView {
         }
         if let Some(e) = &self.last_error {
             s.push_str(&format!("  last error    {e}\n"));
+        }
+        if let Some(r) = &self.last_repair {
+            s.push_str(&format!("  last repair   {}\n", r.to_text()));
         }
         if let Some(u) = &self.updated {
             s.push_str(&format!("  updated       {u}\n"));
@@ -508,5 +514,6 @@ pub async fn load_view(
         view.lag_seconds = None; // nothing is replicating after a commit
         view.insight = None;
     }
+    view.last_repair = crate::verify::repair::last_repair(store).await;
     Ok(view)
 }

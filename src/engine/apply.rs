@@ -262,6 +262,8 @@ async fn run_stream(
         );
         if let Some(p) = pos {
             ctx.position.send_replace(Some(p));
+            // Between batches: everything up to `p` applied, nothing after it.
+            crate::engine::repair::serve(ctx, p).await?;
         }
         if let Control::DrainTo(target) = *control.borrow() {
             if applied > 0 {

@@ -7,4 +7,5 @@ pub mod copy;
 pub mod error;
 pub mod events;
 pub mod lane;
+pub mod repair;
 pub mod retry;

@@ -26,10 +26,11 @@ pub mod catalog;
 pub mod error;
 pub mod order;
 pub mod ranges;
+pub mod repair;
 pub mod report;
 pub mod resume;
 pub mod scan;
-mod settle;
+pub(crate) mod settle;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -88,6 +89,16 @@ pub struct VerifyOptions {
     /// `None` for collection-level options such as capped limits): differences there are
     /// expected until the commit restores them, and are not reported.
     pub relaxed: Vec<(Namespace, Option<String>)>,
+    /// Differing `_id`s to collect per range and per namespace for `--repair`
+    /// ([`NamespaceReport::ids`]); 0: only the listed `max_differences`.
+    pub collect_ids: usize,
+}
+
+impl VerifyOptions {
+    /// Differences named per range: what the report lists, or what repair needs.
+    fn sample_limit(&self) -> usize {
+        self.max_differences.max(self.collect_ids)
+    }
 }
 
 impl Default for VerifyOptions {
@@ -101,6 +112,7 @@ impl Default for VerifyOptions {
             restart: false,
             replication: Arc::new(SleepWait(Duration::from_secs(1))),
             relaxed: Vec::new(),
+            collect_ids: 0,
         }
     }
 }
@@ -264,7 +276,7 @@ async fn verify_range_once(
             r,
             w.source_exists,
             w.dest_exists,
-            opts.max_differences,
+            opts.sample_limit(),
         )
         .await?;
         return store.save_range(&w.ns, &rec).await;
@@ -288,7 +300,7 @@ async fn verify_range_once(
         // what the confirmed differences make of it on the destination.
         rec.destination_count = (rec.source_count + diff.extra).saturating_sub(diff.missing);
     } else {
-        diff.samples.truncate(opts.max_differences);
+        diff.samples.truncate(opts.sample_limit());
     }
     rec.rechecks = 1;
     rec.diff = diff;
@@ -343,6 +355,7 @@ async fn namespace_report(
         ranges_resumed: 0,
         rechecks: 0,
         note: None,
+        ids: Vec::new(),
     };
     if let (Some(si), Some(di)) = (s, d) {
         let (options, views) = catalog::diff_options(si, di);
@@ -391,6 +404,9 @@ async fn namespace_report(
             r.mismatch_totals.extra += rec.diff.extra;
             r.mismatch_totals.different += rec.diff.different;
             for (id, k) in rec.diff.samples {
+                if r.ids.len() < opts.collect_ids {
+                    r.ids.push((id.clone(), k));
+                }
                 if r.mismatches.len() < opts.max_differences {
                     r.mismatches.push(Mismatch {
                         id: Bson::into_relaxed_extjson(id),

@@ -53,6 +53,9 @@ pub struct NamespaceReport {
     /// What was not compared, and why (e.g. time-series documents).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Every differing `_id` named (up to `collect_ids`), with its BSON type, for repair.
+    #[serde(skip)]
+    pub ids: Vec<(mongodb::bson::Bson, super::scan::Kind)>,
 }
 
 impl NamespaceReport {

@@ -138,7 +138,7 @@ pub async fn settle(
             Kind::Extra => out.extra += 1,
             Kind::Different => out.different += 1,
         }
-        if out.samples.len() < opts.max_differences {
+        if out.samples.len() < opts.sample_limit() {
             out.samples.push((id, kind));
         }
     }

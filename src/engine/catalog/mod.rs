@@ -43,6 +43,7 @@ pub use create::create_on_destination;
 pub use ddl::{apply_ddl, DdlOutcome};
 pub use error::CatalogError;
 pub use indexes::build_indexes;
+pub(crate) use indexes::create_indexes;
 pub use list::{list_selected, spec_of};
 pub use relax::{
     restore_relaxations, Relaxation, RelaxationKind, RelaxationStore, RestoreReport,
