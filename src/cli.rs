@@ -429,6 +429,10 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
             match e {
                 crate::runner::RunError::Cluster(c) if c.is_connectivity() => Exit::Unreachable,
                 crate::runner::RunError::Interrupted => Exit::Interrupted,
+                crate::runner::RunError::LeaseLost(_)
+                | crate::runner::RunError::State(crate::state::StateError::Leased { .. }) => {
+                    Exit::Fenced
+                }
                 _ => Exit::Failed,
             }
         }
@@ -496,7 +500,7 @@ async fn status(args: StatusArgs) -> Exit {
         Err(e) => return e,
     };
     let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
-    let run = match store.run_doc().await {
+    let run = match store.run_doc_for_status().await {
         Ok(r) => r,
         Err(e) => {
             err(&format!("error: {e}"));

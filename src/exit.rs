@@ -11,6 +11,9 @@ pub enum Exit {
     Invalid = 2,
     /// A cluster is unreachable or authentication failed.
     Unreachable = 3,
+    /// `cutover run`: another runner holds the plan (refused at start), or this runner lost
+    /// its lease to another and stopped without writing further.
+    Fenced = 4,
     /// Interrupted (Ctrl-C) at a safe point; re-run to continue.
     Interrupted = 130,
 }
@@ -28,7 +31,8 @@ impl Exit {
                 Exit::Failed => 1,
                 Exit::Unreachable => 2,
                 Exit::Invalid => 3,
-                Exit::Interrupted => 4,
+                Exit::Fenced => 4,
+                Exit::Interrupted => 5,
             }
         }
         if rank(other) > rank(self) {
@@ -45,4 +49,5 @@ Exit codes:
   1    a check, step or comparison failed
   2    the plan or the command line is invalid (nothing was written anywhere)
   3    a cluster is unreachable or authentication failed
+  4    run: another `cutover run` holds the plan, or this runner lost its lease to one and stopped
   130  interrupted; run the same command again to continue";

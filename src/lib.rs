@@ -9,6 +9,7 @@ pub mod crashpoint;
 pub mod cutover;
 pub mod engine;
 pub mod exit;
+pub mod fence;
 pub mod index_format;
 pub mod logging;
 pub mod namespace;

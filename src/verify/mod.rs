@@ -88,6 +88,9 @@ pub struct VerifyOptions {
     /// `None` for collection-level options such as capped limits): differences there are
     /// expected until the commit restores them, and are not reported.
     pub relaxed: Vec<(Namespace, Option<String>)>,
+    /// Inside `cutover run`: the runner's fence; verify's records are then written only
+    /// while it holds the plan.
+    pub fence: Option<crate::fence::Fence>,
 }
 
 impl Default for VerifyOptions {
@@ -101,6 +104,7 @@ impl Default for VerifyOptions {
             restart: false,
             replication: Arc::new(SleepWait(Duration::from_secs(1))),
             relaxed: Vec::new(),
+            fence: None,
         }
     }
 }
@@ -126,8 +130,14 @@ pub async fn run(
 ) -> Result<VerifyReport, VerifyError> {
     let started = std::time::Instant::now();
     let catalog = catalog::list_selected(source, dest, &plan.selector).await?;
-    let (store, resumed) =
-        StateStore::open(dest, &plan.state_database, &plan.name, opts.restart).await?;
+    let (store, resumed) = StateStore::open(
+        dest,
+        &plan.state_database,
+        &plan.name,
+        opts.restart,
+        opts.fence.clone(),
+    )
+    .await?;
     tracing::info!(plan = %plan.name, run = store.run, resumed, namespaces = catalog.len(), "verify started");
     let finished = store.finished().await?;
     let sizing = Sizing {
