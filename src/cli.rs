@@ -483,6 +483,10 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
             match e {
                 crate::runner::RunError::Cluster(c) if c.is_connectivity() => Exit::Unreachable,
                 crate::runner::RunError::Interrupted => Exit::Interrupted,
+                crate::runner::RunError::LeaseLost(_)
+                | crate::runner::RunError::State(crate::state::StateError::Leased { .. }) => {
+                    Exit::Refused
+                }
                 _ => Exit::Failed,
             }
         }

@@ -166,7 +166,12 @@ pub async fn commit(
             ctx.store.database().clone(),
             ctx.store.plan(),
             direction.as_str(),
-        );
+        )
+        .with_fence(ctx.store.fence().cloned());
+        // Prove on the server that this runner still holds the plan before changing a cluster.
+        if let Some(f) = ctx.store.fence() {
+            f.verify().await.map_err(RunError::LeaseLost)?;
+        }
         catalog::restore_relaxations(&dst, &relax)
             .await
             .map_err(|e| fail(e.into()))?;
@@ -516,6 +521,7 @@ pub async fn verify(ctx: &mut Ctx, step: &VerifyStep) -> Result<Option<String>, 
         rechecks: if lane_position.is_some() { 3 } else { 0 },
         replication,
         relaxed,
+        fence: ctx.store.fence().cloned(),
         ..VerifyOptions::default()
     };
     // After a reverse commit the data lives on the old source: compare in the current direction.

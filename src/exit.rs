@@ -11,8 +11,10 @@ pub enum Exit {
     Invalid = 2,
     /// A cluster is unreachable or authentication failed.
     Unreachable = 3,
-    /// Refused: the migration's state does not allow this command now (e.g. `verify
-    /// --repair` after the commit); nothing was written.
+    /// Refused: the migration's state does not allow this command now (`verify --repair`
+    /// after the commit; nothing was written), or, for `cutover run`, another runner holds
+    /// the plan (refused at start) or this runner lost its lease to another and stopped
+    /// without writing further.
     Refused = 4,
     /// Interrupted (Ctrl-C) at a safe point; re-run to continue.
     Interrupted = 130,
@@ -30,8 +32,8 @@ impl Exit {
                 Exit::Ok => 0,
                 Exit::Failed => 1,
                 Exit::Unreachable => 2,
-                Exit::Refused => 3,
-                Exit::Invalid => 4,
+                Exit::Invalid => 3,
+                Exit::Refused => 4,
                 Exit::Interrupted => 5,
             }
         }
@@ -49,5 +51,6 @@ Exit codes:
   1    a check, step or comparison failed
   2    the plan or the command line is invalid (nothing was written anywhere)
   3    a cluster is unreachable or authentication failed
-  4    refused in the migration's current state (e.g. verify --repair after the commit); nothing written
+  4    refused: verify --repair after the commit (nothing written); run: another `cutover run`
+       holds the plan, or this runner lost its lease to one and stopped
   130  interrupted; run the same command again to continue";

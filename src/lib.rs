@@ -10,6 +10,7 @@ pub mod crashpoint;
 pub mod cutover;
 pub mod engine;
 pub mod exit;
+pub mod fence;
 pub mod index_format;
 pub mod logging;
 pub mod metrics;

@@ -13,10 +13,11 @@ use crate::cutover;
 use crate::engine::error::EngineError;
 use crate::engine::lane::{Direction, Lane, LaneEnv};
 use crate::engine::retry::RetryPolicy;
+use crate::fence::{Holder, LeaseLost};
 use crate::plan::{Plan, Step, WriteBlocking};
 use crate::progress::Progress;
 use crate::report::Scope;
-use crate::state::{Lease, StateError, StateStore};
+use crate::state::{StateError, StateStore};
 
 /// Runtime knobs (command-line only; the plan describes the migration itself).
 #[derive(Clone, Debug)]
@@ -54,6 +55,9 @@ pub enum RunError {
     Refused(String),
     #[error("interrupted; run the same command again to continue")]
     Interrupted,
+    /// Another runner took the plan over: this one stopped without writing further.
+    #[error(transparent)]
+    LeaseLost(LeaseLost),
 }
 
 impl RunError {
@@ -61,6 +65,16 @@ impl RunError {
         match self {
             RunError::Cluster(c) => Some(c.hint().to_string()),
             RunError::Step { source, .. } => source.hint().map(str::to_string),
+            RunError::LeaseLost(_) => Some(
+                "another `cutover run` now drives this plan; `cutover status PLAN` names it. Run this one \
+                 again only if that runner is gone"
+                    .into(),
+            ),
+            RunError::State(StateError::Leased { .. }) => Some(
+                "a runner that was killed lets go of the plan when its lease expires (by the state store's clock); \
+                 one killed on this host is taken over at once"
+                    .into(),
+            ),
             RunError::State(StateError::Changed { .. }) => Some(
                 "restore the plan as it was, or pass `--accept-changed-plan` if the change is deliberate and safe".into(),
             ),
@@ -171,6 +185,10 @@ impl Ctx {
         } else {
             &self.destination
         };
+        // Prove on the server that this runner still holds the plan before changing a cluster.
+        if let Some(f) = self.store.fence() {
+            f.verify().await.map_err(RunError::LeaseLost)?;
+        }
         if on {
             // Intent first: status must never miss a block that may have happened.
             self.store.set(doc! {key.clone(): true}).await?;
@@ -220,22 +238,32 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     let store = StateStore::new(&destination.client, &plan.state_database, &plan.name)
         .with_retry(opts.retry_timeout);
     let kinds: Vec<&str> = plan.steps.iter().map(Step::kind).collect();
-
-    if opts.restart {
-        restart(&plan, &store, &destination).await?;
+    let ttl = crate::fence::lease_ttl().map_err(RunError::Refused)?;
+    let fence = store.take_lease(Holder::mine(), ttl).await?;
+    let store = store.with_fence(fence.clone());
+    let renewal = fence.spawn_renewal();
+    let opened = async {
+        if opts.restart {
+            restart(&plan, &store, &destination).await?;
+        }
+        store
+            .open_run(&plan.fingerprint, &kinds, opts.accept_changed_plan)
+            .await?;
+        Ok::<(), RunError>(())
     }
-    let run_doc = store
-        .open_run(&plan.fingerprint, &kinds, opts.accept_changed_plan)
-        .await?;
-    let lease = Lease::mine();
-    store.acquire_lease(&lease).await?;
-    let _ = run_doc;
+    .await;
+    if let Err(e) = opened {
+        renewal.abort();
+        fence.release().await;
+        source.client.clone().shutdown().await;
+        destination.client.clone().shutdown().await;
+        return Err(fenced_error(&fence, e));
+    }
 
     let current: Arc<Mutex<Option<Arc<Progress>>>> = Arc::new(Mutex::new(None));
     let reporter = crate::status::spawn_reporter(
         // Status updates are best-effort: one that fails is replaced a second later.
         store.clone().with_retry(Duration::ZERO),
-        lease.clone(),
         current.clone(),
         plan.source.hosts_display(),
         plan.destination.hosts_display(),
@@ -259,8 +287,24 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         lane: None,
         current,
     };
-    let result = run_steps(&mut ctx, report).await;
+    // A lost lease ends the run at once, wherever it is.
+    let result = tokio::select! {
+        r = run_steps(&mut ctx, report) => r,
+        l = fence.lost() => Err(RunError::LeaseLost(l)),
+    };
+    renewal.abort();
 
+    if let Some(lost) = fence.lost_error() {
+        // Another runner owns the plan: no graceful stop (it would write a checkpoint), no
+        // status, no release. Whatever is in flight is refused by the fence.
+        if let Some(lane) = ctx.lane.take() {
+            lane.abort();
+        }
+        reporter.abort();
+        let lost = fence.explain(lost).await;
+        tracing::error!("{lost}");
+        return Err(RunError::LeaseLost(lost));
+    }
     // Stop replication at a safe point (the current round is finished and checkpointed).
     if let Some(mut lane) = ctx.lane.take() {
         if let Err(e) = lane.stop().await {
@@ -275,14 +319,28 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
             .set(doc! {"last_error": crate::redact::scrub(&e.to_string())})
             .await;
     }
-    let _ = ctx.store.release_lease(&lease).await;
+    let result = result.map_err(|e| fenced_error(&fence, e));
+    fence.release().await;
     ctx.source.client.clone().shutdown().await;
     ctx.destination.client.clone().shutdown().await;
     result
 }
 
+/// An error seen after the lease was lost is that loss, whatever surfaced first.
+fn fenced_error(fence: &crate::fence::Fence, e: RunError) -> RunError {
+    match (fence.lost_error(), e) {
+        (Some(l), _) => RunError::LeaseLost(l),
+        (None, RunError::State(StateError::LeaseLost(l))) => RunError::LeaseLost(l),
+        (None, e) => e,
+    }
+}
+
 async fn restart(plan: &Plan, store: &StateStore, destination: &Cluster) -> Result<(), RunError> {
-    let Some(doc) = store.run_doc().await? else {
+    let Some(doc) = store
+        .run_doc()
+        .await?
+        .filter(|d| d.get_str("fingerprint").is_ok())
+    else {
         // Nothing was started: there is no partial copy of ours to drop, and the
         // destination's namespaces are not ours to touch.
         tracing::info!(plan = %plan.name, "Restart: no migration recorded for this plan; starting fresh.");
@@ -299,6 +357,9 @@ async fn restart(plan: &Plan, store: &StateStore, destination: &Cluster) -> Resu
                 plan.name
             )));
         }
+    }
+    if let Some(f) = store.fence() {
+        f.verify().await.map_err(RunError::LeaseLost)?;
     }
     // What this migration copied so far is stale: drop it so the copy starts clean.
     let specs = crate::engine::catalog::list_selected(&destination.client, &plan.selector)

@@ -9,22 +9,31 @@
 //! - `approvals`: `cutover approve` records;
 //! - `relaxations`: what the sync relaxed on the destination (unique, TTL, capped).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, DateTime, Document, Timestamp};
-use mongodb::options::{ReadConcern, ReturnDocument, WriteConcern};
+use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::short_message;
+use crate::fence::{AcquireError, Fence, Holder, LeaseLost};
 
 pub const RUNS: &str = "runs";
 pub const LANES: &str = "lanes";
 pub const PARTITIONS: &str = "partitions";
 pub const APPROVALS: &str = "approvals";
 
-/// How long a runner's lease lasts without renewal.
-pub const LEASE_TTL: Duration = Duration::from_secs(20);
+/// The record collections a runner writes, each record with a `plan` field: stamped with
+/// the epoch when a runner takes the lease, and fenced on every write.
+pub const FENCED_RECORDS: [&str; 6] = [
+    LANES,
+    PARTITIONS,
+    crate::engine::catalog::RELAXATIONS_COLLECTION,
+    "verify_runs",
+    "verify_partitions",
+    "verify_ranges",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -36,14 +45,17 @@ pub enum StateError {
         transient: bool,
     },
     #[error(
-        "plan `{plan}` is being run by another `cutover run` ({holder}, lease until {until}); \
-         wait for it to finish, or stop it first"
+        "plan `{plan}` is being run by another `cutover run` ({holder}; its lease runs until {until} \
+         by the state store's clock unless renewed); wait for it to finish, or stop it first"
     )]
     Leased {
         plan: String,
         holder: String,
         until: String,
     },
+    /// This runner lost the plan to another (fatal: stop at once).
+    #[error(transparent)]
+    LeaseLost(#[from] LeaseLost),
     #[error(
         "plan `{plan}` changed since its migration started (fingerprint {stored} → {current}): \
          clusters, options and steps must stay the same for the life of a migration"
@@ -63,6 +75,8 @@ pub struct StateStore {
     /// How long reads and writes of the run document retry transient failures (a lost
     /// connection to the destination, an election). Zero: fail at once (status, approve).
     retry: Duration,
+    /// Set once this process holds the plan's lease: every write is then fenced.
+    fence: Option<Fence>,
 }
 
 fn majority() -> WriteConcern {
@@ -82,6 +96,7 @@ impl StateStore {
             db,
             plan: plan.to_string(),
             retry: Duration::ZERO,
+            fence: None,
         }
     }
 
@@ -144,7 +159,29 @@ impl StateStore {
         .await
     }
 
-    /// Creates the run document on first use; refuses a plan whose fingerprint changed unless
+    /// The run document for `cutover status`, with `lease_live` computed by the state
+    /// store's clock (`lease.until > $$NOW`).
+    pub async fn run_doc_for_status(&self) -> Result<Option<Document>, StateError> {
+        use futures::TryStreamExt;
+        let pipeline = vec![
+            doc! {"$match": {"_id": &self.plan}},
+            doc! {"$addFields": {"lease_live": {"$and": [
+                {"$eq": [{"$type": "$lease.until"}, "date"]},
+                {"$gt": ["$lease.until", "$$NOW"]},
+            ]}}},
+        ];
+        let mut docs: Vec<Document> = self
+            .coll(RUNS)
+            .aggregate(pipeline)
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(docs.pop())
+    }
+
+    /// Starts the run record on first use (after [`StateStore::take_lease`]); refuses a plan whose fingerprint changed unless
     /// `accept_changed`.
     pub async fn open_run(
         &self,
@@ -153,47 +190,59 @@ impl StateStore {
         accept_changed: bool,
     ) -> Result<Document, StateError> {
         if let Some(existing) = self.run_doc().await? {
-            let stored = existing
-                .get_str("fingerprint")
-                .unwrap_or_default()
-                .to_string();
-            if stored != fingerprint {
-                if !accept_changed {
-                    return Err(StateError::Changed {
-                        plan: self.plan.clone(),
-                        stored,
-                        current: fingerprint.to_string(),
-                    });
+            if let Ok(stored) = existing.get_str("fingerprint") {
+                let stored = stored.to_string();
+                if stored != fingerprint {
+                    if !accept_changed {
+                        return Err(StateError::Changed {
+                            plan: self.plan.clone(),
+                            stored,
+                            current: fingerprint.to_string(),
+                        });
+                    }
+                    self.set(doc! {"fingerprint": fingerprint}).await?;
                 }
-                self.set(doc! {"fingerprint": fingerprint}).await?;
+                return Ok(existing);
             }
-            return Ok(existing);
         }
+        // New (the lease created a bare run document): start the migration's record.
         let steps: Vec<Bson> = steps
             .iter()
             .map(|k| Bson::Document(doc! {"kind": *k, "status": "pending"}))
             .collect();
-        let d = doc! {
-            "_id": &self.plan,
+        self.set(doc! {
             "version": 1,
             "fingerprint": fingerprint,
-            "created": DateTime::now(),
             "steps": steps,
             "state": "IDLE",
             "direction": "forward",
-        };
-        match self.coll(RUNS).insert_one(d.clone()).await {
-            Ok(_) => Ok(d),
-            // Another runner created it first: read theirs.
-            Err(e) if is_duplicate_key(&e) => self.run_doc().await?.ok_or_else(|| self.err(&e)),
-            Err(e) => Err(self.err(&e)),
-        }
+        })
+        .await?;
+        Ok(self.run_doc().await?.unwrap_or_default())
     }
 
     /// Sets fields of the run document (`$set`).
     pub async fn set(&self, fields: Document) -> Result<(), StateError> {
         let mut fields = fields;
         fields.insert("updated", DateTime::now());
+        if let Some(f) = &self.fence {
+            f.check().map_err(StateError::LeaseLost)?;
+            let matched = self
+                .retrying("writing the run document", || {
+                    let (c, q, u) = (
+                        self.coll(RUNS),
+                        f.run_filter(),
+                        doc! {"$set": fields.clone()},
+                    );
+                    async move { c.update_one(q, u).await }
+                })
+                .await?
+                .matched_count;
+            if matched == 0 {
+                self.confirm().await?;
+            }
+            return Ok(());
+        }
         self.retrying("writing the run document", || {
             let (c, id, f) = (self.coll(RUNS), self.plan.clone(), fields.clone());
             async move {
@@ -211,10 +260,21 @@ impl StateStore {
         for f in fields {
             u.insert(*f, "");
         }
-        self.coll(RUNS)
-            .update_one(doc! {"_id": &self.plan}, doc! {"$unset": u})
+        let filter = match &self.fence {
+            Some(f) => {
+                f.check().map_err(StateError::LeaseLost)?;
+                f.run_filter()
+            }
+            None => doc! {"_id": &self.plan},
+        };
+        let r = self
+            .coll(RUNS)
+            .update_one(filter, doc! {"$unset": u})
             .await
             .map_err(|e| self.err(&e))?;
+        if r.matched_count == 0 {
+            self.confirm().await?;
+        }
         Ok(())
     }
 
@@ -240,65 +300,119 @@ impl StateStore {
         self.set(fields).await
     }
 
-    /// Takes (or renews) the lease that keeps two runners off one plan. A lease held by a
-    /// process on this host that no longer exists is taken over at once (kill -9, crash).
-    pub async fn acquire_lease(&self, owner: &Lease) -> Result<(), StateError> {
-        let now = DateTime::now();
-        let until = DateTime::from_system_time(SystemTime::now() + LEASE_TTL);
-        let mut takeover = vec![
-            doc! {"lease": {"$exists": false}},
-            doc! {"lease.until": {"$lt": now}},
-            doc! {"lease.id": &owner.id},
-        ];
-        if let Some(current) = self
-            .run_doc()
-            .await?
-            .and_then(|d| d.get_document("lease").ok().cloned())
-        {
-            let same_host = current.get_str("host").ok() == Some(owner.host.as_str());
-            let pid = current.get_i64("pid").unwrap_or(0);
-            if same_host && pid > 0 && !process_alive(pid) {
-                takeover.push(doc! {"lease.id": current.get_str("id").unwrap_or_default()});
-            }
-        }
-        let lease = doc! {"id": &owner.id, "host": &owner.host, "pid": owner.pid, "until": until};
-        let r = self
-            .coll(RUNS)
-            .find_one_and_update(
-                doc! {"_id": &self.plan, "$or": takeover},
-                doc! {"$set": {"lease": lease}},
-            )
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(|e| self.err(&e))?;
-        if r.is_some() {
-            return Ok(());
-        }
-        let holder = self
-            .run_doc()
-            .await?
-            .and_then(|d| d.get_document("lease").ok().cloned())
-            .unwrap_or_default();
-        Err(StateError::Leased {
-            plan: self.plan.clone(),
-            holder: format!(
-                "host {} pid {}",
-                holder.get_str("host").unwrap_or("?"),
-                holder.get_i64("pid").unwrap_or(0)
-            ),
-            until: holder
-                .get_datetime("until")
-                .map(|d| d.try_to_rfc3339_string().unwrap_or_default())
-                .unwrap_or_default(),
-        })
-    }
-
-    pub async fn release_lease(&self, owner: &Lease) -> Result<(), StateError> {
+    /// Takes the plan's lease (creating the run document if needed): the epoch goes up by
+    /// one and every state record of the plan is stamped with it. The store then writes
+    /// through the returned [`Fence`] (see [`StateStore::with_fence`]).
+    pub async fn take_lease(&self, holder: Holder, ttl: Duration) -> Result<Fence, StateError> {
         self.coll(RUNS)
             .update_one(
-                doc! {"_id": &self.plan, "lease.id": &owner.id},
-                doc! {"$unset": {"lease": ""}},
+                doc! {"_id": &self.plan},
+                doc! {"$setOnInsert": {"created": DateTime::now()}},
             )
+            .upsert(true)
+            .await
+            .map_err(|e| self.err(&e))?;
+        let records: Vec<Collection<Document>> =
+            FENCED_RECORDS.iter().map(|c| self.coll(c)).collect();
+        match Fence::acquire(self.coll(RUNS), &records, &self.plan, holder, ttl).await {
+            Ok(f) => Ok(f),
+            Err(AcquireError::Held { holder, until }) => Err(StateError::Leased {
+                plan: self.plan.clone(),
+                holder,
+                until,
+            }),
+            Err(AcquireError::Db(e)) => Err(self.err(&e)),
+        }
+    }
+
+    /// The same store, writing through `fence`: every write is refused once another runner
+    /// holds the plan.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+
+    /// The local fence check (no I/O): call before acting on a cluster.
+    pub fn check_fence(&self) -> Result<(), StateError> {
+        match &self.fence {
+            Some(f) => f.check().map_err(StateError::LeaseLost),
+            None => Ok(()),
+        }
+    }
+
+    /// A fenced write matched nothing: lost if another runner holds the plan.
+    async fn confirm(&self) -> Result<(), StateError> {
+        match &self.fence {
+            Some(f) => f.confirm().await.map_err(StateError::LeaseLost),
+            None => Ok(()),
+        }
+    }
+
+    /// `update_one` on a record collection, fenced: refuses records of a newer epoch and
+    /// stamps the record with this runner's.
+    pub async fn update_one(
+        &self,
+        coll: &str,
+        filter: Document,
+        update: Document,
+    ) -> Result<u64, StateError> {
+        let (filter, update) = match &self.fence {
+            Some(f) => {
+                f.check().map_err(StateError::LeaseLost)?;
+                (f.filter(filter), f.stamp(update))
+            }
+            None => (filter, update),
+        };
+        let r = self
+            .coll(coll)
+            .update_one(filter, update)
+            .await
+            .map_err(|e| self.err(&e))?;
+        if r.matched_count == 0 {
+            self.confirm().await?;
+        }
+        Ok(r.matched_count)
+    }
+
+    /// `delete_many` on a record collection, fenced.
+    pub async fn delete_many(&self, coll: &str, filter: Document) -> Result<u64, StateError> {
+        let filter = match &self.fence {
+            Some(f) => {
+                f.check().map_err(StateError::LeaseLost)?;
+                f.filter(filter)
+            }
+            None => filter,
+        };
+        let r = self
+            .coll(coll)
+            .delete_many(filter)
+            .await
+            .map_err(|e| self.err(&e))?;
+        if r.deleted_count == 0 {
+            self.confirm().await?;
+        }
+        Ok(r.deleted_count)
+    }
+
+    /// Inserts new records, stamped; first proves on the server that this runner still
+    /// holds the plan.
+    pub async fn insert_many(&self, coll: &str, docs: Vec<Document>) -> Result<(), StateError> {
+        let docs = match &self.fence {
+            Some(f) => {
+                f.confirm().await.map_err(StateError::LeaseLost)?;
+                docs.into_iter().map(|d| f.stamp_doc(d)).collect()
+            }
+            None => docs,
+        };
+        if docs.is_empty() {
+            return Ok(());
+        }
+        self.coll(coll)
+            .insert_many(docs)
             .await
             .map_err(|e| self.err(&e))?;
         Ok(())
@@ -307,26 +421,40 @@ impl StateStore {
     /// Removes every record of this plan (for `run --restart`).
     pub async fn reset(&self) -> Result<(), StateError> {
         let prefix = format!("^{}/", regex::escape(&self.plan));
-        for c in [
-            LANES,
-            PARTITIONS,
-            APPROVALS,
-            "relaxations",
-            "verify_runs",
-            "verify_partitions",
-            "verify_ranges",
-            "repairs",
-            "repair_requests",
-        ] {
-            self.coll(c)
-                .delete_many(doc! {"$or": [{"_id": {"$regex": &prefix}}, {"plan": &self.plan}]})
-                .await
-                .map_err(|e| self.err(&e))?;
+        // `repairs` and `repair_requests` are written by `verify --repair`, not by a runner.
+        for c in FENCED_RECORDS
+            .iter()
+            .chain([&APPROVALS, &"repairs", &"repair_requests"])
+        {
+            self.delete_many(
+                c,
+                doc! {"$or": [{"_id": {"$regex": &prefix}}, {"plan": &self.plan}]},
+            )
+            .await?;
         }
-        self.coll(RUNS)
-            .delete_one(doc! {"_id": &self.plan})
-            .await
-            .map_err(|e| self.err(&e))?;
+        match &self.fence {
+            // Keep the lease and the epoch (it never goes down); forget everything else.
+            Some(f) => {
+                f.check().map_err(StateError::LeaseLost)?;
+                let r = self
+                    .coll(RUNS)
+                    .update_one(
+                        f.run_filter(),
+                        vec![doc! {"$project": {"_id": 1, "epoch": 1, "lease": 1, "created": 1}}],
+                    )
+                    .await
+                    .map_err(|e| self.err(&e))?;
+                if r.matched_count == 0 {
+                    self.confirm().await?;
+                }
+            }
+            None => {
+                self.coll(RUNS)
+                    .delete_one(doc! {"_id": &self.plan})
+                    .await
+                    .map_err(|e| self.err(&e))?;
+            }
+        }
         Ok(())
     }
 
@@ -352,36 +480,6 @@ impl StateStore {
         })
         .await
     }
-}
-
-/// Who holds a plan's lease.
-#[derive(Clone, Debug)]
-pub struct Lease {
-    pub id: String,
-    pub host: String,
-    pub pid: i64,
-}
-
-impl Lease {
-    pub fn mine() -> Self {
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "unknown".into());
-        let pid = i64::from(std::process::id());
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        Self {
-            id: format!("{host}/{pid}/{nanos}"),
-            host,
-            pid,
-        }
-    }
-}
-
-fn process_alive(pid: i64) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {

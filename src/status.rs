@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::progress::Progress;
-use crate::state::{Lease, StateStore};
+use crate::state::StateStore;
 
 pub struct Reporter {
     stop: watch::Sender<bool>,
@@ -25,13 +25,17 @@ impl Reporter {
         self.stop.send_replace(true);
         let _ = self.task.await;
     }
+
+    /// Stops at once, without a last update (the lease was lost).
+    pub fn abort(self) {
+        self.task.abort();
+    }
 }
 
-/// Every second: renews the lease and publishes the current lane's progress to the store;
+/// Every second: publishes the current lane's progress to the store;
 /// draws a progress bar (TTY) or logs a line every 10 s.
 pub fn spawn_reporter(
     store: StateStore,
-    lease: Lease,
     current: Arc<Mutex<Option<Arc<Progress>>>>,
     source_hosts: String,
     destination_hosts: String,
@@ -51,7 +55,6 @@ pub fn spawn_reporter(
             b
         });
         let mut last_log = Instant::now();
-        let mut last_renew = Instant::now();
         loop {
             let progress = current.lock().ok().and_then(|g| g.clone());
             if let Some(p) = &progress {
@@ -87,12 +90,6 @@ pub fn spawn_reporter(
                         can_commit = p.can_commit.load(Ordering::Relaxed),
                         "Progress."
                     );
-                }
-            }
-            if last_renew.elapsed() >= Duration::from_secs(5) {
-                last_renew = Instant::now();
-                if let Err(e) = store.acquire_lease(&lease).await {
-                    tracing::warn!(error = %e, "Could not renew the plan's lease.");
                 }
             }
             tokio::select! {
@@ -176,7 +173,12 @@ pub struct StatusView {
     pub paused: Option<PausedView>,
     /// Why the lag is what it is (rates, stage busy time, bottleneck; see `stats.rs`).
     pub insight: Option<crate::stats::Insight>,
+    /// The live lease's holder (`host H pid P`), by the state store's clock.
     pub runner: Option<String>,
+    /// The plan's fencing epoch: goes up by one each time a runner takes the plan.
+    pub epoch: Option<i64>,
+    /// When the live lease expires unless renewed (the state store's clock).
+    pub lease_until: Option<String>,
     pub last_error: Option<String>,
     pub updated: Option<String>,
     /// The last `verify --repair` (who, when, what it repaired).
@@ -260,16 +262,25 @@ pub fn view(
                 .collect()
         })
         .unwrap_or_default();
-    let runner = run.get_document("lease").ok().and_then(|l| {
-        let until = l.get_datetime("until").ok()?;
-        (until.timestamp_millis() > mongodb::bson::DateTime::now().timestamp_millis()).then(|| {
-            format!(
-                "host {} pid {}",
-                l.get_str("host").unwrap_or("?"),
-                l.get_i64("pid").unwrap_or(0)
-            )
-        })
+    // Whether the lease is live was decided by the state store's clock
+    // ([`StateStore::run_doc_for_status`] adds `lease_live`), never by this host's.
+    let lease = run
+        .get_document("lease")
+        .ok()
+        .filter(|_| run.get_bool("lease_live").unwrap_or(false));
+    let runner = lease.map(|l| {
+        format!(
+            "host {} pid {}",
+            l.get_str("host").unwrap_or("?"),
+            l.get_i64("pid").unwrap_or(0)
+        )
     });
+    let lease_until = lease
+        .and_then(|l| l.get_datetime("until").ok())
+        .and_then(|d| d.try_to_rfc3339_string().ok());
+    let epoch = run
+        .contains_key(crate::fence::EPOCH)
+        .then(|| crate::fence::stored_epoch(run));
     let mut v = StatusView {
         plan: plan_name.to_string(),
         state: run.get_str("state").unwrap_or("IDLE").to_string(),
@@ -304,6 +315,8 @@ pub fn view(
             .ok()
             .and_then(|d| mongodb::bson::from_document(d.clone()).ok()),
         runner,
+        epoch,
+        lease_until,
         last_error: run.get_str("last_error").ok().map(str::to_string),
         updated: st
             .get_datetime("at")
@@ -377,8 +390,15 @@ impl StatusView {
             }
             s.push('\n');
         }
+        let epoch = self.epoch.map_or(String::new(), |e| format!("epoch {e}"));
         match &self.runner {
-            Some(r) => s.push_str(&format!("  runner        {r}\n")),
+            Some(r) => s.push_str(&format!(
+                "  runner        {r} ({epoch}, lease until {} by the state store's clock)\n",
+                self.lease_until.as_deref().unwrap_or("?")
+            )),
+            None if self.epoch.is_some() => s.push_str(&format!(
+                "  runner        none (no `cutover run` holds this plan; last {epoch})\n"
+            )),
             None => s.push_str("  runner        none (no `cutover run` holds this plan)\n"),
         }
         if let Some(r) = &self.reconnecting {
@@ -476,7 +496,7 @@ pub async fn load_view(
     store: &StateStore,
     plan: &crate::plan::Plan,
 ) -> Result<StatusView, crate::state::StateError> {
-    let run = store.run_doc().await?;
+    let run = store.run_doc_for_status().await?;
     let mut view = view(
         &plan.name,
         &plan.file,

@@ -351,13 +351,12 @@ async fn persist(
         set.insert("position", p);
     }
     ctx.store
-        .coll(LANES)
         .update_one(
+            LANES,
             doc! {"_id": &ctx.lane},
             doc! {"$set": set, "$inc": {"events_applied": applied as i64}},
         )
-        .await
-        .map_err(|e| EngineError::State(ctx.store.err(&e)))?;
+        .await?;
     Ok(())
 }
 
@@ -391,6 +390,8 @@ async fn apply_round(ctx: &ApplyCtx, round: Vec<RawDocumentBuf>) -> Result<(), E
     if round.is_empty() {
         return Ok(());
     }
+    // No destination write once the lease may be another runner's.
+    ctx.store.check_fence()?;
     match apply_round_with(ctx, &round, ctx.workers.max(1)).await {
         // Parallel application can pass through states the source never had (two documents
         // swapping a unique value). Where the destination enforces uniqueness (the reverse
@@ -711,6 +712,7 @@ async fn send(
 }
 
 async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> {
+    ctx.store.check_fence()?;
     if let Ok(mut m) = ctx.capped.lock() {
         m.clear();
     }

@@ -127,9 +127,12 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, E
         .is_none()
     {
         // A crash between planning and the marker leaves stray ranges: start planning over.
-        coll.delete_many(doc! {"_id": {"$regex": format!("^{}", regex::escape(&prefix))}})
-            .await
-            .map_err(err)?;
+        ctx.store
+            .delete_many(
+                PARTITIONS,
+                doc! {"_id": {"$regex": format!("^{}", regex::escape(&prefix))}},
+            )
+            .await?;
         let natural = needs_natural_order(spec);
         let bounds = if natural {
             vec![None, None]
@@ -150,12 +153,13 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, E
             }
             docs.push(d);
         }
-        coll.insert_many(docs).await.map_err(err)?;
-        coll.insert_one(
-            doc! {"_id": &marker, "plan": ctx.store.plan(), "ranges": (bounds.len() - 1) as i64},
-        )
-        .await
-        .map_err(err)?;
+        ctx.store.insert_many(PARTITIONS, docs).await?;
+        ctx.store
+            .insert_many(
+                PARTITIONS,
+                vec![doc! {"_id": &marker, "plan": ctx.store.plan(), "ranges": (bounds.len() - 1) as i64}],
+            )
+            .await?;
     }
     let mut out = Vec::new();
     let mut cur = coll
@@ -257,10 +261,12 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
         ctx.progress.set_reconnecting(None);
     }
     ctx.store
-        .coll(PARTITIONS)
-        .update_one(doc! {"_id": &p.id}, doc! {"$set": {"done": true}})
-        .await
-        .map_err(|e| EngineError::State(ctx.store.err(&e)))?;
+        .update_one(
+            PARTITIONS,
+            doc! {"_id": &p.id},
+            doc! {"$set": {"done": true}},
+        )
+        .await?;
     Ok(())
 }
 
@@ -354,7 +360,10 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<bool, E
             batch_bytes += d.as_bytes().len();
             batch.push(d.to_raw_document_buf());
             if batch.len() >= BATCH_DOCS || batch_bytes >= BATCH_BYTES {
-                in_flight.push_back(flush(std::mem::take(&mut batch), batch_bytes));
+                {
+                    ctx.store.check_fence()?;
+                    in_flight.push_back(flush(std::mem::take(&mut batch), batch_bytes));
+                }
                 batch_bytes = 0;
                 // Natural-order collections (capped) keep insertion order: one write at a time.
                 let limit = if p.natural { 1 } else { WRITES_IN_FLIGHT };
@@ -390,7 +399,10 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<bool, E
         }
     }
     if !batch.is_empty() {
-        in_flight.push_back(flush(std::mem::take(&mut batch), batch_bytes));
+        {
+            ctx.store.check_fence()?;
+            in_flight.push_back(flush(std::mem::take(&mut batch), batch_bytes));
+        }
     }
     while let Some(h) = in_flight.pop_front() {
         let (_, n, b) = join(h).await?;
@@ -410,10 +422,12 @@ type Writer = JoinHandle<Result<(Option<Bson>, u64, u64), EngineError>>;
 /// Records the last `_id` durably written (the inserts used majority write concern).
 async fn checkpoint(ctx: &CopyCtx, p: &mut Partition, id: Bson) -> Result<(), EngineError> {
     ctx.store
-        .coll(PARTITIONS)
-        .update_one(doc! {"_id": &p.id}, doc! {"$set": {"last_id": id.clone()}})
-        .await
-        .map_err(|e| EngineError::State(ctx.store.err(&e)))?;
+        .update_one(
+            PARTITIONS,
+            doc! {"_id": &p.id},
+            doc! {"$set": {"last_id": id.clone()}},
+        )
+        .await?;
     p.last_id = Some(id);
     Ok(())
 }
@@ -558,9 +572,7 @@ fn num(d: &Document, k: &str) -> u64 {
 pub async fn forget(ctx: &CopyCtx, ns: &Namespace) -> Result<(), EngineError> {
     let prefix = format!("^{}", regex::escape(&format!("{}/{}/", ctx.lane, ns)));
     ctx.store
-        .coll(PARTITIONS)
-        .delete_many(doc! {"_id": {"$regex": prefix}})
-        .await
-        .map_err(|e| EngineError::State(ctx.store.err(&e)))?;
+        .delete_many(PARTITIONS, doc! {"_id": {"$regex": prefix}})
+        .await?;
     Ok(())
 }

@@ -154,6 +154,13 @@ impl Lane {
         self.join().await
     }
 
+    /// Cancels the lane's task at once, without a checkpoint (the lease was lost).
+    pub fn abort(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
     async fn join(&mut self) -> Result<(), EngineError> {
         match self.task.take() {
             Some(t) => t
@@ -228,11 +235,10 @@ async fn lane_main(
     let store = env.store.clone();
     let lanes = store.coll(LANES);
     let st = |e: mongodb::error::Error| EngineError::State(store.err(&e));
-    let relax = Arc::new(RelaxationStore::new(
-        store.database().clone(),
-        store.plan(),
-        direction.as_str(),
-    ));
+    let relax = Arc::new(
+        RelaxationStore::new(store.database().clone(), store.plan(), direction.as_str())
+            .with_fence(store.fence().cloned()),
+    );
     let copy_ctx = CopyCtx {
         source: env.source.clone(),
         dest: env.destination.clone(),
@@ -264,7 +270,7 @@ async fn lane_main(
             "start_ts": start_ts, "copy_done": copy_done, "events_applied": 0i64,
             "created": mongodb::bson::DateTime::now(),
         };
-        lanes.insert_one(d.clone()).await.map_err(st)?;
+        store.insert_many(LANES, vec![d.clone()]).await?;
         tracing::info!(lane = %id, start = %format!("{}.{}", start_ts.time, start_ts.increment), "Replication lane started.");
         record = Some(d);
     }
@@ -300,8 +306,9 @@ async fn lane_main(
         progress
             .collections_done
             .store(specs.len() as u64, Ordering::Relaxed);
-        lanes
+        store
             .update_one(
+                LANES,
                 doc! {"_id": &id},
                 doc! {"$set": {"copy_done": true, "copy_finished": mongodb::bson::DateTime::now(),
                     // What the copy copied, for `status` after the copy and the commit.
@@ -309,8 +316,7 @@ async fn lane_main(
                     "copied_documents": progress.copied_docs.load(Ordering::Relaxed) as i64,
                     "estimated_total_bytes": progress.estimated_total_bytes.load(Ordering::Relaxed) as i64}},
             )
-            .await
-            .map_err(st)?;
+            .await?;
         tracing::info!(lane = %id, "Copy finished; applying change events.");
     }
     progress.copy_done.store(true, Ordering::Relaxed);

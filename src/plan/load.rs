@@ -29,6 +29,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "CUTOVER_LOG_FORMAT",
     "CUTOVER_NO_PROGRESS",
     crate::crashpoint::ENV,
+    crate::fence::LEASE_TTL_ENV,
 ];
 
 /// Where overrides come from; the process environment in production, a map in tests.

@@ -25,6 +25,10 @@ impl fmt::Display for Side {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// Run inside `cutover run`: the runner lost its lease to another.
+    #[error(transparent)]
+    Fenced(#[from] crate::fence::LeaseLost),
+
     /// A cluster stopped answering (exit 3).
     #[error("{side} cluster is unreachable while {what}{}: {detail}\nhint: check the cluster and the network, then run the same command again; finished ranges are not checked again", ns_suffix(.ns))]
     Unreachable {

@@ -92,6 +92,9 @@ pub struct VerifyOptions {
     /// Differing `_id`s to collect per range and per namespace for `--repair`
     /// ([`NamespaceReport::ids`]); 0: only the listed `max_differences`.
     pub collect_ids: usize,
+    /// Inside `cutover run`: the runner's fence; verify's records are then written only
+    /// while it holds the plan.
+    pub fence: Option<crate::fence::Fence>,
 }
 
 impl VerifyOptions {
@@ -113,6 +116,7 @@ impl Default for VerifyOptions {
             replication: Arc::new(SleepWait(Duration::from_secs(1))),
             relaxed: Vec::new(),
             collect_ids: 0,
+            fence: None,
         }
     }
 }
@@ -138,8 +142,14 @@ pub async fn run(
 ) -> Result<VerifyReport, VerifyError> {
     let started = std::time::Instant::now();
     let catalog = catalog::list_selected(source, dest, &plan.selector).await?;
-    let (store, resumed) =
-        StateStore::open(dest, &plan.state_database, &plan.name, opts.restart).await?;
+    let (store, resumed) = StateStore::open(
+        dest,
+        &plan.state_database,
+        &plan.name,
+        opts.restart,
+        opts.fence.clone(),
+    )
+    .await?;
     tracing::info!(plan = %plan.name, run = store.run, resumed, namespaces = catalog.len(), "verify started");
     let finished = store.finished().await?;
     let sizing = Sizing {

@@ -20,6 +20,7 @@ use mongodb::{Client, Collection};
 use super::error::{Side, VerifyError};
 use super::ranges::Partition;
 use super::scan::{Kind, RangeDiff};
+use crate::fence::Fence;
 use crate::namespace::Namespace;
 
 pub const RUNS: &str = "verify_runs";
@@ -42,6 +43,7 @@ pub struct StateStore {
     db: String,
     plan: String,
     pub run: i64,
+    fence: Option<Fence>,
 }
 
 fn err(what: &str, e: &mongodb::error::Error) -> VerifyError {
@@ -70,12 +72,14 @@ impl StateStore {
         state_db: &str,
         plan: &str,
         restart: bool,
+        fence: Option<Fence>,
     ) -> Result<(Self, bool), VerifyError> {
         let mut store = StateStore {
             client: client.clone(),
             db: state_db.to_string(),
             plan: plan.to_string(),
             run: 0,
+            fence,
         };
         let runs = store.coll(RUNS);
         let last = runs
@@ -97,27 +101,61 @@ impl StateStore {
         }
         if running {
             runs.update_one(
-                doc! {"_id": {"plan": plan, "run": last_run}},
-                doc! {"$set": {"status": "abandoned"}},
+                store.filter(doc! {"_id": {"plan": plan, "run": last_run}})?,
+                store.stamp(doc! {"$set": {"status": "abandoned"}}),
             )
             .await
             .map_err(|e| err("abandoning the previous verify run", &e))?;
         }
         store.run = last_run + 1;
-        runs.insert_one(doc! {
+        store.confirm().await?;
+        runs.insert_one(store.stamp_doc(doc! {
             "_id": {"plan": plan, "run": store.run}, "plan": plan, "run": store.run,
             "status": "running", "started_at": DateTime::now(),
-        })
+        }))
         .await
         .map_err(|e| err("starting a verify run", &e))?;
         Ok((store, false))
     }
 
+    /// The fence's epoch condition on a write's filter (inside `cutover run`).
+    fn filter(&self, f: Document) -> Result<Document, VerifyError> {
+        match &self.fence {
+            Some(fence) => {
+                fence.check()?;
+                Ok(fence.filter(f))
+            }
+            None => Ok(f),
+        }
+    }
+
+    fn stamp(&self, u: Document) -> Document {
+        match &self.fence {
+            Some(f) => f.stamp(u),
+            None => u,
+        }
+    }
+
+    fn stamp_doc(&self, d: Document) -> Document {
+        match &self.fence {
+            Some(f) => f.stamp_doc(d),
+            None => d,
+        }
+    }
+
+    /// Before creating records: proves on the server that the runner still holds the plan.
+    async fn confirm(&self) -> Result<(), VerifyError> {
+        if let Some(f) = &self.fence {
+            f.confirm().await?;
+        }
+        Ok(())
+    }
+
     pub async fn finish(&self) -> Result<(), VerifyError> {
         self.coll(RUNS)
             .update_one(
-                doc! {"_id": {"plan": &self.plan, "run": self.run}},
-                doc! {"$set": {"status": "finished", "finished_at": DateTime::now()}},
+                self.filter(doc! {"_id": {"plan": &self.plan, "run": self.run}})?,
+                self.stamp(doc! {"$set": {"status": "finished", "finished_at": DateTime::now()}}),
             )
             .await
             .map_err(|e| err("finishing the verify run", &e))?;
@@ -143,15 +181,18 @@ impl StateStore {
     }
 
     pub async fn save_partition(&self, ns: &Namespace, p: &Partition) -> Result<(), VerifyError> {
+        self.confirm().await?;
         self.coll(PARTITIONS)
             .replace_one(
-                doc! {"_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()}},
-                doc! {
+                self.filter(
+                    doc! {"_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()}},
+                )?,
+                self.stamp_doc(doc! {
                     "_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()},
                     "plan": &self.plan,
                     "bounds": p.bounds.clone(),
                     "batch_docs": i64::from(p.batch_docs),
-                },
+                }),
             )
             .upsert(true)
             .await
@@ -204,7 +245,7 @@ impl StateStore {
             "finished_at": DateTime::now(),
         };
         self.coll(RANGES)
-            .replace_one(doc! {"_id": id}, body)
+            .replace_one(self.filter(doc! {"_id": id})?, self.stamp_doc(body))
             .upsert(true)
             .await
             .map_err(|e| err("saving a verify range", &e))?;

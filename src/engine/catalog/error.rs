@@ -6,6 +6,10 @@ use crate::namespace::Namespace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// This runner lost its lease: another runner holds the plan.
+    #[error(transparent)]
+    Fenced(#[from] crate::fence::LeaseLost),
+
     /// A command the server refused or a network failure.
     #[error("{what} for {ns} failed: {source}")]
     Command {

@@ -19,6 +19,7 @@ use super::error::{
     code_of, CatalogError, CANNOT_CONVERT_INDEX_TO_UNIQUE, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND,
 };
 use super::list::list_indexes;
+use crate::fence::Fence;
 use crate::namespace::Namespace;
 
 /// The collection of the state database that holds relaxation records.
@@ -126,9 +127,36 @@ pub struct RelaxationStore {
     coll: Collection<Document>,
     plan: String,
     direction: String,
+    /// Set in a runner: every write is refused once another runner holds the plan.
+    fence: Option<Fence>,
 }
 
 impl RelaxationStore {
+    /// The same store, writing through the runner's fence.
+    pub fn with_fence(mut self, fence: Option<Fence>) -> Self {
+        self.fence = fence;
+        self
+    }
+
+    /// Applies the fence to a write's filter (`None`: unfenced).
+    fn fenced(&self, filter: Document) -> Result<Document, CatalogError> {
+        match &self.fence {
+            Some(f) => {
+                f.check()?;
+                Ok(f.filter(filter))
+            }
+            None => Ok(filter),
+        }
+    }
+
+    /// A fenced write matched nothing: lost if another runner holds the plan.
+    async fn confirm(&self) -> Result<(), CatalogError> {
+        match &self.fence {
+            Some(f) => Ok(f.confirm().await?),
+            None => Ok(()),
+        }
+    }
+
     /// `direction` is `"forward"` or `"reverse"`.
     pub fn new(state_db: Database, plan: &str, direction: &str) -> Self {
         let opts = CollectionOptions::builder()
@@ -138,6 +166,7 @@ impl RelaxationStore {
             coll: state_db.collection_with_options(RELAXATIONS_COLLECTION, opts),
             plan: plan.to_string(),
             direction: direction.to_string(),
+            fence: None,
         }
     }
 
@@ -170,13 +199,21 @@ impl RelaxationStore {
         body.insert("_id", self.id(&r.ns, r.index.as_deref(), r.kind));
         body.insert("plan", &self.plan);
         body.insert("direction", &self.direction);
-        let filter = doc! {"_id": body.get("_id").cloned().unwrap_or(Bson::Null)};
-        self.coll
-            .replace_one(filter, body)
-            .upsert(true)
-            .await
-            .map_err(|e| self.err("write", e))?;
-        Ok(())
+        if let Some(f) = &self.fence {
+            // It may create the record: prove the lease on the server first.
+            f.confirm().await?;
+            body = f.stamp_doc(body);
+        }
+        let filter = self.fenced(doc! {"_id": body.get("_id").cloned().unwrap_or(Bson::Null)})?;
+        match self.coll.replace_one(filter, body).upsert(true).await {
+            Ok(_) => Ok(()),
+            // A record of a newer runner's epoch exists: the upsert collided with it.
+            Err(e) if crate::state::is_duplicate_key(&e) && self.fence.is_some() => {
+                self.confirm().await?;
+                Err(self.err("write", e))
+            }
+            Err(e) => Err(self.err("write", e)),
+        }
     }
 
     /// The record of one relaxation, if any.
@@ -223,10 +260,14 @@ impl RelaxationStore {
         index: Option<&str>,
         kind: RelaxationKind,
     ) -> Result<(), CatalogError> {
-        self.coll
-            .delete_one(doc! {"_id": self.id(ns, index, kind)})
+        let r = self
+            .coll
+            .delete_one(self.fenced(doc! {"_id": self.id(ns, index, kind)})?)
             .await
             .map_err(|e| self.err("delete", e))?;
+        if r.deleted_count == 0 {
+            self.confirm().await?;
+        }
         Ok(())
     }
 
@@ -234,19 +275,27 @@ impl RelaxationStore {
     pub async fn forget_index(&self, ns: &Namespace, index: &str) -> Result<(), CatalogError> {
         let mut f = self.ns_filter(ns);
         f.insert("index", index);
-        self.coll
-            .delete_many(f)
+        let r = self
+            .coll
+            .delete_many(self.fenced(f)?)
             .await
             .map_err(|e| self.err("delete", e))?;
+        if r.deleted_count == 0 {
+            self.confirm().await?;
+        }
         Ok(())
     }
 
     /// Forgets the records of a namespace (dropped).
     pub async fn forget_namespace(&self, ns: &Namespace) -> Result<(), CatalogError> {
-        self.coll
-            .delete_many(self.ns_filter(ns))
+        let r = self
+            .coll
+            .delete_many(self.fenced(self.ns_filter(ns))?)
             .await
             .map_err(|e| self.err("delete", e))?;
+        if r.deleted_count == 0 {
+            self.confirm().await?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,644 @@
+//! The plan's lease and its fencing epoch: the one place that decides whether this process
+//! may still write a plan's state or change a cluster.
+//!
+//! - **Expiry by the state store's clock.** The lease's `until` is written as `$$NOW + TTL`
+//!   by an aggregation-pipeline update, and a takeover matches only `$expr: until < $$NOW`:
+//!   both times come from the destination's primary, never from a host. The host's clock
+//!   appears only in the informational `lease.host_clock`.
+//! - **Epoch.** Taking the lease increments the run document's `epoch` (never decreases,
+//!   kept across releases and `--restart`) and stamps every state record of the plan with it
+//!   (lanes, partitions, relaxations, verify records). Every later write by a runner filters
+//!   on `epoch <= mine` and sets `epoch = mine`; writes to the run document filter on
+//!   `epoch == mine` and `lease.id == mine`. Once a newer runner has taken the plan, a stale
+//!   runner's write matches nothing: [`LeaseLost`], fatal.
+//! - **Self-fencing.** A runner that could not renew for a whole TTL (measured on its own
+//!   monotonic clock: intervals only, no cross-host comparison) counts the lease as lost
+//!   before anyone else can take it, and stops.
+//! - Before a transition that changes a cluster (user write blocking, restoring the
+//!   relaxations) the runner renews, which proves it still holds the epoch.
+//!
+//! [`Fence`] is the small handle passed to writers; everything else asks it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::options::ReturnDocument;
+use mongodb::Collection;
+use tokio::sync::watch;
+
+/// How long a lease lasts without renewal, unless `CUTOVER_LEASE_TTL` says otherwise.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(20);
+/// Environment variable setting the lease TTL (a duration such as `20s`; at least 1s).
+pub const LEASE_TTL_ENV: &str = "CUTOVER_LEASE_TTL";
+/// The field every fenced record carries.
+pub const EPOCH: &str = "epoch";
+
+/// The lease TTL: `CUTOVER_LEASE_TTL` or [`DEFAULT_LEASE_TTL`].
+pub fn lease_ttl() -> Result<Duration, String> {
+    match std::env::var(LEASE_TTL_ENV) {
+        Err(_) => Ok(DEFAULT_LEASE_TTL),
+        Ok(v) => match humantime::parse_duration(v.trim()) {
+            Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+            Ok(_) => Err(format!(
+                "{LEASE_TTL_ENV}=`{v}`: the lease TTL must be at least 1s"
+            )),
+            Err(e) => Err(format!(
+                "{LEASE_TTL_ENV}=`{v}` is not a duration ({e}): write e.g. `20s`"
+            )),
+        },
+    }
+}
+
+/// Who asks for a plan's lease: informational identity plus a unique id.
+#[derive(Clone, Debug)]
+pub struct Holder {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+}
+
+impl Holder {
+    pub fn mine() -> Self {
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let pid = i64::from(std::process::id());
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Self {
+            id: format!("{host}/{pid}/{nanos}"),
+            host,
+            pid,
+        }
+    }
+}
+
+/// `host H pid P, epoch E` from a run document's `lease` (and `epoch`).
+pub fn describe_holder(run: &Document) -> String {
+    let empty = Document::new();
+    let l = run.get_document("lease").unwrap_or(&empty);
+    let mut s = format!(
+        "host {} pid {}",
+        l.get_str("host").unwrap_or("?"),
+        int(l.get("pid")).unwrap_or(0)
+    );
+    if let Some(e) = int(run.get(EPOCH)) {
+        s.push_str(&format!(", epoch {e}"));
+    }
+    s
+}
+
+fn int(b: Option<&Bson>) -> Option<i64> {
+    match b {
+        Some(Bson::Int64(v)) => Some(*v),
+        Some(Bson::Int32(v)) => Some(i64::from(*v)),
+        Some(Bson::Double(v)) => Some(*v as i64),
+        _ => None,
+    }
+}
+
+/// The epoch stored in a run document (0 before any lease).
+pub fn stored_epoch(run: &Document) -> i64 {
+    int(run.get(EPOCH)).unwrap_or(0)
+}
+
+/// This runner lost the plan: another runner took it over, or it could not renew for a
+/// whole TTL. Fatal; the runner stops without writing further.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "this runner lost its lease on plan `{plan}` (its epoch {epoch}): {reason}{}; it stopped \
+     without writing further",
+    holder.as_ref().map_or(String::new(), |h| format!("; the plan is now held by {h}"))
+)]
+pub struct LeaseLost {
+    pub plan: String,
+    pub epoch: i64,
+    pub reason: String,
+    /// The runner that holds the plan now (`host H pid P, epoch E`), when known.
+    pub holder: Option<String>,
+}
+
+/// Adds the epoch condition to a filter: matches records stamped with `epoch` or older (or
+/// never stamped), never those of a newer runner.
+pub fn fenced_filter(mut filter: Document, epoch: i64) -> Document {
+    filter.insert(EPOCH, doc! {"$not": {"$gt": epoch}});
+    filter
+}
+
+/// Stamps an update (operator form) with the epoch: `$set: {epoch}`.
+pub fn stamped_update(mut update: Document, epoch: i64) -> Document {
+    match update.get_mut("$set") {
+        Some(Bson::Document(set)) => {
+            set.insert(EPOCH, epoch);
+        }
+        _ => {
+            update.insert("$set", doc! {EPOCH: epoch});
+        }
+    }
+    update
+}
+
+/// Stamps a whole record (insert or replacement) with the epoch.
+pub fn stamped_doc(mut d: Document, epoch: i64) -> Document {
+    d.insert(EPOCH, epoch);
+    d
+}
+
+/// The filter of a takeover: no lease, an expired one by the server's clock, or one whose
+/// holder is known to be gone (`dead_id`, a dead process on this host).
+pub fn takeover_filter(plan: &str, dead_id: Option<&str>) -> Document {
+    let mut or = vec![
+        doc! {"lease": {"$exists": false}},
+        doc! {"lease.until": {"$exists": false}},
+        doc! {"$expr": {"$lt": ["$lease.until", "$$NOW"]}},
+    ];
+    if let Some(id) = dead_id {
+        or.push(doc! {"lease.id": id});
+    }
+    doc! {"_id": plan, "$or": or}
+}
+
+/// The pipeline that takes the lease: epoch + 1, `until = $$NOW + ttl`.
+pub fn takeover_pipeline(h: &Holder, ttl: Duration) -> Vec<Document> {
+    vec![
+        doc! {"$set": {EPOCH: {"$add": [{"$ifNull": ["$epoch", 0_i64]}, 1_i64]}}},
+        doc! {"$set": {"lease": {
+            "id": {"$literal": &h.id},
+            "host": {"$literal": &h.host},
+            "pid": {"$literal": h.pid},
+            "epoch": "$epoch",
+            "acquired": "$$NOW",
+            "renewed": "$$NOW",
+            "until": {"$add": ["$$NOW", ttl.as_millis() as i64]},
+            "ttl_ms": {"$literal": ttl.as_millis() as i64},
+            // Informational only: never compared with anything.
+            "host_clock": {"$literal": DateTime::now()},
+        }}},
+    ]
+}
+
+/// The pipeline that renews a held lease: `until = $$NOW + ttl`.
+pub fn renew_pipeline(ttl: Duration) -> Vec<Document> {
+    vec![doc! {"$set": {
+        "lease.renewed": "$$NOW",
+        "lease.until": {"$add": ["$$NOW", ttl.as_millis() as i64]},
+        "lease.host_clock": {"$literal": DateTime::now()},
+    }}]
+}
+
+/// The filter of this holder's own lease at `epoch` (renewal, run-document writes).
+pub fn held_filter(plan: &str, id: &str, epoch: i64) -> Document {
+    doc! {"_id": plan, "lease.id": id, EPOCH: epoch}
+}
+
+struct Inner {
+    runs: Collection<Document>,
+    plan: String,
+    holder: Holder,
+    epoch: i64,
+    ttl: Duration,
+    /// When the last successful renewal was *sent* (the server's `until` is later).
+    renewed: Mutex<Instant>,
+    lost: watch::Sender<Option<LeaseLost>>,
+}
+
+/// A held lease at one epoch: cheap to clone, passed to every state writer.
+#[derive(Clone)]
+pub struct Fence {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("plan", &self.inner.plan)
+            .field("epoch", &self.inner.epoch)
+            .finish()
+    }
+}
+
+/// Why the lease could not be taken.
+pub enum AcquireError {
+    /// Another live runner holds it: its description (`host H pid P, epoch E`) and `until`.
+    Held {
+        holder: String,
+        until: String,
+    },
+    Db(mongodb::error::Error),
+}
+
+impl From<mongodb::error::Error> for AcquireError {
+    fn from(e: mongodb::error::Error) -> Self {
+        AcquireError::Db(e)
+    }
+}
+
+impl Fence {
+    /// Takes the plan's lease (the run document must exist), incrementing the epoch and
+    /// stamping the plan's records in `collections` (each with a `plan` field) with it.
+    pub async fn acquire(
+        runs: Collection<Document>,
+        records: &[Collection<Document>],
+        plan: &str,
+        holder: Holder,
+        ttl: Duration,
+    ) -> Result<Fence, AcquireError> {
+        let sent = Instant::now();
+        let current = runs.find_one(doc! {"_id": plan}).await?;
+        // A lease held by a process of this host that no longer exists (kill -9, crash) is
+        // taken over at once.
+        let dead = current.as_ref().and_then(|d| {
+            let l = d.get_document("lease").ok()?;
+            let pid = int(l.get("pid")).unwrap_or(0);
+            (l.get_str("host").ok() == Some(holder.host.as_str())
+                && pid > 0
+                && pid != holder.pid
+                && !process_alive(pid))
+            .then(|| l.get_str("id").unwrap_or_default().to_string())
+        });
+        let taken = runs
+            .find_one_and_update(
+                takeover_filter(plan, dead.as_deref()),
+                takeover_pipeline(&holder, ttl),
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        let Some(taken) = taken else {
+            let run = runs.find_one(doc! {"_id": plan}).await?.unwrap_or_default();
+            let until = run
+                .get_document("lease")
+                .ok()
+                .and_then(|l| l.get_datetime("until").ok())
+                .map(|d| d.try_to_rfc3339_string().unwrap_or_default())
+                .unwrap_or_default();
+            return Err(AcquireError::Held {
+                holder: describe_holder(&run),
+                until,
+            });
+        };
+        let epoch = stored_epoch(&taken);
+        // From here on, a record written by an older epoch's runner is refused.
+        for c in records {
+            c.update_many(
+                doc! {"plan": plan, EPOCH: {"$not": {"$gte": epoch}}},
+                doc! {"$set": {EPOCH: epoch}},
+            )
+            .await?;
+        }
+        tracing::info!(plan, epoch, ttl = %humantime::format_duration(ttl), "Lease taken.");
+        let (lost, _) = watch::channel(None);
+        Ok(Fence {
+            inner: Arc::new(Inner {
+                runs,
+                plan: plan.to_string(),
+                holder,
+                epoch,
+                ttl,
+                renewed: Mutex::new(sent),
+                lost,
+            }),
+        })
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.inner.epoch
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    pub fn holder(&self) -> &Holder {
+        &self.inner.holder
+    }
+
+    /// The filter that matches only the run document while this runner holds the lease.
+    pub fn run_filter(&self) -> Document {
+        held_filter(&self.inner.plan, &self.inner.holder.id, self.inner.epoch)
+    }
+
+    pub fn filter(&self, f: Document) -> Document {
+        fenced_filter(f, self.inner.epoch)
+    }
+
+    pub fn stamp(&self, update: Document) -> Document {
+        stamped_update(update, self.inner.epoch)
+    }
+
+    pub fn stamp_doc(&self, d: Document) -> Document {
+        stamped_doc(d, self.inner.epoch)
+    }
+
+    /// Whether the lease was lost (by this process's knowledge).
+    pub fn lost_error(&self) -> Option<LeaseLost> {
+        self.inner.lost.borrow().clone()
+    }
+
+    /// The local check, before any write: not lost, and renewed within the TTL.
+    pub fn check(&self) -> Result<(), LeaseLost> {
+        if let Some(l) = self.lost_error() {
+            return Err(l);
+        }
+        let since = self
+            .inner
+            .renewed
+            .lock()
+            .map(|r| r.elapsed())
+            .unwrap_or_default();
+        if since >= self.inner.ttl {
+            return Err(self.lose(format!(
+                "it could not renew its lease for {} (TTL {}), so another runner may hold the plan",
+                humantime::format_duration(Duration::from_secs(since.as_secs())),
+                humantime::format_duration(self.inner.ttl)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the loss (first reason wins) and wakes [`Fence::lost`] waiters.
+    pub fn lose(&self, reason: String) -> LeaseLost {
+        self.lose_to(reason, None)
+    }
+
+    fn lose_to(&self, reason: String, holder: Option<String>) -> LeaseLost {
+        let mut out = None;
+        self.inner.lost.send_if_modified(|cur| {
+            let changed = cur.is_none();
+            if changed {
+                *cur = Some(LeaseLost {
+                    plan: self.inner.plan.clone(),
+                    epoch: self.inner.epoch,
+                    reason: reason.clone(),
+                    holder: holder.clone(),
+                });
+            }
+            out = cur.clone();
+            changed
+        });
+        let l = out.expect("set above");
+        l
+    }
+
+    /// Completes a loss found locally (no renewal for a TTL) with who holds the plan now:
+    /// one read of the run document, bounded in time. Writes nothing.
+    pub async fn explain(&self, l: LeaseLost) -> LeaseLost {
+        if l.holder.is_some() {
+            return l;
+        }
+        let read = self.inner.runs.find_one(doc! {"_id": &self.inner.plan});
+        match tokio::time::timeout(Duration::from_secs(3), read).await {
+            Ok(Ok(Some(run))) if stored_epoch(&run) != self.inner.epoch => LeaseLost {
+                holder: Some(describe_holder(&run)),
+                ..l
+            },
+            Ok(Ok(Some(_))) => LeaseLost {
+                reason: format!("{}; no other runner has taken the plan yet", l.reason),
+                ..l
+            },
+            _ => l,
+        }
+    }
+
+    /// Resolves once the lease is lost.
+    pub async fn lost(&self) -> LeaseLost {
+        let mut rx = self.inner.lost.subscribe();
+        loop {
+            if let Some(l) = rx.borrow_and_update().clone() {
+                return l;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Renews the lease on the server. `Err(Some)`: lost (another epoch or holder); `Err(None)`
+    /// after a database error (the caller retries; [`Fence::check`] gives up after the TTL).
+    pub async fn renew(&self) -> Result<(), Option<LeaseLost>> {
+        self.check().map_err(Some)?;
+        let sent = Instant::now();
+        match self
+            .inner
+            .runs
+            .update_one(self.run_filter(), renew_pipeline(self.inner.ttl))
+            .await
+        {
+            Ok(r) if r.matched_count == 1 => {
+                if let Ok(mut g) = self.inner.renewed.lock() {
+                    if sent > *g {
+                        *g = sent;
+                    }
+                }
+                // A reply that came back after a whole TTL proves nothing about the gap.
+                self.check().map_err(Some)
+            }
+            Ok(_) => Err(Some(self.taken_over().await)),
+            Err(e) => {
+                tracing::warn!(error = %crate::cluster::short_message(&e), "Could not renew the plan's lease; retrying.");
+                self.check().map_err(Some)?;
+                Err(None)
+            }
+        }
+    }
+
+    /// Proves, on the server, that this runner still holds the plan (renewing it): before a
+    /// transition that changes a cluster.
+    pub async fn verify(&self) -> Result<(), LeaseLost> {
+        let started = Instant::now();
+        loop {
+            match self.renew().await {
+                Ok(()) => return Ok(()),
+                Err(Some(l)) => return Err(l),
+                Err(None) if started.elapsed() < self.inner.ttl => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(None) => {
+                    return Err(
+                        self.lose("it could not confirm its lease with the state store".into())
+                    )
+                }
+            }
+        }
+    }
+
+    /// A fenced write matched nothing: lost if the run document shows another epoch or
+    /// holder (then the error names it); `Ok` if this runner still holds the plan (the record
+    /// simply did not exist).
+    pub async fn confirm(&self) -> Result<(), LeaseLost> {
+        self.check()?;
+        match self
+            .inner
+            .runs
+            .find_one(doc! {"_id": &self.inner.plan})
+            .await
+        {
+            Ok(Some(run))
+                if stored_epoch(&run) == self.inner.epoch
+                    && run
+                        .get_document("lease")
+                        .ok()
+                        .and_then(|l| l.get_str("id").ok())
+                        == Some(self.inner.holder.id.as_str()) =>
+            {
+                Ok(())
+            }
+            Ok(run) => Err(self.lost_to(run.as_ref())),
+            // Unknown: the local check above still bounds it by the TTL.
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn taken_over(&self) -> LeaseLost {
+        let run = self
+            .inner
+            .runs
+            .find_one(doc! {"_id": &self.inner.plan})
+            .await
+            .ok()
+            .flatten();
+        self.lost_to(run.as_ref())
+    }
+
+    fn lost_to(&self, run: Option<&Document>) -> LeaseLost {
+        match run {
+            None => self.lose("the plan's run document is gone".to_string()),
+            Some(r) if r.get_document("lease").is_err() => self.lose(format!(
+                "another runner took the plan and released it (the plan is now at epoch {})",
+                stored_epoch(r)
+            )),
+            Some(r) => self.lose_to(
+                "another runner took the plan over".to_string(),
+                Some(describe_holder(r)),
+            ),
+        }
+    }
+
+    /// Runs renewals every TTL/4 until the lease is lost or the returned handle is aborted.
+    pub fn spawn_renewal(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let every = (me.inner.ttl / 4).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                match me.renew().await {
+                    Ok(()) | Err(None) => {}
+                    Err(Some(_)) => return,
+                }
+            }
+        })
+    }
+
+    /// Gives the lease up (end of run): the next runner takes it at once.
+    pub async fn release(&self) {
+        if self.lost_error().is_some() {
+            return;
+        }
+        let _ = self
+            .inner
+            .runs
+            .update_one(self.run_filter(), doc! {"$unset": {"lease": ""}})
+            .await;
+    }
+}
+
+fn process_alive(pid: i64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fenced_filter_refuses_newer_epochs_only() {
+        let f = fenced_filter(doc! {"_id": "p/forward"}, 3);
+        assert_eq!(
+            f,
+            doc! {"_id": "p/forward", "epoch": {"$not": {"$gt": 3_i64}}}
+        );
+        // `$not: {$gt}` also matches records never stamped (written before fencing).
+    }
+
+    #[test]
+    fn stamped_update_adds_to_an_existing_set_or_creates_one() {
+        let u = stamped_update(doc! {"$set": {"done": true}, "$inc": {"n": 1}}, 7);
+        assert_eq!(
+            u,
+            doc! {"$set": {"done": true, "epoch": 7_i64}, "$inc": {"n": 1}}
+        );
+        let u = stamped_update(doc! {"$unset": {"x": ""}}, 7);
+        assert_eq!(u, doc! {"$unset": {"x": ""}, "$set": {"epoch": 7_i64}});
+        assert_eq!(
+            stamped_doc(doc! {"_id": 1}, 2),
+            doc! {"_id": 1, "epoch": 2_i64}
+        );
+    }
+
+    #[test]
+    fn expiry_is_decided_by_the_server_clock() {
+        let f = takeover_filter("p", None);
+        let text = format!("{f}");
+        assert!(text.contains("$$NOW"), "{text}");
+        // No host time in the takeover condition or in `until`.
+        let pipe = takeover_pipeline(
+            &Holder {
+                id: "$weird".into(),
+                host: "$host".into(),
+                pid: 1,
+            },
+            Duration::from_secs(20),
+        );
+        let lease = pipe[1]
+            .get_document("$set")
+            .unwrap()
+            .get_document("lease")
+            .unwrap();
+        assert_eq!(
+            lease.get_document("until").unwrap(),
+            &doc! {"$add": ["$$NOW", 20_000_i64]}
+        );
+        // Host-provided strings are literals, never field paths.
+        assert_eq!(
+            lease.get_document("id").unwrap(),
+            &doc! {"$literal": "$weird"}
+        );
+        let renew = renew_pipeline(Duration::from_secs(3));
+        assert_eq!(
+            renew[0]
+                .get_document("$set")
+                .unwrap()
+                .get_document("lease.until")
+                .unwrap(),
+            &doc! {"$add": ["$$NOW", 3_000_i64]}
+        );
+    }
+
+    #[test]
+    fn a_dead_holder_is_taken_over_by_id() {
+        let f = takeover_filter("p", Some("h/1/2"));
+        let or = f.get_array("$or").unwrap();
+        assert!(or.contains(&Bson::Document(doc! {"lease.id": "h/1/2"})));
+    }
+
+    #[test]
+    fn describe_holder_names_host_pid_and_epoch() {
+        let run = doc! {"epoch": 4_i64, "lease": {"host": "db1", "pid": 99_i64}};
+        assert_eq!(describe_holder(&run), "host db1 pid 99, epoch 4");
+    }
+
+    #[test]
+    fn lease_ttl_env_is_parsed_and_bounded() {
+        // One test touches the variable (tests run in threads of one process).
+        std::env::set_var(LEASE_TTL_ENV, "3s");
+        assert_eq!(lease_ttl(), Ok(Duration::from_secs(3)));
+        std::env::set_var(LEASE_TTL_ENV, "10ms");
+        assert!(lease_ttl().is_err());
+        std::env::set_var(LEASE_TTL_ENV, "soon");
+        assert!(lease_ttl().is_err());
+        std::env::remove_var(LEASE_TTL_ENV);
+        assert_eq!(lease_ttl(), Ok(DEFAULT_LEASE_TTL));
+    }
+}

@@ -1,0 +1,343 @@
+//! Two runners on one plan: the lease's expiry is decided by the state store's clock (a
+//! runner whose host clock is ahead cannot take a live plan), and a runner that lost its
+//! lease (paused past its TTL while another took over) stops at once with exit code 4,
+//! naming the new holder, without writing another byte of state or unblocking anything.
+//!
+//! The skewed clock is real: the second process runs under libfaketime (Debian's
+//! `libfaketime` package, which `scripts/test.sh` installs), with only its wall clock moved.
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+
+use common::env_refs as refs;
+use common::*;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Client;
+
+const MANUAL: &str = r#"
+[options]
+write_blocking = "source-and-destination"
+max_lag = "2s"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+approval = "manual"
+timeout = "5m"
+"#;
+
+const STATE_DB: &str = "__cutover";
+
+/// libfaketime's preload library (Debian package `libfaketime`). Fails, never skips.
+fn libfaketime() -> PathBuf {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs libfaketime (Debian: `apt-get install libfaketime`; \
+                 ./scripts/test.sh installs it); looked in {candidates:?}"
+            )
+        })
+}
+
+/// Environment that moves a process's wall clock `secs` ahead (its monotonic clock is left
+/// alone, as a host whose clock is set wrong would have it).
+fn skewed(secs: i64) -> Vec<(&'static str, String)> {
+    vec![
+        ("LD_PRELOAD", libfaketime().display().to_string()),
+        ("FAKETIME", format!("+{secs}s")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+        ("FAKETIME_NO_CACHE", "1".into()),
+    ]
+}
+
+fn env_of(
+    src: &ReplicaSet,
+    dst: &ReplicaSet,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", dst.root_uri()),
+    ];
+    env.extend(extra.iter().cloned());
+    env
+}
+
+async fn seed(c: &Client) {
+    c.database("shop")
+        .collection::<Document>("orders")
+        .insert_many((0..500).map(|i| doc! {"_id": i, "item": format!("item-{i}")}))
+        .await
+        .unwrap();
+}
+
+async fn app_insert(rs: &ReplicaSet, id: i64) -> bool {
+    rs.app_client()
+        .await
+        .database("scratch")
+        .collection::<Document>("probe")
+        .insert_one(doc! {"_id": id})
+        .await
+        .is_ok()
+}
+
+/// Waits for a spawned runner to exit, at most `limit`; kills it (and fails) after that.
+async fn wait_exit(mut child: Child, limit: Duration, what: &str) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+                .await
+                .unwrap();
+        }
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+                .await
+                .unwrap();
+            panic!(
+                "{what}: still running after {limit:?}; killed it.\n{}",
+                show(&o)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig} {}", child.id());
+}
+
+async fn run_doc(d: &Client, plan: &str) -> Document {
+    d.database(STATE_DB)
+        .collection::<Document>("runs")
+        .find_one(doc! {"_id": plan})
+        .await
+        .unwrap()
+        .expect("run document")
+}
+
+fn epoch_of(run: &Document) -> i64 {
+    match run.get("epoch") {
+        Some(Bson::Int64(e)) => *e,
+        Some(Bson::Int32(e)) => i64::from(*e),
+        other => panic!("run document without an epoch ({other:?}): {run}"),
+    }
+}
+
+/// Every document of the plan in the runner-written state collections, as text, by collection.
+async fn state_docs(d: &Client, plan: &str) -> Vec<(String, Document)> {
+    let db = d.database(STATE_DB);
+    let mut out = Vec::new();
+    for c in ["lanes", "partitions", "relaxations"] {
+        let docs: Vec<Document> = db
+            .collection::<Document>(c)
+            .find(doc! {"plan": plan})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        out.extend(docs.into_iter().map(|x| (c.to_string(), x)));
+    }
+    out
+}
+
+/// (a) A second runner whose host clock is two minutes ahead must not take the plan while
+/// the first is alive and renewing: it stops with exit code 4 naming the holder, and the
+/// first runner finishes the migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_clock_does_not_take_a_live_plan() {
+    // The skew is real: a process under this environment reads a clock 2 minutes ahead.
+    let date = std::process::Command::new("date")
+        .arg("+%s")
+        .envs(skewed(120))
+        .output()
+        .expect("date");
+    let skewed_now: i64 = String::from_utf8_lossy(&date.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let now = mongodb::bson::DateTime::now().timestamp_millis() / 1000;
+    assert!(
+        (110..130).contains(&(skewed_now - now)),
+        "libfaketime did not skew the clock: {skewed_now} vs {now}"
+    );
+
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    seed(&s).await;
+    let (_d, plan) = write_plan(&plan_text("skewed", MANUAL));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_of(&src, &dst, &[]);
+    let first = spawn_cutover(&["run", &plan], &refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the first runner to wait for approval",
+        |v| v["phase"] == "waiting for approval",
+    )
+    .await;
+    let d = dst.root_client().await;
+
+    let mut skew_env = env.clone();
+    skew_env.extend(skewed(120));
+    let second = spawn_cutover(&["run", &plan], &refs(&skew_env));
+    let o = wait_exit(
+        second,
+        Duration::from_secs(60),
+        "the skewed second runner (it took the plan)",
+    )
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(err.contains("is being run by another"), "{}", show(&o));
+    assert!(
+        err.contains(&format!("pid {}", first.id())),
+        "the message names the holder (pid {}): {}",
+        first.id(),
+        show(&o)
+    );
+    // Nothing changed hands: the first runner's epoch (1) is still the plan's.
+    let epoch = 1;
+    let after = run_doc(&d, "skewed").await;
+    assert_eq!(epoch_of(&after), epoch, "{after}");
+    let v = status_json(&plan, &env, &[]).await;
+    assert_eq!(v["epoch"], epoch, "{v}");
+    assert!(
+        v["runner"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("pid {}", first.id())),
+        "{v}"
+    );
+
+    // The first runner still owns the migration and finishes it.
+    let o = run_cutover(&["approve", &plan], &refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = wait_exit(first, Duration::from_secs(120), "the first runner").await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, STATE_DB).await;
+}
+
+/// (b) A runner paused (SIGSTOP) past its lease TTL loses the plan to a second runner; when
+/// it resumes, after the commit was approved, it stops at once with exit code 4 naming the
+/// new holder: it blocks and unblocks nothing and writes no state. A third runner then
+/// finishes the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_lost_its_lease_stops_at_once() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    seed(&s).await;
+    let (_d, plan) = write_plan(&plan_text("fenced", MANUAL));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_of(&src, &dst, &[("CUTOVER_LEASE_TTL", "3s".into())]);
+    let first = spawn_cutover(&["run", &plan], &refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the first runner to wait for approval",
+        |v| v["phase"] == "waiting for approval",
+    )
+    .await;
+    let d = dst.root_client().await;
+    let first_epoch = epoch_of(&run_doc(&d, "fenced").await);
+
+    // Pause the first runner past its TTL; a second one takes the plan over.
+    signal(&first, "-STOP");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let second = spawn_cutover(&["run", &plan], &refs(&env));
+    let second_pid = second.id();
+    let v = wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the second runner to take over",
+        |v| {
+            v["runner"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("pid {second_pid}"))
+                && v["phase"] == "waiting for approval"
+        },
+    )
+    .await;
+    let second_epoch = v["epoch"].as_i64().expect("status shows the epoch");
+    assert!(second_epoch > first_epoch, "{v}");
+    // Freeze the second runner too, approve, and wake the stale one: it must not commit.
+    signal(&second, "-STOP");
+    let o = run_cutover(&["approve", &plan], &refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let run_before = run_doc(&d, "fenced").await;
+    let state_before = state_docs(&d, "fenced").await;
+    signal(&first, "-CONT");
+    let o = wait_exit(
+        first,
+        Duration::from_secs(10),
+        "the runner that lost its lease",
+    )
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(err.contains("lost its lease"), "{}", show(&o));
+    assert!(
+        err.contains(&format!("pid {second_pid}")),
+        "names the new holder: {}",
+        show(&o)
+    );
+
+    // It wrote nothing and changed no cluster: the run document and every state record are
+    // as they were, the destination is still blocked and the source is not.
+    let run_after = run_doc(&d, "fenced").await;
+    assert_eq!(
+        run_after, run_before,
+        "the stale runner wrote the run document"
+    );
+    assert_eq!(
+        state_docs(&d, "fenced").await,
+        state_before,
+        "the stale runner wrote state"
+    );
+    for (c, x) in &state_before {
+        assert_eq!(x.get_i64("epoch").ok(), Some(second_epoch), "{c}: {x}");
+    }
+    assert!(
+        !app_insert(&dst, 1).await,
+        "the destination must still be write-blocked"
+    );
+    assert!(app_insert(&src, 2).await, "the source must not be blocked");
+
+    // The second runner is gone too (kill -9); a third takes over at once (a dead process
+    // on this host) and finishes the commit.
+    signal(&second, "-KILL");
+    let _ = wait_exit(second, Duration::from_secs(10), "the killed second runner").await;
+    let third = spawn_cutover(&["run", &plan], &refs(&env));
+    let o = wait_exit(third, Duration::from_secs(180), "the third runner").await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, STATE_DB).await;
+    let v = status_json(&plan, &env, &[]).await;
+    assert_eq!(v["state"], "COMMITTED", "{v}");
+    assert!(v["epoch"].as_i64().unwrap_or(0) > second_epoch, "{v}");
+}
