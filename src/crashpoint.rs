@@ -38,3 +38,55 @@ pub fn hit(name: &str, step: Option<usize>) {
         std::process::abort();
     }
 }
+
+/// Pause points for tests: with `CUTOVER_TEST_PAUSE_AT=copy.reading@3` and
+/// `CUTOVER_TEST_PAUSE_DIR=/some/dir`, the task that reaches the point for the third time
+/// (`@1` when no count is given) creates `/some/dir/copy.reading.reached` and waits (other
+/// tasks go on) until the test creates `/some/dir/copy.reading.go`. Lets a test act at an
+/// exact moment (rename a collection while its copy cursor is open, or kill -9 the process
+/// there). Never set it outside tests.
+pub const PAUSE_ENV: &str = "CUTOVER_TEST_PAUSE_AT";
+pub const PAUSE_DIR_ENV: &str = "CUTOVER_TEST_PAUSE_DIR";
+
+pub async fn pause(name: &str) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Pauses = (Vec<(String, usize)>, Option<std::path::PathBuf>);
+    static PAUSES: OnceLock<Pauses> = OnceLock::new();
+    static HITS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+    let (points, dir) = PAUSES.get_or_init(|| {
+        let points = std::env::var(PAUSE_ENV)
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| match s.trim().split_once('@') {
+                        Some((n, c)) => (n.to_string(), c.parse().unwrap_or(1)),
+                        None => (s.trim().to_string(), 1),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (points, std::env::var_os(PAUSE_DIR_ENV).map(Into::into))
+    });
+    let Some(dir) = dir else { return };
+    let Some((_, at)) = points.iter().find(|(n, _)| n == name) else {
+        return;
+    };
+    let hit = HITS
+        .get_or_init(Default::default)
+        .lock()
+        .map(|mut h| {
+            let c = h.entry(name.to_string()).or_default();
+            *c += 1;
+            *c
+        })
+        .unwrap_or(0);
+    if hit != *at {
+        return;
+    }
+    let _ = std::fs::write(dir.join(format!("{name}.reached")), b"");
+    eprintln!("pause point `{name}` reached: waiting for the test");
+    while !dir.join(format!("{name}.go")).exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -67,9 +67,9 @@ pub struct ApplyCtx {
     pub max_lag: Duration,
     /// The source time up to which every event is applied and durable.
     pub position: watch::Sender<Option<Timestamp>>,
-    /// Whether a destination namespace is capped (its events must keep their order across
-    /// documents); forgotten at every DDL event.
-    pub capped: Arc<std::sync::Mutex<HashMap<Namespace, bool>>>,
+    /// Whether a destination namespace exists (`None`: it does not) and is capped (its
+    /// events must keep their order across documents); forgotten at every DDL event.
+    pub capped: Arc<std::sync::Mutex<HashMap<Namespace, Option<bool>>>>,
 }
 
 /// Where change application starts: a stored resume token (`{_data: ...}`) or a time.
@@ -208,6 +208,8 @@ async fn run_stream(
         let events = batch.doc_slices().map_err(|e| stream_error(&e, start))?;
         let mut round: Vec<RawDocumentBuf> = Vec::new();
         let mut applied = 0u64;
+        // Events applied since the last checkpoint of the resume token.
+        let mut unpersisted = 0u64;
         let mut last_wall: Option<i64> = None;
         let mut idle = true;
         for ev in events {
@@ -224,10 +226,28 @@ async fn run_stream(
             applied += 1;
             if is_crud(ev) {
                 round.push(ev.to_raw_document_buf());
+                unpersisted += 1;
             } else {
-                // DDL is a barrier: everything before it first.
+                // DDL is a barrier: everything before it first. Checkpoints on both sides of
+                // it: a replay (crash, or a retry after an error) never re-applies writes
+                // from before a DDL event after that event; inserts replayed into a renamed
+                // collection would re-create its old name as a stub, which the replayed
+                // `rename ... dropTarget` would then put in place of the real collection.
+                let before = round.last().and_then(|e| event_token(e));
                 apply_round(ctx, std::mem::take(&mut round)).await?;
+                if let Some(tok) = before {
+                    persist(ctx, &tok, None, unpersisted).await?;
+                    *start = StartPoint::Token(tok);
+                    unpersisted = 0;
+                }
                 apply_ddl(ctx, ev).await?;
+                crate::crashpoint::hit("apply.ddl-applied", None);
+                unpersisted += 1;
+                if let Some(tok) = event_token(ev) {
+                    persist(ctx, &tok, None, unpersisted).await?;
+                    *start = StartPoint::Token(tok);
+                    unpersisted = 0;
+                }
             }
         }
         apply_round(ctx, round).await?;
@@ -241,7 +261,7 @@ async fn run_stream(
             .map_err(|e| EngineError::Event(e.to_string()))?;
         let pos = token_time(&token);
         let persisting = Instant::now();
-        persist(ctx, &token, pos, applied).await?;
+        persist(ctx, &token, pos, unpersisted).await?;
         ctx.progress
             .stats
             .add_busy(Stage::DestinationWrite, persisting.elapsed());
@@ -326,6 +346,13 @@ impl Drop for Prefetch {
     }
 }
 
+/// An event's own resume token (its `_id`).
+fn event_token(ev: &RawDocument) -> Option<Document> {
+    ev.get_document("_id")
+        .ok()
+        .and_then(|t| Document::try_from(t).ok())
+}
+
 fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -340,6 +367,8 @@ fn is_crud(ev: &RawDocument) -> bool {
     )
 }
 
+/// Stores the resume token (and, at the end of a batch, the position: a token in the middle
+/// of a batch may sit inside a transaction whose other events are not applied yet).
 async fn persist(
     ctx: &ApplyCtx,
     token: &Document,
@@ -424,7 +453,16 @@ async fn apply_round_with(
         // A capped collection's natural order is insertion order: all its events share one
         // key, so they go to one worker and `regroup` keeps them in source order. Other
         // collections spread by document.
-        let key = if is_capped(ctx, &ns).await? {
+        let Some(capped) = dest_capped(ctx, &ns).await? else {
+            // Not on the destination: it was renamed or dropped there by a DDL event this
+            // lane applied already, or the copy listed the source after it was renamed or
+            // dropped (the copy then read these writes under the new name). Writing would
+            // create a stub under the old name, which a replayed `rename ... dropTarget`
+            // would put in place of the real collection.
+            tracing::debug!(%ns, "event skipped: the namespace is not on the destination (renamed or dropped later on the source)");
+            continue;
+        };
+        let key = if capped {
             Vec::new()
         } else {
             ev.get_document("documentKey")
@@ -464,13 +502,14 @@ async fn apply_round_with(
     written
 }
 
-/// Whether `ns` is a capped collection on the destination (cached until the next DDL event).
-async fn is_capped(ctx: &ApplyCtx, ns: &Namespace) -> Result<bool, EngineError> {
+/// Whether `ns` is a capped collection on the destination, `None` when the destination has
+/// no such namespace (cached until the next DDL event).
+async fn dest_capped(ctx: &ApplyCtx, ns: &Namespace) -> Result<Option<bool>, EngineError> {
     if let Some(c) = ctx.capped.lock().ok().and_then(|m| m.get(ns).copied()) {
         return Ok(c);
     }
     let spec = catalog::spec_of(&ctx.dest, ns).await?;
-    let capped = spec.is_some_and(|s| s.options().get_bool("capped").unwrap_or(false));
+    let capped = spec.map(|s| s.options().get_bool("capped").unwrap_or(false));
     if let Ok(mut m) = ctx.capped.lock() {
         m.insert(ns.clone(), capped);
     }
@@ -563,7 +602,7 @@ async fn write_bucket(ctx: &ApplyCtx, stmts: &[Keyed]) -> Result<(), EngineError
             Stmt::Update(d) => (Kind::Update, d.clone()),
             Stmt::Insert(d) => (Kind::Insert, d.clone()),
             Stmt::Delete(d) => (Kind::Delete, d.clone()),
-            Stmt::Refetch { key } => match refetch(ctx, ns, key).await? {
+            Stmt::Refetch { key, uuid } => match refetch(ctx, ns, key, uuid.as_ref()).await? {
                 Some(s) => (Kind::Update, s),
                 // Gone from the source: the delete event that follows removes it.
                 None => continue,
@@ -586,21 +625,48 @@ async fn write_bucket(ctx: &ApplyCtx, stmts: &[Keyed]) -> Result<(), EngineError
     Ok(())
 }
 
+/// The source's current version of a document, for a statement the event cannot express.
+/// Read from the collection with the event's UUID, under its current name: after a rename
+/// the old name has nothing (or another collection), and the document would be skipped.
+/// `None` when the document or its collection is gone (the delete, drop or cross-database
+/// rename events that follow take care of it).
 async fn refetch(
     ctx: &ApplyCtx,
     ns: &Namespace,
     key: &RawDocumentBuf,
+    uuid: Option<&mongodb::bson::Binary>,
 ) -> Result<Option<RawDocumentBuf>, EngineError> {
     let filter: Document = key
         .to_document()
         .map_err(|e| EngineError::Event(e.to_string()))?;
-    let found = ctx
-        .source
-        .database(&ns.db)
-        .collection::<RawDocumentBuf>(&ns.coll)
-        .find_one(filter)
-        .await
-        .map_err(|e| cluster_err("source", format!("reading `{ns}`"), &e))?;
+    let mut found = None;
+    for attempt in 0.. {
+        let name = match uuid {
+            Some(u) => match catalog::name_of_uuid(&ctx.source, &ns.db, u).await? {
+                Some(n) => Namespace::new(ns.db.clone(), n),
+                None => return Ok(None),
+            },
+            None => ns.clone(),
+        };
+        found = ctx
+            .source
+            .database(&name.db)
+            .collection::<RawDocumentBuf>(&name.coll)
+            .find_one(filter.clone())
+            .await
+            .map_err(|e| cluster_err("source", format!("reading `{name}`"), &e))?;
+        // Still the same collection under that name after the read: the read was of it.
+        match uuid {
+            Some(u) if catalog::uuid_of(&ctx.source, &name).await?.as_ref() != Some(u) => {
+                if attempt >= 100 {
+                    return Err(EngineError::Event(format!(
+                        "`{ns}`: its collection kept being renamed while cutover re-read a document"
+                    )));
+                }
+            }
+            _ => break,
+        }
+    }
     match found {
         Some(full) => match events::upsert(key, &full) {
             Ok(Stmt::Update(d)) => Ok(Some(d)),
@@ -732,7 +798,7 @@ async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> 
         }
         DdlOutcome::NeedsCopy(ns) => {
             tracing::info!(%ns, "A collection moved into the plan's filter: copying it.");
-            if let Some(spec) = catalog::spec_of(&ctx.source, &ns).await? {
+            if let Some(spec) = renamed_spec(ctx, ev, &ns).await? {
                 catalog::create_on_destination(&ctx.dest, &spec, &ctx.relax).await?;
                 if let Some(target) = catalog::copy_target(&spec) {
                     copy::forget(&ctx.copy, &target).await?;
@@ -743,6 +809,39 @@ async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> 
         }
     }
     Ok(())
+}
+
+/// The source collection a `rename` event moved to `ns`, as a spec named `ns`: found by the
+/// event's `collectionUUID` under whatever name it has now (it may have been renamed again,
+/// and another collection may have taken the name since), so the copy reads that collection
+/// and the later events (the next rename, the other collection's create) apply in order.
+/// `None` when it no longer exists (its drop event follows).
+async fn renamed_spec(
+    ctx: &ApplyCtx,
+    ev: &RawDocument,
+    ns: &Namespace,
+) -> Result<Option<catalog::NsSpec>, EngineError> {
+    let uuid = match ev.get("collectionUUID").ok().flatten() {
+        Some(mongodb::bson::RawBsonRef::Binary(b)) => b.to_binary(),
+        _ => return Ok(catalog::spec_of(&ctx.source, ns).await?),
+    };
+    for _ in 0..100 {
+        let Some(name) = catalog::name_of_uuid(&ctx.source, &ns.db, &uuid).await? else {
+            return Ok(None);
+        };
+        let current = Namespace::new(ns.db.clone(), name);
+        match catalog::spec_of(&ctx.source, &current).await? {
+            Some(mut spec) if catalog::entry_uuid(&spec.info).as_ref() == Some(&uuid) => {
+                spec.ns = ns.clone();
+                return Ok(Some(spec));
+            }
+            // Renamed again between the two reads: look again.
+            _ => continue,
+        }
+    }
+    Err(EngineError::Event(format!(
+        "`{ns}`: its collection kept being renamed while cutover looked it up"
+    )))
 }
 
 #[cfg(test)]

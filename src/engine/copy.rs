@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document, RawBsonRef, RawDocumentBuf};
+use mongodb::bson::{doc, Binary, Bson, Document, RawBsonRef, RawDocumentBuf};
 use mongodb::error::ErrorKind;
-use mongodb::options::{Hint, ReadConcern, WriteConcern};
+use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::Client;
 use tokio::task::JoinHandle;
 
@@ -51,15 +51,119 @@ pub struct CopyCtx {
 }
 
 /// One `_id` range of one collection, as stored in the `partitions` collection.
+///
+/// The destination name is the collection's name when the copy planned it; the source is
+/// read by collection UUID, under whatever name the collection has now (a rename within a
+/// database keeps the UUID). The replayed `rename` event renames the destination later, so
+/// the destination mirrors the source as of the lane's start point plus replayed events.
 #[derive(Clone, Debug)]
 struct Partition {
     id: String,
-    read_ns: Namespace,
     write_ns: Namespace,
+    /// The source collection's UUID; `None` only for records written by older versions,
+    /// which read by name.
+    uuid: Option<Binary>,
     natural: bool,
     min: Option<Bson>,
     max: Option<Bson>,
     last_id: Option<Bson>,
+}
+
+/// How one pass over a range ended.
+enum Pass {
+    Done,
+    /// The collection is gone from its database (dropped, or renamed to another database):
+    /// the change events from the start point handle it (drop, or the re-created copy).
+    Gone,
+    /// Renamed (or the cursor was killed) during the pass: resolve the name and go on.
+    Moved,
+    /// Stopped early for a pause, after its last write is durable and checkpointed.
+    Paused,
+}
+
+/// Errors of a source read that mean "the collection was renamed or dropped under the
+/// cursor": QueryPlanKilled, NamespaceNotFound, CursorKilled, CursorNotFound.
+fn moved_code(e: &mongodb::error::Error) -> bool {
+    matches!(e.kind.as_ref(), ErrorKind::Command(c) if matches!(c.code, 175 | 26 | 237 | 43))
+}
+
+/// The namespaces the copy covers, as listed when it started: listed and recorded on first
+/// use, read back from the records when a run resumes. A resumed run must not list again:
+/// a collection renamed meanwhile would be copied a second time under its new name (and the
+/// replayed `rename` would then replace it with the half-copied old one), so the copy keeps
+/// the names it started with and reads each collection by UUID.
+pub async fn copy_set(
+    ctx: &CopyCtx,
+    selector: &crate::plan::NamespaceSelector,
+) -> Result<Vec<NsSpec>, EngineError> {
+    let coll = ctx.store.coll(PARTITIONS);
+    let err = |e: mongodb::error::Error| EngineError::State(ctx.store.err(&e));
+    let marker = format!("{}/#specs", ctx.lane);
+    let prefix = format!("^{}", regex::escape(&format!("{marker}/")));
+    if coll
+        .find_one(doc! {"_id": &marker})
+        .await
+        .map_err(err)?
+        .is_some()
+    {
+        let mut out = Vec::new();
+        let mut cur = coll
+            .find(doc! {"_id": {"$regex": &prefix}})
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(err)?;
+        while let Some(d) = cur.try_next().await.map_err(err)? {
+            out.push(spec_from_record(&d).ok_or_else(|| {
+                EngineError::Event(format!(
+                    "malformed copy record {}",
+                    d.get_str("_id").unwrap_or("?")
+                ))
+            })?);
+        }
+        return Ok(out);
+    }
+    ctx.store
+        .delete_many(PARTITIONS, doc! {"_id": {"$regex": &prefix}})
+        .await?;
+    let specs = catalog::list_selected(&ctx.source, selector).await?;
+    let mut docs = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let info = s
+            .info
+            .to_document()
+            .map_err(|e| EngineError::Event(format!("`{}`: {e}", s.ns)))?;
+        let indexes: Vec<Bson> = s.index_docs().into_iter().map(Bson::Document).collect();
+        docs.push(doc! {
+            "_id": format!("{marker}/{i:06}"), "plan": ctx.store.plan(), "lane": &ctx.lane,
+            "ns": s.ns.to_string(), "kind": s.kind.as_str(), "info": info, "indexes": indexes,
+        });
+    }
+    for chunk in docs.chunks(500) {
+        ctx.store.insert_many(PARTITIONS, chunk.to_vec()).await?;
+    }
+    ctx.store
+        .insert_many(
+            PARTITIONS,
+            vec![doc! {"_id": &marker, "plan": ctx.store.plan(), "count": specs.len() as i64}],
+        )
+        .await?;
+    Ok(specs)
+}
+
+fn spec_from_record(d: &Document) -> Option<NsSpec> {
+    let ns = Namespace::parse(d.get_str("ns").ok()?)?;
+    let kind = NsKind::from_type(d.get_str("kind").ok()?)?;
+    let info = RawDocumentBuf::from_document(d.get_document("info").ok()?).ok()?;
+    let mut indexes = Vec::new();
+    for i in d.get_array("indexes").ok()? {
+        indexes.push(RawDocumentBuf::from_document(i.as_document()?).ok()?);
+    }
+    Some(NsSpec {
+        ns,
+        kind,
+        info,
+        indexes,
+    })
 }
 
 /// Copies every collection in `specs` (views have no documents). Returns when all ranges are
@@ -110,57 +214,88 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
     Ok(())
 }
 
+/// The source UUID of the collection a spec copies (`info.uuid`; time-series: its buckets').
+async fn source_uuid(
+    ctx: &CopyCtx,
+    spec: &NsSpec,
+    target: &Namespace,
+) -> Result<Option<Binary>, EngineError> {
+    if spec.kind == NsKind::Collection {
+        if let Some(u) = catalog::entry_uuid(&spec.info) {
+            return Ok(Some(u));
+        }
+    }
+    Ok(catalog::uuid_of(&ctx.source, target).await?)
+}
+
 /// The ranges of one collection that still need copying, planning them on first use.
 async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, EngineError> {
-    let Some(read_ns) = catalog::copy_target(spec) else {
+    let Some(write_ns) = catalog::copy_target(spec) else {
         return Ok(Vec::new()); // a view: no documents
     };
-    let write_ns = read_ns.clone();
-    let prefix = format!("{}/{}/", ctx.lane, read_ns);
+    let prefix = format!("{}/{}/", ctx.lane, write_ns);
     let coll = ctx.store.coll(PARTITIONS);
     let marker = format!("{prefix}planned");
     let err = |e: mongodb::error::Error| EngineError::State(ctx.store.err(&e));
-    if coll
-        .find_one(doc! {"_id": &marker})
-        .await
-        .map_err(err)?
-        .is_none()
-    {
-        // A crash between planning and the marker leaves stray ranges: start planning over.
-        ctx.store
-            .delete_many(
-                PARTITIONS,
-                doc! {"_id": {"$regex": format!("^{}", regex::escape(&prefix))}},
-            )
-            .await?;
-        let natural = needs_natural_order(spec);
-        let bounds = if natural {
-            vec![None, None]
-        } else {
-            split_points(ctx, &read_ns).await?
-        };
-        let mut docs = Vec::new();
-        for (i, w) in bounds.windows(2).enumerate() {
-            let mut d = doc! {
-                "_id": format!("{prefix}{i:05}"), "plan": ctx.store.plan(), "lane": &ctx.lane,
-                "ns": read_ns.to_string(), "natural": natural, "done": false,
+    let planned = coll.find_one(doc! {"_id": &marker}).await.map_err(err)?;
+    let uuid = match &planned {
+        Some(m) => match m.get("uuid") {
+            Some(Bson::Binary(b)) => Some(b.clone()),
+            _ => None,
+        },
+        None => {
+            // A crash between planning and the marker leaves stray ranges: start planning over.
+            ctx.store
+                .delete_many(
+                    PARTITIONS,
+                    doc! {"_id": {"$regex": format!("^{}", regex::escape(&prefix))}},
+                )
+                .await?;
+            let uuid = source_uuid(ctx, spec, &write_ns).await?;
+            let read_ns = match &uuid {
+                Some(u) => catalog::name_of_uuid(&ctx.source, &write_ns.db, u)
+                    .await?
+                    .map(|n| Namespace::new(write_ns.db.clone(), n)),
+                None => Some(write_ns.clone()),
             };
-            if let Some(b) = &w[0] {
-                d.insert("min", b.clone());
+            let natural = needs_natural_order(spec);
+            let bounds = match &read_ns {
+                // Gone since it was listed: its drop (or cross-database rename) events follow.
+                None => vec![],
+                Some(_) if natural => vec![None, None],
+                Some(ns) => split_points(ctx, ns).await?,
+            };
+            let mut docs = Vec::new();
+            for (i, w) in bounds.windows(2).enumerate() {
+                let mut d = doc! {
+                    "_id": format!("{prefix}{i:05}"), "plan": ctx.store.plan(), "lane": &ctx.lane,
+                    "ns": write_ns.to_string(), "natural": natural, "done": false,
+                };
+                if let Some(u) = &uuid {
+                    d.insert("uuid", u.clone());
+                }
+                if let Some(b) = &w[0] {
+                    d.insert("min", b.clone());
+                }
+                if let Some(b) = &w[1] {
+                    d.insert("max", b.clone());
+                }
+                docs.push(d);
             }
-            if let Some(b) = &w[1] {
-                d.insert("max", b.clone());
+            if !docs.is_empty() {
+                ctx.store.insert_many(PARTITIONS, docs).await?;
             }
-            docs.push(d);
+            let mut m = doc! {
+                "_id": &marker, "plan": ctx.store.plan(),
+                "ranges": bounds.len().saturating_sub(1) as i64,
+            };
+            if let Some(u) = &uuid {
+                m.insert("uuid", u.clone());
+            }
+            ctx.store.insert_many(PARTITIONS, vec![m]).await?;
+            uuid
         }
-        ctx.store.insert_many(PARTITIONS, docs).await?;
-        ctx.store
-            .insert_many(
-                PARTITIONS,
-                vec![doc! {"_id": &marker, "plan": ctx.store.plan(), "ranges": (bounds.len() - 1) as i64}],
-            )
-            .await?;
-    }
+    };
     let mut out = Vec::new();
     let mut cur = coll
         .find(doc! {"_id": {"$regex": format!("^{}\\d", regex::escape(&prefix))}, "done": false})
@@ -170,8 +305,8 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, E
     while let Some(d) = cur.try_next().await.map_err(err)? {
         out.push(Partition {
             id: d.get_str("_id").unwrap_or_default().to_string(),
-            read_ns: read_ns.clone(),
             write_ns: write_ns.clone(),
+            uuid: uuid.clone(),
             natural: d.get_bool("natural").unwrap_or(false),
             min: d.get("min").cloned(),
             max: d.get("max").cloned(),
@@ -227,14 +362,29 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
 async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineError> {
     let mut outage: Option<Instant> = None;
     let mut attempt = 0u32;
+    let mut moves = 0u32;
     // Each attempt resumes after the last durable `_id`; transient failures retry with
     // backoff until the retry timeout.
     loop {
         let copied = ctx.progress.copied_docs.load(Ordering::Relaxed);
         match copy_partition_once(ctx, &mut p).await {
-            Ok(true) => break,
+            Ok(Pass::Done) => break,
             // Paused at a checkpoint: continue from it once resumed.
-            Ok(false) => crate::pause::hold_copy(&ctx.progress).await,
+            Ok(Pass::Paused) => crate::pause::hold_copy(&ctx.progress).await,
+            Ok(Pass::Gone) => {
+                tracing::info!(ns = %p.write_ns, "The collection was dropped or moved to another database during its copy; its change events carry it from here.");
+                break;
+            }
+            Ok(Pass::Moved) => {
+                moves += 1;
+                if moves > 1000 {
+                    return Err(EngineError::Event(format!(
+                        "`{}` was renamed or its cursor killed 1000 times during its copy",
+                        p.write_ns
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Err(e) if e.is_transient() => {
                 // Documents were copied since the last failure: a new outage, with its own
                 // retry budget.
@@ -247,7 +397,7 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
                 ctx.retry
                     .wait(
                         &ctx.progress,
-                        &format!("copying `{}`", p.read_ns),
+                        &format!("copying `{}`", p.write_ns),
                         &e,
                         since,
                         attempt,
@@ -270,13 +420,36 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
     Ok(())
 }
 
-/// Copies the rest of a range; `Ok(false)` when it stopped early for a pause, after its
-/// last write is durable and checkpointed.
-async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<bool, EngineError> {
+/// Whether the source collection named `ns` is still the one with this UUID.
+async fn still_is(
+    ctx: &CopyCtx,
+    ns: &Namespace,
+    uuid: &Option<Binary>,
+) -> Result<bool, EngineError> {
+    match uuid {
+        None => Ok(true),
+        Some(u) => Ok(catalog::uuid_of(&ctx.source, ns).await?.as_ref() == Some(u)),
+    }
+}
+
+/// Copies the rest of a range (`Pass::Paused` when it stopped early for a pause, after its
+/// last write is durable and checkpointed).
+async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, EngineError> {
+    // The source collection's current name.
+    let read_ns = match &p.uuid {
+        Some(u) => match catalog::name_of_uuid(&ctx.source, &p.write_ns.db, u).await? {
+            Some(name) => Namespace::new(p.write_ns.db.clone(), name),
+            None => return Ok(Pass::Gone),
+        },
+        None => p.write_ns.clone(),
+    };
+    if read_ns != p.write_ns {
+        tracing::debug!(from = %p.write_ns, to = %read_ns, "copying a renamed collection under its new name");
+    }
     let src = ctx
         .source
-        .database(&p.read_ns.db)
-        .collection::<RawDocumentBuf>(&p.read_ns.coll);
+        .database(&read_ns.db)
+        .collection::<RawDocumentBuf>(&read_ns.coll);
     let dst = ctx
         .dest
         .database(&p.write_ns.db)
@@ -286,33 +459,48 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<bool, E
                 .write_concern(WriteConcern::majority())
                 .build(),
         );
-    let mut find = src
-        .find(doc! {})
-        .batch_size(1000)
-        .read_concern(ReadConcern::majority());
+    // `batchSize: 0`: the cursor is opened without reading, then the name is checked to still
+    // be this UUID. A rename or drop after that kills the cursor, so no document of another
+    // collection that took the name can be read.
+    let mut find = doc! {"find": &read_ns.coll, "filter": {}, "batchSize": 0, "readConcern": {"level": "majority"}};
     if p.natural {
-        find = find.hint(Hint::Keys(doc! {"$natural": 1}));
+        find.insert("hint", doc! {"$natural": 1});
     } else {
-        find = find.hint(Hint::Keys(doc! {"_id": 1})).sort(doc! {"_id": 1});
+        find.insert("hint", doc! {"_id": 1});
+        find.insert("sort", doc! {"_id": 1});
         let lower = p.last_id.clone().or_else(|| p.min.clone());
         if let Some(lo) = lower {
-            find = find.min(doc! {"_id": lo});
+            find.insert("min", doc! {"_id": lo});
         }
         if let Some(hi) = &p.max {
-            find = find.max(doc! {"_id": hi.clone()});
+            find.insert("max", doc! {"_id": hi.clone()});
         }
     }
-    let ns_text = p.read_ns.to_string();
-    let mut cursor = find
+    let ns_text = p.write_ns.to_string();
+    let read_err =
+        |e: &mongodb::error::Error| cluster_err("source", format!("reading `{read_ns}`"), e);
+    let mut cursor = match ctx
+        .source
+        .database(&read_ns.db)
+        .run_cursor_command(find)
+        .batch_size(1000)
         .batch()
         .await
-        .map_err(|e| cluster_err("source", format!("reading `{ns_text}`"), &e))?;
+    {
+        Ok(c) => c,
+        Err(e) if p.uuid.is_some() && moved_code(&e) => return Ok(Pass::Moved),
+        Err(e) => return Err(read_err(&e)),
+    };
+    if !still_is(ctx, &read_ns, &p.uuid).await? {
+        return Ok(Pass::Moved);
+    }
 
     let mut in_flight: VecDeque<Writer> = VecDeque::new();
     let mut batch: Vec<RawDocumentBuf> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut last_checkpoint = Instant::now();
     let mut pending_last: Option<Bson> = None;
+    let mut moved = false;
 
     let flush = |batch: Vec<RawDocumentBuf>, bytes: usize| {
         let dst = dst.clone();
@@ -338,20 +526,22 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<bool, E
             if let Some(id) = pending_last.take() {
                 checkpoint(ctx, p, id).await?;
             }
-            return Ok(false);
+            return Ok(Pass::Paused);
         }
-        let next = cursor
-            .try_next()
-            .await
-            .map_err(|e| cluster_err("source", format!("reading `{ns_text}`"), &e))?;
+        let next = match cursor.try_next().await {
+            Ok(n) => n,
+            Err(e) if p.uuid.is_some() && moved_code(&e) => {
+                moved = true;
+                break;
+            }
+            Err(e) => return Err(read_err(&e)),
+        };
         let Some(raw_batch) = next else { break };
-        let docs = raw_batch
-            .doc_slices()
-            .map_err(|e| cluster_err("source", format!("reading `{ns_text}`"), &e))?;
+        let docs = raw_batch.doc_slices().map_err(|e| read_err(&e))?;
         for item in docs {
             let item = item.map_err(|e| {
                 EngineError::Event(format!(
-                    "`{ns_text}`: malformed document from the source: {e}"
+                    "`{read_ns}`: malformed document from the source: {e}"
                 ))
             })?;
             let RawBsonRef::Document(d) = item else {
@@ -384,20 +574,30 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<bool, E
                 }
             }
         }
+        crate::crashpoint::pause("copy.reading").await;
     }
-    if !p.natural && p.max.is_none() && (p.last_id.is_some() || p.min.is_some()) {
+    if !moved && !p.natural && p.max.is_none() && (p.last_id.is_some() || p.min.is_some()) {
         // An index scan with `min` and no `max` stops before MaxKey (the implicit upper bound
         // is exclusive), so a document whose `_id` is MaxKey would be skipped: fetch it.
         let top = src
             .find_one(doc! {"_id": Bson::MaxKey})
             .read_concern(ReadConcern::majority())
-            .await
-            .map_err(|e| cluster_err("source", format!("reading `{ns_text}`"), &e))?;
-        if let Some(d) = top {
-            batch_bytes += d.as_bytes().len();
-            batch.push(d);
+            .await;
+        match top {
+            Ok(Some(d)) => {
+                batch_bytes += d.as_bytes().len();
+                batch.push(d);
+            }
+            Ok(None) => {}
+            Err(e) if p.uuid.is_some() && moved_code(&e) => moved = true,
+            Err(e) => return Err(read_err(&e)),
+        }
+        // Read by name: make sure the name still was this collection.
+        if !moved && !still_is(ctx, &read_ns, &p.uuid).await? {
+            moved = true;
         }
     }
+    // What was read is this collection's: write it, then resume after it if moved.
     if !batch.is_empty() {
         {
             ctx.store.check_fence()?;
@@ -405,10 +605,21 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<bool, E
         }
     }
     while let Some(h) = in_flight.pop_front() {
-        let (_, n, b) = join(h).await?;
+        let (last, n, b) = join(h).await?;
         ctx.progress.add_copied(n, b);
+        if last.is_some() {
+            pending_last = last;
+        }
     }
-    Ok(true)
+    if moved {
+        if !p.natural {
+            if let Some(id) = pending_last.take() {
+                checkpoint(ctx, p, id).await?;
+            }
+        }
+        return Ok(Pass::Moved);
+    }
+    Ok(Pass::Done)
 }
 
 async fn join<T>(h: JoinHandle<Result<T, EngineError>>) -> Result<T, EngineError> {

@@ -25,14 +25,18 @@ pub enum Stmt {
     Insert(RawDocumentBuf),
     /// A `delete` command statement.
     Delete(RawDocumentBuf),
-    /// The update cannot be expressed exactly: replace with the source's current document.
-    Refetch { key: RawDocumentBuf },
+    /// The update cannot be expressed exactly: replace with the source's current document,
+    /// read from the collection with the event's `collectionUUID` (renamed since, perhaps).
+    Refetch {
+        key: RawDocumentBuf,
+        uuid: Option<mongodb::bson::Binary>,
+    },
 }
 
 impl Stmt {
     pub fn size(&self) -> usize {
         match self {
-            Stmt::Update(d) | Stmt::Insert(d) | Stmt::Delete(d) | Stmt::Refetch { key: d } => {
+            Stmt::Update(d) | Stmt::Insert(d) | Stmt::Delete(d) | Stmt::Refetch { key: d, .. } => {
                 d.as_bytes().len()
             }
         }
@@ -49,6 +53,10 @@ pub fn translate(event: &RawDocument) -> Result<Vec<Stmt>, TranslateError> {
     let key = event
         .get_document("documentKey")
         .map_err(|_| format!("`{op}` event without documentKey"))?;
+    let uuid = match event.get("collectionUUID").ok().flatten() {
+        Some(RawBsonRef::Binary(b)) => Some(b.to_binary()),
+        _ => None,
+    };
     match op {
         "insert" => match event.get("fullDocument").ok().flatten() {
             Some(RawBsonRef::Document(full)) => {
@@ -60,6 +68,7 @@ pub fn translate(event: &RawDocument) -> Result<Vec<Stmt>, TranslateError> {
             // Dropped by our pipeline because the event would exceed 16 MB: fetch it.
             _ => Ok(vec![Stmt::Refetch {
                 key: key.to_raw_document_buf(),
+                uuid: uuid.clone(),
             }]),
         },
         "replace" => match event.get("fullDocument").ok().flatten() {
@@ -67,6 +76,7 @@ pub fn translate(event: &RawDocument) -> Result<Vec<Stmt>, TranslateError> {
             // Dropped by our pipeline because the event would exceed 16 MB: fetch it.
             _ => Ok(vec![Stmt::Refetch {
                 key: key.to_raw_document_buf(),
+                uuid: uuid.clone(),
             }]),
         },
         "delete" => {
@@ -83,6 +93,7 @@ pub fn translate(event: &RawDocument) -> Result<Vec<Stmt>, TranslateError> {
                 if !amb.is_empty() {
                     return Ok(vec![Stmt::Refetch {
                         key: key.to_raw_document_buf(),
+                        uuid: uuid.clone(),
                     }]);
                 }
             }
@@ -116,6 +127,7 @@ pub fn translate(event: &RawDocument) -> Result<Vec<Stmt>, TranslateError> {
                     {
                         return Ok(vec![Stmt::Refetch {
                             key: key.to_raw_document_buf(),
+                            uuid: uuid.clone(),
                         }]);
                     }
                     let set: Document = set
@@ -131,6 +143,7 @@ pub fn translate(event: &RawDocument) -> Result<Vec<Stmt>, TranslateError> {
                         if name.starts_with('$') || name.contains(".$") {
                             return Ok(vec![Stmt::Refetch {
                                 key: key.to_raw_document_buf(),
+                                uuid: uuid.clone(),
                             }]);
                         }
                         unset.insert(name, "");
@@ -195,7 +208,7 @@ mod tests {
 
     fn stmt_doc(s: &Stmt) -> Document {
         match s {
-            Stmt::Update(d) | Stmt::Insert(d) | Stmt::Delete(d) | Stmt::Refetch { key: d } => {
+            Stmt::Update(d) | Stmt::Insert(d) | Stmt::Delete(d) | Stmt::Refetch { key: d, .. } => {
                 d.to_document().unwrap()
             }
         }

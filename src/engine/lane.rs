@@ -281,7 +281,7 @@ async fn lane_main(
 
     if !record.get_bool("copy_done").unwrap_or(false) {
         progress.set_phase("copying");
-        let specs = catalog::list_selected(&env.source, &env.selector).await?;
+        let specs = copy::copy_set(&copy_ctx, &env.selector).await?;
         progress
             .collections_total
             .store(specs.len() as u64, Ordering::Relaxed);

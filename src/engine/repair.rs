@@ -64,7 +64,9 @@ pub struct Rewritten {
     pub snapshot: bool,
 }
 
-/// Every state write of repair goes through here (one place to add fencing).
+/// Every state write of repair goes through here. Updates go through the store's fenced
+/// `update_one` (inside `cutover run` a runner that lost the plan cannot write); upserts are
+/// `verify --repair`'s own records, written outside any runner.
 pub(crate) async fn write_state(
     store: &StateStore,
     coll: &str,
@@ -72,6 +74,10 @@ pub(crate) async fn write_state(
     update: Document,
     upsert: bool,
 ) -> Result<(), StateError> {
+    if !upsert {
+        store.update_one(coll, filter, update).await?;
+        return Ok(());
+    }
     store
         .coll(coll)
         .update_one(filter, update)

@@ -30,6 +30,8 @@ pub const RESERVED_ENV: &[&str] = &[
     "CUTOVER_NO_PROGRESS",
     crate::crashpoint::ENV,
     crate::fence::LEASE_TTL_ENV,
+    crate::crashpoint::PAUSE_ENV,
+    crate::crashpoint::PAUSE_DIR_ENV,
 ];
 
 /// Where overrides come from; the process environment in production, a map in tests.

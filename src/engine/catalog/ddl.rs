@@ -435,6 +435,8 @@ async fn rename(
             if !have_from {
                 // Already renamed by an earlier attempt, or never created here.
                 if spec_of(dest, &to).await?.is_some() {
+                    // Renamed by an earlier attempt (the records of a replaced target were
+                    // forgotten before it): move whatever records are left under `from`.
                     relax.rename_namespace(from, &to).await?;
                     return Ok(DdlOutcome::Applied);
                 }
@@ -442,6 +444,9 @@ async fn rename(
             }
             // The source's rename succeeded, so `to` did not exist there (or was replaced):
             // a `to` on the destination is a leftover of an earlier attempt at later events.
+            // The records of whatever `to` holds now go first: once the destination is renamed
+            // a replay takes the branch above, which only moves records.
+            relax.forget_namespace(&to).await?;
             let cmd = doc! {
                 "renameCollection": from.to_string(),
                 "to": to.to_string(),
@@ -451,7 +456,6 @@ async fn rename(
                 .run_command(cmd)
                 .await
                 .map_err(|e| CatalogError::command(format!("renameCollection to {to}"), from, e))?;
-            relax.forget_namespace(&to).await?;
             relax.rename_namespace(from, &to).await?;
             Ok(DdlOutcome::Applied)
         }

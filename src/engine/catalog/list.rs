@@ -1,7 +1,7 @@
 //! Reading a cluster's catalog: selected namespaces with their options and indexes.
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, RawDocumentBuf};
+use mongodb::bson::{doc, Binary, RawDocumentBuf};
 use mongodb::Client;
 
 use super::error::{code_of, CatalogError, NAMESPACE_NOT_FOUND};
@@ -48,6 +48,35 @@ pub async fn spec_of(client: &Client, ns: &Namespace) -> Result<Option<NsSpec>, 
         return Ok(None);
     };
     with_indexes(client, ns.clone(), kind, entry).await
+}
+
+/// The collection UUID (`info.uuid`) of `ns`, or `None` when it does not exist or is a view.
+pub async fn uuid_of(client: &Client, ns: &Namespace) -> Result<Option<Binary>, CatalogError> {
+    let entries = list_collections(client, &ns.db, doc! {"name": &ns.coll}).await?;
+    Ok(entries.first().and_then(entry_uuid))
+}
+
+/// The current name, in `db`, of the collection whose UUID is `uuid`: a rename within a
+/// database keeps the UUID. `None` when no collection of `db` has it (dropped, or renamed to
+/// another database, which creates a new collection).
+pub async fn name_of_uuid(
+    client: &Client,
+    db: &str,
+    uuid: &Binary,
+) -> Result<Option<String>, CatalogError> {
+    let entries = list_collections(client, db, doc! {"info.uuid": uuid.clone()}).await?;
+    Ok(entries
+        .first()
+        .and_then(|e| e.get_str("name").ok().map(str::to_string)))
+}
+
+/// `info.uuid` of a `listCollections` entry (views and time-series views have none).
+pub fn entry_uuid(entry: &RawDocumentBuf) -> Option<Binary> {
+    let info = entry.get_document("info").ok()?;
+    match info.get("uuid").ok().flatten()? {
+        mongodb::bson::RawBsonRef::Binary(b) => Some(b.to_binary()),
+        _ => None,
+    }
 }
 
 async fn list_collections(
