@@ -13,10 +13,29 @@ mod workload;
 
 use workload::{Config, Faults, Features};
 
-/// The features every CI seed runs with. Gated off, with the bug each one finds on main:
-/// see [`ci_features`].
+/// The features every CI seed runs with: all but these, each gated off for a bug it finds on
+/// main (turn it back on here once the fix is merged):
+/// - `dotted`: field names with dots (`a.b`, `x.y.z`, `b.`) reach change application as
+///   update paths: `Cannot create field 'b' in element {a: ...}` (code 28), `The update path
+///   'b.' contains an empty field name` (code 56) — branch `fidelity` (seeds 10, 15, 16).
+/// - `rename-in-copy`: renames while the copy runs (`QueryPlanKilled`, half-copied targets) —
+///   branch `rename`.
+/// - `catalog-in-copy`: a runner restarted (kill, crash point, error) during the sync refuses
+///   a collection or view it created itself once the source's options changed (`collMod`, a
+///   view's pipeline): "`ta.v1` already exists on the destination with different options" —
+///   a new bug, not fixed yet (seeds 3, 4, 13, 19, 20).
+/// - `fail-catalog`: a transient error (`InterruptedAtShutdown`, a closed connection) on a
+///   catalog command (`create`, `createIndexes` of a DDL event) or on a state-store write is
+///   not retried: the run stops with exit 1 (a re-run resumes) — a new bug, not fixed yet
+///   (seeds 5, 15, 18).
 fn ci_features() -> Features {
-    Features::ALL
+    Features {
+        dotted: false,
+        rename_in_copy: false,
+        catalog_in_copy: false,
+        fail_catalog: false,
+        ..Features::ALL
+    }
 }
 
 const KILL: Faults = Faults {

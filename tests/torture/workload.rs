@@ -143,6 +143,12 @@ pub struct Features {
     /// Forward plans only: a database (`tx`) outside the plan's filter, with renames into and
     /// out of it.
     pub filter: bool,
+    /// `collMod`, views and `create` with options while the copy is still running (a runner
+    /// restarted during the copy then refuses the collections it created itself).
+    pub catalog_in_copy: bool,
+    /// `failCommand` also on catalog commands (`create`, `createIndexes`, `collMod`, `drop`)
+    /// and on the state store's writes, which are not retried on transient errors.
+    pub fail_catalog: bool,
 }
 
 impl Features {
@@ -155,6 +161,8 @@ impl Features {
         big: true,
         unique: true,
         filter: true,
+        catalog_in_copy: true,
+        fail_catalog: true,
     };
 
     /// Parses a comma list of `name` / `-name` / `all` / `none` applied to `base`.
@@ -176,9 +184,11 @@ impl Features {
                 "big" => f.big = on,
                 "unique" => f.unique = on,
                 "filter" => f.filter = on,
+                "catalog-in-copy" => f.catalog_in_copy = on,
+                "fail-catalog" => f.fail_catalog = on,
                 _ => {
                     return Err(format!(
-                        "unknown feature `{name}` (ddl, rename-in-copy, txn, txn-large, dotted, big, unique, filter)"
+                        "unknown feature `{name}` (ddl, rename-in-copy, txn, txn-large, dotted, big, unique, filter, catalog-in-copy, fail-catalog)"
                     ))
                 }
             }
@@ -196,6 +206,8 @@ impl Features {
             big: false,
             unique: false,
             filter: false,
+            catalog_in_copy: false,
+            fail_catalog: false,
         }
     }
 
@@ -210,6 +222,8 @@ impl Features {
             (self.big, "big"),
             (self.unique, "unique"),
             (self.filter, "filter"),
+            (self.catalog_in_copy, "catalog-in-copy"),
+            (self.fail_catalog, "fail-catalog"),
         ] {
             if on {
                 v.push(n);
@@ -233,6 +247,8 @@ pub struct Config {
     pub apply_secs: u64,
     /// Mean delay between faults.
     pub fault_every: Duration,
+    /// At most this many faults per seed (a runner killed every few seconds never finishes).
+    pub max_faults: u64,
     /// The whole run fails after this long.
     pub limit: Duration,
     /// Where the runner's logs go (a temp dir when `None`).
@@ -249,7 +265,8 @@ impl Config {
             seed_docs: 3000,
             pre_ops: 400,
             apply_secs: 4,
-            fault_every: Duration::from_millis(2500),
+            fault_every: Duration::from_millis(3000),
+            max_faults: 6,
             limit: Duration::from_secs(300),
             log_dir: None,
         }
@@ -936,6 +953,10 @@ impl Generator {
         let other = COLLS[self.rng.random_range(0..4)];
         let drop_target = self.rng.random_bool(0.5);
         let num = self.rng.random_range(0..1000);
+        let catalog = matches!(dice, 0..=9 | 63..=87);
+        if copying && catalog && !self.features.catalog_in_copy {
+            return ("catalog.skipped-in-copy", Ok(()));
+        }
         let cmd = |x: Document| {
             let d = d.clone();
             async move { d.run_command(x).await.map(|_| ()) }
@@ -1447,7 +1468,7 @@ async fn step_down(rs: &ReplicaSet) -> Result<(), String> {
     Err("no new primary after 60 s".into())
 }
 
-async fn fail_command(rs: &ReplicaSet, rng: &mut StdRng) -> Result<String, String> {
+async fn fail_command(rs: &ReplicaSet, rng: &mut StdRng, catalog: bool) -> Result<String, String> {
     let Some(p) = primary(rs).await else {
         return Err("no primary".into());
     };
@@ -1469,6 +1490,13 @@ async fn fail_command(rs: &ReplicaSet, rng: &mut StdRng) -> Result<String, Strin
         .iter()
         .filter(|_| rng.random_bool(0.4))
         .copied()
+        .filter(|c| {
+            catalog
+                || !matches!(
+                    *c,
+                    "createIndexes" | "create" | "collMod" | "drop" | "findAndModify" | "update"
+                )
+        })
         .collect();
     let pick = if pick.is_empty() {
         vec!["insert", "update"]
@@ -1820,6 +1848,8 @@ pub async fn run(cfg: &Config) -> Report {
             dst.clone(),
         );
         let cfgf = cfg.faults;
+        let fail_catalog = cfg.features.fail_catalog;
+        let max_faults = cfg.max_faults;
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0xfa17);
         let every = cfg.fault_every.as_millis() as u64;
         let points = crash_points(cfg.reversible);
@@ -1854,7 +1884,7 @@ pub async fn run(cfg: &Config) -> Report {
                 let outage = rng.random_range(200..2500);
                 let mut sub = StdRng::seed_from_u64(rng.random());
                 tokio::time::sleep(Duration::from_millis(wait)).await;
-                if done.load(Ordering::Relaxed) {
+                if done.load(Ordering::Relaxed) || faults.lock().unwrap().total() >= max_faults {
                     return;
                 }
                 let (name, ok) = match kind {
@@ -1892,7 +1922,7 @@ pub async fn run(cfg: &Config) -> Report {
                     }
                     _ => {
                         let rs = if side_src { &src } else { &dst };
-                        let r = fail_command(rs, &mut sub).await;
+                        let r = fail_command(rs, &mut sub, fail_catalog).await;
                         (
                             if side_src {
                                 "failCommand.source"
@@ -1966,7 +1996,15 @@ pub async fn run(cfg: &Config) -> Report {
     fault_task.abort();
     let _ = fault_task.await;
     gst.stop.store(true, Ordering::Relaxed);
-    let _ = gen_task.await;
+    let gen_end = match gen_task.await {
+        Ok(()) => None,
+        Err(e) => Some(format!("the generator failed: {e}")),
+    };
+    let gen_side = match gst.side.load(Ordering::Relaxed) {
+        ON_SOURCE => "on the source",
+        ON_DESTINATION => "on the destination",
+        _ => "stopped (refused)",
+    };
     if let Some((p, q)) = &proxies {
         p.drop.send_replace(false);
         q.drop.send_replace(false);
@@ -2026,7 +2064,13 @@ pub async fn run(cfg: &Config) -> Report {
         runner_errors: st.errors.clone(),
         differences,
         verify,
-        unfinished,
+        unfinished: match (unfinished, gen_end) {
+            (Some(u), _) => Some(format!(
+                "{u} (generator {gen_side}, {} operations on the destination)",
+                gst.ops_on_destination.load(Ordering::Relaxed)
+            )),
+            (None, g) => g,
+        },
         elapsed: started.elapsed(),
         log_dir: if cfg.log_dir.is_some() {
             log_dir.display().to_string()
