@@ -1,0 +1,112 @@
+//! The torture run's fixed CI seeds (issue 9): each seed runs a real plan (forward or
+//! reversible) on local replica sets while a seeded generator writes random documents,
+//! transactions and DDL and faults are injected; the clusters must end identical and
+//! `cutover verify` must agree. The generator and the harness are in `tests/torture/workload.rs`,
+//! shared with the soak (`cargo bench --bench torture -- --seed N --minutes M`, see README).
+//!
+//! A failing seed prints its report (seed, operations, DDL, faults, differences) and keeps the
+//! runner's logs in `$TMPDIR/cutover-torture-seed-N`. Replay one with
+//! `cargo bench --bench torture -- --seed N --runs 1 [--reversible] [--faults ...]`.
+mod common;
+#[path = "torture/workload.rs"]
+mod workload;
+
+use workload::{Config, Faults, Features};
+
+/// The features every CI seed runs with: all but these, each gated off for a bug it finds on
+/// main (turn it back on here once the fix is merged):
+/// - `dotted`: field names with dots (`a.b`, `x.y.z`, `b.`) reach change application as
+///   update paths: `Cannot create field 'b' in element {a: ...}` (code 28), `The update path
+///   'b.' contains an empty field name` (code 56) — branch `fidelity` (seeds 10, 15, 16).
+/// - `rename-in-copy`: renames while the copy runs (`QueryPlanKilled`, half-copied targets) —
+///   branch `rename`.
+/// - `catalog-in-copy`: a runner restarted (kill, crash point, error) during the sync refuses
+///   a collection or view it created itself once the source's options changed (`collMod`, a
+///   view's pipeline): "`ta.v1` already exists on the destination with different options" —
+///   a new bug, not fixed yet (seeds 3, 4, 13, 19, 20).
+/// - `fail-catalog`: a transient error (`InterruptedAtShutdown`, a closed connection) on a
+///   catalog command (`create`, `createIndexes` of a DDL event) or on a state-store write is
+///   not retried: the run stops with exit 1 (a re-run resumes) — a new bug, not fixed yet
+///   (seeds 5, 15, 18).
+fn ci_features() -> Features {
+    Features {
+        dotted: false,
+        rename_in_copy: false,
+        catalog_in_copy: false,
+        fail_catalog: false,
+        ..Features::ALL
+    }
+}
+
+const KILL: Faults = Faults {
+    kill: true,
+    crash: false,
+    stepdown: false,
+    proxy: false,
+    fail_command: false,
+};
+const CRASH: Faults = Faults {
+    crash: true,
+    ..KILL
+};
+const KILL_CRASH_FAIL: Faults = Faults {
+    kill: true,
+    crash: true,
+    fail_command: true,
+    stepdown: false,
+    proxy: false,
+};
+const PROXY_FAIL: Faults = Faults {
+    proxy: true,
+    fail_command: true,
+    ..Faults::NONE
+};
+const STEPDOWN: Faults = Faults {
+    stepdown: true,
+    kill: true,
+    ..Faults::NONE
+};
+
+async fn seed(seed: u64, reversible: bool, faults: Faults) {
+    let cfg = Config::new(seed, reversible, faults, ci_features());
+    let report = workload::run(&cfg).await;
+    println!("{}", report.summary());
+    assert!(report.passed(), "{}", report.summary());
+    assert!(
+        report.ops.ok_total() > 100,
+        "the generator did too little: {}",
+        report.summary()
+    );
+}
+
+macro_rules! seeds {
+    ($($name:ident: $seed:expr, $rev:expr, $faults:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            seed($seed, $rev, $faults).await;
+        }
+    )*};
+}
+
+seeds! {
+    forward_01: 1, false, Faults::NONE;
+    forward_02: 2, false, KILL;
+    forward_03: 3, false, CRASH;
+    forward_04: 4, false, KILL_CRASH_FAIL;
+    forward_05: 5, false, PROXY_FAIL;
+    forward_06: 6, false, KILL_CRASH_FAIL;
+    forward_07: 7, false, KILL;
+    forward_08: 8, false, PROXY_FAIL;
+    forward_09: 9, false, CRASH;
+    forward_10: 10, false, STEPDOWN;
+    reversible_11: 11, true, Faults::NONE;
+    reversible_12: 12, true, KILL;
+    reversible_13: 13, true, CRASH;
+    reversible_14: 14, true, KILL_CRASH_FAIL;
+    reversible_15: 15, true, PROXY_FAIL;
+    reversible_16: 16, true, KILL_CRASH_FAIL;
+    reversible_17: 17, true, CRASH;
+    reversible_18: 18, true, PROXY_FAIL;
+    reversible_19: 19, true, KILL;
+    reversible_20: 20, true, STEPDOWN;
+}
