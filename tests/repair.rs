@@ -356,6 +356,53 @@ async fn repair_without_a_runner_then_the_sync_resumes_and_commits() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("nothing to repair"), "{}", show(&o));
 
+    // An index only on the destination is reported and kept (exit 1: the final pass still
+    // finds it), and dropped with `--repair-indexes drop`.
+    d.database("shop")
+        .run_command(
+            doc! {"createIndexes": "users", "indexes": [{"key": {"name": 1}, "name": "junk"}]},
+        )
+        .await
+        .unwrap();
+    let o = run_blocking(
+        vec![
+            "verify".into(),
+            plan.clone(),
+            "--repair".into(),
+            "--repair-rounds".into(),
+            "1".into(),
+        ],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("not repaired: index `junk` exists only on the destination"),
+        "{}",
+        show(&o)
+    );
+    let o = run_blocking(
+        vec![
+            "verify".into(),
+            plan.clone(),
+            "--repair".into(),
+            "--repair-indexes".into(),
+            "drop".into(),
+            "--format".into(),
+            "json".into(),
+        ],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        ns_counts(&json(&o), "shop.users")["indexes_dropped"],
+        1,
+        "{}",
+        show(&o)
+    );
+
     // More writes, then the sync resumes, and commits: the replay over repaired documents
     // converges to the source exactly.
     orders
