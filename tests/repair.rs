@@ -49,8 +49,9 @@ async fn seed(c: &Client) {
     users.insert_many(docs).await.unwrap();
 }
 
-/// An application writing to the source: `$set`s and `$inc`s on orders 0..200 (the injected
-/// differences are among them, so their events race the repair), inserts and deletes.
+/// An application writing to the source: `$set`s (each of a new field) and `$inc`s on orders
+/// 0..200 (the injected differences are among them, so their events race the repair),
+/// inserts and deletes.
 struct Churn {
     stop: Arc<AtomicBool>,
     writes: Arc<AtomicI64>,
@@ -70,7 +71,9 @@ impl Churn {
                 let ok = orders
                     .update_one(
                         doc! {"_id": n % 200},
-                        doc! {"$set": {"seq": n}, "$inc": {"qty": 1i64}},
+                        // A new field per event: an event the repair undid would be
+                        // missing for good, not healed by the next `$set`.
+                        doc! {"$set": {"seq": n, format!("f{n}"): n}, "$inc": {"qty": 1i64}},
                     )
                     .await
                     .is_ok();
@@ -121,7 +124,8 @@ async fn corrupt(dst: &Client) {
         let d = orders.find_one(doc! {"_id": id}).await.unwrap().unwrap();
         let mut reordered = Document::new();
         reordered.insert("_id", id);
-        for (k, v) in d.iter().rev().filter(|(k, _)| *k != "_id") {
+        let fields: Vec<_> = d.iter().filter(|(k, _)| *k != "_id").collect();
+        for (k, v) in fields.into_iter().rev() {
             reordered.insert(k, v.clone());
         }
         orders
@@ -259,16 +263,12 @@ async fn repair_with_the_runner_live_under_churn() {
     wait_same_orders(&s, &d).await;
     let idx: Vec<Document> = d
         .database("shop")
-        .collection::<Document>("orders")
-        .list_indexes()
+        .run_cursor_command(doc! {"listIndexes": "orders"})
         .await
         .unwrap()
         .try_collect()
         .await
-        .unwrap()
-        .into_iter()
-        .map(|i| mongodb::bson::to_document(&i).unwrap())
-        .collect();
+        .unwrap();
     assert!(
         idx.iter()
             .any(|i| i.get_document("key").ok() == Some(&doc! {"qty": 1})),
@@ -355,6 +355,53 @@ async fn repair_without_a_runner_then_the_sync_resumes_and_commits() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("nothing to repair"), "{}", show(&o));
+
+    // An index only on the destination is reported and kept (exit 1: the final pass still
+    // finds it), and dropped with `--repair-indexes drop`.
+    d.database("shop")
+        .run_command(
+            doc! {"createIndexes": "users", "indexes": [{"key": {"name": 1}, "name": "junk"}]},
+        )
+        .await
+        .unwrap();
+    let o = run_blocking(
+        vec![
+            "verify".into(),
+            plan.clone(),
+            "--repair".into(),
+            "--repair-rounds".into(),
+            "1".into(),
+        ],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("not repaired: index `junk` exists only on the destination"),
+        "{}",
+        show(&o)
+    );
+    let o = run_blocking(
+        vec![
+            "verify".into(),
+            plan.clone(),
+            "--repair".into(),
+            "--repair-indexes".into(),
+            "drop".into(),
+            "--format".into(),
+            "json".into(),
+        ],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        ns_counts(&json(&o), "shop.users")["indexes_dropped"],
+        1,
+        "{}",
+        show(&o)
+    );
 
     // More writes, then the sync resumes, and commits: the replay over repaired documents
     // converges to the source exactly.
