@@ -390,12 +390,7 @@ pub async fn set_user_write_block(cluster: &Cluster, on: bool) -> Result<(), Clu
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match cluster
-            .client
-            .database("admin")
-            .run_command(doc! {"setUserWriteBlockMode": 1, "global": on})
-            .await
-        {
+        match set_block_majority(&cluster.client, on).await {
             Ok(_) => return Ok(()),
             Err(e)
                 if crate::engine::error::is_transient(&e)
@@ -412,4 +407,66 @@ pub async fn set_user_write_block(cluster: &Cluster, on: bool) -> Result<(), Clu
             Err(e) => return Err(cluster.error(&e)),
         }
     }
+}
+
+/// `setUserWriteBlockMode`, then a wait until it is majority-committed: the command refuses a
+/// `writeConcern` (6.0.5: InvalidOptions, "Command does not support writeConcern"), so its
+/// reply's `operationTime` is awaited in `hello`'s `lastWrite.majorityOpTime`, the way
+/// [`crate::engine::lane::source_now`] does. A stepdown cannot then roll the block (or the
+/// unblock) back after cutover moved on.
+async fn set_block_majority(client: &Client, on: bool) -> Result<(), mongodb::error::Error> {
+    let admin = client.database("admin");
+    let reply = admin
+        .run_command(doc! {"setUserWriteBlockMode": 1, "global": on})
+        .await?;
+    let Ok(at) = reply.get_timestamp("operationTime") else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let hello = admin.run_command(doc! {"hello": 1}).await?;
+        let majority = hello
+            .get_document("lastWrite")
+            .ok()
+            .and_then(|lw| lw.get_document("majorityOpTime").ok())
+            .and_then(|o| o.get_timestamp("ts").ok());
+        match majority {
+            Some(m) if m < at && started.elapsed() < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(m) if m < at => {
+                // As a write-concern timeout: transient, the caller retries the command.
+                return Err(
+                    ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(
+                        mongodb::bson::from_document(
+                            doc! {"code": 64, "codeName": "WriteConcernFailed",
+                            "errmsg": "setUserWriteBlockMode not majority-committed within 60s"},
+                        )
+                        .map_err(mongodb::error::Error::custom)?,
+                    ))
+                    .into(),
+                );
+            }
+            // Majority-committed, or no `lastWrite` (mongos).
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Runs a command that changes the catalog (DDL, `create`) with majority write concern, so
+/// that a primary stepdown cannot roll it back after cutover has moved on. `run_command` sends the command as given and only
+/// fails on `ok: 0`: a `writeConcernError` in an `ok: 1` reply is turned into an error here
+/// (transient or not by its code, like any other).
+pub async fn run_majority(
+    db: &mongodb::Database,
+    mut cmd: Document,
+) -> Result<Document, mongodb::error::Error> {
+    cmd.insert("writeConcern", doc! {"w": "majority"});
+    let reply = db.run_command(cmd).await?;
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        let wce: mongodb::error::WriteConcernError =
+            mongodb::bson::from_document(wce.clone()).map_err(mongodb::error::Error::custom)?;
+        return Err(ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(wce)).into());
+    }
+    Ok(reply)
 }

@@ -116,8 +116,10 @@ pub async fn run(
 /// stream still advances the checkpoint). Resuming is ours: [`run`] reopens from the stored
 /// token.
 fn pipeline(selector: &NamespaceSelector, start: &StartPoint) -> Vec<Document> {
-    let mut cs =
-        doc! {"allChangesForCluster": true, "showExpandedEvents": true, "showSystemEvents": true};
+    // `showRawUpdateDescription`: update events carry the oplog's delta, which names fields
+    // level by level (see events.rs: `updatedFields` cannot tell `{"a.b": 1}` from `{a: {b: 1}}`).
+    let mut cs = doc! {"allChangesForCluster": true, "showExpandedEvents": true,
+    "showSystemEvents": true, "showRawUpdateDescription": true};
     match start {
         StartPoint::Token(t) => cs.insert("resumeAfter", t.clone()),
         StartPoint::Time(ts) => cs.insert("startAtOperationTime", *ts),
@@ -212,6 +214,8 @@ async fn run_stream(
         let mut unpersisted = 0u64;
         let mut last_wall: Option<i64> = None;
         let mut idle = true;
+        // The last event's resume token and time (see `applied_through`).
+        let mut last_event: Option<(RawDocumentBuf, Timestamp)> = None;
         for ev in events {
             let ev = ev.map_err(|e| EngineError::Event(format!("malformed change event: {e}")))?;
             let Some(ev) = ev.as_document() else { continue };
@@ -222,6 +226,9 @@ async fn run_stream(
                 .fetch_add(1, Ordering::Relaxed);
             if let Ok(w) = ev.get_datetime("wallTime") {
                 last_wall = Some(w.timestamp_millis());
+            }
+            if let (Ok(id), Ok(ts)) = (ev.get_document("_id"), ev.get_timestamp("clusterTime")) {
+                last_event = Some((id.to_raw_document_buf(), ts));
             }
             applied += 1;
             if is_crud(ev) {
@@ -256,10 +263,10 @@ async fn run_stream(
                 "the change stream batch has no postBatchResumeToken".into(),
             ));
         };
+        let pos = applied_through(&token, last_event.as_ref());
         let token: Document = token
             .to_document()
             .map_err(|e| EngineError::Event(e.to_string()))?;
-        let pos = token_time(&token);
         let persisting = Instant::now();
         persist(ctx, &token, pos, unpersisted).await?;
         ctx.progress
@@ -389,6 +396,41 @@ async fn persist(
     Ok(())
 }
 
+/// The source time up to which every event is applied once a batch ending with `token` (its
+/// `postBatchResumeToken`) is applied. A batch that ends at an event (the batch was full:
+/// 5,000 events or 16 MB) ends at that event's token, and more events may share its time: all
+/// the operations of a transaction have the commit's time, and a large transaction spans
+/// several batches. Only the time before it is then complete; the drain (`DrainTo`) and
+/// verify's wait must not take the transaction as applied. A batch that ends at a
+/// high-water mark (the stream had nothing more) is complete up to the mark's time.
+fn applied_through(
+    token: &RawDocument,
+    last_event: Option<&(RawDocumentBuf, Timestamp)>,
+) -> Option<Timestamp> {
+    let time = token
+        .get_str("_data")
+        .ok()
+        .and_then(|d| token_time(&doc! {"_data": d}))?;
+    match last_event {
+        Some((id, ts)) if id.as_bytes() == token.as_bytes() => Some(before(*ts)),
+        _ => Some(time),
+    }
+}
+
+/// The timestamp just before `t`.
+fn before(t: Timestamp) -> Timestamp {
+    match t.increment {
+        0 => Timestamp {
+            time: t.time.saturating_sub(1),
+            increment: u32::MAX,
+        },
+        i => Timestamp {
+            time: t.time,
+            increment: i - 1,
+        },
+    }
+}
+
 /// The source time encoded in a resume token (`_data` hex: `82`, then seconds and increment
 /// as 4-byte big-endian numbers).
 pub fn token_time(t: &Document) -> Option<Timestamp> {
@@ -421,16 +463,278 @@ async fn apply_round(ctx: &ApplyCtx, round: Vec<RawDocumentBuf>) -> Result<(), E
     }
     // No destination write once the lease may be another runner's.
     ctx.store.check_fence()?;
-    match apply_round_with(ctx, &round, ctx.workers.max(1)).await {
-        // Parallel application can pass through states the source never had (two documents
-        // swapping a unique value). Where the destination enforces uniqueness (the reverse
-        // direction: the old source's indexes are real), replay the round in source order.
-        Err(EngineError::Write { code: 11000, .. }) if ctx.workers > 1 => {
-            tracing::debug!("Duplicate key in a parallel round; replaying it in source order.");
-            apply_round_with(ctx, &round, 1).await
+    // Where the destination enforces uniqueness (the reverse direction: the old source's
+    // indexes are real), a round can fail with a duplicate key although the source never had
+    // one: parallel workers pass through states the source never had (two documents swapping
+    // a unique value), and a replayed round (after a crash or a transient error) or a re-read
+    // document puts some documents *ahead* of the round, holding a value an earlier statement
+    // of another document needs. First replay the round in source order (enough for the
+    // first case); if that fails too, repair it (`repair_round`) instead of failing the same
+    // way on every retry and every restart.
+    let mut err = match apply_round_with(ctx, &round, ctx.workers.max(1)).await {
+        Err(e @ EngineError::Write { code: 11000, .. }) => e,
+        other => return other,
+    };
+    if ctx.workers > 1 {
+        tracing::debug!("Duplicate key in a parallel round; replaying it in source order.");
+        match apply_round_with(ctx, &round, 1).await {
+            Err(e @ EngineError::Write { code: 11000, .. }) => err = e,
+            other => return other,
         }
-        other => other,
     }
+    tracing::info!(
+        events = round.len(),
+        "Duplicate key replaying a round in source order (documents ahead of it on the \
+         destination): installing its documents as of the round's source time."
+    );
+    repair_round(ctx, &round, err).await
+}
+
+/// Makes every document the round touches equal to the source's document at the round's last
+/// event time `T` (a snapshot read, `atClusterTime: T`): in one destination transaction,
+/// delete them all, then insert their versions at `T`. Documents the round does not touch
+/// have no event in it, so they already have their state at `T`; the source's unique indexes
+/// held at `T`, so the inserts cannot collide with each other or with them. The one exception
+/// is a transaction cut by the batch boundary: its later operations (same time `T`, next
+/// batch) are in the snapshot but not yet on the destination, so a document only they change
+/// can still hold an old value; a collision names it (`keyValue`), and it joins the repaired
+/// set. Events of the next rounds then replay on top, as after any re-read. Without snapshot
+/// history for `T` (the lane is more than `minSnapshotHistoryWindowInSeconds` behind) the
+/// source's current majority time is used instead, with the same collision handling. A
+/// collision the source's own state has too (a unique index only the destination has) aborts
+/// the transaction, leaves the destination as it was and fails with `err`, which names the
+/// document.
+async fn repair_round(
+    ctx: &ApplyCtx,
+    round: &[RawDocumentBuf],
+    err: EngineError,
+) -> Result<(), EngineError> {
+    let Some(at) = round
+        .iter()
+        .rev()
+        .find_map(|ev| ev.get_timestamp("clusterTime").ok())
+    else {
+        return Err(err);
+    };
+    let mut touched: Vec<(Namespace, Vec<RawDocumentBuf>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for ev in round {
+        let Some(ns) = event_ns(ev) else { continue };
+        if !selected(&ctx.selector, &ns) {
+            continue;
+        }
+        let Ok(key) = ev.get_document("documentKey") else {
+            continue;
+        };
+        if !seen.insert((ns.clone(), key.as_bytes().to_vec())) {
+            continue;
+        }
+        match touched.iter_mut().find(|(n, _)| *n == ns) {
+            Some((_, keys)) => keys.push(key.to_raw_document_buf()),
+            None => touched.push((ns, vec![key.to_raw_document_buf()])),
+        }
+    }
+    for (ns, keys) in &touched {
+        let repaired = ctx
+            .retry
+            .run(&ctx.progress, "repairing a round", || {
+                repair_ns(ctx, ns, keys.clone(), at)
+            })
+            .await?;
+        if !repaired {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// See [`repair_round`]; `false` when the collisions do not resolve.
+async fn repair_ns(
+    ctx: &ApplyCtx,
+    ns: &Namespace,
+    mut keys: Vec<RawDocumentBuf>,
+    at: Timestamp,
+) -> Result<bool, EngineError> {
+    let mut at = at;
+    for _ in 0..8 {
+        let docs = match snapshot_read(ctx, ns, &keys, at).await? {
+            Some(docs) => docs,
+            None => {
+                at = crate::engine::lane::source_now(&ctx.source).await?;
+                snapshot_read(ctx, ns, &keys, at).await?.ok_or_else(|| {
+                    EngineError::Event(format!(
+                        "`{ns}`: the source has no snapshot at its own majority time"
+                    ))
+                })?
+            }
+        };
+        let blockers = replace_in_transaction(ctx, ns, &keys, docs).await?;
+        if blockers.is_empty() {
+            return Ok(true);
+        }
+        // Documents outside the set hold a value the set's documents have at `at`: find them
+        // on the destination and repair them too.
+        let mut grew = false;
+        for value in blockers {
+            let found: Vec<RawDocumentBuf> = ctx
+                .dest
+                .database(&ns.db)
+                .collection::<RawDocumentBuf>(&ns.coll)
+                .find(value.clone())
+                .projection(doc! {"_id": 1})
+                .await
+                .map_err(|e| cluster_err("destination", format!("reading `{ns}`"), &e))?
+                .try_collect()
+                .await
+                .map_err(|e| cluster_err("destination", format!("reading `{ns}`"), &e))?;
+            for f in found {
+                if !keys.iter().any(|k| k.as_bytes() == f.as_bytes()) {
+                    keys.push(f);
+                    grew = true;
+                }
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    Ok(false)
+}
+
+/// The source's documents with these keys at `at` (a snapshot read); `None` when the source
+/// no longer (or not yet) has a snapshot at `at`.
+async fn snapshot_read(
+    ctx: &ApplyCtx,
+    ns: &Namespace,
+    keys: &[RawDocumentBuf],
+    at: Timestamp,
+) -> Result<Option<Vec<RawDocumentBuf>>, EngineError> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(500) {
+        let mut or = Vec::with_capacity(chunk.len());
+        for k in chunk {
+            // `{field: {$eq: value}}`: a key value is a literal, never a regex or an operator.
+            let mut f = Document::new();
+            for e in k.iter_elements() {
+                let e = e.map_err(|e| EngineError::Event(e.to_string()))?;
+                let v = Bson::try_from(e.value().map_err(|e| EngineError::Event(e.to_string()))?)
+                    .map_err(|e| EngineError::Event(e.to_string()))?;
+                f.insert(e.key(), doc! {"$eq": v});
+            }
+            or.push(f);
+        }
+        let cmd = doc! {
+            "find": &ns.coll, "filter": {"$or": or},
+            "readConcern": {"level": "snapshot", "atClusterTime": at},
+        };
+        let read = async {
+            ctx.source
+                .database(&ns.db)
+                .run_cursor_command(cmd)
+                .await?
+                .with_type::<RawDocumentBuf>()
+                .try_collect::<Vec<_>>()
+                .await
+        };
+        match read.await {
+            Ok(docs) => out.extend(docs),
+            // 239 SnapshotTooOld, 246 SnapshotUnavailable.
+            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == 239 || c.code == 246) => {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(cluster_err(
+                    "source",
+                    format!("reading `{ns}` at its round's time"),
+                    &e,
+                ))
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// In one destination transaction: deletes the documents with these keys and inserts `docs`.
+/// Returns the `keyValue`s of unique-index collisions (the transaction is then aborted).
+async fn replace_in_transaction(
+    ctx: &ApplyCtx,
+    ns: &Namespace,
+    keys: &[RawDocumentBuf],
+    docs: Vec<RawDocumentBuf>,
+) -> Result<Vec<Document>, EngineError> {
+    let dest_err =
+        |e: mongodb::error::Error| cluster_err("destination", format!("writing `{ns}`"), &e);
+    let db = ctx.dest.database(&ns.db);
+    let mut session = ctx.dest.start_session().await.map_err(dest_err)?;
+    session
+        .start_transaction()
+        .write_concern(mongodb::options::WriteConcern::majority())
+        .await
+        .map_err(dest_err)?;
+    let mut commands = Vec::new();
+    for chunk in keys.chunks(COMMAND_STMTS) {
+        let mut arr = RawArrayBuf::new();
+        for k in chunk {
+            let mut d = RawDocumentBuf::new();
+            d.append("q", k.clone());
+            d.append("limit", 1i32);
+            arr.push(d);
+        }
+        let mut cmd = RawDocumentBuf::new();
+        cmd.append("delete", ns.coll.as_str());
+        cmd.append("deletes", arr);
+        commands.push(cmd);
+    }
+    let mut rest = docs.as_slice();
+    while !rest.is_empty() {
+        let (mut n, mut bytes) = (0, 0);
+        let mut arr = RawArrayBuf::new();
+        for d in rest {
+            if n > 0 && (n >= COMMAND_STMTS || bytes + d.as_bytes().len() > COMMAND_BYTES) {
+                break;
+            }
+            bytes += d.as_bytes().len();
+            arr.push(d.clone());
+            n += 1;
+        }
+        rest = &rest[n..];
+        let mut cmd = RawDocumentBuf::new();
+        cmd.append("insert", ns.coll.as_str());
+        cmd.append("documents", arr);
+        cmd.append("bypassDocumentValidation", true);
+        commands.push(cmd);
+    }
+    let mut blockers = Vec::new();
+    for cmd in commands {
+        let reply = db
+            .run_raw_command(cmd)
+            .session(&mut session)
+            .await
+            .map_err(dest_err)?;
+        if let Ok(errs) = reply.get_array("writeErrors") {
+            for e in errs.iter().filter_map(Bson::as_document) {
+                let code = e.get_i32("code").unwrap_or(0);
+                match e.get_document("keyValue") {
+                    Ok(v) if code == 11000 => blockers.push(v.clone()),
+                    _ => {
+                        let _ = session.abort_transaction().await;
+                        return Err(EngineError::Write {
+                            ns: ns.to_string(),
+                            id: "?".into(),
+                            code,
+                            detail: e.get_str("errmsg").unwrap_or_default().to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        if !blockers.is_empty() {
+            let _ = session.abort_transaction().await;
+            return Ok(blockers);
+        }
+    }
+    session.commit_transaction().await.map_err(dest_err)?;
+    Ok(blockers)
 }
 
 async fn apply_round_with(
@@ -861,6 +1165,35 @@ mod tests {
         );
         assert_eq!(token_time(&doc! {"_data": "01"}), None);
         assert_eq!(token_time(&doc! {}), None);
+    }
+
+    #[test]
+    fn a_batch_ending_at_an_event_is_complete_only_before_its_time() {
+        let tok = |inc: u32| {
+            RawDocumentBuf::from_document(
+                &doc! {"_data": format!("826566A1B2{inc:08X}2B022C0100296E5A1004ABCDEF")},
+            )
+            .unwrap()
+        };
+        let t = |increment| Timestamp {
+            time: 0x6566_A1B2,
+            increment,
+        };
+        // Ends at a high-water mark: complete up to it.
+        assert_eq!(applied_through(&tok(5), None), Some(t(5)));
+        assert_eq!(applied_through(&tok(5), Some(&(tok(3), t(3)))), Some(t(5)));
+        // Ends at its last event (the batch was full; a transaction may go on): before it.
+        assert_eq!(applied_through(&tok(5), Some(&(tok(5), t(5)))), Some(t(4)));
+        assert_eq!(
+            before(Timestamp {
+                time: 10,
+                increment: 0
+            }),
+            Timestamp {
+                time: 9,
+                increment: u32::MAX
+            }
+        );
     }
 
     fn stmt(ns: &str, key: u8, kind: Kind, i: i32) -> Keyed {

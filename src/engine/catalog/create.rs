@@ -56,7 +56,7 @@ pub(crate) async fn create_ns(
     }
     let mut cmd = doc! {"create": &spec.ns.coll};
     cmd.extend(create_opts);
-    match dest.database(&spec.ns.db).run_command(cmd.clone()).await {
+    match crate::cluster::run_majority(&dest.database(&spec.ns.db), cmd.clone()).await {
         Ok(_) => {
             tracing::debug!(ns = %spec.ns, kind = spec.kind.as_str(), "created on the destination");
             Ok(())

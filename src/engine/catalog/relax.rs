@@ -402,7 +402,7 @@ async fn coll_mod(
 ) -> Result<Option<bool>, CatalogError> {
     let mut cmd = doc! {"collMod": &ns.coll};
     cmd.extend(body);
-    match dest.database(&ns.db).run_command(cmd.clone()).await {
+    match crate::cluster::run_majority(&dest.database(&ns.db), cmd.clone()).await {
         Ok(_) => Ok(Some(true)),
         Err(e)
             if matches!(
@@ -446,7 +446,7 @@ async fn restore_unique(dest: &Client, r: &Relaxation) -> Result<Option<bool>, C
         return Ok(None);
     }
     let cmd = doc! {"collMod": &r.ns.coll, "index": {"name": name, "unique": true}};
-    match dest.database(&r.ns.db).run_command(cmd).await {
+    match crate::cluster::run_majority(&dest.database(&r.ns.db), cmd).await {
         Ok(_) => Ok(Some(true)),
         Err(e) if code_of(&e) == Some(CANNOT_CONVERT_INDEX_TO_UNIQUE) => {
             let ids = duplicate_ids(dest, &r.ns, &spec).await?;
