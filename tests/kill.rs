@@ -488,3 +488,91 @@ async fn kill_9_inside_a_range_resumes_from_last_id() {
     println!("resumed from: {resumed_from:?}");
     assert_same_data(&s, &d, STATE_DB).await;
 }
+
+/// Torture seeds 3, 4, 13, 19, 20 (issue 9): a runner killed during the copy, after it had
+/// created the destination's collections and views, then a `collMod` of a collection's
+/// validator and of a view's pipeline on the source: the re-run refused its own collections
+/// ("already exists on the destination with different options"). The change events from the
+/// lane's start point bring them in line, so the re-run must continue and end identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_changed_on_the_source_after_a_kill_during_the_copy_converge() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    let db = s.database("k");
+    db.run_command(doc! {"create": "aa_small"}).await.unwrap();
+    db.run_command(doc! {"create": "v", "viewOn": "aa_small", "pipeline": [{"$match": {"x": 1}}]})
+        .await
+        .unwrap();
+    for chunk in 0..8 {
+        let docs: Vec<Document> = (chunk * 5000..(chunk + 1) * 5000)
+            .map(|i| doc! {"_id": i, "pad": "x".repeat(200)})
+            .collect();
+        db.collection::<Document>("main")
+            .insert_many(docs)
+            .await
+            .unwrap();
+    }
+    let (_dir, plan) = write_plan(&plan_text("kill", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let args = [
+        "run",
+        plan.as_str(),
+        "--docs-per-range",
+        "100",
+        "--copy-concurrency",
+        "1",
+    ];
+    let mut child = spawn_cutover(&args, &env_refs(&env));
+    // Killed once the destination has the view (created before any document is copied).
+    let dd = d.clone();
+    wait_until(Duration::from_secs(60), "the destination's view", || {
+        let dd = dd.clone();
+        async move {
+            dd.database("k")
+                .list_collection_names()
+                .await
+                .map(|n| n.contains(&"v".to_string()))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!copy_done(&d).await, "the copy finished before the kill");
+    db.run_command(doc! {"collMod": "aa_small", "validator": {"x": {"$type": "int"}}})
+        .await
+        .unwrap();
+    db.run_command(doc! {"collMod": "v", "viewOn": "aa_small", "pipeline": [{"$match": {"x": 2}}]})
+        .await
+        .unwrap();
+
+    let child = spawn_cutover(&args, &env_refs(&env));
+    let dd = d.clone();
+    let start = Instant::now();
+    let mut child = child;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!("the re-run stopped ({st}):\n{}", show(&out));
+        }
+        if copy_done(&dd).await {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the copy did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the lane apply the collMod events, then approve and finish.
+    let o = run_cutover(&["approve", &plan], &env_refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_same_catalog(&s, &d, STATE_DB).await;
+    assert_same_data(&s, &d, STATE_DB).await;
+}

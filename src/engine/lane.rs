@@ -251,6 +251,7 @@ async fn lane_main(
     };
 
     let mut record = lanes.find_one(doc! {"_id": &id}).await.map_err(st)?;
+    let resumed = record.is_some();
     if record.is_none() {
         progress.set_phase("starting");
         let (start_ts, copy_done) = match (direction, start_at) {
@@ -287,7 +288,11 @@ async fn lane_main(
             .store(specs.len() as u64, Ordering::Relaxed);
         copy::estimate(&env.source, &specs, &progress).await;
         for s in &specs {
-            catalog::create_on_destination(&env.destination, s, &relax).await?;
+            if resumed {
+                catalog::create_on_destination_resumed(&env.destination, s, &relax).await?;
+            } else {
+                catalog::create_on_destination(&env.destination, s, &relax).await?;
+            }
         }
         if env.build_indexes == BuildIndexes::BeforeCopy {
             progress.set_phase("building indexes");

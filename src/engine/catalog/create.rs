@@ -32,6 +32,19 @@ pub async fn create_on_destination(
     create_ns(dest, spec, relax, false).await
 }
 
+/// As [`create_on_destination`], for a copy that resumes after a kill or an error: the
+/// destination's namespaces were created by the earlier run from an earlier state of the
+/// source (the destination was empty when the lane started), so one whose options differ now
+/// is left as it is; the change events since the lane's start point (`collMod`, a view's new
+/// pipeline, drop and create) bring it in line.
+pub async fn create_on_destination_resumed(
+    dest: &Client,
+    spec: &NsSpec,
+    relax: &RelaxationStore,
+) -> Result<(), CatalogError> {
+    create_ns(dest, spec, relax, true).await
+}
+
 /// As [`create_on_destination`]; with `replay` (a DDL change event) an existing namespace
 /// with other options is left alone: the copy created it from a later state of the source,
 /// and the events after this one (collMod, drop) converge.

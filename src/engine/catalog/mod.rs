@@ -39,7 +39,7 @@ mod list;
 mod relax;
 mod spec;
 
-pub use create::create_on_destination;
+pub use create::{create_on_destination, create_on_destination_resumed};
 pub use ddl::{apply_ddl, DdlOutcome};
 pub use error::CatalogError;
 pub use indexes::build_indexes;
