@@ -118,6 +118,13 @@ impl TlsReplicaSet {
         let certs = certs(dir.path());
         let db = dir.path().join("db");
         std::fs::create_dir_all(&db).expect("dbpath");
+        let keyfile = dir.path().join("keyfile");
+        std::fs::write(&keyfile, "cutoverTlsTestKeyFile0123456789abcdef").expect("keyfile");
+        std::fs::set_permissions(
+            &keyfile,
+            std::os::unix::fs::PermissionsExt::from_mode(0o400),
+        )
+        .expect("chmod keyfile");
         let port = free_port();
         let name = format!("tls{port}");
         let args: Vec<String> = [
@@ -129,7 +136,8 @@ impl TlsReplicaSet {
             "127.0.0.1",
             "--dbpath",
             &db.display().to_string(),
-            "--auth",
+            "--keyFile",
+            &keyfile.display().to_string(),
             "--tlsMode",
             "requireTLS",
             "--tlsCertificateKeyFile",
