@@ -325,6 +325,20 @@ async fn wire_compression_from_the_uri() {
             "check reports the compressor: {}",
             show(&o)
         );
+        // `check` also weighs the destination's free disk space against the selected data.
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let disk = report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["id"] == "disk-space" && c["cluster"] == "destination")
+            .unwrap_or_else(|| panic!("no disk-space check: {}", show(&o)));
+        assert!(
+            disk["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("free on the destination")),
+            "{disk}"
+        );
         let after = compression_counters(&sc, algo).await;
         assert!(
             after > before,
