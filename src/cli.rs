@@ -31,6 +31,11 @@ pub struct Cli {
     /// Only warnings and errors on stderr; no progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Also write the log to this file as JSON lines (same levels, credentials redacted),
+    /// rotated daily: `PATH.YYYY-MM-DD`, with `PATH` a link to the current file.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,7 +269,19 @@ pub fn main() -> i32 {
             };
         }
     };
-    logging::init(cli.log_format, cli.verbose, cli.quiet);
+    let log_file = match cli
+        .log_file
+        .as_deref()
+        .map(logging::LogFile::open)
+        .transpose()
+    {
+        Ok(f) => f,
+        Err(e) => {
+            err(&format!("error: {e}"));
+            return Exit::Invalid.code();
+        }
+    };
+    let _ = logging::init_with_file(cli.log_format, cli.verbose, cli.quiet, log_file);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

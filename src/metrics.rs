@@ -210,9 +210,11 @@ impl Metrics {
                 ("bytes", &self.copied_bytes, load(&p.copied_bytes)),
                 ("docs", &self.copied_documents, load(&p.copied_docs)),
             ] {
+                // Created at zero, so every counter is exported from the first scrape.
+                let counter = family.get_or_create(&lane_l);
                 let seen = self.seen.entry((id, name)).or_insert(0);
                 if value > *seen {
-                    family.get_or_create(&lane_l).inc_by(value - *seen);
+                    counter.inc_by(value - *seen);
                     *seen = value;
                 }
             }

@@ -4,7 +4,7 @@
 //! - samples the current lane's counters into an [`Insight`] (rates, stage busy time,
 //!   bottleneck, busiest namespaces, catch-up time) and, every 10 s, the source's oplog
 //!   (how long before it rolls past the lane's resume point),
-//! - publishes both in the status document (`status.insight`).
+//! - publishes both in the run document (`insight`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -131,7 +131,8 @@ async fn service_loop(
             let mut insight = sampler.sample(&p);
             insight.oplog_remaining_seconds = oplog_remaining;
             if let Ok(d) = mongodb::bson::to_document(&insight) {
-                let _ = live.store.set(doc! {"status.insight": d}).await;
+                // Beside `status`, which the reporter rewrites whole every second.
+                let _ = live.store.set(doc! {"insight": d}).await;
             }
             if let Ok(mut g) = live.insight.lock() {
                 *g = Some(insight);

@@ -82,7 +82,7 @@ impl LaneStats {
 }
 
 /// What the sampler derives from the counters over its window (also stored in the status
-/// document as `status.insight`).
+/// document as `insight`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Insight {
     /// The span the rates are measured over.

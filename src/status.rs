@@ -310,7 +310,7 @@ pub fn view(
         reconnecting: st.get_str("reconnecting").ok().map(str::to_string),
         write_blocked_window_ms: crate::runner::last_window_ms(run),
         paused: None,
-        insight: st
+        insight: run
             .get_document("insight")
             .ok()
             .and_then(|d| mongodb::bson::from_document(d.clone()).ok()),

@@ -118,6 +118,13 @@ impl TlsReplicaSet {
         let certs = certs(dir.path());
         let db = dir.path().join("db");
         std::fs::create_dir_all(&db).expect("dbpath");
+        let keyfile = dir.path().join("keyfile");
+        std::fs::write(&keyfile, "cutoverTlsTestKeyFile0123456789abcdef").expect("keyfile");
+        std::fs::set_permissions(
+            &keyfile,
+            std::os::unix::fs::PermissionsExt::from_mode(0o400),
+        )
+        .expect("chmod keyfile");
         let port = free_port();
         let name = format!("tls{port}");
         let args: Vec<String> = [
@@ -129,7 +136,8 @@ impl TlsReplicaSet {
             "127.0.0.1",
             "--dbpath",
             &db.display().to_string(),
-            "--auth",
+            "--keyFile",
+            &keyfile.display().to_string(),
             "--tlsMode",
             "requireTLS",
             "--tlsCertificateKeyFile",
@@ -316,6 +324,20 @@ async fn wire_compression_from_the_uri() {
             out.contains(&format!("compression {algo}")),
             "check reports the compressor: {}",
             show(&o)
+        );
+        // `check` also weighs the destination's free disk space against the selected data.
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let disk = report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["id"] == "disk-space" && c["cluster"] == "destination")
+            .unwrap_or_else(|| panic!("no disk-space check: {}", show(&o)));
+        assert!(
+            disk["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("free on the destination")),
+            "{disk}"
         );
         let after = compression_counters(&sc, algo).await;
         assert!(

@@ -190,7 +190,13 @@ async fn a_run_is_driven_through_the_http_api() {
     env_api.push(("CUTOVER_API_TOKEN", TOKEN.to_string()));
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = spawn_cutover(&["run", &plan, "--listen", &listen], &refs(&env_api));
+    let logs = tempfile::tempdir().expect("log dir");
+    let log_file = logs.path().join("cutover.log");
+    let log_arg = log_file.to_str().expect("utf-8").to_string();
+    let mut child = spawn_cutover(
+        &["run", &plan, "--listen", &listen, "--log-file", &log_arg],
+        &refs(&env_api),
+    );
     let api = Api { port };
 
     // The API comes up with the run; every request needs the token once it is set.
@@ -351,6 +357,31 @@ async fn a_run_is_driven_through_the_http_api() {
         "the commit was seen through the API or reported: {out}"
     );
     assert!(applied_before >= 0.0);
+    // `--log-file`: JSON lines, credentials redacted as on stderr.
+    let text =
+        std::fs::read_to_string(&log_file).expect("the log file (a link to the current one)");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "Step started."),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "Commit approved."),
+        "{text}"
+    );
+    for secret in [ROOT_PASSWORD, TOKEN] {
+        assert!(
+            !text.contains(secret),
+            "the log file holds a secret: {text}"
+        );
+    }
     // What was copied stays visible after the commit.
     assert_eq!(
         after["collection_copy"]["copied_documents"], 500,

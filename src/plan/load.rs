@@ -26,6 +26,7 @@ pub const ENV_PREFIX: &str = "CUTOVER_";
 /// `CUTOVER_*` variables that configure the program, not the plan.
 pub const RESERVED_ENV: &[&str] = &[
     "CUTOVER_LOG",
+    "CUTOVER_API_TOKEN",
     "CUTOVER_LOG_FORMAT",
     "CUTOVER_NO_PROGRESS",
     crate::crashpoint::ENV,
