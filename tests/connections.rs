@@ -40,6 +40,7 @@ fn certs(dir: &Path) -> Certs {
     let server_key = KeyPair::generate().expect("server key");
     let mut server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
         .expect("server params");
+    server.distinguished_name = rcgen::DistinguishedName::new();
     server
         .distinguished_name
         .push(DnType::OrganizationName, "cutover-test-servers");
@@ -54,6 +55,9 @@ fn certs(dir: &Path) -> Certs {
 
     let client_key = KeyPair::generate().expect("client key");
     let mut client = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    // rcgen's default name holds a CN ("rcgen self signed cert") whose position a later
+    // push keeps: start empty so the subject is exactly O, OU, CN (CLIENT_SUBJECT reversed).
+    client.distinguished_name = rcgen::DistinguishedName::new();
     client
         .distinguished_name
         .push(DnType::OrganizationName, "cutover-test-clients");
