@@ -378,8 +378,7 @@ impl Fence {
             out = cur.clone();
             changed
         });
-        let l = out.expect("set above");
-        l
+        out.expect("set above")
     }
 
     /// Completes a loss found locally (no renewal for a TTL) with who holds the plan now:
