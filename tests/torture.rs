@@ -28,8 +28,13 @@ use workload::{Config, Faults, Features};
 ///   catalog command (`create`, `createIndexes` of a DDL event) or on a state-store write is
 ///   not retried: the run stops with exit 1 (a re-run resumes) — a new bug, not fixed yet
 ///   (seeds 5, 15, 18).
+/// - `unique`: a unique index created on the source during change application is missing on
+///   the destination when `validate-indexes` runs right after the sync ("unique index `u_1`
+///   of `tb.ttl0` has no index with the same key on the destination"): the step does not wait
+///   for replication to catch up — a new bug, not fixed yet (seed 11).
 fn ci_features() -> Features {
     Features {
+        unique: false,
         dotted: false,
         rename_in_copy: false,
         catalog_in_copy: false,

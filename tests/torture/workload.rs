@@ -1944,6 +1944,8 @@ pub async fn run(cfg: &Config) -> Report {
     let mut approved_last = !cfg.reversible;
     let mut copy_done_at: Option<Instant> = None;
     let mut dst_since: Option<Instant> = None;
+    let mut first_approved_at: Option<Instant> = None;
+    let mut notes: Vec<String> = Vec::new();
     let first_commit = if cfg.reversible { 2 } else { 1 };
     let unfinished;
     loop {
@@ -1968,7 +1970,10 @@ pub async fn run(cfg: &Config) -> Report {
                 .await
                 .unwrap()
             {
-                Ok(()) => approved_first = true,
+                Ok(()) => {
+                    approved_first = true;
+                    first_approved_at = Some(Instant::now());
+                }
                 Err(e) => eprintln!("approve failed (will retry): {e}"),
             }
         }
@@ -1976,8 +1981,17 @@ pub async fn run(cfg: &Config) -> Report {
             if dst_since.is_none() && gst.ops_on_destination.load(Ordering::Relaxed) > 0 {
                 dst_since = Some(Instant::now());
             }
-            if dst_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(cfg.apply_secs))
-                && gst.ops_on_destination.load(Ordering::Relaxed) >= 20
+            // Fallback: the generator has not moved to the new source 45 s after the first
+            // approval (seen on loaded runs, not yet understood): approve anyway and say so.
+            let stalled = dst_since.is_none()
+                && first_approved_at
+                    .is_some_and(|t: Instant| t.elapsed() > Duration::from_secs(45));
+            if stalled {
+                notes.push("the generator never wrote to the new source; the final commit was approved after 45 s".into());
+            }
+            if stalled
+                || (dst_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(cfg.apply_secs))
+                    && gst.ops_on_destination.load(Ordering::Relaxed) >= 20)
             {
                 let (p, e) = (plan.clone(), env_c.clone());
                 match tokio::task::spawn_blocking(move || approve(&p, &e, 4))
@@ -2061,7 +2075,7 @@ pub async fn run(cfg: &Config) -> Report {
         ddl: gst.ddl.lock().unwrap().clone(),
         faults: faults.lock().unwrap().clone(),
         incarnations: st.incarnations,
-        runner_errors: st.errors.clone(),
+        runner_errors: st.errors.iter().cloned().chain(notes).collect(),
         differences,
         verify,
         unfinished: match (unfinished, gen_end) {
