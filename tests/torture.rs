@@ -35,9 +35,6 @@ use workload::{Config, Faults, Features};
 fn ci_features() -> Features {
     Features {
         unique: false,
-        dotted: false,
-        rename_in_copy: false,
-        catalog_in_copy: false,
         fail_catalog: false,
         ..Features::ALL
     }
