@@ -91,7 +91,8 @@ fn moved_code(e: &mongodb::error::Error) -> bool {
 /// use, read back from the records when a run resumes. A resumed run must not list again:
 /// a collection renamed meanwhile would be copied a second time under its new name (and the
 /// replayed `rename` would then replace it with the half-copied old one), so the copy keeps
-/// the names it started with and reads each collection by UUID.
+/// the names it started with and reads each collection by UUID. (The records name their
+/// namespace in `namespace`: range records are the ones with an `ns`.)
 pub async fn copy_set(
     ctx: &CopyCtx,
     selector: &crate::plan::NamespaceSelector,
@@ -135,7 +136,7 @@ pub async fn copy_set(
         let indexes: Vec<Bson> = s.index_docs().into_iter().map(Bson::Document).collect();
         docs.push(doc! {
             "_id": format!("{marker}/{i:06}"), "plan": ctx.store.plan(), "lane": &ctx.lane,
-            "ns": s.ns.to_string(), "kind": s.kind.as_str(), "info": info, "indexes": indexes,
+            "namespace": s.ns.to_string(), "kind": s.kind.as_str(), "info": info, "indexes": indexes,
         });
     }
     for chunk in docs.chunks(500) {
@@ -151,7 +152,7 @@ pub async fn copy_set(
 }
 
 fn spec_from_record(d: &Document) -> Option<NsSpec> {
-    let ns = Namespace::parse(d.get_str("ns").ok()?)?;
+    let ns = Namespace::parse(d.get_str("namespace").ok()?)?;
     let kind = NsKind::from_type(d.get_str("kind").ok()?)?;
     let info = RawDocumentBuf::from_document(d.get_document("info").ok()?).ok()?;
     let mut indexes = Vec::new();
