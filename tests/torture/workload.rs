@@ -1023,7 +1023,7 @@ impl Generator {
                     3 => (
                         doc! {"exp": 1},
                         "exp_ttl",
-                        doc! {"expireAfterSeconds": 3600 + num as i32},
+                        doc! {"expireAfterSeconds": 3600 + num},
                     ),
                     4 => (doc! {"a.b": 1}, "ab_sparse", doc! {"sparse": true}),
                     5 => (
@@ -1065,7 +1065,7 @@ impl Generator {
                         doc! {"collMod": coll, "validator": {"k": {"$type": "int"}}, "validationLevel": "off"}
                     }
                     1 => {
-                        doc! {"collMod": coll, "index": {"name": "exp_ttl", "expireAfterSeconds": 7200 + num as i32}}
+                        doc! {"collMod": coll, "index": {"name": "exp_ttl", "expireAfterSeconds": 7200 + num}}
                     }
                     2 => doc! {"collMod": coll, "index": {"name": "arr_k", "hidden": num % 2 == 0}},
                     3 => doc! {"collMod": "cap0", "cappedSize": 131072 + num * 64},
@@ -1080,7 +1080,7 @@ impl Generator {
                 (
                     "createView",
                     cmd(doc! {"create": v, "viewOn": other, "pipeline": [
-                    {"$match": {"k": {"$gte": (num % 40) as i32}}}, {"$project": {"arr": 0}}]})
+                    {"$match": {"k": {"$gte": num % 40}}}, {"$project": {"arr": 0}}]})
                     .await,
                 )
             }
@@ -1088,7 +1088,7 @@ impl Generator {
                 let v = VIEWS[num as usize % 2];
                 (
                     "collMod.view",
-                    cmd(doc! {"collMod": v, "viewOn": other, "pipeline": [{"$match": {"k": (num % 50) as i32}}]})
+                    cmd(doc! {"collMod": v, "viewOn": other, "pipeline": [{"$match": {"k": num % 50}}]})
                         .await,
                 )
             }
