@@ -276,7 +276,6 @@ async fn a_run_is_driven_through_the_http_api() {
         ),
         Some(0.0)
     );
-    let applied_before = value(&m, "cutover_events_applied_total", &lane).unwrap_or(0.0);
 
     // Pause: the runner stops applying at a checkpoint; source writes are not applied.
     let r = api.post("/api/v1/pause", "");
@@ -287,6 +286,8 @@ async fn a_run_is_driven_through_the_http_api() {
         })
         .await;
     assert!(p["paused"].is_object(), "{p:#}");
+    let applied_at_pause = value(&api.scrape(), "cutover_events_applied_total", &lane);
+    assert!(applied_at_pause.is_some(), "events applied is exported");
     coll.insert_many((1000..1100).map(|i| doc! {"_id": i, "during": "pause"}))
         .await
         .expect("write during the pause");
@@ -305,6 +306,11 @@ async fn a_run_is_driven_through_the_http_api() {
     assert!(p["runner"].is_string(), "the runner keeps its lease: {p:#}");
     let m = api.scrape();
     assert_eq!(value(&m, "cutover_paused", &[("plan", "api")]), Some(1.0));
+    assert_eq!(
+        value(&m, "cutover_events_applied_total", &lane),
+        applied_at_pause,
+        "events were applied while paused"
+    );
 
     // An approval while paused is recorded, but the commit waits for the resume.
     let r = api.post("/api/v1/approve", r#"{"note": "from the test"}"#);
@@ -349,14 +355,13 @@ async fn a_run_is_driven_through_the_http_api() {
         100,
         "writes made during the pause were applied after the resume"
     );
-    assert_same_data(&sc, &dc, "cutover").await;
+    assert_same_data(&sc, &dc, "__cutover").await;
     let after = status_json(&plan, &env, &[]).await;
     assert_eq!(after["state"], "COMMITTED", "{after:#}");
     assert!(
         committed || out.contains("committed"),
         "the commit was seen through the API or reported: {out}"
     );
-    assert!(applied_before >= 0.0);
     // `--log-file`: JSON lines, credentials redacted as on stderr.
     let text =
         std::fs::read_to_string(&log_file).expect("the log file (a link to the current one)");

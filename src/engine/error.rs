@@ -68,16 +68,21 @@ impl EngineError {
     }
 
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            EngineError::Cluster {
-                transient: true,
-                ..
-            } | EngineError::State(StateError::Db {
-                transient: true,
-                ..
-            })
-        )
+        match self {
+            // A catalog read or command (listCollections by UUID in the copy, a DDL event's
+            // `create`) that failed on the network or an election is as retryable as a read.
+            EngineError::Catalog(CatalogError::Command { source, .. }) => is_transient(source),
+            _ => matches!(
+                self,
+                EngineError::Cluster {
+                    transient: true,
+                    ..
+                } | EngineError::State(StateError::Db {
+                    transient: true,
+                    ..
+                })
+            ),
+        }
     }
 }
 
