@@ -102,6 +102,8 @@ async fn service_loop(
     let mut sampler = Sampler::default();
     let mut last_oplog: Option<Instant> = None;
     let mut oplog_remaining: Option<f64> = None;
+    // The previous oplog sample and the lane it was taken for (the source changes with it).
+    let mut oplog_prev: Option<(&str, crate::stats::OplogSample)> = None;
     let mut was_paused = crate::pause::is_paused();
     loop {
         let run = live.store.run_doc().await.ok().flatten();
@@ -126,7 +128,14 @@ async fn service_loop(
                 } else {
                     (&source, "forward")
                 };
-                oplog_remaining = oplog_window(src, &live.store, dir).await;
+                let sample = oplog_sample(src, &live.store, dir).await;
+                let prev = oplog_prev.as_ref().filter(|(d, _)| *d == dir).map(|(_, s)| s);
+                oplog_remaining = sample
+                    .as_ref()
+                    .and_then(|s| crate::stats::oplog_remaining(prev, s));
+                if let Some(s) = sample {
+                    oplog_prev = Some((dir, s));
+                }
             }
             let mut insight = sampler.sample(&p);
             insight.oplog_remaining_seconds = oplog_remaining;
@@ -148,7 +157,11 @@ async fn service_loop(
 /// Seconds before the source's oplog rolls past the lane's resume point (its stored
 /// position, else its start point). `None` when it cannot be read (e.g. no permission on
 /// `local`).
-pub async fn oplog_window(source: &Client, store: &StateStore, direction: &str) -> Option<f64> {
+pub async fn oplog_sample(
+    source: &Client,
+    store: &StateStore,
+    direction: &str,
+) -> Option<crate::stats::OplogSample> {
     let lane = store
         .coll(LANES)
         .find_one(doc! {"_id": format!("{}/{direction}", store.plan())})
@@ -186,13 +199,13 @@ pub async fn oplog_window(source: &Client, store: &StateStore, direction: &str) 
         Some(Bson::Double(v)) => Some(*v),
         _ => None,
     };
-    crate::stats::oplog_remaining(
-        first.time,
-        last.time,
-        resume.time,
-        num("size")?,
-        num("maxSize")?,
-    )
+    Some(crate::stats::OplogSample {
+        first: first.time,
+        last: last.time,
+        resume: resume.time,
+        used: num("size")?,
+        max: num("maxSize")?,
+    })
 }
 
 /// `cutover pause` / `resume`: records the request in the run document, where the runner

@@ -236,20 +236,48 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// How long until the oplog rolls past `resume` (seconds), from the oplog's first and last
-/// entry times, its used and maximum size: the free space fills at the average write rate,
-/// then entries older than `resume` go first.
-pub fn oplog_remaining(first: u32, last: u32, resume: u32, used: f64, max: f64) -> Option<f64> {
-    if resume < first {
+/// One look at the source's oplog: its first and last entry times (seconds), the lane's
+/// resume point, and its used and maximum size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OplogSample {
+    pub first: u32,
+    pub last: u32,
+    pub resume: u32,
+    pub used: f64,
+    pub max: f64,
+}
+
+/// How long until the oplog rolls past `resume` (seconds) at the *current* write rate: the
+/// bytes still to be written before the entry at `resume` is deleted (the free space, then
+/// the history older than `resume`), divided by the rate.
+///
+/// The current rate is the growth of the oplog since the previous sample while it is not
+/// full. A full oplog (≥ 95% of its maximum) or one that did not grow uses the average over
+/// its history, which is then the usual "oplog window". Unknown (`None`) on the first
+/// sample of an oplog that is not full: the history average alone is badly wrong on a young
+/// oplog (an initial bulk load in its first seconds made a 256 MB oplog written at 70
+/// writes/s look 40 s from rolling over).
+pub fn oplog_remaining(prev: Option<&OplogSample>, now: &OplogSample) -> Option<f64> {
+    if now.resume < now.first {
         return Some(0.0);
     }
-    let span = f64::from(last.saturating_sub(first)).max(1.0);
-    let rate = used / span; // bytes per second of source time
-    if rate <= 0.0 {
+    let span = f64::from(now.last.saturating_sub(now.first)).max(1.0);
+    let history_rate = now.used / span; // bytes per second of source time
+    let full = now.used >= 0.95 * now.max;
+    let rate = match prev {
+        Some(p) if !full && now.last > p.last && now.used > p.used => {
+            (now.used - p.used) / f64::from(now.last - p.last)
+        }
+        Some(_) => history_rate,
+        None if full => history_rate,
+        None => return None,
+    };
+    if rate <= 0.0 || history_rate <= 0.0 {
         return None;
     }
-    let free = (max - used).max(0.0) / rate;
-    Some((free + f64::from(resume - first)).round())
+    let free = (now.max - now.used).max(0.0);
+    let before_resume = now.used * (f64::from(now.resume - now.first) / span).min(1.0);
+    Some(((free + before_resume) / rate).round())
 }
 
 #[cfg(test)]
@@ -260,11 +288,25 @@ mod tests {
     fn oplog_remaining_counts_free_space_then_history_before_the_resume_point() {
         // 1000 s of history in 100 MB of a 200 MB oplog: 100 KB/s; 1000 s to fill, then the
         // resume point 400 s after the first entry rolls off 400 s later.
-        assert_eq!(
-            oplog_remaining(1000, 2000, 1400, 100e6, 200e6),
-            Some(1400.0)
-        );
-        assert_eq!(oplog_remaining(1000, 2000, 900, 100e6, 200e6), Some(0.0));
+        let s = |last: u32, resume: u32, used: f64| OplogSample {
+            first: 1000,
+            last,
+            resume,
+            used,
+            max: 200e6,
+        };
+        let prev = s(1900, 1400, 100e6);
+        assert_eq!(oplog_remaining(Some(&prev), &s(2000, 1400, 100e6)), Some(1400.0));
+        assert_eq!(oplog_remaining(None, &s(2000, 900, 100e6)), Some(0.0));
+        assert_eq!(oplog_remaining(None, &s(2000, 1400, 100e6)), None);
+        // The same oplog now growing 10 KB/s (1 MB in 100 s): 100 MB free plus the 40 MB
+        // older than the resume point take 14,000 s, not 1,400.
+        let prev = s(1900, 1400, 99e6);
+        assert_eq!(oplog_remaining(Some(&prev), &s(2000, 1400, 100e6)), Some(14000.0));
+        // A full oplog uses the history average, from its first sample on.
+        let full = |used: f64| OplogSample { max: 100e6, ..s(2000, 1400, used) };
+        assert_eq!(oplog_remaining(Some(&full(99.9e6)), &full(100e6)), Some(400.0));
+        assert_eq!(oplog_remaining(None, &full(100e6)), Some(400.0));
     }
 
     #[test]
