@@ -696,13 +696,8 @@ async fn verify(args: VerifyArgs) -> Exit {
         Ok(p) => p,
         Err(e) => return e,
     };
-    let fail = |exit: Exit, message: String| {
-        err(&format!("error: {message}"));
-        if args.plan.format == Format::Json {
-            out(&serde_json::json!({"ok": false, "plan": plan.name, "error": message}).to_string());
-        }
-        exit
-    };
+    let fail =
+        |exit: Exit, message: String| fail_report(args.plan.format, &plan.name, exit, message);
     let mut clusters = Vec::new();
     for (scope, uri) in [
         (Scope::Source, &plan.source),
@@ -765,25 +760,48 @@ async fn verify(args: VerifyArgs) -> Exit {
     } else {
         (&clusters[0].client, &clusters[1].client)
     };
-    match verify::run(a, b, &plan, &opts).await {
-        Ok(report) => {
-            match args.plan.format {
-                Format::Text => out(&report.to_text()),
-                Format::Json => out(&report.to_json()),
-            }
-            if report.ok {
+    let outcome = verify::run(a, b, &plan, &opts).await;
+    print_report(
+        args.plan.format,
+        &plan.name,
+        outcome
+            .map(|r| (r.ok, r.to_text(), r.to_json()))
+            .map_err(|e| (e.is_connectivity(), e.to_string())),
+    )
+}
+
+/// Prints a failure on stderr (and as `{"ok": false, ...}` on stdout with `--format json`).
+fn fail_report(format: Format, plan: &str, exit: Exit, message: String) -> Exit {
+    err(&format!("error: {message}"));
+    if format == Format::Json {
+        out(&serde_json::json!({"ok": false, "plan": plan, "error": message}).to_string());
+    }
+    exit
+}
+
+/// Prints a report (`Ok((ok, text, json))`) in the chosen format, or the error
+/// (`Err((is_connectivity, message))`), and maps it to the exit code.
+fn print_report(
+    format: Format,
+    plan: &str,
+    outcome: Result<(bool, String, String), (bool, String)>,
+) -> Exit {
+    match outcome {
+        Ok((ok, text, json)) => {
+            out(if format == Format::Json { &json } else { &text });
+            if ok {
                 Exit::Ok
             } else {
                 Exit::Failed
             }
         }
-        Err(e) => {
-            let exit = if e.is_connectivity() {
+        Err((connectivity, message)) => {
+            let exit = if connectivity {
                 Exit::Unreachable
             } else {
                 Exit::Failed
             };
-            fail(exit, e.to_string())
+            fail_report(format, plan, exit, message)
         }
     }
 }
@@ -798,13 +816,8 @@ async fn verify_repair(
     opts: crate::verify::VerifyOptions,
 ) -> Exit {
     use crate::verify::repair::{self, IndexPolicy, RepairOptions};
-    let fail = |exit: Exit, message: String| {
-        err(&format!("error: {message}"));
-        if args.plan.format == Format::Json {
-            out(&serde_json::json!({"ok": false, "plan": plan.name, "error": message}).to_string());
-        }
-        exit
-    };
+    let fail =
+        |exit: Exit, message: String| fail_report(args.plan.format, &plan.name, exit, message);
     let lane = store
         .coll(crate::state::LANES)
         .find_one(mongodb::bson::doc! {"_id": format!("{}/forward", plan.name)})
@@ -826,25 +839,12 @@ async fn verify_repair(
         ..RepairOptions::default()
     };
     let (a, b) = (&clusters[0].client, &clusters[1].client);
-    match repair::run(a, b, plan, store, mode, opts, &ropts).await {
-        Ok(report) => {
-            match args.plan.format {
-                Format::Text => out(&report.to_text()),
-                Format::Json => out(&report.to_json()),
-            }
-            if report.ok {
-                Exit::Ok
-            } else {
-                Exit::Failed
-            }
-        }
-        Err(e) => {
-            let exit = if e.is_connectivity() {
-                Exit::Unreachable
-            } else {
-                Exit::Failed
-            };
-            fail(exit, e.to_string())
-        }
-    }
+    let outcome = repair::run(a, b, plan, store, mode, opts, &ropts).await;
+    print_report(
+        args.plan.format,
+        &plan.name,
+        outcome
+            .map(|r| (r.ok, r.to_text(), r.to_json()))
+            .map_err(|e| (e.is_connectivity(), e.to_string())),
+    )
 }

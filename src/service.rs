@@ -129,7 +129,10 @@ async fn service_loop(
                     (&source, "forward")
                 };
                 let sample = oplog_sample(src, &live.store, dir).await;
-                let prev = oplog_prev.as_ref().filter(|(d, _)| *d == dir).map(|(_, s)| s);
+                let prev = oplog_prev
+                    .as_ref()
+                    .filter(|(d, _)| *d == dir)
+                    .map(|(_, s)| s);
                 oplog_remaining = sample
                     .as_ref()
                     .and_then(|s| crate::stats::oplog_remaining(prev, s));

@@ -296,16 +296,28 @@ mod tests {
             max: 200e6,
         };
         let prev = s(1900, 1400, 100e6);
-        assert_eq!(oplog_remaining(Some(&prev), &s(2000, 1400, 100e6)), Some(1400.0));
+        assert_eq!(
+            oplog_remaining(Some(&prev), &s(2000, 1400, 100e6)),
+            Some(1400.0)
+        );
         assert_eq!(oplog_remaining(None, &s(2000, 900, 100e6)), Some(0.0));
         assert_eq!(oplog_remaining(None, &s(2000, 1400, 100e6)), None);
         // The same oplog now growing 10 KB/s (1 MB in 100 s): 100 MB free plus the 40 MB
         // older than the resume point take 14,000 s, not 1,400.
         let prev = s(1900, 1400, 99e6);
-        assert_eq!(oplog_remaining(Some(&prev), &s(2000, 1400, 100e6)), Some(14000.0));
+        assert_eq!(
+            oplog_remaining(Some(&prev), &s(2000, 1400, 100e6)),
+            Some(14000.0)
+        );
         // A full oplog uses the history average, from its first sample on.
-        let full = |used: f64| OplogSample { max: 100e6, ..s(2000, 1400, used) };
-        assert_eq!(oplog_remaining(Some(&full(99.9e6)), &full(100e6)), Some(400.0));
+        let full = |used: f64| OplogSample {
+            max: 100e6,
+            ..s(2000, 1400, used)
+        };
+        assert_eq!(
+            oplog_remaining(Some(&full(99.9e6)), &full(100e6)),
+            Some(400.0)
+        );
         assert_eq!(oplog_remaining(None, &full(100e6)), Some(400.0));
     }
 

@@ -350,3 +350,36 @@ async fn wire_compression_from_the_uri() {
         );
     }
 }
+
+/// MONGODB-AWS is compiled in (the driver's `aws-auth` feature): `check` with
+/// `authMechanism=MONGODB-AWS` gets as far as the server, which refuses a mechanism it does not
+/// offer (no AWS here), instead of the driver's "only supported with the aws-auth feature".
+/// The access keys never appear in the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_auth_reaches_the_server() {
+    let src = ReplicaSet::start().await;
+    let dst = ReplicaSet::start().await;
+    let (_dir, plan) = write_plan(&plan_text("aws", "[[steps]]\nkind = \"sync\"\n"));
+    let plan = plan.to_str().expect("utf-8");
+    let secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY";
+    let env = vec![
+        (
+            "SOURCE_URI",
+            format!(
+                "mongodb://AKIAIOSFODNN7EXAMPLE:{secret}@{}/?replicaSet={}&authMechanism=MONGODB-AWS&authSource=%24external",
+                src.hosts(),
+                src.name
+            ),
+        ),
+        ("DESTINATION_URI", dst.root_uri()),
+    ];
+    let o = run_cutover(&["check", plan], &refs(&env));
+    let all = show(&o);
+    assert!(!all.contains("aws-auth feature"), "{all}");
+    assert!(!all.contains(secret), "the secret key leaked: {all}");
+    assert_eq!(o.status.code(), Some(3), "an authentication failure: {all}");
+    assert!(
+        all.contains("MONGODB-AWS") || all.to_lowercase().contains("auth"),
+        "{all}"
+    );
+}
