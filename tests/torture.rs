@@ -13,28 +13,14 @@ mod workload;
 
 use workload::{Config, Faults, Features};
 
-/// The features every CI seed runs with: all but these, each gated off for a bug it finds on
-/// main (turn it back on here once the fix is merged):
-/// - `dotted`: field names with dots (`a.b`, `x.y.z`, `b.`) reach change application as
-///   update paths: `Cannot create field 'b' in element {a: ...}` (code 28), `The update path
-///   'b.' contains an empty field name` (code 56) — branch `fidelity` (seeds 10, 15, 16).
-/// - `rename-in-copy`: renames while the copy runs (`QueryPlanKilled`, half-copied targets) —
-///   branch `rename`.
-/// - `catalog-in-copy`: a runner restarted (kill, crash point, error) during the sync refuses
-///   a collection or view it created itself once the source's options changed (`collMod`, a
-///   view's pipeline): "`ta.v1` already exists on the destination with different options" —
-///   a new bug, not fixed yet (seeds 3, 4, 13, 19, 20).
-/// - `fail-catalog`: a transient error (`InterruptedAtShutdown`, a closed connection) on a
-///   catalog command (`create`, `createIndexes` of a DDL event) or on a state-store write is
-///   not retried: the run stops with exit 1 (a re-run resumes) — a new bug, not fixed yet
-///   (seeds 5, 15, 18).
-/// - `unique`: a unique index created on the source during change application is missing on
-///   the destination when `validate-indexes` runs right after the sync ("unique index `u_1`
-///   of `tb.ttl0` has no index with the same key on the destination"): the step does not wait
-///   for replication to catch up — a new bug, not fixed yet (seed 11).
+/// The features every CI seed runs with: all but `fail-catalog` (a transient error such as
+/// `InterruptedAtShutdown` or a closed connection on a state-store write is not retried: the
+/// run stops with exit 1 and a re-run resumes; branch `errors` fixes it — turn it back on here
+/// once merged). `unique` is on since `validate-indexes` waits for the lane to catch up
+/// (`tests/cutover.rs: validate_indexes_waits_for_replication`); `dotted`, `rename-in-copy`
+/// and `catalog-in-copy` since their fixes were merged.
 fn ci_features() -> Features {
     Features {
-        unique: false,
         fail_catalog: false,
         ..Features::ALL
     }
