@@ -76,11 +76,7 @@ macro_rules! seeds {
     )*};
 }
 
-// The reversible seeds 11-20 are not in the CI set yet: seed 11 stops at `validate-indexes`
-// on a unique index created on the source just after the sync (the step does not wait for the
-// lane to catch up; every re-run fails the same way); 12 and 13 passed once on the merged code
-// and then ran over 5 minutes in the next run; 14-20 had not finished within 4 minutes. They remain in the soak
-// (`cargo bench --bench torture -- --seed 11 --runs 10 --reversible`).
+// Forward seeds 1-10 and reversible seeds 11-20, with the same mix of faults.
 seeds! {
     forward_01: 1, false, Faults::NONE;
     forward_02: 2, false, KILL;
@@ -92,4 +88,14 @@ seeds! {
     forward_08: 8, false, PROXY_FAIL;
     forward_09: 9, false, CRASH;
     forward_10: 10, false, STEPDOWN;
+    reversible_11: 11, true, Faults::NONE;
+    reversible_12: 12, true, KILL;
+    reversible_13: 13, true, CRASH;
+    reversible_14: 14, true, KILL_CRASH_FAIL;
+    reversible_15: 15, true, PROXY_FAIL;
+    reversible_16: 16, true, KILL_CRASH_FAIL;
+    reversible_17: 17, true, KILL;
+    reversible_18: 18, true, PROXY_FAIL;
+    reversible_19: 19, true, CRASH;
+    reversible_20: 20, true, STEPDOWN;
 }
