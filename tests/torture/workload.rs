@@ -1503,10 +1503,12 @@ async fn fail_command(rs: &ReplicaSet, rng: &mut StdRng, catalog: bool) -> Resul
                 )
         })
         .collect();
-    let pick = if pick.is_empty() {
-        vec!["insert", "update"]
-    } else {
-        pick
+    // Without `catalog`, never `update`: the state store's writes are updates (see
+    // `Features::fail_catalog`).
+    let pick = match (pick.is_empty(), catalog) {
+        (false, _) => pick,
+        (true, true) => vec!["insert", "update"],
+        (true, false) => vec!["insert", "delete"],
     };
     let times = rng.random_range(1..4);
     let mut data = doc! {"failCommands": pick.clone(), "appName": "cutover"};
