@@ -76,7 +76,13 @@ macro_rules! seeds {
     )*};
 }
 
-// Forward seeds 1-10 and reversible seeds 11-20, with the same mix of faults.
+// Forward seeds 1-10 and reversible seeds 11-20, with the same mix of faults. Measured on
+// this 2-core machine (shared with other builds): the forward seeds take 183 s and the
+// reversible ones 339 s of test time (two at a time); a reversible seed ends in 30-90 s.
+// Reversible seed 18 (`failCommand` and dropped connections on the destination) fails until
+// branch `errors` is merged: a transient error on a state-store command during the sync
+// (`InterruptedAtShutdown` from `failCommand`, "I/O error: unexpected end of file" from the
+// proxy) is not retried, so `cutover run` exits 1 three times in a row.
 seeds! {
     forward_01: 1, false, Faults::NONE;
     forward_02: 2, false, KILL;
