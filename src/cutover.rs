@@ -276,10 +276,7 @@ async fn drain_until_quiet(
         let src_client = src.client.clone();
         let lane = ctx.ensure_lane(direction, start_at);
         let before = lane.progress.events_applied.load(Ordering::Relaxed);
-        while lane.position().is_none_or(|p| p < target) {
-            lane.check_alive().await?;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        lane.wait_applied(target, None).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let next = source_now(&src_client).await?;
         let applied = lane.progress.events_applied.load(Ordering::Relaxed) - before;
@@ -437,7 +434,26 @@ pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError
 /// unique index on any member of the source may use the legacy (pre-4.2) format, and every
 /// source unique index must exist identically on the destination (key, collation, partial
 /// filter; during the sync the destination's copy is non-unique on purpose).
-pub async fn validate_indexes(ctx: &mut Ctx) -> Result<Option<String>, EngineError> {
+///
+/// While a lane replicates (after `sync` or `reverse`, before their commit), the step first
+/// waits until it has applied every source write up to the source's time at the step's start
+/// (a re-run resumes the lane): a unique index created just before the step is then on the
+/// destination when it is compared.
+pub async fn validate_indexes(ctx: &mut Ctx, i: usize) -> Result<Option<String>, EngineError> {
+    if let Some(direction) = replicating_at(ctx, i) {
+        let start_at = if direction == Direction::Reverse {
+            let run = ctx.store.run_doc().await?.unwrap_or_default();
+            reverse_start(&run)
+        } else {
+            None
+        };
+        let (src, _) = ctx.roles(direction);
+        let src_client = src.client.clone();
+        ctx.ensure_lane(direction, start_at);
+        let now = cluster_time(ctx, &src_client).await?;
+        let lane = ctx.ensure_lane(direction, start_at);
+        lane.wait_applied(now, Some(VALIDATE_WAIT)).await?;
+    }
     let selector = &ctx.plan.selector;
     let cluster_err = |e: crate::cluster::ClusterError| EngineError::Event(e.to_string());
     let mut findings = crate::index_format::check_unique_index_formats(&ctx.plan.source, selector)
@@ -469,6 +485,20 @@ pub async fn validate_indexes(ctx: &mut Ctx) -> Result<Option<String>, EngineErr
             problems.join("; ")
         )))
     }
+}
+
+/// How long `validate-indexes` waits for replication to catch up before it fails.
+const VALIDATE_WAIT: Duration = Duration::from_secs(600);
+
+/// The direction whose lane replicates when step `i` runs: that of the last `sync` or
+/// `reverse` before it when no `commit` lies between them.
+fn replicating_at(ctx: &Ctx, i: usize) -> Option<Direction> {
+    ctx.plan.steps[..i].iter().rev().find_map(|s| match s {
+        Step::Sync(_) => Some(Some(Direction::Forward)),
+        Step::Reverse(_) => Some(Some(Direction::Reverse)),
+        Step::Commit(_) => Some(None),
+        _ => None,
+    })?
 }
 
 /// Waits until the running lane has applied every event up to a source time (or gives up

@@ -501,7 +501,7 @@ async fn run_step(ctx: &mut Ctx, i: usize, step: &Step) -> Result<Option<String>
                 "can-commit (lag {lag:.1}s); replication continues until the commit"
             )))
         }
-        Step::ValidateIndexes(_) => cutover::validate_indexes(ctx).await.map_err(fail),
+        Step::ValidateIndexes(_) => cutover::validate_indexes(ctx, i).await.map_err(fail),
         Step::Commit(c) => cutover::commit(ctx, i, c).await,
         Step::Reverse(_) => cutover::reverse(ctx, i).await,
         Step::Verify(v) => cutover::verify(ctx, v).await.map_err(fail),

@@ -458,3 +458,86 @@ async fn write_blocking_waits_for_majority() {
             .unwrap();
     }
 }
+
+/// A replay (a kill -9 before the checkpoint: the lane restarts from an earlier resume point)
+/// re-applies updates to documents already at a later state. When a field changed shape in
+/// between (`$set a.b` then `$set a: 5`; an array element set or the array shortened, then
+/// the array replaced by a scalar), the earlier update cannot apply to the later state:
+/// before the fix every restart stopped with `Cannot create field 'b' in element {a: 5}`
+/// (code 28, PathNotViable) or "must be an array" (code 2). The applier re-reads the source's
+/// current document for such a statement instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_over_a_field_that_changed_shape() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    let coll = s.database("shape").collection::<Document>("docs");
+    coll.insert_many(vec![
+        doc! {"_id": 1, "a": {"b": 1, "c": 1}},
+        doc! {"_id": 2, "l": [1, 2, 3]},
+        doc! {"_id": 3, "l": [{"x": 1}, {"x": 2}]},
+        doc! {"_id": 4, "a": 5},
+    ])
+    .await
+    .unwrap();
+    let env = lane_env(&s, &d, "shape", 4);
+    let mut lane = Lane::start(env.clone(), Direction::Forward, None);
+    lane.wait_can_commit(Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    lane.stop().await.unwrap();
+
+    // The point a killed runner would restart from: before every update below.
+    let before = last_oplog_ts(&s).await;
+    let set = |id: i32, u: Document| {
+        let coll = coll.clone();
+        async move {
+            coll.update_one(doc! {"_id": id}, u)
+                .await
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+        }
+    };
+    set(1, doc! {"$set": {"a.b": 2}}).await;
+    set(1, doc! {"$set": {"a": 5}}).await;
+    set(2, doc! {"$pop": {"l": 1}}).await;
+    set(2, doc! {"$set": {"l.0": 7}}).await;
+    set(2, doc! {"$set": {"l": "flat"}}).await;
+    set(3, doc! {"$set": {"l.1.x": 9}}).await;
+    set(3, doc! {"$set": {"l": 0}}).await;
+    set(4, doc! {"$set": {"a": {"b": 1}}}).await;
+    set(4, doc! {"$set": {"a.b": 2}}).await;
+    set(4, doc! {"$set": {"a": [1]}}).await;
+    set(4, doc! {"$set": {"a.0": 3}}).await;
+    let end = last_oplog_ts(&s).await;
+
+    // Applied once (what the killed runner did before dying) ...
+    let mut lane = Lane::start(env.clone(), Direction::Forward, None);
+    lane.drain_to(end).await.unwrap();
+    assert_same_data(&s, &d, STATE_DB).await;
+    // ... and its checkpoint lost: the restarted lane replays every update from `before`.
+    d.database(STATE_DB)
+        .collection::<Document>("lanes")
+        .update_one(
+            doc! {"_id": "shape/forward"},
+            doc! {"$unset": {"resume_token": "", "position": ""}, "$set": {"start_ts": before}},
+        )
+        .await
+        .unwrap();
+    for workers in [4, 1] {
+        let env = lane_env(&s, &d, "shape", workers);
+        let mut lane = Lane::start(env, Direction::Forward, None);
+        tokio::time::timeout(Duration::from_secs(120), lane.drain_to(end))
+            .await
+            .expect("the replay did not finish")
+            .unwrap_or_else(|e| panic!("replay with {workers} worker(s): {e}"));
+        assert_same_data(&s, &d, STATE_DB).await;
+        d.database(STATE_DB)
+            .collection::<Document>("lanes")
+            .update_one(
+                doc! {"_id": "shape/forward"},
+                doc! {"$unset": {"resume_token": "", "position": ""}, "$set": {"start_ts": before}},
+            )
+            .await
+            .unwrap();
+    }
+}

@@ -348,3 +348,76 @@ async fn crash_at_every_transition_then_resume() {
     let acked = app.finish().await;
     assert_end_state(&src, &dst, &acked).await;
 }
+
+/// `validate-indexes` waits until replication has applied everything the source accepted
+/// before the step began: a unique index created on the source right after the sync (here
+/// between two invocations, so the step runs in a process whose lane has not caught up yet)
+/// is on the destination when the step compares, and the plan goes on to commit. Before the
+/// fix the step compared at once (and a re-run never resumed the lane), so every run stopped
+/// with "unique index `name_1` ... has no index with the same key on the destination".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_indexes_waits_for_replication() {
+    const PLAN: &str = r#"
+[options]
+reversible = true
+write_blocking = "source-and-destination"
+max_lag = "2s"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "validate-indexes"
+
+[[steps]]
+kind = "commit"
+timeout = "3m"
+"#;
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    seed(&s).await;
+    let (_d, plan) = write_plan(&plan_text("validate-wait", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_for(&src, &dst);
+    let o = tokio::task::spawn_blocking({
+        let (plan, env) = (plan.clone(), env.clone());
+        move || run_cutover(&["run", &plan, "--max-steps", "1"], &refs(&env))
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "sync: {}", show(&o));
+    // After the sync, before validate-indexes: a new unique index (and a write after it).
+    s.database("shop")
+        .run_command(doc! {"createIndexes": "users", "indexes": [
+            {"key": {"name": 1}, "name": "name_1", "unique": true, "sparse": true},
+        ]})
+        .await
+        .unwrap();
+    s.database("shop")
+        .collection::<Document>("users")
+        .insert_one(doc! {"_id": 5000, "email": "late@x", "name": "late"})
+        .await
+        .unwrap();
+    let o = tokio::task::spawn_blocking({
+        let (plan, env) = (plan.clone(), env.clone());
+        move || run_cutover(&["run", &plan], &refs(&env))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "validate-indexes, commit: {}",
+        show(&o)
+    );
+    let d = dst.root_client().await;
+    let names: Vec<String> = d
+        .database("shop")
+        .collection::<Document>("users")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(names.contains(&"name_1".to_string()), "{names:?}");
+    assert_same_data(&s, &d, "__cutover").await;
+    assert_same_catalog(&s, &d, "__cutover").await;
+}

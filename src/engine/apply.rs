@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::try_join_all;
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::bson::{
+    doc, Bson, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp,
+};
 use mongodb::error::ErrorKind;
 use mongodb::raw_batch_cursor::{RawBatch, RawBatchCursor};
 use mongodb::Client;
@@ -745,10 +747,16 @@ async fn apply_round_with(
     let decoding = Instant::now();
     let mut per_ns: HashMap<String, u64> = HashMap::new();
     let mut buckets: Vec<Vec<Keyed>> = (0..workers).map(|_| Vec::new()).collect();
+    // Each namespace's collection UUID (one collection per name within a round: DDL events
+    // are barriers between rounds), for re-reading a document (see `send`).
+    let mut uuids: Uuids = HashMap::new();
     for ev in round {
         let Some(ns) = event_ns(ev) else { continue };
         if !selected(&ctx.selector, &ns) {
             continue;
+        }
+        if let Some(RawBsonRef::Binary(b)) = ev.get("collectionUUID").ok().flatten() {
+            uuids.entry(ns.clone()).or_insert_with(|| b.to_binary());
         }
         *per_ns.entry(ns.to_string()).or_default() += 1;
         let stmts = events::translate(ev).map_err(|why| EngineError::Event(describe(ev, &why)))?;
@@ -796,7 +804,7 @@ async fn apply_round_with(
             let futs = buckets
                 .iter()
                 .filter(|b| !b.is_empty())
-                .map(|b| write_bucket(ctx, b));
+                .map(|b| write_bucket(ctx, b, &uuids));
             try_join_all(futs).await.map(|_| ())
         })
         .await;
@@ -897,7 +905,9 @@ fn regroup(stmts: &mut Vec<Keyed>) {
 
 /// Writes one worker's statements in order, batching consecutive statements of the same
 /// namespace and kind into one ordered command.
-async fn write_bucket(ctx: &ApplyCtx, stmts: &[Keyed]) -> Result<(), EngineError> {
+type Uuids = HashMap<Namespace, mongodb::bson::Binary>;
+
+async fn write_bucket(ctx: &ApplyCtx, stmts: &[Keyed], uuids: &Uuids) -> Result<(), EngineError> {
     let mut cur: Option<(Namespace, Kind)> = None;
     let mut batch: Vec<RawDocumentBuf> = Vec::new();
     let mut bytes = 0;
@@ -915,7 +925,7 @@ async fn write_bucket(ctx: &ApplyCtx, stmts: &[Keyed]) -> Result<(), EngineError
         let same = cur.as_ref().is_some_and(|(n, k)| n == ns && *k == kind);
         if !same || batch.len() >= COMMAND_STMTS || bytes + doc.as_bytes().len() > COMMAND_BYTES {
             if let Some((n, k)) = cur.take() {
-                send(ctx, &n, k, std::mem::take(&mut batch)).await?;
+                send(ctx, &n, k, std::mem::take(&mut batch), uuids.get(&n)).await?;
                 bytes = 0;
             }
         }
@@ -924,7 +934,7 @@ async fn write_bucket(ctx: &ApplyCtx, stmts: &[Keyed]) -> Result<(), EngineError
         cur = Some((ns.clone(), kind));
     }
     if let Some((n, k)) = cur {
-        send(ctx, &n, k, batch).await?;
+        send(ctx, &n, k, batch, uuids.get(&n)).await?;
     }
     Ok(())
 }
@@ -981,11 +991,19 @@ async fn refetch(
     }
 }
 
+/// Write errors of an update statement applied to a document whose field has another shape
+/// than the statement expects: 28 PathNotViable (`$set a.b` on `{a: 5}`), 2 BadValue (`$push`
+/// on a field that is no longer an array), 14 TypeMismatch.
+const SHAPE_ERRORS: [i32; 3] = [28, 2, 14];
+
+/// Sends one command of `kind` with `stmts` to `ns` on the destination. `uuid` is the source
+/// collection's UUID (from the events), for re-reading a document.
 async fn send(
     ctx: &ApplyCtx,
     ns: &Namespace,
     kind: Kind,
     stmts: Vec<RawDocumentBuf>,
+    uuid: Option<&mongodb::bson::Binary>,
 ) -> Result<(), EngineError> {
     if stmts.is_empty() {
         return Ok(());
@@ -1026,10 +1044,19 @@ async fn send(
         .await
         .map_err(|e| cluster_err("destination", format!("writing `{ns}`"), &e))?;
     let mut replay = Vec::new();
+    let mut reshaped = None;
     if let Ok(errs) = reply.get_array("writeErrors") {
         for e in errs.iter().filter_map(Bson::as_document) {
             let idx = e.get_i32("index").unwrap_or(0) as usize;
             let code = e.get_i32("code").unwrap_or(0);
+            // An update replayed on a document already at a later state (a restart before the
+            // checkpoint, a retried round) where a field has changed shape since (`$set a.b`,
+            // then `$set a: 5`): the statement cannot apply to that state. Updates are sent
+            // ordered, so this is the only error and nothing after it ran.
+            if kind == Kind::Update && SHAPE_ERRORS.contains(&code) && idx < stmts.len() {
+                reshaped = Some((idx, code));
+                break;
+            }
             // The document is already there (copied, or this event replayed after a crash):
             // write it as the event has it, with an upsert.
             if kind == Kind::Insert && code == 11000 {
@@ -1061,6 +1088,23 @@ async fn send(
             transient: true,
         });
     }
+    if let Some((idx, code)) = reshaped {
+        // Install the source's current version of the document instead (as for an update the
+        // events cannot express, `Stmt::Refetch`: exact once the following events are
+        // applied), then send the statements after it.
+        let key = stmts[idx]
+            .get_document("q")
+            .map_err(|e| EngineError::Event(format!("internal: update statement: {e}")))?
+            .to_raw_document_buf();
+        tracing::debug!(%ns, code, "Update does not apply to the destination's document (replayed over a later state): re-reading it from the source.");
+        let mut rest = Vec::with_capacity(stmts.len() - idx);
+        // `None`: gone from the source; the delete event that follows removes it.
+        if let Some(st) = refetch(ctx, ns, &key, uuid).await? {
+            rest.push(st);
+        }
+        rest.extend(stmts[idx + 1..].iter().cloned());
+        return Box::pin(send(ctx, ns, kind, rest, uuid)).await;
+    }
     if !replay.is_empty() {
         replay.sort_by_key(|(i, _)| *i);
         let mut upserts = Vec::with_capacity(replay.len());
@@ -1076,7 +1120,7 @@ async fn send(
                 Err(why) => return Err(EngineError::Event(format!("`{ns}`: {why}"))),
             }
         }
-        Box::pin(send(ctx, ns, Kind::Update, upserts)).await?;
+        Box::pin(send(ctx, ns, Kind::Update, upserts, uuid)).await?;
     }
     Ok(())
 }

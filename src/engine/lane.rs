@@ -132,6 +132,35 @@ impl Lane {
         Ok(())
     }
 
+    /// Waits until the lane has applied every event up to the source time `to` (its
+    /// position reached it). Fails if the lane fails, or after `timeout`.
+    pub async fn wait_applied(
+        &mut self,
+        to: Timestamp,
+        timeout: Option<Duration>,
+    ) -> Result<(), EngineError> {
+        let start = Instant::now();
+        while self.position().is_none_or(|p| p < to) {
+            self.check_alive().await?;
+            if let Some(t) = timeout {
+                if start.elapsed() >= t {
+                    return Err(EngineError::Event(format!(
+                        "replication did not apply the source's writes up to {}.{} within {} (phase: {}, lag: {})",
+                        to.time,
+                        to.increment,
+                        humantime::format_duration(t),
+                        self.progress.phase(),
+                        self.progress
+                            .lag_seconds()
+                            .map_or("unknown".into(), |l| format!("{l:.1}s"))
+                    )));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     /// A receiver of the applied position, for waiting on replication elsewhere (verify).
     pub fn position_watch(&self) -> watch::Receiver<Option<Timestamp>> {
         self.position.clone()
