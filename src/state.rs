@@ -421,10 +421,12 @@ impl StateStore {
     /// Removes every record of this plan (for `run --restart`).
     pub async fn reset(&self) -> Result<(), StateError> {
         let prefix = format!("^{}/", regex::escape(&self.plan));
-        // `repairs` and `repair_requests` are written by `verify --repair`, not by a runner.
-        for c in FENCED_RECORDS
-            .iter()
-            .chain([&APPROVALS, &"repairs", &"repair_requests"])
+        // `repairs` and `repair_requests` are written by `verify --repair`, `resyncs` by
+        // `resync`, not by a runner.
+        for c in
+            FENCED_RECORDS
+                .iter()
+                .chain([&APPROVALS, &"repairs", &"repair_requests", &"resyncs"])
         {
             self.delete_many(
                 c,
