@@ -336,6 +336,7 @@ async fn resync_a_corrupted_collection_while_another_keeps_replicating() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let report: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", show(&o)));
+    eprintln!("resync report: {report}");
     assert_eq!(report["ok"], true, "{report:#}");
     let r = &report["resyncs"][0];
     assert_eq!(report["resyncs"].as_array().unwrap().len(), 1, "{report:#}");
@@ -394,6 +395,7 @@ async fn resync_a_corrupted_collection_while_another_keeps_replicating() {
     );
     let o = run_blocking(vec!["status".into(), plan.clone()], env.clone()).await;
     let text = String::from_utf8_lossy(&o.stdout);
+    eprintln!("status after the commit:\n{text}");
     assert!(
         text.contains("resync        shop.orders: done"),
         "{}",
