@@ -7,7 +7,8 @@
 //! - `lanes`: one per replication direction: start point, resume token, phase, counters;
 //! - `partitions`: copy progress per `_id` range;
 //! - `approvals`: `cutover approve` records;
-//! - `relaxations`: what the sync relaxed on the destination (unique, TTL, capped).
+//! - `relaxations`: what the sync relaxed on the destination (unique, TTL, capped);
+//! - `repairs`, `repair_requests`, `resyncs`: `verify --repair` and `cutover resync`.
 
 use std::time::Duration;
 

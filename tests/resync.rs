@@ -452,3 +452,92 @@ async fn resync_is_refused_after_the_commit_and_writes_nothing() {
     assert!(writes.is_empty(), "a refused resync wrote: {writes:?}");
     assert!(resync_records(&d).await.is_empty());
 }
+
+/// A DDL change on the collection during its copy (an index built on the source) cancels the
+/// resync: exit 1 naming the event, the held events are applied to the original collection,
+/// the temporary copy is dropped, and the sync goes on to an identical commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ddl_change_during_the_copy_cancels_the_resync_without_losing_events() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    s.database("other").drop().await.unwrap();
+    let (_dir, plan) = write_plan(&plan_text("resync-cancel", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "can-commit",
+        |v| v["can_commit"] == true && v["runner"].is_string(),
+    )
+    .await;
+    let churn = Churn::start(src.app_client().await);
+    let resync = spawn_cutover(
+        &["resync", &plan, "--ns", "shop.orders", "--format", "json"],
+        &env_refs(&env),
+    );
+    let start = Instant::now();
+    loop {
+        let recs = resync_records(&d).await;
+        if recs.iter().any(|r| r.get_str("state") == Ok("copying")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the resync never started copying: {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.database("shop")
+        .run_command(
+            doc! {"createIndexes": "orders", "indexes": [{"key": {"n": 1}, "name": "n_1"}]},
+        )
+        .await
+        .unwrap();
+    let o = tokio::task::spawn_blocking(move || resync.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let report: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", show(&o)));
+    eprintln!("cancelled resync report: {report}");
+    let r = &report["resyncs"][0];
+    assert_eq!(r["state"], "failed", "{report:#}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("`createIndexes` change on `shop.orders`"),
+        "{report:#}"
+    );
+    assert_eq!(r["replayed_events"], r["held_events"], "{report:#}");
+    // The temporary copy is dropped once its copy task has stopped.
+    let start = Instant::now();
+    loop {
+        let names = d.database("shop").list_collection_names().await.unwrap();
+        if !names.iter().any(|n| n.contains("cutover_resync")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "temporary collection left: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = churn.finish().await;
+    assert!(writes > 50, "the application wrote only {writes} times");
+    let o = run_blocking(vec!["approve".into(), plan.clone()], env.clone()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = tokio::task::spawn_blocking(move || runner.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, "__cutover").await;
+    assert_same_catalog(&s, &d, "__cutover").await;
+}
