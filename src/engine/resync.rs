@@ -506,7 +506,8 @@ async fn cancel(ctx: &ApplyCtx, mut a: Active, why: &str) -> Result<(), EngineEr
         ctx,
         &a.request,
         doc! {"state": "failed", "error": why, "held_events": held,
-        "replayed_events": replayed as i64, "finished": DateTime::now()},
+        "replayed_events": replayed as i64, "finished": DateTime::now(),
+        "copied_documents": a.progress.copied_docs.load(Ordering::Relaxed) as i64},
     )
     .await?;
     let ctx = ctx.clone();
