@@ -71,6 +71,12 @@ pub enum Command {
     /// capped limits) is not reported; run it after `commit` for an exact comparison.
     #[command(after_help = EXIT_CODES_HELP)]
     Verify(VerifyArgs),
+    /// Copy collections again from scratch while the rest keeps replicating (before the
+    /// commit, with `cutover run` live): each is copied into a fresh destination collection
+    /// while the runner holds its change events, swapped in with its indexes and options, and
+    /// the held events are replayed. Waits until done; `cutover status` shows the progress.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Resync(ResyncArgs),
     /// Print the plan's JSON Schema.
     Schema,
 }
@@ -123,6 +129,25 @@ pub struct VerifyArgs {
     /// With `--repair`: differing `_id`s repaired per namespace and pass.
     #[arg(long, default_value_t = 100_000, value_name = "N", requires = "repair")]
     pub repair_max: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ResyncArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+
+    /// A collection to copy again, `database.collection`. Repeatable.
+    #[arg(long = "ns", value_name = "DB.COLL")]
+    pub ns: Vec<String>,
+
+    /// The collections of a database whose names match a regex, `DATABASE.REGEX` (as a plan
+    /// filter with `database` and `collections_regex`), e.g. `shop.^orders_`. Repeatable.
+    #[arg(long = "ns-regex", value_name = "DB.REGEX")]
+    pub ns_regex: Vec<String>,
+
+    /// How long to wait for the resyncs to finish (they go on in the runner after that).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -306,6 +331,7 @@ async fn dispatch(cli: Cli) -> Exit {
         Command::Resume(args) => pause(args, false).await,
         Command::Unblock(args) => unblock(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Resync(args) => resync(args, cli.quiet).await,
         Command::Schema => {
             out(&plan::model::json_schema());
             Exit::Ok
@@ -803,6 +829,125 @@ fn print_report(
             };
             fail_report(format, plan, exit, message)
         }
+    }
+}
+
+/// `resync` (see `crate::resync` and `engine::resync`).
+async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
+    use crate::cluster::Cluster;
+    use crate::resync::{self, ResyncReport, Waited};
+
+    let plan = match load(&args.plan) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let fail = |exit: Exit, message: String| {
+        err(&format!("error: {message}"));
+        if args.plan.format == Format::Json {
+            out(&serde_json::json!({"ok": false, "plan": plan.name, "error": message}).to_string());
+        }
+        exit
+    };
+    if args.ns.is_empty() && args.ns_regex.is_empty() {
+        return fail(
+            Exit::Invalid,
+            "name a collection with `--ns db.coll` or `--ns-regex DB.REGEX`".into(),
+        );
+    }
+    let mut clusters = Vec::new();
+    for (scope, uri) in [
+        (Scope::Source, &plan.source),
+        (Scope::Destination, &plan.destination),
+    ] {
+        match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
+            Ok(c) => clusters.push(c),
+            Err(e) => {
+                let exit = if e.is_connectivity() {
+                    Exit::Unreachable
+                } else {
+                    Exit::Failed
+                };
+                return fail(exit, format!("{e}\nhint: {}", e.hint()));
+            }
+        }
+    }
+    let store =
+        crate::state::StateStore::new(&clusters[1].client, &plan.state_database, &plan.name);
+    let run = match store.run_doc().await {
+        Ok(r) => r,
+        Err(e) => return fail(Exit::Failed, e.to_string()),
+    };
+    let lane = store
+        .coll(crate::state::LANES)
+        .find_one(mongodb::bson::doc! {"_id": format!("{}/forward", plan.name)})
+        .await
+        .ok()
+        .flatten();
+    let lane = match resync::gate(&plan.name, run.as_ref(), lane.as_ref()) {
+        Ok(l) => l,
+        Err(message) => return fail(Exit::Refused, message),
+    };
+    let namespaces =
+        match resync::resolve(&clusters[0].client, &plan, &args.ns, &args.ns_regex).await {
+            Ok(n) => n,
+            Err((exit, message)) => return fail(exit, message),
+        };
+    let batch = match resync::request(&store, &lane, &namespaces).await {
+        Ok(b) => b,
+        Err(e) => return fail(Exit::Failed, e.to_string()),
+    };
+    if !quiet {
+        err(&format!(
+            "Requested a resync of {} (served by the live runner's lane); waiting.",
+            namespaces
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let waited = resync::wait(&store, &batch, args.timeout, |views| {
+        if !quiet {
+            for v in views {
+                err(&format!("  {}", v.to_text()));
+            }
+        }
+    })
+    .await;
+    let (views, problem) = match waited {
+        Ok(Waited::Finished(v)) => (v, None),
+        Ok(Waited::RunnerGone(v)) => (
+            v,
+            Some(
+                "the runner stopped before the resync finished; the request stays recorded and the next                  `cutover run` does it from scratch (`cutover status` shows it)"
+                    .to_string(),
+            ),
+        ),
+        Ok(Waited::TimedOut(v)) => (
+            v,
+            Some(format!(
+                "the resync did not finish within {}; it goes on in the runner (`cutover status` shows its progress)",
+                humantime::format_duration(args.timeout)
+            )),
+        ),
+        Err(e) => return fail(Exit::Failed, e.to_string()),
+    };
+    let report = ResyncReport {
+        ok: problem.is_none() && views.iter().all(|v| v.state == "done"),
+        plan: plan.name.clone(),
+        resyncs: views,
+    };
+    match args.plan.format {
+        Format::Text => out(&report.to_text()),
+        Format::Json => out(&report.to_json()),
+    }
+    if let Some(p) = problem {
+        err(&format!("error: {p}"));
+    }
+    if report.ok {
+        Exit::Ok
+    } else {
+        Exit::Failed
     }
 }
 

@@ -12,7 +12,8 @@ pub enum Exit {
     /// A cluster is unreachable or authentication failed.
     Unreachable = 3,
     /// Refused: the migration's state does not allow this command now (`verify --repair`
-    /// after the commit; nothing was written), or, for `cutover run`, another runner holds
+    /// or `resync` after the commit, `resync` with no runner live or outside the plan's
+    /// filter; nothing was written), or, for `cutover run`, another runner holds
     /// the plan (refused at start) or this runner lost its lease to another and stopped
     /// without writing further.
     Refused = 4,
@@ -51,6 +52,7 @@ Exit codes:
   1    a check, step or comparison failed
   2    the plan or the command line is invalid (nothing was written anywhere)
   3    a cluster is unreachable or authentication failed
-  4    refused: verify --repair after the commit (nothing written); run: another `cutover run`
-       holds the plan, or this runner lost its lease to one and stopped
+  4    refused: verify --repair or resync after the commit, resync with no runner live or
+       outside the plan's filter (nothing written); run: another `cutover run` holds the
+       plan, or this runner lost its lease to one and stopped
   130  interrupted; run the same command again to continue";

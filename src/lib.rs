@@ -21,6 +21,7 @@ pub mod preflight;
 pub mod progress;
 pub mod redact;
 pub mod report;
+pub mod resync;
 pub mod runner;
 pub mod service;
 pub mod state;

@@ -7,7 +7,8 @@
 //! - `lanes`: one per replication direction: start point, resume token, phase, counters;
 //! - `partitions`: copy progress per `_id` range;
 //! - `approvals`: `cutover approve` records;
-//! - `relaxations`: what the sync relaxed on the destination (unique, TTL, capped).
+//! - `relaxations`: what the sync relaxed on the destination (unique, TTL, capped);
+//! - `repairs`, `repair_requests`, `resyncs`: `verify --repair` and `cutover resync`.
 
 use std::time::Duration;
 
@@ -421,10 +422,12 @@ impl StateStore {
     /// Removes every record of this plan (for `run --restart`).
     pub async fn reset(&self) -> Result<(), StateError> {
         let prefix = format!("^{}/", regex::escape(&self.plan));
-        // `repairs` and `repair_requests` are written by `verify --repair`, not by a runner.
-        for c in FENCED_RECORDS
-            .iter()
-            .chain([&APPROVALS, &"repairs", &"repair_requests"])
+        // `repairs` and `repair_requests` are written by `verify --repair`, `resyncs` by
+        // `resync`, not by a runner.
+        for c in
+            FENCED_RECORDS
+                .iter()
+                .chain([&APPROVALS, &"repairs", &"repair_requests", &"resyncs"])
         {
             self.delete_many(
                 c,

@@ -183,6 +183,9 @@ pub struct StatusView {
     pub updated: Option<String>,
     /// The last `verify --repair` (who, when, what it repaired).
     pub last_repair: Option<crate::verify::repair::RepairSummary>,
+    /// `cutover resync` requests: unfinished ones and the last few finished, newest first,
+    /// with their progress (documents copied, events held and replayed).
+    pub resyncs: Vec<crate::resync::ResyncView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -323,6 +326,7 @@ pub fn view(
             .ok()
             .and_then(|d| d.try_to_rfc3339_string().ok()),
         last_repair: None,
+        resyncs: Vec::new(),
     };
     // Replication runs inside `cutover run`: without a runner, nothing is replicating, so
     // the last stored can-commit and lag no longer hold.
@@ -415,6 +419,9 @@ impl StatusView {
         }
         if let Some(r) = &self.last_repair {
             s.push_str(&format!("  last repair   {}\n", r.to_text()));
+        }
+        for r in &self.resyncs {
+            s.push_str(&format!("  resync        {}\n", r.to_text()));
         }
         if let Some(u) = &self.updated {
             s.push_str(&format!("  updated       {u}\n"));
@@ -535,5 +542,6 @@ pub async fn load_view(
         view.insight = None;
     }
     view.last_repair = crate::verify::repair::last_repair(store).await;
+    view.resyncs = crate::resync::recent(store).await;
     Ok(view)
 }

@@ -234,7 +234,10 @@ async fn run_stream(
             }
             applied += 1;
             if is_crud(ev) {
-                round.push(ev.to_raw_document_buf());
+                // A namespace being resynced: its events are held and replayed after the swap.
+                if !crate::engine::resync::hold(&ctx.lane, ev) {
+                    round.push(ev.to_raw_document_buf());
+                }
                 unpersisted += 1;
             } else {
                 // DDL is a barrier: everything before it first. Checkpoints on both sides of
@@ -249,6 +252,7 @@ async fn run_stream(
                     *start = StartPoint::Token(tok);
                     unpersisted = 0;
                 }
+                crate::engine::resync::before_ddl(ctx, ev).await?;
                 apply_ddl(ctx, ev).await?;
                 crate::crashpoint::hit("apply.ddl-applied", None);
                 unpersisted += 1;
@@ -286,13 +290,17 @@ async fn run_stream(
         ctx.progress.lag_ms.store(lag_ms, Ordering::Relaxed);
         let copy_done = ctx.progress.copy_done.load(Ordering::Relaxed);
         ctx.progress.can_commit.store(
-            copy_done && lag_ms <= ctx.max_lag.as_millis() as i64,
+            copy_done
+                && lag_ms <= ctx.max_lag.as_millis() as i64
+                && crate::engine::resync::allows_commit(&ctx.lane),
             Ordering::Relaxed,
         );
         if let Some(p) = pos {
             ctx.position.send_replace(Some(p));
             // Between batches: everything up to `p` applied, nothing after it.
             crate::engine::repair::serve(ctx, p).await?;
+            let now = *control.borrow();
+            crate::engine::resync::serve(ctx, p, now).await?;
         }
         if let Control::DrainTo(target) = *control.borrow() {
             if applied > 0 {
@@ -459,7 +467,10 @@ fn selected(sel: &NamespaceSelector, ns: &Namespace) -> bool {
     }
 }
 
-async fn apply_round(ctx: &ApplyCtx, round: Vec<RawDocumentBuf>) -> Result<(), EngineError> {
+pub(crate) async fn apply_round(
+    ctx: &ApplyCtx,
+    round: Vec<RawDocumentBuf>,
+) -> Result<(), EngineError> {
     if round.is_empty() {
         return Ok(());
     }

@@ -8,4 +8,5 @@ pub mod error;
 pub mod events;
 pub mod lane;
 pub mod repair;
+pub mod resync;
 pub mod retry;

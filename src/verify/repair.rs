@@ -296,7 +296,7 @@ impl RepairReport {
     }
 }
 
-fn who() -> Document {
+pub(crate) fn who() -> Document {
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());

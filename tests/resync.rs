@@ -1,0 +1,543 @@
+//! `cutover resync PLAN --ns db.coll` against real replica sets: a collection corrupted on the
+//! destination (documents changed, deleted, extra ones, an index dropped) is copied again and
+//! swapped in by the live lane while another collection keeps replicating and an application
+//! writes to both throughout; after the commit both clusters are identical (data and
+//! catalog). Refused with exit 4 with no runner live, for a namespace outside the plan's
+//! filter, and after the commit (writing nothing); `status` shows the resync's progress.
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+use serde_json::Value;
+
+const PLAN: &str = r#"
+[options]
+max_lag = "2s"
+
+[[options.include]]
+database = "shop"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+approval = "manual"
+timeout = "10m"
+"#;
+
+const ORDERS: i64 = 100_000;
+
+async fn seed(c: &Client) {
+    let orders = c.database("shop").collection::<Document>("orders");
+    let pad = "x".repeat(200);
+    for chunk in 0..(ORDERS / 10_000) {
+        let docs: Vec<Document> = (chunk * 10_000..(chunk + 1) * 10_000)
+            .map(|i| doc! {"_id": i, "a": format!("item-{i}"), "qty": 0i64, "pad": &pad, "nested": {"k": i}})
+            .collect();
+        orders.insert_many(docs).await.unwrap();
+    }
+    c.database("shop")
+        .run_command(doc! {"createIndexes": "orders", "indexes": [
+            {"key": {"qty": 1}, "name": "qty_1"},
+            {"key": {"a": 1}, "name": "a_1", "unique": true},
+        ]})
+        .await
+        .unwrap();
+    let users = c.database("shop").collection::<Document>("users");
+    let docs: Vec<Document> = (0..300i64)
+        .map(|i| doc! {"_id": format!("u{i:04}"), "name": format!("user {i}")})
+        .collect();
+    users.insert_many(docs).await.unwrap();
+    // Outside the plan's filter.
+    c.database("other")
+        .collection::<Document>("things")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
+}
+
+/// An application writing to both collections: `$set`s of a new field each time and `$inc`s
+/// on orders 0..300 and on users, inserts and deletes in both.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Churn {
+    fn start(app: Client) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicI64::new(0));
+        let (st, w) = (stop.clone(), writes.clone());
+        let task = tokio::spawn(async move {
+            let orders = app.database("shop").collection::<Document>("orders");
+            let users = app.database("shop").collection::<Document>("users");
+            let mut n = 0i64;
+            while !st.load(Ordering::Relaxed) {
+                n += 1;
+                let ok = orders
+                    .update_one(
+                        doc! {"_id": n % 300},
+                        doc! {"$set": {"seq": n, format!("f{n}"): n}, "$inc": {"qty": 1i64}},
+                    )
+                    .await
+                    .is_ok();
+                let _ = orders
+                    .insert_one(
+                        doc! {"_id": format!("churn-{n}"), "a": format!("churn-{n}"), "n": n},
+                    )
+                    .await;
+                let _ = users
+                    .update_one(
+                        doc! {"_id": format!("u{:04}", n % 300)},
+                        doc! {"$set": {"seen": n}, "$inc": {"visits": 1i64}},
+                    )
+                    .await;
+                let _ = users
+                    .insert_one(doc! {"_id": format!("new-{n}"), "n": n})
+                    .await;
+                if n % 5 == 0 {
+                    let _ = orders
+                        .delete_one(doc! {"_id": format!("churn-{}", n - 3)})
+                        .await;
+                    let _ = users
+                        .delete_one(doc! {"_id": format!("new-{}", n - 2)})
+                        .await;
+                }
+                if ok {
+                    w.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Churn { stop, writes, task }
+    }
+
+    async fn finish(self) -> i64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+/// Corrupts `shop.orders` on the destination: 7 and 50007 deleted, 9 and 50009 changed (9 is
+/// churned), two extra documents, index `qty_1` dropped.
+async fn corrupt(dst: &Client) {
+    let orders = dst.database("shop").collection::<Document>("orders");
+    for id in [7i64, 50_007] {
+        let r = orders.delete_one(doc! {"_id": id}).await.unwrap();
+        assert_eq!(r.deleted_count, 1, "inject: delete {id}");
+    }
+    for id in [9i64, 50_009] {
+        let r = orders
+            .update_one(
+                doc! {"_id": id},
+                doc! {"$set": {"a": format!("corrupted-{id}")}},
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.modified_count, 1, "inject: change {id}");
+    }
+    orders
+        .insert_many(vec![
+            doc! {"_id": "ghost-1", "a": "only on the destination"},
+            doc! {"_id": "ghost-2", "a": "only on the destination too"},
+        ])
+        .await
+        .unwrap();
+    dst.database("shop")
+        .run_command(doc! {"dropIndexes": "orders", "index": "qty_1"})
+        .await
+        .unwrap();
+}
+
+async fn run_blocking(args: Vec<String>, env: Vec<(&'static str, String)>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cutover(&a, &env_refs(&env))
+    })
+    .await
+    .unwrap()
+}
+
+async fn resync_records(d: &Client) -> Vec<Document> {
+    d.database("__cutover")
+        .collection::<Document>("resyncs")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_a_corrupted_collection_while_another_keeps_replicating() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    let (_dir, plan) = write_plan(&plan_text("resync-live", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+
+    // The sync step, then the runner exits: nothing serves a resync now.
+    let o = run_blocking(
+        vec!["run".into(), plan.clone(), "--max-steps".into(), "1".into()],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = run_blocking(
+        vec![
+            "resync".into(),
+            plan.clone(),
+            "--ns".into(),
+            "shop.orders".into(),
+        ],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("no `cutover run` is live") && stderr.contains("start `cutover run`"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        resync_records(&d).await.is_empty(),
+        "a refused resync recorded a request"
+    );
+
+    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "can-commit",
+        |v| v["can_commit"] == true && v["runner"].is_string(),
+    )
+    .await;
+
+    // Outside the plan's filter: refused, nothing requested.
+    let o = run_blocking(
+        vec![
+            "resync".into(),
+            plan.clone(),
+            "--ns".into(),
+            "other.things".into(),
+        ],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not in plan"),
+        "{}",
+        show(&o)
+    );
+    let o = run_blocking(
+        vec![
+            "resync".into(),
+            plan.clone(),
+            "--ns-regex".into(),
+            "other.^th".into(),
+        ],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(resync_records(&d).await.is_empty());
+
+    let churn = Churn::start(src.app_client().await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    corrupt(&d).await;
+
+    let resync = spawn_cutover(
+        &[
+            "resync",
+            &plan,
+            "--ns-regex",
+            "shop.^ord",
+            "--format",
+            "json",
+        ],
+        &env_refs(&env),
+    );
+    // While the copy runs: `status` shows its progress, and the other collection keeps
+    // replicating (a new user appears on the destination before the swap).
+    let start = Instant::now();
+    loop {
+        let recs = resync_records(&d).await;
+        if recs.iter().any(|r| r.get_str("state") == Ok("copying")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the resync never started copying: {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.database("shop")
+        .collection::<Document>("users")
+        .insert_one(doc! {"_id": "marker", "during": "resync"})
+        .await
+        .unwrap();
+    let st = status_json(&plan, &env, &[]).await;
+    let r = &st["resyncs"][0];
+    assert_eq!(r["ns"], "shop.orders", "{st:#}");
+    assert!(
+        r["state"] == "copying" || r["state"] == "swapping" || r["state"] == "done",
+        "{st:#}"
+    );
+    assert_eq!(
+        r["estimated_documents"].as_i64().map(|n| n >= ORDERS),
+        Some(true),
+        "{st:#}"
+    );
+    assert!(r["who"].as_str().unwrap().contains("pid"), "{st:#}");
+    let start = Instant::now();
+    loop {
+        let found = d
+            .database("shop")
+            .collection::<Document>("users")
+            .find_one(doc! {"_id": "marker"})
+            .await
+            .unwrap();
+        if found.is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "users did not replicate during the resync"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recs = resync_records(&d).await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(
+        recs[0].get_str("state"),
+        Ok("copying"),
+        "shop.users replicated only after the resync's copy: {recs:?}"
+    );
+
+    let o = tokio::task::spawn_blocking(move || resync.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let report: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", show(&o)));
+    eprintln!("resync report: {report}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    let r = &report["resyncs"][0];
+    assert_eq!(report["resyncs"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(r["ns"], "shop.orders", "{report:#}");
+    assert_eq!(r["state"], "done", "{report:#}");
+    assert!(
+        r["copied_documents"].as_i64().unwrap() >= ORDERS,
+        "{report:#}"
+    );
+    let held = r["held_events"].as_i64().unwrap();
+    assert!(
+        held > 0,
+        "the application wrote during the copy, yet nothing was held: {report:#}"
+    );
+    assert_eq!(r["replayed_events"].as_i64(), Some(held), "{report:#}");
+    // The temporary collection is gone; the corruption is gone already (before the commit).
+    let names = d.database("shop").list_collection_names().await.unwrap();
+    assert!(
+        !names.iter().any(|n| n.contains("cutover_resync")),
+        "temporary collection left: {names:?}"
+    );
+    let orders = d.database("shop").collection::<Document>("orders");
+    assert!(orders
+        .find_one(doc! {"_id": "ghost-1"})
+        .await
+        .unwrap()
+        .is_none());
+    assert!(orders
+        .find_one(doc! {"_id": 50_007i64})
+        .await
+        .unwrap()
+        .is_some());
+
+    // Keep writing a while after the swap, then commit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = churn.finish().await;
+    assert!(writes > 100, "the application wrote only {writes} times");
+    let o = run_blocking(vec!["approve".into(), plan.clone()], env.clone()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = tokio::task::spawn_blocking(move || runner.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    // `other.things` is outside the plan's filter, so never on the destination.
+    s.database("other").drop().await.unwrap();
+    // The commit restored the relaxations (unique `a_1`) of the swapped-in collection too.
+    assert_same_data(&s, &d, "__cutover").await;
+    assert_same_catalog(&s, &d, "__cutover").await;
+
+    let st = status_json(&plan, &env, &[]).await;
+    assert_eq!(st["resyncs"][0]["state"], "done", "{st:#}");
+    assert_eq!(
+        st["resyncs"][0]["held_events"].as_i64(),
+        Some(held),
+        "{st:#}"
+    );
+    let o = run_blocking(vec!["status".into(), plan.clone()], env.clone()).await;
+    let text = String::from_utf8_lossy(&o.stdout);
+    eprintln!("status after the commit:\n{text}");
+    assert!(
+        text.contains("resync        shop.orders: done"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_is_refused_after_the_commit_and_writes_nothing() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    s.database("shop")
+        .collection::<Document>("orders")
+        .insert_many((0..100i64).map(|i| doc! {"_id": i, "v": i}))
+        .await
+        .unwrap();
+    let plan_body = PLAN.replace("approval = \"manual\"", "approval = \"auto\"");
+    let (_dir, plan) = write_plan(&plan_text("resync-committed", &plan_body));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let o = run_blocking(vec!["run".into(), plan.clone()], env.clone()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let st = status_json(&plan, &env, &[]).await;
+    assert_eq!(st["state"], "COMMITTED", "{st:#}");
+
+    let d = dst.root_client().await;
+    let before = last_oplog_ts(&d).await;
+    for format in ["text", "json"] {
+        let o = run_blocking(
+            vec![
+                "resync".into(),
+                plan.clone(),
+                "--ns".into(),
+                "shop.orders".into(),
+                "--format".into(),
+                format.into(),
+            ],
+            env.clone(),
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains("refused") && stderr.contains("commit"),
+            "{}",
+            show(&o)
+        );
+        if format == "json" {
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["ok"], false, "{v:#}");
+        }
+    }
+    let writes = oplog_writes_since(&d, before, "__cutover").await;
+    assert!(writes.is_empty(), "a refused resync wrote: {writes:?}");
+    assert!(resync_records(&d).await.is_empty());
+}
+
+/// A DDL change on the collection during its copy (an index built on the source) cancels the
+/// resync: exit 1 naming the event, the held events are applied to the original collection,
+/// the temporary copy is dropped, and the sync goes on to an identical commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ddl_change_during_the_copy_cancels_the_resync_without_losing_events() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    s.database("other").drop().await.unwrap();
+    let (_dir, plan) = write_plan(&plan_text("resync-cancel", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "can-commit",
+        |v| v["can_commit"] == true && v["runner"].is_string(),
+    )
+    .await;
+    let churn = Churn::start(src.app_client().await);
+    let resync = spawn_cutover(
+        &["resync", &plan, "--ns", "shop.orders", "--format", "json"],
+        &env_refs(&env),
+    );
+    let start = Instant::now();
+    loop {
+        let recs = resync_records(&d).await;
+        if recs.iter().any(|r| r.get_str("state") == Ok("copying")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the resync never started copying: {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.database("shop")
+        .run_command(
+            doc! {"createIndexes": "orders", "indexes": [{"key": {"n": 1}, "name": "n_1"}]},
+        )
+        .await
+        .unwrap();
+    let o = tokio::task::spawn_blocking(move || resync.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let report: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", show(&o)));
+    eprintln!("cancelled resync report: {report}");
+    let r = &report["resyncs"][0];
+    assert_eq!(r["state"], "failed", "{report:#}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("`createIndexes` change on `shop.orders`"),
+        "{report:#}"
+    );
+    assert_eq!(r["replayed_events"], r["held_events"], "{report:#}");
+    // The temporary copy is dropped once its copy task has stopped.
+    let start = Instant::now();
+    loop {
+        let names = d.database("shop").list_collection_names().await.unwrap();
+        if !names.iter().any(|n| n.contains("cutover_resync")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "temporary collection left: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = churn.finish().await;
+    assert!(writes > 50, "the application wrote only {writes} times");
+    let o = run_blocking(vec!["approve".into(), plan.clone()], env.clone()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = tokio::task::spawn_blocking(move || runner.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, "__cutover").await;
+    assert_same_catalog(&s, &d, "__cutover").await;
+}
