@@ -398,9 +398,16 @@ pub async fn compare_unique_indexes(
         .map_err(|e| classify("source", "", &e))?;
     let mut out = Vec::new();
     for ns in &listing.selected {
-        let src = list_indexes(source, ns)
-            .await
-            .map_err(|e| classify("source", "", &e))?;
+        let src = match list_indexes(source, ns).await {
+            Ok(s) => s,
+            // 26 NamespaceNotFound: dropped (or renamed away) on the source since the
+            // listing, e.g. a `$out` or rename's temporary collection; replication drops it
+            // on the destination too, so there is nothing to compare.
+            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
+                continue
+            }
+            Err(e) => return Err(classify("source", "", &e)),
+        };
         let unique: Vec<&IndexDef> = src.iter().filter(|i| i.unique && !i.is_id()).collect();
         if unique.is_empty() {
             continue;

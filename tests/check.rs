@@ -623,6 +623,26 @@ async fn unique_indexes_compared_with_the_destination() {
     assert!(by("login_1").is_problem());
     assert_eq!(findings.len(), 3, "{findings:?}");
 
+    // A source collection dropped between the listing and its `listIndexes` (a temporary
+    // collection of a `$out`/rename, as torture soak seed 24 hit during validate-indexes):
+    // `NamespaceNotFound` on the source means there is nothing to compare, not an error.
+    s.run_command(doc! {
+        "configureFailPoint": "failCommand",
+        "mode": {"times": 1},
+        "data": {"failCommands": ["listIndexes"], "errorCode": 26},
+    })
+    .await
+    .unwrap();
+    let vanished = compare_unique_indexes(&s, &d, &selector).await;
+    s.run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+        .await
+        .unwrap();
+    let vanished = vanished.expect("a collection gone from the source is skipped");
+    assert!(
+        !vanished.is_empty() && vanished.len() <= findings.len(),
+        "{vanished:?}"
+    );
+
     // `check` on a reversible plan fails on the conflicting collation only.
     let out = run_cutover(
         &["check", &example("reversible.toml"), "--format", "json"],
