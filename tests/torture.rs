@@ -24,10 +24,6 @@ use workload::{Config, Faults, Features};
 ///   a collection or view it created itself once the source's options changed (`collMod`, a
 ///   view's pipeline): "`ta.v1` already exists on the destination with different options" —
 ///   a new bug, not fixed yet (seeds 3, 4, 13, 19, 20).
-/// - `fail-catalog`: a transient error (`InterruptedAtShutdown`, a closed connection) on a
-///   catalog command (`create`, `createIndexes` of a DDL event) or on a state-store write is
-///   not retried: the run stops with exit 1 (a re-run resumes) — a new bug, not fixed yet
-///   (seeds 5, 15, 18).
 /// - `unique`: a unique index created on the source during change application is missing on
 ///   the destination when `validate-indexes` runs right after the sync ("unique index `u_1`
 ///   of `tb.ttl0` has no index with the same key on the destination"): the step does not wait
@@ -35,7 +31,6 @@ use workload::{Config, Faults, Features};
 fn ci_features() -> Features {
     Features {
         unique: false,
-        fail_catalog: false,
         ..Features::ALL
     }
 }
