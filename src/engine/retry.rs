@@ -33,25 +33,23 @@ impl RetryPolicy {
     ) -> Result<(), EngineError> {
         let cluster = e.cluster();
         let last = e.describe();
-        match backoff.wait(cluster, what, &last).await {
-            Ok(()) => {
-                progress.set_reconnecting(Some(format!(
-                    "{what}: {cluster} cluster unavailable for {}s (attempt {}): {last}",
-                    backoff.outage().unwrap_or_default().as_secs(),
-                    backoff.attempts()
-                )));
-                Ok(())
-            }
-            Err(g) => {
-                progress.set_reconnecting(None);
-                tracing::warn!(%g, "Giving up.");
-                Err(EngineError::Outage {
-                    cluster,
-                    secs: g.secs.max(self.timeout.as_secs()),
-                    last: format!("{what}: {last}"),
-                })
-            }
-        }
+        let Some(delay) = backoff.next_delay() else {
+            progress.set_reconnecting(None);
+            tracing::warn!(what, cluster, attempts = backoff.attempts(), error = %last, "Giving up.");
+            return Err(EngineError::Outage {
+                cluster,
+                secs: self.timeout.as_secs(),
+                last: format!("{what}: {last}"),
+            });
+        };
+        progress.set_reconnecting(Some(format!(
+            "{what}: {cluster} cluster unavailable for {}s (attempt {}): {last}",
+            backoff.outage().unwrap_or_default().as_secs(),
+            backoff.attempts()
+        )));
+        tracing::warn!(what, cluster, attempt = backoff.attempts(), error = %last, "Transient failure; retrying.");
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
 
     /// Runs `op` until it succeeds, fails with a non-transient error, or transient failures
