@@ -7,6 +7,7 @@ use mongodb::error::ErrorKind;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 
+use crate::mongo_error::{self, code, short_message, Backoff, Failure};
 use crate::redact;
 use crate::report::Scope;
 use crate::uri::ClusterUri;
@@ -123,9 +124,7 @@ pub fn classify(cluster: &'static str, hosts: &str, e: &mongodb::error::Error) -
     let detail = redact::scrub(&short_message(e));
     let hosts = hosts.to_string();
     match e.kind.as_ref() {
-        ErrorKind::ServerSelection { .. }
-        | ErrorKind::Io(_)
-        | ErrorKind::ConnectionPoolCleared { .. } => ClusterError::Unreachable {
+        _ if crate::mongo_error::is_unreachable(e) => ClusterError::Unreachable {
             cluster,
             hosts,
             detail,
@@ -136,7 +135,7 @@ pub fn classify(cluster: &'static str, hosts: &str, e: &mongodb::error::Error) -
             detail,
         },
         // 18 AuthenticationFailed, 13 Unauthorized on ping means no valid login.
-        ErrorKind::Command(c) if c.code == 18 => ClusterError::Auth {
+        ErrorKind::Command(c) if c.code == code::AUTHENTICATION_FAILED => ClusterError::Auth {
             cluster,
             hosts,
             detail,
@@ -146,40 +145,6 @@ pub fn classify(cluster: &'static str, hosts: &str, e: &mongodb::error::Error) -
             hosts,
             detail,
         },
-    }
-}
-
-/// The driver's message without its debug dump of the topology and labels.
-pub fn short_message(e: &mongodb::error::Error) -> String {
-    match e.kind.as_ref() {
-        ErrorKind::ServerSelection { message, .. } => {
-            // "... Servers: [ { Address: h:1, Type: Unknown, Error: Kind: I/O error: refused, labels ..."
-            let mut reasons: Vec<String> = Vec::new();
-            for part in message.split("Address: ").skip(1) {
-                let addr = part.split(',').next().unwrap_or_default().trim();
-                let why = part
-                    .split("Error: ")
-                    .nth(1)
-                    .map(|w| {
-                        w.trim_start_matches("Kind: ")
-                            .split(", labels")
-                            .next()
-                            .unwrap_or(w)
-                    })
-                    .unwrap_or("no answer");
-                reasons.push(format!("{addr}: {}", why.trim()));
-            }
-            if reasons.is_empty() {
-                "no server answered in time".to_string()
-            } else {
-                format!("no usable server answered in time ({})", reasons.join("; "))
-            }
-        }
-        ErrorKind::Command(c) => format!("{} ({}, code {})", c.message, c.code_name, c.code),
-        other => {
-            let s = other.to_string();
-            s.split(", labels:").next().unwrap_or(&s).to_string()
-        }
     }
 }
 
@@ -387,25 +352,25 @@ pub async fn list_namespaces(
 /// transient failure (an election, a dropped connection: the driver does not retry
 /// commands) is retried with backoff for up to a minute.
 pub async fn set_user_write_block(cluster: &Cluster, on: bool) -> Result<(), ClusterError> {
-    let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match set_block_majority(&cluster.client, on).await {
-            Ok(_) => return Ok(()),
-            Err(e)
-                if crate::engine::error::is_transient(&e)
-                    && started.elapsed() < Duration::from_secs(60) =>
-            {
-                tracing::warn!(
-                    cluster = cluster.name(),
-                    error = %redact::scrub(&short_message(&e)),
-                    "Changing user write blocking failed transiently; retrying."
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(cluster.error(&e)),
-        }
+    let mut backoff = Backoff::new(Duration::from_secs(60))
+        .with_delays(Duration::from_millis(100), Duration::from_secs(2));
+    let what = if on {
+        "blocking user writes"
+    } else {
+        "unblocking user writes"
+    };
+    match mongo_error::retry(&mut backoff, cluster.name(), what, |_| {
+        set_block_majority(&cluster.client, on)
+    })
+    .await
+    {
+        Ok(()) => Ok(()),
+        Err(Failure::Permanent(e)) => Err(cluster.error(&e)),
+        Err(Failure::GaveUp(_, g)) => Err(ClusterError::Other {
+            cluster: cluster.name(),
+            hosts: cluster.uri.hosts_display(),
+            detail: redact::scrub(&g.to_string()),
+        }),
     }
 }
 
@@ -439,7 +404,7 @@ async fn set_block_majority(client: &Client, on: bool) -> Result<(), mongodb::er
                 return Err(
                     ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(
                         mongodb::bson::from_document(
-                            doc! {"code": 64, "codeName": "WriteConcernFailed",
+                            doc! {"code": code::WRITE_CONCERN_FAILED, "codeName": "WriteConcernFailed",
                             "errmsg": "setUserWriteBlockMode not majority-committed within 60s"},
                         )
                         .map_err(mongodb::error::Error::custom)?,

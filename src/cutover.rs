@@ -172,9 +172,19 @@ pub async fn commit(
         if let Some(f) = ctx.store.fence() {
             f.verify().await.map_err(RunError::LeaseLost)?;
         }
-        catalog::restore_relaxations(&dst, &relax)
+        // Idempotent (each record is removed once restored): transient failures retry it.
+        let policy = crate::engine::retry::RetryPolicy {
+            timeout: ctx.opts.retry_timeout,
+        };
+        let progress = crate::progress::Progress::new();
+        policy
+            .run(
+                &progress,
+                "restoring the relaxed indexes and options",
+                || async { Ok(catalog::restore_relaxations(&dst, &relax).await?) },
+            )
             .await
-            .map_err(|e| fail(e.into()))?;
+            .map_err(fail)?;
         let mismatches = count_check(&src, &dst, &ctx.plan.selector)
             .await
             .map_err(fail)?;

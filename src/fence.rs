@@ -259,11 +259,14 @@ impl Fence {
                 && !process_alive(pid))
             .then(|| l.get_str("id").unwrap_or_default().to_string())
         });
+        let mut filter = takeover_filter(plan, dead.as_deref());
+        // This holder's own lease: an earlier attempt whose reply was lost took it (the
+        // state store retries a failed acquisition).
+        if let Ok(or) = filter.get_array_mut("$or") {
+            or.push(Bson::Document(doc! {"lease.id": &holder.id}));
+        }
         let taken = runs
-            .find_one_and_update(
-                takeover_filter(plan, dead.as_deref()),
-                takeover_pipeline(&holder, ttl),
-            )
+            .find_one_and_update(filter, takeover_pipeline(&holder, ttl))
             .return_document(ReturnDocument::After)
             .await?;
         let Some(taken) = taken else {
@@ -436,7 +439,7 @@ impl Fence {
             }
             Ok(_) => Err(Some(self.taken_over().await)),
             Err(e) => {
-                tracing::warn!(error = %crate::cluster::short_message(&e), "Could not renew the plan's lease; retrying.");
+                tracing::warn!(error = %crate::mongo_error::short_message(&e), "Could not renew the plan's lease; retrying.");
                 self.check().map_err(Some)?;
                 Err(None)
             }

@@ -14,6 +14,7 @@ pub mod fence;
 pub mod index_format;
 pub mod logging;
 pub mod metrics;
+pub mod mongo_error;
 pub mod namespace;
 pub mod pause;
 pub mod plan;

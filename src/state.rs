@@ -17,8 +17,8 @@ use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::short_message;
 use crate::fence::{AcquireError, Fence, Holder, LeaseLost};
+use crate::mongo_error::{self, short_message, Backoff, Failure};
 
 pub const RUNS: &str = "runs";
 pub const LANES: &str = "lanes";
@@ -68,6 +68,24 @@ pub enum StateError {
     },
 }
 
+/// How one attempt of a state-store operation failed.
+enum Attempt {
+    Db(mongodb::error::Error),
+    Lost(LeaseLost),
+}
+
+impl mongo_error::Retryable for Attempt {
+    fn is_transient(&self) -> bool {
+        matches!(self, Attempt::Db(e) if mongo_error::is_transient(e))
+    }
+    fn describe(&self) -> String {
+        match self {
+            Attempt::Db(e) => short_message(e),
+            Attempt::Lost(l) => l.to_string(),
+        }
+    }
+}
+
 /// A handle on the state database for one plan.
 #[derive(Clone)]
 pub struct StateStore {
@@ -108,26 +126,48 @@ impl StateStore {
         self
     }
 
-    /// Runs an idempotent operation, retrying transient failures with backoff for `self.retry`.
+    /// Runs an idempotent operation (given the attempt number, from 1), retrying transient
+    /// failures with backoff for `self.retry` (see [`mongo_error::retry`]). Every read and
+    /// write of the store goes through it: a write is an upsert, a `$set` or a delete under
+    /// the fencing condition, so sending it again after a lost reply changes nothing; an
+    /// insert that finds its records already there after such a retry is told apart by
+    /// [`StateStore::insert_many`], and a fenced write that matches nothing by
+    /// [`Fence::confirm`] (this runner still holds the plan, or lost it).
     async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StateError>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<T, mongodb::error::Error>>,
     {
-        let started = std::time::Instant::now();
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e)
-                    if crate::engine::error::is_transient(&e) && started.elapsed() < self.retry =>
-                {
-                    tracing::warn!(what, error = %short_message(&e), "State store unavailable; retrying.");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        let mut backoff = Backoff::new(self.retry);
+        let what = format!("{what} (state database `{}`)", self.db.name());
+        let fence = self.fence.clone();
+        let attempt = |n: u32| {
+            // A runner stops retrying once its lease has run out by its own clock.
+            let lost = match (&fence, n) {
+                (Some(f), 2..) => f.check().err(),
+                _ => None,
+            };
+            let fut = op(n);
+            async move {
+                match lost {
+                    Some(l) => Err(Attempt::Lost(l)),
+                    None => fut.await.map_err(Attempt::Db),
                 }
-                Err(e) => return Err(self.err(&e)),
             }
+        };
+        match mongo_error::retry(&mut backoff, "destination", &what, attempt).await {
+            Ok(v) => Ok(v),
+            Err(Failure::Permanent(Attempt::Lost(l)) | Failure::GaveUp(Attempt::Lost(l), _)) => {
+                Err(StateError::LeaseLost(l))
+            }
+            Err(Failure::Permanent(Attempt::Db(e))) => Err(self.err(&e)),
+            // The budget is spent: no caller retries it again.
+            Err(Failure::GaveUp(Attempt::Db(_), g)) if g.attempts > 1 => Err(StateError::Db {
+                db: self.db.name().to_string(),
+                detail: g.to_string(),
+                transient: false,
+            }),
+            Err(Failure::GaveUp(Attempt::Db(e), _)) => Err(self.err(&e)),
         }
     }
 
@@ -147,13 +187,13 @@ impl StateStore {
         StateError::Db {
             db: self.db.name().to_string(),
             detail: short_message(e),
-            transient: crate::engine::error::is_transient(e),
+            transient: mongo_error::is_transient(e),
         }
     }
 
     /// The plan's run document, if a migration was started.
     pub async fn run_doc(&self) -> Result<Option<Document>, StateError> {
-        self.retrying("reading the run document", || {
+        self.retrying("reading the run document", |_| {
             let (c, id) = (self.coll(RUNS), self.plan.clone());
             async move { c.find_one(doc! {"_id": id}).await }
         })
@@ -229,7 +269,7 @@ impl StateStore {
         if let Some(f) = &self.fence {
             f.check().map_err(StateError::LeaseLost)?;
             let matched = self
-                .retrying("writing the run document", || {
+                .retrying("writing the run document", |_| {
                     let (c, q, u) = (
                         self.coll(RUNS),
                         f.run_filter(),
@@ -244,7 +284,7 @@ impl StateStore {
             }
             return Ok(());
         }
-        self.retrying("writing the run document", || {
+        self.retrying("writing the run document", |_| {
             let (c, id, f) = (self.coll(RUNS), self.plan.clone(), fields.clone());
             async move {
                 c.update_one(doc! {"_id": id}, doc! {"$set": f})
@@ -269,10 +309,11 @@ impl StateStore {
             None => doc! {"_id": &self.plan},
         };
         let r = self
-            .coll(RUNS)
-            .update_one(filter, doc! {"$unset": u})
-            .await
-            .map_err(|e| self.err(&e))?;
+            .retrying("writing the run document", |_| {
+                let (c, q, u) = (self.coll(RUNS), filter.clone(), doc! {"$unset": u.clone()});
+                async move { c.update_one(q, u).await }
+            })
+            .await?;
         if r.matched_count == 0 {
             self.confirm().await?;
         }
@@ -305,25 +346,42 @@ impl StateStore {
     /// one and every state record of the plan is stamped with it. The store then writes
     /// through the returned [`Fence`] (see [`StateStore::with_fence`]).
     pub async fn take_lease(&self, holder: Holder, ttl: Duration) -> Result<Fence, StateError> {
-        self.coll(RUNS)
-            .update_one(
-                doc! {"_id": &self.plan},
-                doc! {"$setOnInsert": {"created": DateTime::now()}},
-            )
-            .upsert(true)
-            .await
-            .map_err(|e| self.err(&e))?;
+        let created = DateTime::now();
+        self.retrying("creating the run document", |_| {
+            let (c, id) = (self.coll(RUNS), self.plan.clone());
+            async move {
+                c.update_one(
+                    doc! {"_id": id},
+                    doc! {"$setOnInsert": {"created": created}},
+                )
+                .upsert(true)
+                .await
+            }
+        })
+        .await?;
         let records: Vec<Collection<Document>> =
             FENCED_RECORDS.iter().map(|c| self.coll(c)).collect();
-        match Fence::acquire(self.coll(RUNS), &records, &self.plan, holder, ttl).await {
-            Ok(f) => Ok(f),
-            Err(AcquireError::Held { holder, until }) => Err(StateError::Leased {
-                plan: self.plan.clone(),
-                holder,
-                until,
-            }),
-            Err(AcquireError::Db(e)) => Err(self.err(&e)),
-        }
+        // Taking the lease is retried like any write: an attempt whose reply was lost left the
+        // lease with this holder, and the next attempt takes it again from itself (see
+        // [`crate::fence::takeover_filter`]).
+        let taken = self
+            .retrying("taking the plan's lease", |_| {
+                let (runs, records, holder) = (self.coll(RUNS), records.clone(), holder.clone());
+                let plan = self.plan.clone();
+                async move {
+                    match Fence::acquire(runs, &records, &plan, holder, ttl).await {
+                        Ok(f) => Ok(Ok(f)),
+                        Err(AcquireError::Held { holder, until }) => Ok(Err((holder, until))),
+                        Err(AcquireError::Db(e)) => Err(e),
+                    }
+                }
+            })
+            .await?;
+        taken.map_err(|(holder, until)| StateError::Leased {
+            plan: self.plan.clone(),
+            holder,
+            until,
+        })
     }
 
     /// The same store, writing through `fence`: every write is refused once another runner
@@ -369,10 +427,11 @@ impl StateStore {
             None => (filter, update),
         };
         let r = self
-            .coll(coll)
-            .update_one(filter, update)
-            .await
-            .map_err(|e| self.err(&e))?;
+            .retrying(&format!("writing a `{coll}` record"), |_| {
+                let (c, q, u) = (self.coll(coll), filter.clone(), update.clone());
+                async move { c.update_one(q, u).await }
+            })
+            .await?;
         if r.matched_count == 0 {
             self.confirm().await?;
         }
@@ -389,10 +448,11 @@ impl StateStore {
             None => filter,
         };
         let r = self
-            .coll(coll)
-            .delete_many(filter)
-            .await
-            .map_err(|e| self.err(&e))?;
+            .retrying(&format!("deleting `{coll}` records"), |_| {
+                let (c, q) = (self.coll(coll), filter.clone());
+                async move { c.delete_many(q).await }
+            })
+            .await?;
         if r.deleted_count == 0 {
             self.confirm().await?;
         }
@@ -412,11 +472,49 @@ impl StateStore {
         if docs.is_empty() {
             return Ok(());
         }
-        self.coll(coll)
-            .insert_many(docs)
-            .await
-            .map_err(|e| self.err(&e))?;
-        Ok(())
+        let epoch = self.fence.as_ref().map(|f| f.epoch());
+        self.retrying(&format!("inserting `{coll}` records"), |attempt| {
+            let (c, docs) = (self.coll(coll), docs.clone());
+            async move {
+                if attempt == 1 {
+                    return c.insert_many(docs).await.map(|_| ());
+                }
+                // A retry: an earlier attempt whose reply was lost may have inserted some or
+                // all of them. Those already there with this runner's stamp are its own.
+                match c.insert_many(docs.clone()).ordered(false).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => match e.kind.as_ref() {
+                        mongodb::error::ErrorKind::InsertMany(im)
+                            if im.write_concern_error.is_none()
+                                && im.write_errors.as_ref().is_some_and(|ws| {
+                                    ws.iter()
+                                        .all(|w| w.code == mongo_error::code::DUPLICATE_KEY)
+                                }) =>
+                        {
+                            let ids: Vec<Bson> = im
+                                .write_errors
+                                .iter()
+                                .flatten()
+                                .filter_map(|w| {
+                                    docs.get(w.index).and_then(|d| d.get("_id")).cloned()
+                                })
+                                .collect();
+                            let mut q = doc! {"_id": {"$in": ids.clone()}};
+                            if let Some(epoch) = epoch {
+                                q.insert(crate::fence::EPOCH, epoch);
+                            }
+                            if c.count_documents(q).await? as usize == ids.len() {
+                                Ok(())
+                            } else {
+                                Err(e)
+                            }
+                        }
+                        _ => Err(e),
+                    },
+                }
+            }
+        })
+        .await
     }
 
     /// Removes every record of this plan (for `run --restart`).
@@ -440,22 +538,27 @@ impl StateStore {
             Some(f) => {
                 f.check().map_err(StateError::LeaseLost)?;
                 let r = self
-                    .coll(RUNS)
-                    .update_one(
-                        f.run_filter(),
-                        vec![doc! {"$project": {"_id": 1, "epoch": 1, "lease": 1, "created": 1}}],
-                    )
-                    .await
-                    .map_err(|e| self.err(&e))?;
+                    .retrying("resetting the run document", |_| {
+                        let (c, q) = (self.coll(RUNS), f.run_filter());
+                        async move {
+                            c.update_one(
+                                q,
+                                vec![doc! {"$project": {"_id": 1, "epoch": 1, "lease": 1, "created": 1}}],
+                            )
+                            .await
+                        }
+                    })
+                    .await?;
                 if r.matched_count == 0 {
                     self.confirm().await?;
                 }
             }
             None => {
-                self.coll(RUNS)
-                    .delete_one(doc! {"_id": &self.plan})
-                    .await
-                    .map_err(|e| self.err(&e))?;
+                self.retrying("deleting the run document", |_| {
+                    let (c, id) = (self.coll(RUNS), self.plan.clone());
+                    async move { c.delete_one(doc! {"_id": id}).await }
+                })
+                .await?;
             }
         }
         Ok(())
@@ -464,33 +567,26 @@ impl StateStore {
     /// Records an approval for step `step` (index in the plan).
     pub async fn approve(&self, step: usize, host: &str, note: &str) -> Result<(), StateError> {
         let id = format!("{}/{step}", self.plan);
-        self.coll(APPROVALS)
-            .update_one(
-                doc! {"_id": &id},
-                doc! {"$set": {"plan": &self.plan, "step": step as i64, "when": DateTime::now(), "host": host, "note": note}},
-            )
-            .upsert(true)
-            .await
-            .map_err(|e| self.err(&e))?;
+        let set = doc! {"plan": &self.plan, "step": step as i64, "when": DateTime::now(), "host": host, "note": note};
+        self.retrying("recording the approval", |_| {
+            let (c, id, set) = (self.coll(APPROVALS), id.clone(), set.clone());
+            async move {
+                c.update_one(doc! {"_id": id}, doc! {"$set": set})
+                    .upsert(true)
+                    .await
+            }
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn approval(&self, step: usize) -> Result<Option<Document>, StateError> {
         let id = format!("{}/{step}", self.plan);
-        self.retrying("reading the approval", || {
+        self.retrying("reading the approval", |_| {
             let (c, id) = (self.coll(APPROVALS), id.clone());
             async move { c.find_one(doc! {"_id": id}).await }
         })
         .await
-    }
-}
-
-pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        _ => false,
     }
 }
 

@@ -13,15 +13,13 @@ mod workload;
 
 use workload::{Config, Faults, Features};
 
-/// The features every CI seed runs with: all but `fail-catalog` (a transient error such as
-/// `InterruptedAtShutdown` or a closed connection on a state-store write is not retried: the
-/// run stops with exit 1 and a re-run resumes; branch `errors` fixes it — turn it back on here
-/// once merged). `unique` is on since `validate-indexes` waits for the lane to catch up
-/// (`tests/cutover.rs: validate_indexes_waits_for_replication`); `dotted`, `rename-in-copy`
-/// and `catalog-in-copy` since their fixes were merged.
+/// The features every CI seed runs with: all of them. `unique` is on since `validate-indexes`
+/// waits for the lane to catch up (`tests/cutover.rs: validate_indexes_waits_for_replication`);
+/// `fail-catalog` since transient errors on catalog commands and state-store writes are
+/// retried (`tests/transient.rs`); `dotted`, `rename-in-copy` and `catalog-in-copy` since
+/// their fixes were merged.
 fn ci_features() -> Features {
     Features {
-        fail_catalog: false,
         ..Features::ALL
     }
 }
@@ -79,10 +77,8 @@ macro_rules! seeds {
 // Forward seeds 1-10 and reversible seeds 11-20, with the same mix of faults. Measured on
 // this 2-core machine (shared with other builds): the forward seeds take 183 s and the
 // reversible ones 339 s of test time (two at a time); a reversible seed ends in 30-90 s.
-// Reversible seed 18 (`failCommand` and dropped connections on the destination) fails until
-// branch `errors` is merged: a transient error on a state-store command during the sync
-// (`InterruptedAtShutdown` from `failCommand`, "I/O error: unexpected end of file" from the
-// proxy) is not retried, so `cutover run` exits 1 three times in a row.
+// Reversible seed 18 (`failCommand` and dropped connections on the destination) failed three
+// runs in a row before state-store writes were retried (`tests/transient.rs`).
 seeds! {
     forward_01: 1, false, Faults::NONE;
     forward_02: 2, false, KILL;

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::catalog::{self, DdlOutcome, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
-use crate::engine::error::{cluster_err, EngineError};
+use crate::engine::error::{cluster_err, read_err, EngineError};
 use crate::engine::events::{self, Stmt};
 use crate::engine::retry::RetryPolicy;
 use crate::namespace::Namespace;
@@ -88,8 +88,7 @@ pub async fn run(
     mut control: watch::Receiver<Control>,
 ) -> Result<(), EngineError> {
     let mut start = start;
-    let mut outage: Option<Instant> = None;
-    let mut attempt = 0;
+    let mut backoff = ctx.retry.backoff();
     loop {
         let mut opened = false;
         match run_stream(&ctx, &mut start, &mut control, &mut opened).await {
@@ -98,13 +97,10 @@ pub async fn run(
                 // The stream was open again in between: this is a new outage, with its own
                 // retry budget.
                 if opened {
-                    outage = None;
-                    attempt = 0;
+                    backoff.progress();
                 }
-                let since = *outage.get_or_insert_with(Instant::now);
-                attempt += 1;
                 ctx.retry
-                    .wait(&ctx.progress, "applying change events", &e, since, attempt)
+                    .wait(&ctx.progress, "applying change events", &e, &mut backoff)
                     .await?;
             }
             Err(e) => return Err(e),
@@ -168,7 +164,7 @@ fn stream_error(e: &mongodb::error::Error, start: &StartPoint) -> EngineError {
         };
         return EngineError::HistoryLost { at };
     }
-    cluster_err("source", "reading the change stream", e)
+    read_err("source", "reading the change stream", e)
 }
 
 async fn run_stream(
@@ -1147,9 +1143,18 @@ async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> 
             return Ok(());
         }
     }
-    let outcome = catalog::apply_ddl(&ctx.source, &ctx.dest, ev, &ctx.selector, &ctx.relax)
-        .await
-        .map_err(|e| EngineError::Event(describe(ev, &e.to_string())))?;
+    // Each DDL event's application is idempotent: a transient failure retries the event.
+    let outcome = ctx
+        .retry
+        .run(&ctx.progress, "applying a DDL event", || async {
+            catalog::apply_ddl(&ctx.source, &ctx.dest, ev, &ctx.selector, &ctx.relax)
+                .await
+                .map_err(|e| match e.is_transient() {
+                    true => EngineError::Catalog(e),
+                    false => EngineError::Event(describe(ev, &e.to_string())),
+                })
+        })
+        .await?;
     match outcome {
         DdlOutcome::Applied => tracing::info!(event = %event_label(ev), "DDL applied."),
         DdlOutcome::Ignored => {
@@ -1158,12 +1163,22 @@ async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> 
         DdlOutcome::NeedsCopy(ns) => {
             tracing::info!(%ns, "A collection moved into the plan's filter: copying it.");
             if let Some(spec) = renamed_spec(ctx, ev, &ns).await? {
-                catalog::create_on_destination(&ctx.dest, &spec, &ctx.relax).await?;
+                let what = format!("creating `{}`", spec.ns);
+                ctx.retry
+                    .run(&ctx.progress, &what, || async {
+                        Ok(catalog::create_on_destination(&ctx.dest, &spec, &ctx.relax).await?)
+                    })
+                    .await?;
                 if let Some(target) = catalog::copy_target(&spec) {
                     copy::forget(&ctx.copy, &target).await?;
                 }
                 copy::copy_all(&ctx.copy, std::slice::from_ref(&spec)).await?;
-                catalog::build_indexes(&ctx.dest, &spec, &ctx.relax).await?;
+                let what = format!("building the indexes of `{}`", spec.ns);
+                ctx.retry
+                    .run(&ctx.progress, &what, || async {
+                        Ok(catalog::build_indexes(&ctx.dest, &spec, &ctx.relax).await?)
+                    })
+                    .await?;
             }
         }
     }

@@ -22,7 +22,7 @@ use mongodb::Client;
 use tokio::task::JoinHandle;
 
 use crate::engine::catalog::{self, NsKind, NsSpec};
-use crate::engine::error::{cluster_err, EngineError};
+use crate::engine::error::{cluster_err, read_err, EngineError};
 use crate::engine::retry::RetryPolicy;
 use crate::namespace::Namespace;
 use crate::progress::Progress;
@@ -84,7 +84,11 @@ enum Pass {
 /// Errors of a source read that mean "the collection was renamed or dropped under the
 /// cursor": QueryPlanKilled, NamespaceNotFound, CursorKilled, CursorNotFound.
 fn moved_code(e: &mongodb::error::Error) -> bool {
-    matches!(e.kind.as_ref(), ErrorKind::Command(c) if matches!(c.code, 175 | 26 | 237 | 43))
+    use crate::mongo_error::code::*;
+    matches!(
+        crate::mongo_error::code_of(e),
+        Some(QUERY_PLAN_KILLED | NAMESPACE_NOT_FOUND | CURSOR_KILLED | CURSOR_NOT_FOUND)
+    )
 }
 
 /// The namespaces the copy covers, as listed when it started: listed and recorded on first
@@ -172,7 +176,16 @@ fn spec_from_record(d: &Document) -> Option<NsSpec> {
 pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError> {
     let mut queue = VecDeque::new();
     for spec in specs.iter().filter(|s| s.kind != NsKind::View) {
-        queue.extend(partitions_of(ctx, spec).await?);
+        // Idempotent (a crash or a retry between planning and its marker plans again).
+        let parts = ctx
+            .retry
+            .run(
+                &ctx.progress,
+                &format!("planning the copy of `{}`", spec.ns),
+                || partitions_of(ctx, spec),
+            )
+            .await?;
+        queue.extend(parts);
     }
     let total = queue.len();
     tracing::info!(
@@ -361,8 +374,7 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
 }
 
 async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineError> {
-    let mut outage: Option<Instant> = None;
-    let mut attempt = 0u32;
+    let mut backoff = ctx.retry.backoff();
     let mut moves = 0u32;
     // Each attempt resumes after the last durable `_id`; transient failures retry with
     // backoff until the retry timeout.
@@ -390,25 +402,21 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
                 // Documents were copied since the last failure: a new outage, with its own
                 // retry budget.
                 if ctx.progress.copied_docs.load(Ordering::Relaxed) > copied {
-                    outage = None;
-                    attempt = 0;
+                    backoff.progress();
                 }
-                let since = *outage.get_or_insert_with(Instant::now);
-                attempt += 1;
                 ctx.retry
                     .wait(
                         &ctx.progress,
                         &format!("copying `{}`", p.write_ns),
                         &e,
-                        since,
-                        attempt,
+                        &mut backoff,
                     )
                     .await?;
             }
             Err(e) => return Err(e),
         }
     }
-    if outage.is_some() {
+    if backoff.outage().is_some() {
         ctx.progress.set_reconnecting(None);
     }
     ctx.store
@@ -479,7 +487,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     }
     let ns_text = p.write_ns.to_string();
     let read_err =
-        |e: &mongodb::error::Error| cluster_err("source", format!("reading `{read_ns}`"), e);
+        |e: &mongodb::error::Error| read_err("source", format!("reading `{read_ns}`"), e);
     let mut cursor = match ctx
         .source
         .database(&read_ns.db)

@@ -1,6 +1,7 @@
 //! Engine errors: which cluster, which namespace, what cutover was doing, what to do next.
 
 use crate::engine::catalog::CatalogError;
+use crate::mongo_error::short_message;
 use crate::state::StateError;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,7 @@ impl EngineError {
         match self {
             // A catalog read or command (listCollections by UUID in the copy, a DDL event's
             // `create`) that failed on the network or an election is as retryable as a read.
-            EngineError::Catalog(CatalogError::Command { source, .. }) => is_transient(source),
+            EngineError::Catalog(c) => c.is_transient(),
             _ => matches!(
                 self,
                 EngineError::Cluster {
@@ -84,34 +85,32 @@ impl EngineError {
             ),
         }
     }
-}
 
-/// Transient: worth retrying after a pause (network, elections, shutdowns), by kind, label
-/// and code — never by message text.
-pub fn is_transient(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::ErrorKind;
-    const CODES: &[i32] = &[
-        6, 7, 43, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
-    ];
-    if e.contains_label("RetryableWriteError")
-        || e.contains_label("ResumableChangeStreamError")
-        || e.contains_label("TransientTransactionError")
-        || e.contains_label("RetryableError")
-    {
-        return true;
-    }
-    match e.kind.as_ref() {
-        ErrorKind::Io(_)
-        | ErrorKind::ServerSelection { .. }
-        | ErrorKind::ConnectionPoolCleared { .. } => true,
-        ErrorKind::Command(c) => CODES.contains(&c.code),
-        ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(w)) => {
-            CODES.contains(&w.code) || w.code == 64
+    /// The cluster an error is about, for messages (the state store is on the destination).
+    pub fn cluster(&self) -> &'static str {
+        match self {
+            EngineError::Cluster { cluster, .. } | EngineError::Outage { cluster, .. } => cluster,
+            EngineError::State(_) | EngineError::Write { .. } => "destination",
+            EngineError::HistoryLost { .. } => "source",
+            _ => "source or destination",
         }
-        _ => false,
     }
 }
 
+impl crate::mongo_error::Retryable for EngineError {
+    fn is_transient(&self) -> bool {
+        EngineError::is_transient(self)
+    }
+    fn describe(&self) -> String {
+        match self {
+            EngineError::Cluster { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A failed write or command on `cluster` while `doing`: transient when sending the same
+/// idempotent operation again can succeed (see [`crate::mongo_error::transience`]).
 pub fn cluster_err(
     cluster: &'static str,
     doing: impl Into<String>,
@@ -120,7 +119,22 @@ pub fn cluster_err(
     EngineError::Cluster {
         cluster,
         doing: doing.into(),
-        detail: crate::cluster::short_message(e),
-        transient: is_transient(e),
+        detail: short_message(e),
+        transient: crate::mongo_error::transience(e).for_write(),
+    }
+}
+
+/// A failed read on `cluster` while `doing`: also transient when only its cursor was lost
+/// (killed, or its plan killed by a rename): the read starts over from its checkpoint.
+pub fn read_err(
+    cluster: &'static str,
+    doing: impl Into<String>,
+    e: &mongodb::error::Error,
+) -> EngineError {
+    EngineError::Cluster {
+        cluster,
+        doing: doing.into(),
+        detail: short_message(e),
+        transient: crate::mongo_error::transience(e).for_read(),
     }
 }

@@ -279,7 +279,12 @@ async fn lane_main(
         retry: env.retry,
     };
 
-    let mut record = lanes.find_one(doc! {"_id": &id}).await.map_err(st)?;
+    let mut record = env
+        .retry
+        .run(&progress, "reading the lane record", || async {
+            lanes.find_one(doc! {"_id": &id}).await.map_err(st)
+        })
+        .await?;
     let resumed = record.is_some();
     if record.is_none() {
         progress.set_phase("starting");
@@ -311,22 +316,34 @@ async fn lane_main(
 
     if !record.get_bool("copy_done").unwrap_or(false) {
         progress.set_phase("copying");
-        let specs = copy::copy_set(&copy_ctx, &env.selector).await?;
+        let specs = env
+            .retry
+            .run(&progress, "listing the collections to copy", || {
+                copy::copy_set(&copy_ctx, &env.selector)
+            })
+            .await?;
         progress
             .collections_total
             .store(specs.len() as u64, Ordering::Relaxed);
         copy::estimate(&env.source, &specs, &progress).await;
+        // Catalog operations are idempotent: a transient failure runs one again.
         for s in &specs {
-            if resumed {
-                catalog::create_on_destination_resumed(&env.destination, s, &relax).await?;
-            } else {
-                catalog::create_on_destination(&env.destination, s, &relax).await?;
-            }
+            let what = format!("creating `{}`", s.ns);
+            env.retry
+                .run(&progress, &what, || async {
+                    if resumed {
+                        catalog::create_on_destination_resumed(&env.destination, s, &relax).await?
+                    } else {
+                        catalog::create_on_destination(&env.destination, s, &relax).await?
+                    }
+                    Ok(())
+                })
+                .await?;
         }
         if env.build_indexes == BuildIndexes::BeforeCopy {
             progress.set_phase("building indexes");
             for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-                catalog::build_indexes(&env.destination, s, &relax).await?;
+                build_indexes(&env, &progress, s, &relax).await?;
             }
         }
         progress.set_phase("copying");
@@ -334,7 +351,7 @@ async fn lane_main(
         if env.build_indexes == BuildIndexes::AfterCopy {
             progress.set_phase("building indexes");
             for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-                catalog::build_indexes(&env.destination, s, &relax).await?;
+                build_indexes(&env, &progress, s, &relax).await?;
             }
         }
         progress
@@ -375,6 +392,21 @@ async fn lane_main(
         capped: Default::default(),
     };
     apply::run(ctx, start, control).await
+}
+
+/// Builds a collection's indexes on the destination, retrying transient failures.
+async fn build_indexes(
+    env: &LaneEnv,
+    progress: &Progress,
+    s: &catalog::NsSpec,
+    relax: &RelaxationStore,
+) -> Result<(), EngineError> {
+    let what = format!("building the indexes of `{}`", s.ns);
+    env.retry
+        .run(progress, &what, || async {
+            Ok(catalog::build_indexes(&env.destination, s, relax).await?)
+        })
+        .await
 }
 
 /// cutover copies into empty namespaces only: an existing non-empty one would mix data.

@@ -1,10 +1,11 @@
-//! Retrying through outages: exponential backoff for transient errors, up to a configurable
-//! limit, with the reconnecting state visible in `cutover status`.
+//! Retrying through outages: [`crate::mongo_error::Backoff`] for transient errors, up to a
+//! configurable limit, with the reconnecting state visible in `cutover status`.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::engine::error::EngineError;
+use crate::mongo_error::{Backoff, Retryable};
 use crate::progress::Progress;
 
 #[derive(Clone, Copy, Debug)]
@@ -14,44 +15,45 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// After a transient failure `e` of an outage that began at `since`: records the
-    /// reconnecting state, sleeps with backoff, or gives up once the outage has lasted
-    /// `timeout`.
+    /// A fresh backoff with this policy's budget: one per loop; call
+    /// [`Backoff::progress`] when the loop makes progress.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.timeout).with_delays(Duration::from_millis(200), Duration::from_secs(5))
+    }
+
+    /// After a transient failure `e` of `what`: records the reconnecting state and sleeps
+    /// with backoff, or gives up (an [`EngineError::Outage`]) once the outage has lasted the
+    /// budget.
     pub async fn wait(
         &self,
         progress: &Progress,
         what: &str,
         e: &EngineError,
-        since: Instant,
-        attempt: u32,
+        backoff: &mut Backoff,
     ) -> Result<(), EngineError> {
-        let (cluster, last) = match e {
-            EngineError::Cluster {
-                cluster, detail, ..
-            } => (*cluster, detail.clone()),
-            other => ("source", other.to_string()),
-        };
-        if since.elapsed() >= self.timeout {
+        let cluster = e.cluster();
+        let last = e.describe();
+        let Some(delay) = backoff.next_delay() else {
             progress.set_reconnecting(None);
+            tracing::warn!(what, cluster, attempts = backoff.attempts(), error = %last, "Giving up.");
             return Err(EngineError::Outage {
                 cluster,
                 secs: self.timeout.as_secs(),
-                last,
+                last: format!("{what}: {last}"),
             });
-        }
+        };
         progress.set_reconnecting(Some(format!(
-            "{what}: {cluster} cluster unavailable for {}s (attempt {attempt}): {last}",
-            since.elapsed().as_secs()
+            "{what}: {cluster} cluster unavailable for {}s (attempt {}): {last}",
+            backoff.outage().unwrap_or_default().as_secs(),
+            backoff.attempts()
         )));
-        tracing::warn!(what, cluster, attempt, error = %last, "Transient failure; retrying.");
-        let delay = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5)))
-            .min(Duration::from_secs(5));
+        tracing::warn!(what, cluster, attempt = backoff.attempts(), error = %last, "Transient failure; retrying.");
         tokio::time::sleep(delay).await;
         Ok(())
     }
 
     /// Runs `op` until it succeeds, fails with a non-transient error, or transient failures
-    /// have lasted `timeout`.
+    /// have lasted `timeout`. `op` must be idempotent.
     pub async fn run<T, F, Fut>(
         &self,
         progress: &Progress,
@@ -62,21 +64,18 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, EngineError>>,
     {
-        let mut outage: Option<Instant> = None;
-        let mut attempt = 0;
+        let mut backoff = self.backoff();
         loop {
             match op().await {
                 Ok(v) => {
-                    if outage.is_some() {
-                        tracing::info!(what, attempts = attempt + 1, "Reconnected.");
+                    if backoff.attempts() > 0 {
+                        tracing::info!(what, attempts = backoff.attempts() + 1, "Reconnected.");
                         progress.set_reconnecting(None);
                     }
                     return Ok(v);
                 }
                 Err(e) if e.is_transient() => {
-                    let since = *outage.get_or_insert_with(Instant::now);
-                    attempt += 1;
-                    self.wait(progress, what, &e, since, attempt).await?;
+                    self.wait(progress, what, &e, &mut backoff).await?;
                 }
                 Err(e) => return Err(e),
             }

@@ -4,7 +4,7 @@ use std::fmt;
 
 use mongodb::error::ErrorKind;
 
-use crate::cluster::short_message;
+use crate::mongo_error::{self, code, short_message};
 use crate::namespace::Namespace;
 use crate::redact;
 
@@ -54,16 +54,6 @@ pub enum VerifyError {
     Order { side: Side, ns: Namespace },
 }
 
-/// Server codes after which re-reading a range can succeed: HostUnreachable 6,
-/// HostNotFound 7, CursorNotFound 43, NetworkTimeout 89, ShutdownInProgress 91,
-/// ReadConcernMajorityNotAvailableYet 134, QueryPlanKilled 175, PrimarySteppedDown 189,
-/// CursorKilled 237, ExceededTimeLimit 262, SocketException 9001, NotWritablePrimary 10107,
-/// InterruptedAtShutdown 11600, InterruptedDueToReplStateChange 11602,
-/// NotPrimaryNoSecondaryOk 13435, NotPrimaryOrSecondary 13436.
-const TRANSIENT_CODES: &[i32] = &[
-    6, 7, 43, 89, 91, 134, 175, 189, 237, 262, 9001, 10107, 11600, 11602, 13435, 13436,
-];
-
 fn ns_suffix(ns: &Option<Namespace>) -> String {
     ns.as_ref()
         .map(|n| format!(" (namespace `{n}`)"))
@@ -81,10 +71,10 @@ impl VerifyError {
         let ns = ns.cloned();
         let what = what.to_string();
         match e.kind.as_ref() {
-            ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+            _ if mongo_error::is_unreachable(e) => {
                 VerifyError::Unreachable { side, ns, what, detail }
             }
-            ErrorKind::Command(c) if c.code == 13 => VerifyError::Server {
+            ErrorKind::Command(c) if c.code == code::UNAUTHORIZED => VerifyError::Server {
                 side,
                 ns,
                 what,
@@ -92,16 +82,14 @@ impl VerifyError {
                 hint: "the plan's user needs find, listCollections, listIndexes and collStats on the selected databases, and readWrite on the state database",
                 transient: false,
             },
-            kind => VerifyError::Server {
+            _ => VerifyError::Server {
                 side,
                 ns,
                 what,
                 detail,
                 hint: "see the server's message; run the same command again to continue",
-                transient: match kind {
-                    ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
-                    _ => false,
-                },
+                // A verify only reads: a killed cursor is worth another read of the range.
+                transient: mongo_error::transience(e).for_read(),
             },
         }
     }

@@ -72,6 +72,12 @@ impl CatalogError {
         }
     }
 
+    /// A command or read that failed on the network, an election or a shutdown: the whole
+    /// catalog operation (each is idempotent) can be run again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CatalogError::Command { source, .. } if crate::mongo_error::is_transient(source))
+    }
+
     pub(crate) fn malformed(what: impl Into<String>, detail: impl ToString) -> Self {
         CatalogError::Malformed {
             what: what.into(),
@@ -80,20 +86,8 @@ impl CatalogError {
     }
 }
 
-/// The server's error code, when the error is a command error.
-pub(crate) fn code_of(e: &mongodb::error::Error) -> Option<i32> {
-    match e.kind.as_ref() {
-        mongodb::error::ErrorKind::Command(c) => Some(c.code),
-        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => {
-            Some(w.code)
-        }
-        _ => None,
-    }
-}
-
-pub(crate) const NAMESPACE_NOT_FOUND: i32 = 26;
-pub(crate) const INDEX_NOT_FOUND: i32 = 27;
-pub(crate) const NAMESPACE_EXISTS: i32 = 48;
-pub(crate) const INDEX_OPTIONS_CONFLICT: i32 = 85;
-pub(crate) const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
-pub(crate) const CANNOT_CONVERT_INDEX_TO_UNIQUE: i32 = 359;
+pub(crate) use crate::mongo_error::code::{
+    CANNOT_CONVERT_INDEX_TO_UNIQUE, INDEX_KEY_SPECS_CONFLICT, INDEX_NOT_FOUND,
+    INDEX_OPTIONS_CONFLICT, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND,
+};
+pub(crate) use crate::mongo_error::code_of;

@@ -208,7 +208,7 @@ impl RelaxationStore {
         match self.coll.replace_one(filter, body).upsert(true).await {
             Ok(_) => Ok(()),
             // A record of a newer runner's epoch exists: the upsert collided with it.
-            Err(e) if crate::state::is_duplicate_key(&e) && self.fence.is_some() => {
+            Err(e) if crate::mongo_error::is_duplicate_key(&e) && self.fence.is_some() => {
                 self.confirm().await?;
                 Err(self.err("write", e))
             }
