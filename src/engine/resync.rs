@@ -448,20 +448,17 @@ async fn replay(
 ) -> Result<u64, EngineError> {
     let mut n = 0u64;
     for chunk in held.chunks(REPLAY_ROUND) {
-        let since = Instant::now();
-        let mut attempt = 0;
+        let mut backoff = ctx.retry.backoff();
         loop {
             match apply::apply_round(ctx, chunk.to_vec()).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() => {
-                    attempt += 1;
                     ctx.retry
                         .wait(
                             &ctx.progress,
                             &format!("replaying the held events of `{ns}`"),
                             &e,
-                            since,
-                            attempt,
+                            &mut backoff,
                         )
                         .await?;
                 }
