@@ -541,3 +541,237 @@ async fn a_ddl_change_during_the_copy_cancels_the_resync_without_losing_events()
     assert_same_data(&s, &d, "__cutover").await;
     assert_same_catalog(&s, &d, "__cutover").await;
 }
+
+/// Waits until the resync of `shop.orders` is copying and its temporary collection on the
+/// destination holds documents; returns the temporary collection's name.
+async fn wait_copying_with_docs(d: &Client) -> String {
+    let start = Instant::now();
+    loop {
+        let recs = resync_records(d).await;
+        if let Some(r) = recs.iter().find(|r| r.get_str("state") == Ok("copying")) {
+            let temp = r.get_str("temp").unwrap().to_string();
+            let coll = temp.split_once('.').unwrap().1.to_string();
+            let n = d
+                .database("shop")
+                .collection::<Document>(&coll)
+                .estimated_document_count()
+                .await
+                .unwrap_or(0);
+            if n > 0 {
+                return temp;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the resync never started copying: {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn temp_collections(d: &Client) -> Vec<String> {
+    d.database("shop")
+        .list_collection_names()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.contains("cutover_resync"))
+        .collect()
+}
+
+/// A runner killed with SIGKILL in the middle of a resync's copy, then one aborted right after
+/// the swap (before the held events are replayed: crash point `resync.swapped`), while an
+/// application writes to the collection and another throughout: each next `cutover run` does
+/// the resync again, no temporary collection is left on the destination, the record ends
+/// `done` (third attempt) and the commit is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_during_a_resync_copy_or_after_its_swap_redoes_it() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    s.database("other").drop().await.unwrap();
+    let (_dir, plan) = write_plan(&plan_text("resync-kill", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let mut runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "can-commit",
+        |v| v["can_commit"] == true && v["runner"].is_string(),
+    )
+    .await;
+    let churn = Churn::start(src.app_client().await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    corrupt(&d).await;
+    let resync = spawn_cutover(
+        &["resync", &plan, "--ns", "shop.orders", "--format", "json"],
+        &env_refs(&env),
+    );
+
+    // 1. kill -9 in the middle of the copy.
+    let temp = wait_copying_with_docs(&d).await;
+    runner.kill().unwrap(); // SIGKILL
+    let killed = runner.wait_with_output().unwrap();
+    let recs = resync_records(&d).await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(
+        recs[0].get_str("state"),
+        Ok("copying"),
+        "the kill did not land during the copy: {recs:?}\n{}",
+        show(&killed)
+    );
+    let copied_at_kill = d
+        .database("shop")
+        .collection::<Document>(temp.split_once('.').unwrap().1)
+        .estimated_document_count()
+        .await
+        .unwrap();
+    eprintln!("killed during the copy of {temp} ({copied_at_kill} documents copied)");
+    assert!((copied_at_kill as i64) < ORDERS, "copy already complete");
+    let o = tokio::task::spawn_blocking(move || resync.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    eprintln!("resync command after the kill: {}", show(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", show(&o));
+
+    // 2. The next runner does it again and aborts right after the swap.
+    let mut crash = env.clone();
+    crash.push(("CUTOVER_TEST_CRASH_AT", "resync.swapped".into()));
+    let o = run_blocking(vec!["run".into(), plan.clone()], crash).await;
+    assert_eq!(o.status.code(), None, "expected an abort: {}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("crash point `resync.swapped`"),
+        "{}",
+        show(&o)
+    );
+    let recs = resync_records(&d).await;
+    assert_eq!(recs[0].get_str("state"), Ok("swapping"), "{recs:?}");
+    assert_eq!(recs[0].get_i32("attempt"), Ok(2), "{recs:?}");
+    assert_eq!(
+        temp_collections(&d).await,
+        Vec::<String>::new(),
+        "the first attempt's temporary collection was left behind"
+    );
+
+    // 3. The next runner does it a third time and finishes; then the commit.
+    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    let start = Instant::now();
+    loop {
+        let recs = resync_records(&d).await;
+        if recs[0].get_str("state") == Ok("done") {
+            eprintln!("resync record: {:?}", recs[0]);
+            assert_eq!(recs[0].get_i32("attempt"), Ok(3), "{recs:?}");
+            assert!(recs[0].get_i64("copied_documents").unwrap() >= ORDERS);
+            assert_eq!(
+                recs[0].get_i64("replayed_events"),
+                recs[0].get_i64("held_events")
+            );
+            break;
+        }
+        assert_ne!(recs[0].get_str("state"), Ok("failed"), "{recs:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the resync was not redone: {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(temp_collections(&d).await, Vec::<String>::new());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = churn.finish().await;
+    assert!(writes > 100, "the application wrote only {writes} times");
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "can-commit",
+        |v| v["can_commit"] == true,
+    )
+    .await;
+    let o = run_blocking(vec!["approve".into(), plan.clone()], env.clone()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = tokio::task::spawn_blocking(move || runner.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, "__cutover").await;
+    assert_same_catalog(&s, &d, "__cutover").await;
+    let st = status_json(&plan, &env, &[]).await;
+    assert_eq!(st["resyncs"][0]["state"], "done", "{st:#}");
+    assert_eq!(temp_collections(&d).await, Vec::<String>::new());
+}
+
+/// The commit approved while a resync is copying (the application writing until cutover
+/// blocks its writes on the source: `write_blocking = "source-and-destination"`): the commit waits for the resync to finish, and the result is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_approved_during_a_resync_waits_for_it() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    s.database("other").drop().await.unwrap();
+    // cutover blocks the application's writes on the source at the commit, so the
+    // application may write until then.
+    let body = PLAN.replace(
+        "max_lag = \"2s\"",
+        "max_lag = \"2s\"\nwrite_blocking = \"source-and-destination\"",
+    );
+    let (_dir, plan) = write_plan(&plan_text("resync-commit", &body));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "can-commit",
+        |v| v["can_commit"] == true && v["runner"].is_string(),
+    )
+    .await;
+    let churn = Churn::start(src.app_client().await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    corrupt(&d).await;
+    let resync = spawn_cutover(
+        &["resync", &plan, "--ns", "shop.orders", "--format", "json"],
+        &env_refs(&env),
+    );
+    wait_copying_with_docs(&d).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let o = run_blocking(vec!["approve".into(), plan.clone()], env.clone()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let recs = resync_records(&d).await;
+    eprintln!("at the approval: {recs:?}");
+    assert_eq!(
+        recs[0].get_str("state"),
+        Ok("copying"),
+        "approved too late: {recs:?}"
+    );
+    let o = tokio::task::spawn_blocking(move || runner.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let writes = churn.finish().await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(writes > 20, "the application wrote only {writes} times");
+    let r = tokio::task::spawn_blocking(move || resync.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    eprintln!("resync command: {}", show(&r));
+    let recs = resync_records(&d).await;
+    eprintln!("after the commit: {recs:?}");
+    assert_eq!(recs[0].get_str("state"), Ok("done"), "{recs:?}");
+    assert_eq!(
+        recs[0].get_i64("replayed_events"),
+        recs[0].get_i64("held_events")
+    );
+    assert_eq!(r.status.code(), Some(0), "{}", show(&r));
+    assert_eq!(temp_collections(&d).await, Vec::<String>::new());
+    let st = status_json(&plan, &env, &[]).await;
+    assert_eq!(st["state"], "COMMITTED", "{st:#}");
+    assert_same_data(&s, &d, "__cutover").await;
+    assert_same_catalog(&s, &d, "__cutover").await;
+}
