@@ -626,15 +626,17 @@ async fn unique_indexes_compared_with_the_destination() {
     // A source collection dropped between the listing and its `listIndexes` (a temporary
     // collection of a `$out`/rename, as torture soak seed 24 hit during validate-indexes):
     // `NamespaceNotFound` on the source means there is nothing to compare, not an error.
-    s.run_command(doc! {
-        "configureFailPoint": "failCommand",
-        "mode": {"times": 1},
-        "data": {"failCommands": ["listIndexes"], "errorCode": 26},
-    })
-    .await
-    .unwrap();
+    s.database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {"failCommands": ["listIndexes"], "errorCode": 26},
+        })
+        .await
+        .unwrap();
     let vanished = compare_unique_indexes(&s, &d, &selector).await;
-    s.run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+    s.database("admin")
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
         .await
         .unwrap();
     let vanished = vanished.expect("a collection gone from the source is skipped");

@@ -19,9 +19,7 @@ use workload::{Config, Faults, Features};
 /// retried (`tests/transient.rs`); `dotted`, `rename-in-copy` and `catalog-in-copy` since
 /// their fixes were merged.
 fn ci_features() -> Features {
-    Features {
-        ..Features::ALL
-    }
+    Features { ..Features::ALL }
 }
 
 const KILL: Faults = Faults {
