@@ -715,6 +715,7 @@ async fn unblock(args: UnblockArgs) -> Exit {
 }
 
 async fn verify(args: VerifyArgs) -> Exit {
+    use crate::cluster::Cluster;
     use crate::verify::{self, SleepWait, VerifyOptions};
 
     let plan = match load(&args.plan) {
@@ -723,10 +724,23 @@ async fn verify(args: VerifyArgs) -> Exit {
     };
     let fail =
         |exit: Exit, message: String| fail_report(args.plan.format, &plan.name, exit, message);
-    let clusters = match connect_both(&plan, args.plan.connect_timeout).await {
-        Ok(c) => c,
-        Err((exit, message)) => return fail(exit, message),
-    };
+    let mut clusters = Vec::new();
+    for (scope, uri) in [
+        (Scope::Source, &plan.source),
+        (Scope::Destination, &plan.destination),
+    ] {
+        match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
+            Ok(c) => clusters.push(c),
+            Err(e) => {
+                let exit = if e.is_connectivity() {
+                    Exit::Unreachable
+                } else {
+                    Exit::Failed
+                };
+                return fail(exit, format!("{e}\nhint: {}", e.hint()));
+            }
+        }
+    }
     let max_differences = args.max_differences.unwrap_or_else(|| {
         plan.steps
             .iter()
@@ -782,32 +796,6 @@ async fn verify(args: VerifyArgs) -> Exit {
     )
 }
 
-/// Connects to the plan's source and destination (in that order), or says why not: exit 3
-/// when a cluster is unreachable, 1 otherwise, with the connection error's hint.
-async fn connect_both(
-    plan: &Plan,
-    timeout: std::time::Duration,
-) -> Result<Vec<crate::cluster::Cluster>, (Exit, String)> {
-    let mut clusters = Vec::new();
-    for (scope, uri) in [
-        (Scope::Source, &plan.source),
-        (Scope::Destination, &plan.destination),
-    ] {
-        match crate::cluster::Cluster::connect(scope, uri, timeout).await {
-            Ok(c) => clusters.push(c),
-            Err(e) => {
-                let exit = if e.is_connectivity() {
-                    Exit::Unreachable
-                } else {
-                    Exit::Failed
-                };
-                return Err((exit, format!("{e}\nhint: {}", e.hint())));
-            }
-        }
-    }
-    Ok(clusters)
-}
-
 /// Prints a failure on stderr (and as `{"ok": false, ...}` on stdout with `--format json`).
 fn fail_report(format: Format, plan: &str, exit: Exit, message: String) -> Exit {
     err(&format!("error: {message}"));
@@ -846,6 +834,7 @@ fn print_report(
 
 /// `resync` (see `crate::resync` and `engine::resync`).
 async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
+    use crate::cluster::Cluster;
     use crate::resync::{self, ResyncReport, Waited};
 
     let plan = match load(&args.plan) {
@@ -865,10 +854,23 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
             "name a collection with `--ns db.coll` or `--ns-regex DB.REGEX`".into(),
         );
     }
-    let clusters = match connect_both(&plan, args.plan.connect_timeout).await {
-        Ok(c) => c,
-        Err((exit, message)) => return fail(exit, message),
-    };
+    let mut clusters = Vec::new();
+    for (scope, uri) in [
+        (Scope::Source, &plan.source),
+        (Scope::Destination, &plan.destination),
+    ] {
+        match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
+            Ok(c) => clusters.push(c),
+            Err(e) => {
+                let exit = if e.is_connectivity() {
+                    Exit::Unreachable
+                } else {
+                    Exit::Failed
+                };
+                return fail(exit, format!("{e}\nhint: {}", e.hint()));
+            }
+        }
+    }
     let store =
         crate::state::StateStore::new(&clusters[1].client, &plan.state_database, &plan.name);
     let run = match store.run_doc().await {
