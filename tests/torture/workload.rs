@@ -1313,9 +1313,10 @@ fn supervise(r: Arc<Runner>, args: Vec<String>, env: Vec<(&'static str, String)>
             std::thread::sleep(Duration::from_millis(50));
             let mut g = r.st.lock().unwrap();
             if r.stop.load(Ordering::Relaxed) {
-                let mut c = g.child.take().expect("child");
-                let _ = c.kill();
-                let _ = c.wait();
+                if let Some(mut c) = g.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
                 g.outcome = Some(Err("stopped (time limit)".into()));
                 return;
             }
@@ -1962,6 +1963,13 @@ pub async fn run(cfg: &Config) -> Report {
         }
         if started.elapsed() > cfg.limit {
             runner.stop.store(true, Ordering::Relaxed);
+            // The supervisor records the outcome once it stopped its runner; if it does not
+            // within a minute (its thread died), end the seed anyway rather than hang.
+            if started.elapsed() > cfg.limit + Duration::from_secs(60) {
+                unfinished =
+                    Some("stopped (time limit; the runner's supervisor did not stop)".into());
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
