@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::catalog::{self, DdlOutcome, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
-use crate::engine::error::{cluster_err, read_err, EngineError};
+use crate::engine::error::{cluster_err, on, read_err, EngineError};
 use crate::engine::events::{self, Stmt};
 use crate::engine::retry::RetryPolicy;
 use crate::namespace::Namespace;
@@ -827,7 +827,9 @@ async fn dest_capped(ctx: &ApplyCtx, ns: &Namespace) -> Result<Option<bool>, Eng
     if let Some(c) = ctx.capped.lock().ok().and_then(|m| m.get(ns).copied()) {
         return Ok(c);
     }
-    let spec = catalog::spec_of(&ctx.dest, ns).await?;
+    let spec = catalog::spec_of(&ctx.dest, ns)
+        .await
+        .map_err(on("destination"))?;
     let capped = spec.map(|s| s.options().get_bool("capped").unwrap_or(false));
     if let Ok(mut m) = ctx.capped.lock() {
         m.insert(ns.clone(), capped);
@@ -963,7 +965,10 @@ async fn refetch(
     let mut found = None;
     for attempt in 0.. {
         let name = match uuid {
-            Some(u) => match catalog::name_of_uuid(&ctx.source, &ns.db, u).await? {
+            Some(u) => match catalog::name_of_uuid(&ctx.source, &ns.db, u)
+                .await
+                .map_err(on("source"))?
+            {
                 Some(n) => Namespace::new(ns.db.clone(), n),
                 None => return Ok(None),
             },
@@ -978,7 +983,13 @@ async fn refetch(
             .map_err(|e| cluster_err("source", format!("reading `{name}`"), &e))?;
         // Still the same collection under that name after the read: the read was of it.
         match uuid {
-            Some(u) if catalog::uuid_of(&ctx.source, &name).await?.as_ref() != Some(u) => {
+            Some(u)
+                if catalog::uuid_of(&ctx.source, &name)
+                    .await
+                    .map_err(on("source"))?
+                    .as_ref()
+                    != Some(u) =>
+            {
                 if attempt >= 100 {
                     return Err(EngineError::Event(format!(
                         "`{ns}`: its collection kept being renamed while cutover re-read a document"
@@ -1166,7 +1177,9 @@ async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> 
                 let what = format!("creating `{}`", spec.ns);
                 ctx.retry
                     .run(&ctx.progress, &what, || async {
-                        Ok(catalog::create_on_destination(&ctx.dest, &spec, &ctx.relax).await?)
+                        catalog::create_on_destination(&ctx.dest, &spec, &ctx.relax)
+                            .await
+                            .map_err(on("destination"))
                     })
                     .await?;
                 if let Some(target) = catalog::copy_target(&spec) {
@@ -1176,7 +1189,9 @@ async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> 
                 let what = format!("building the indexes of `{}`", spec.ns);
                 ctx.retry
                     .run(&ctx.progress, &what, || async {
-                        Ok(catalog::build_indexes(&ctx.dest, &spec, &ctx.relax).await?)
+                        catalog::build_indexes(&ctx.dest, &spec, &ctx.relax)
+                            .await
+                            .map_err(on("destination"))
                     })
                     .await?;
             }
@@ -1197,14 +1212,24 @@ async fn renamed_spec(
 ) -> Result<Option<catalog::NsSpec>, EngineError> {
     let uuid = match ev.get("collectionUUID").ok().flatten() {
         Some(mongodb::bson::RawBsonRef::Binary(b)) => b.to_binary(),
-        _ => return Ok(catalog::spec_of(&ctx.source, ns).await?),
+        _ => {
+            return catalog::spec_of(&ctx.source, ns)
+                .await
+                .map_err(on("source"))
+        }
     };
     for _ in 0..100 {
-        let Some(name) = catalog::name_of_uuid(&ctx.source, &ns.db, &uuid).await? else {
+        let Some(name) = catalog::name_of_uuid(&ctx.source, &ns.db, &uuid)
+            .await
+            .map_err(on("source"))?
+        else {
             return Ok(None);
         };
         let current = Namespace::new(ns.db.clone(), name);
-        match catalog::spec_of(&ctx.source, &current).await? {
+        match catalog::spec_of(&ctx.source, &current)
+            .await
+            .map_err(on("source"))?
+        {
             Some(mut spec) if catalog::entry_uuid(&spec.info).as_ref() == Some(&uuid) => {
                 spec.ns = ns.clone();
                 return Ok(Some(spec));

@@ -22,7 +22,7 @@ use mongodb::Client;
 use tokio::task::JoinHandle;
 
 use crate::engine::catalog::{self, NsKind, NsSpec};
-use crate::engine::error::{cluster_err, read_err, EngineError};
+use crate::engine::error::{cluster_err, on, read_err, EngineError};
 use crate::engine::retry::RetryPolicy;
 use crate::namespace::Namespace;
 use crate::progress::Progress;
@@ -130,7 +130,9 @@ pub async fn copy_set(
     ctx.store
         .delete_many(PARTITIONS, doc! {"_id": {"$regex": &prefix}})
         .await?;
-    let specs = catalog::list_selected(&ctx.source, selector).await?;
+    let specs = catalog::list_selected(&ctx.source, selector)
+        .await
+        .map_err(on("source"))?;
     let mut docs = Vec::new();
     for (i, s) in specs.iter().enumerate() {
         let info = s
@@ -239,7 +241,9 @@ async fn source_uuid(
             return Ok(Some(u));
         }
     }
-    Ok(catalog::uuid_of(&ctx.source, target).await?)
+    catalog::uuid_of(&ctx.source, target)
+        .await
+        .map_err(on("source"))
 }
 
 /// The ranges of one collection that still need copying, planning them on first use.
@@ -268,7 +272,8 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, E
             let uuid = source_uuid(ctx, spec, &write_ns).await?;
             let read_ns = match &uuid {
                 Some(u) => catalog::name_of_uuid(&ctx.source, &write_ns.db, u)
-                    .await?
+                    .await
+                    .map_err(on("source"))?
                     .map(|n| Namespace::new(write_ns.db.clone(), n)),
                 None => Some(write_ns.clone()),
             };
@@ -437,7 +442,11 @@ async fn still_is(
 ) -> Result<bool, EngineError> {
     match uuid {
         None => Ok(true),
-        Some(u) => Ok(catalog::uuid_of(&ctx.source, ns).await?.as_ref() == Some(u)),
+        Some(u) => Ok(catalog::uuid_of(&ctx.source, ns)
+            .await
+            .map_err(on("source"))?
+            .as_ref()
+            == Some(u)),
     }
 }
 
@@ -446,7 +455,10 @@ async fn still_is(
 async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, EngineError> {
     // The source collection's current name.
     let read_ns = match &p.uuid {
-        Some(u) => match catalog::name_of_uuid(&ctx.source, &p.write_ns.db, u).await? {
+        Some(u) => match catalog::name_of_uuid(&ctx.source, &p.write_ns.db, u)
+            .await
+            .map_err(on("source"))?
+        {
             Some(name) => Namespace::new(p.write_ns.db.clone(), name),
             None => return Ok(Pass::Gone),
         },

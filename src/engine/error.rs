@@ -109,6 +109,21 @@ impl crate::mongo_error::Retryable for EngineError {
     }
 }
 
+/// A catalog read or command that ran on `cluster`: a server or network failure becomes a
+/// [`EngineError::Cluster`] naming that cluster (so retries and `status` say which one is
+/// unavailable); the catalog's other errors keep their own message.
+pub fn on(cluster: &'static str) -> impl FnOnce(CatalogError) -> EngineError {
+    move |e| match e {
+        CatalogError::Command { what, ns, source } => EngineError::Cluster {
+            cluster,
+            doing: format!("{what} for {ns}"),
+            detail: short_message(&source),
+            transient: crate::mongo_error::is_transient(&source),
+        },
+        other => EngineError::Catalog(other),
+    }
+}
+
 /// A failed write or command on `cluster` while `doing`: transient when sending the same
 /// idempotent operation again can succeed (see [`crate::mongo_error::transience`]).
 pub fn cluster_err(

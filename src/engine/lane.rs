@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::engine::apply::{self, ApplyCtx, Control, StartPoint};
 use crate::engine::catalog::{self, NsKind, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
-use crate::engine::error::{cluster_err, EngineError};
+use crate::engine::error::{cluster_err, on, EngineError};
 use crate::engine::retry::RetryPolicy;
 use crate::plan::{BuildIndexes, NamespaceSelector};
 use crate::progress::Progress;
@@ -332,9 +332,13 @@ async fn lane_main(
             env.retry
                 .run(&progress, &what, || async {
                     if resumed {
-                        catalog::create_on_destination_resumed(&env.destination, s, &relax).await?
+                        catalog::create_on_destination_resumed(&env.destination, s, &relax)
+                            .await
+                            .map_err(on("destination"))?
                     } else {
-                        catalog::create_on_destination(&env.destination, s, &relax).await?
+                        catalog::create_on_destination(&env.destination, s, &relax)
+                            .await
+                            .map_err(on("destination"))?
                     }
                     Ok(())
                 })
@@ -404,14 +408,18 @@ async fn build_indexes(
     let what = format!("building the indexes of `{}`", s.ns);
     env.retry
         .run(progress, &what, || async {
-            Ok(catalog::build_indexes(&env.destination, s, relax).await?)
+            catalog::build_indexes(&env.destination, s, relax)
+                .await
+                .map_err(on("destination"))
         })
         .await
 }
 
 /// cutover copies into empty namespaces only: an existing non-empty one would mix data.
 async fn refuse_non_empty_destination(env: &LaneEnv) -> Result<(), EngineError> {
-    let specs = catalog::list_selected(&env.destination, &env.selector).await?;
+    let specs = catalog::list_selected(&env.destination, &env.selector)
+        .await
+        .map_err(on("destination"))?;
     let mut busy = Vec::new();
     for s in specs.iter().filter(|s| s.kind != NsKind::View) {
         let Some(ns) = catalog::copy_target(s) else {

@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 use crate::engine::apply::{self, ApplyCtx, Control};
 use crate::engine::catalog::{self, NsKind};
 use crate::engine::copy::{self, CopyCtx};
-use crate::engine::error::{cluster_err, EngineError};
+use crate::engine::error::{cluster_err, on, EngineError};
 use crate::namespace::Namespace;
 use crate::progress::Progress;
 use crate::state::PARTITIONS;
@@ -252,7 +252,10 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
     if let Some(old) = req.get_str("temp").ok().and_then(Namespace::parse) {
         drop_temp(ctx, &old).await?;
     }
-    let spec = match catalog::spec_of(&ctx.source, &ns).await? {
+    let spec = match catalog::spec_of(&ctx.source, &ns)
+        .await
+        .map_err(on("source"))?
+    {
         Some(s) => s,
         None => {
             return record(
@@ -309,9 +312,13 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
     temp_spec.ns = temp.clone();
     let (dest, relax) = (ctx.dest.clone(), ctx.relax.clone());
     let task = tokio::spawn(async move {
-        catalog::create_on_destination(&dest, &temp_spec, &relax).await?;
+        catalog::create_on_destination(&dest, &temp_spec, &relax)
+            .await
+            .map_err(on("destination"))?;
         copy::copy_all(&copy_ctx, std::slice::from_ref(&temp_spec)).await?;
-        catalog::build_indexes(&dest, &temp_spec, &relax).await?;
+        catalog::build_indexes(&dest, &temp_spec, &relax)
+            .await
+            .map_err(on("destination"))?;
         let prefix = format!("^{}", regex::escape(&format!("{}/", copy_ctx.lane)));
         copy_ctx
             .store
