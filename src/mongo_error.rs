@@ -34,6 +34,7 @@ pub mod code {
     pub const EXCEEDED_TIME_LIMIT: i32 = 262;
     pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
     pub const CANNOT_CONVERT_INDEX_TO_UNIQUE: i32 = 359;
+    pub const TRANSACTION_TOO_LARGE_FOR_CACHE: i32 = 388;
     pub const SOCKET_EXCEPTION: i32 = 9001;
     pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
     pub const DUPLICATE_KEY: i32 = 11000;
@@ -63,12 +64,23 @@ const RETRYABLE: &[i32] = &[
     INTERRUPTED_DUE_TO_REPL_STATE_CHANGE,
     NOT_PRIMARY_NO_SECONDARY_OK,
     NOT_PRIMARY_OR_SECONDARY,
+    // Not in the specifications: the storage engine rolled the write back because its cache
+    // was too full of other dirty data to hold it (mongod 6.0 returns it for a single
+    // large-document write under cache pressure, as a command error or a write error). Nothing
+    // was written; the same write succeeds once the cache has evicted.
+    TRANSACTION_TOO_LARGE_FOR_CACHE,
 ];
 
 /// Codes that mean "the cursor this read was using is gone" (a failover, a rename or drop of
 /// the collection, `killCursors`): the read can start over from its last checkpoint, but they
 /// say nothing about whether a write or a command took effect.
 const CURSOR_LOST: &[i32] = &[CURSOR_NOT_FOUND, QUERY_PLAN_KILLED, CURSOR_KILLED];
+
+/// Whether a server code (a command's or a write error's) means the same operation can
+/// succeed when sent again (see [`transience`]).
+pub fn code_is_transient(c: i32) -> bool {
+    RETRYABLE.contains(&c)
+}
 
 /// Whether retrying an operation that failed with some error can succeed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -221,3 +221,71 @@ async fn transient_errors_on_state_store_writes_are_retried() {
         .unwrap();
     assert_eq!(run.get_str("state").unwrap(), "COMMITTED", "{run}");
 }
+
+/// The destination refuses writes under cache pressure: mongod 6.0 answers a large-document
+/// write it cannot fit in the WiredTiger cache with TransactionTooLargeForCache (388), and
+/// nothing is written. The same write succeeds once the cache has evicted, so the copy and the
+/// change application send it again rather than stopping the run (found by the torture run's
+/// reversible seed 15: "transaction is too large and will not fit in the storage engine
+/// cache (code 388)" stopped the first commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refused_under_cache_pressure_are_retried() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed_source(&s).await;
+    let (_dir, plan) = write_plan(&plan_text("transient_cache", SYNC_COMMIT));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let env = env_refs(&env);
+
+    // The copy's inserts (three times: past the driver's own single retry), only on the
+    // data's namespace (`namespace` filters the fail point: not the state store's writes).
+    fail(
+        &d,
+        &["insert"],
+        3,
+        doc! {"errorCode": 388, "namespace": "t.a"},
+    )
+    .await;
+    let o = run_cutover(&["run", &plan, "--max-steps", "1"], &env);
+    fail_off(&d).await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("TransactionTooLargeForCache"),
+        "the fail point was never hit: {}",
+        show(&o)
+    );
+
+    // Change application: inserts, updates and deletes while stopped, replayed by the next
+    // run through the same refusals.
+    let a = s.database("t").collection::<Document>("a");
+    a.insert_many(
+        (5000..5100)
+            .map(|i| doc! {"_id": i, "v": i, "w": 1})
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    a.update_many(doc! {"w": 3}, doc! {"$inc": {"v": 100_000}})
+        .await
+        .unwrap();
+    a.delete_many(doc! {"w": 5}).await.unwrap();
+    fail(
+        &d,
+        &["insert", "update", "delete"],
+        3,
+        doc! {"errorCode": 388, "namespace": "t.a"},
+    )
+    .await;
+    let o = run_cutover(&["run", &plan], &env);
+    fail_off(&d).await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("TransactionTooLargeForCache"),
+        "the fail point was never hit: {}",
+        show(&o)
+    );
+    assert_same_data(&s, &d, STATE_DB).await;
+    assert_same_catalog(&s, &d, STATE_DB).await;
+}

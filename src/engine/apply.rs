@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::catalog::{self, DdlOutcome, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
-use crate::engine::error::{cluster_err, on, read_err, EngineError};
+use crate::engine::error::{cluster_err, on, read_err, write_error, EngineError};
 use crate::engine::events::{self, Stmt};
 use crate::engine::retry::RetryPolicy;
 use crate::namespace::Namespace;
@@ -727,12 +727,12 @@ async fn replace_in_transaction(
                     Ok(v) if code == 11000 => blockers.push(v.clone()),
                     _ => {
                         let _ = session.abort_transaction().await;
-                        return Err(EngineError::Write {
-                            ns: ns.to_string(),
-                            id: "?".into(),
+                        return Err(write_error(
+                            ns,
+                            "?",
                             code,
-                            detail: e.get_str("errmsg").unwrap_or_default().to_string(),
-                        });
+                            e.get_str("errmsg").unwrap_or_default(),
+                        ));
                     }
                 }
             }
@@ -1090,12 +1090,14 @@ async fn send(
                 .and_then(|v| Bson::try_from(v).ok())
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "?".into());
-            return Err(EngineError::Write {
-                ns: ns.to_string(),
+            // A transient code: the round is retried from the last checkpoint, as after any
+            // transient error (statements before it are replayed over themselves).
+            return Err(write_error(
+                ns,
                 id,
                 code,
-                detail: e.get_str("errmsg").unwrap_or_default().to_string(),
-            });
+                e.get_str("errmsg").unwrap_or_default(),
+            ));
         }
     }
     if let Ok(wce) = reply.get_document("writeConcernError") {

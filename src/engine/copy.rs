@@ -22,7 +22,7 @@ use mongodb::Client;
 use tokio::task::JoinHandle;
 
 use crate::engine::catalog::{self, NsKind, NsSpec};
-use crate::engine::error::{cluster_err, on, read_err, EngineError};
+use crate::engine::error::{cluster_err, on, read_err, write_error, EngineError};
 use crate::engine::retry::RetryPolicy;
 use crate::namespace::Namespace;
 use crate::progress::Progress;
@@ -700,12 +700,7 @@ pub async fn insert_batch(
                         .and_then(id_of)
                         .map(|b| b.to_string())
                         .unwrap_or_else(|| "?".into());
-                    return Err(EngineError::Write {
-                        ns: ns.to_string(),
-                        id,
-                        code: we.code,
-                        detail: we.message.clone(),
-                    });
+                    return Err(write_error(ns, id, we.code, &we.message));
                 }
                 if im.write_concern_error.is_none() {
                     // Duplicate keys: expected when a range is re-copied after a crash, but only

@@ -124,6 +124,32 @@ pub fn on(cluster: &'static str) -> impl FnOnce(CatalogError) -> EngineError {
     }
 }
 
+/// A write error the destination returned for one statement (`id` names its document):
+/// transient when sending it again can succeed (a large document refused under cache
+/// pressure, a stepdown mid-command), so the caller's retry sends it again; otherwise it
+/// stops the run naming the document.
+pub fn write_error(
+    ns: impl ToString,
+    id: impl Into<String>,
+    code: i32,
+    detail: &str,
+) -> EngineError {
+    if crate::mongo_error::code_is_transient(code) {
+        return EngineError::Cluster {
+            cluster: "destination",
+            doing: format!("writing `{}` (document _id {})", ns.to_string(), id.into()),
+            detail: format!("{detail} (code {code})"),
+            transient: true,
+        };
+    }
+    EngineError::Write {
+        ns: ns.to_string(),
+        id: id.into(),
+        code,
+        detail: detail.to_string(),
+    }
+}
+
 /// A failed write or command on `cluster` while `doing`: transient when sending the same
 /// idempotent operation again can succeed (see [`crate::mongo_error::transience`]).
 pub fn cluster_err(

@@ -28,7 +28,7 @@ use mongodb::Client;
 use serde::Serialize;
 
 use crate::engine::apply::ApplyCtx;
-use crate::engine::error::{cluster_err, EngineError};
+use crate::engine::error::{cluster_err, write_error, EngineError};
 use crate::engine::events::{self, Stmt};
 use crate::namespace::Namespace;
 use crate::state::{StateError, StateStore};
@@ -220,12 +220,12 @@ async fn send(
         .map_err(|e| cluster_err("destination", doing.clone(), &e))?;
     if let Ok(errs) = reply.get_array("writeErrors") {
         if let Some(e) = errs.iter().find_map(Bson::as_document) {
-            return Err(EngineError::Write {
-                ns: ns.to_string(),
-                id: format!("(statement {})", e.get_i32("index").unwrap_or(0)),
-                code: e.get_i32("code").unwrap_or(0),
-                detail: e.get_str("errmsg").unwrap_or_default().to_string(),
-            });
+            return Err(write_error(
+                ns,
+                format!("(statement {})", e.get_i32("index").unwrap_or(0)),
+                e.get_i32("code").unwrap_or(0),
+                e.get_str("errmsg").unwrap_or_default(),
+            ));
         }
     }
     if let Ok(wce) = reply.get_document("writeConcernError") {
