@@ -775,3 +775,136 @@ async fn a_commit_approved_during_a_resync_waits_for_it() {
     assert_same_data(&s, &d, "__cutover").await;
     assert_same_catalog(&s, &d, "__cutover").await;
 }
+
+/// A runner killed during a resync's copy while the application writes to the collection
+/// (events held in the runner's memory), then the redo by the next runner cancelled by a DDL
+/// change on the collection: the held events of both attempts reach the original collection,
+/// the stale copy ranges are gone and the commit is exact. Before the lane kept its stored
+/// resume token at the hold's start, the first attempt's held events were lost: the lane had
+/// stored tokens past them, and the cancelled redo applied only the events after the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_events_survive_a_kill_and_a_cancelled_redo() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    s.database("other").drop().await.unwrap();
+    let (_dir, plan) = write_plan(&plan_text("resync-kill-cancel", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let mut runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "can-commit",
+        |v| v["can_commit"] == true && v["runner"].is_string(),
+    )
+    .await;
+    let churn = Churn::start(src.app_client().await);
+    let resync = spawn_cutover(&["resync", &plan, "--ns", "shop.orders"], &env_refs(&env));
+
+    // 1. kill -9 during the copy, once the lane has held events over several batches.
+    wait_copying_with_docs(&d).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    runner.kill().unwrap(); // SIGKILL
+    let killed = runner.wait_with_output().unwrap();
+    let recs = resync_records(&d).await;
+    assert_eq!(
+        recs[0].get_str("state"),
+        Ok("copying"),
+        "the kill did not land during the copy: {recs:?}\n{}",
+        show(&killed)
+    );
+    let held_at_kill = recs[0].get_i64("held_events").unwrap_or(0);
+    eprintln!("killed during the copy; {held_at_kill} held events last recorded");
+    let _ = tokio::task::spawn_blocking(move || resync.wait_with_output())
+        .await
+        .unwrap();
+
+    // 2. The next runner redoes it; a DDL change on the collection cancels the redo.
+    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    let start = Instant::now();
+    loop {
+        let recs = resync_records(&d).await;
+        if recs[0].get_i32("attempt") == Ok(2) && recs[0].get_str("state") == Ok("copying") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the resync was not redone: {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.database("shop")
+        .run_command(
+            doc! {"createIndexes": "orders", "indexes": [{"key": {"n": 1}, "name": "n_1"}]},
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let recs = resync_records(&d).await;
+        if recs[0].get_str("state") == Ok("failed") {
+            eprintln!("cancelled redo: {:?}", recs[0]);
+            assert!(
+                recs[0]
+                    .get_str("error")
+                    .unwrap_or_default()
+                    .contains("`createIndexes` change on `shop.orders`"),
+                "{recs:?}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the redo was not cancelled: {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = churn.finish().await;
+    assert!(writes > 100, "the application wrote only {writes} times");
+    // The cancelled copy stops in the background; then neither attempt leaves a temporary
+    // collection or copy ranges.
+    let start = Instant::now();
+    loop {
+        let stale: Vec<Document> = d
+            .database("__cutover")
+            .collection::<Document>("partitions")
+            .find(doc! {"_id": {"$regex": "/resync/"}})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let temps = temp_collections(&d).await;
+        if stale.is_empty() && temps.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "left behind: {} copy ranges, temporary collections {temps:?}",
+            stale.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "can-commit",
+        |v| v["can_commit"] == true,
+    )
+    .await;
+    let o = run_blocking(vec!["approve".into(), plan.clone()], env.clone()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = tokio::task::spawn_blocking(move || runner.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, "__cutover").await;
+    assert_same_catalog(&s, &d, "__cutover").await;
+}

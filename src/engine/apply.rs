@@ -388,7 +388,8 @@ async fn persist(
     pos: Option<Timestamp>,
     applied: u64,
 ) -> Result<(), EngineError> {
-    let mut set = doc! {"updated": mongodb::bson::DateTime::now(), "resume_token": token.clone()};
+    let token = crate::engine::resync::durable_token(&ctx.lane, token);
+    let mut set = doc! {"updated": mongodb::bson::DateTime::now(), "resume_token": token};
     if let Some(p) = pos {
         set.insert("position", p);
     }

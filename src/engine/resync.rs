@@ -27,8 +27,10 @@
 //! changes), more than [`MAX_HELD_BYTES`] of held events, or a copy error cancel the resync:
 //! the temporary collection is dropped, the held events are applied to the original collection
 //! (so it is exactly as replicated as before), and the request is marked `failed` with the
-//! reason. A runner killed mid-resync loses the held events, so a resync found `copying` or
-//! `swapping` by a new runner is done again from scratch; while a resync is unfinished (or a
+//! reason. A runner killed mid-resync loses the held events from its memory, but not from the
+//! source: while a resync holds events the lane stores no resume token past `P`
+//! ([`durable_token`]), so the next runner reads them again. A resync found `copying` or
+//! `swapping` by a new runner is done again from scratch (its stale ranges removed); while a resync is unfinished (or a
 //! new lane has not yet looked for one), the lane does not report can-commit, and a commit
 //! drain finishes a running resync before it returns.
 
@@ -66,6 +68,11 @@ struct Active {
     ns: Namespace,
     temp: Namespace,
     position: Timestamp,
+    /// The lane's resume token at `position`: the lane stores no later one while the resync
+    /// holds events in memory (see [`durable_token`]).
+    hold_token: Option<Document>,
+    /// The copy's lane id: its ranges in `partitions` are `<copy_lane>/…`.
+    copy_lane: String,
     held: Vec<RawDocumentBuf>,
     held_bytes: usize,
     /// Why the resync must be cancelled (set where no I/O can be done).
@@ -81,6 +88,8 @@ struct Lanes {
     /// Lanes that have looked for unfinished resyncs since this process started them.
     checked: HashSet<String>,
     last_look: HashMap<String, Instant>,
+    /// Each lane's last stored resume token.
+    last_token: HashMap<String, Document>,
 }
 
 static STATE: Mutex<Option<Lanes>> = Mutex::new(None);
@@ -90,6 +99,21 @@ static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 fn with<T>(f: impl FnOnce(&mut Lanes) -> T) -> T {
     let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
     f(g.get_or_insert_with(Lanes::default))
+}
+
+/// The resume token the lane may store once everything up to `token` is applied: while a
+/// resync of the lane holds events in memory, the token of the hold's start (a runner killed
+/// mid-resync then reads the held events again; if it stored `token`, a redo cancelled by a
+/// DDL event would apply only the events after the kill to the original collection, and the
+/// held ones would be lost), else `token` itself.
+pub fn durable_token(lane: &str, token: &Document) -> Document {
+    with(|l| {
+        if let Some(t) = l.active.get(lane).and_then(|a| a.hold_token.clone()) {
+            return t;
+        }
+        l.last_token.insert(lane.to_string(), token.clone());
+        token.clone()
+    })
 }
 
 /// False while a resync of this lane is unfinished, or before the lane has looked for one
@@ -248,10 +272,15 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
         )
         .await;
     }
-    // An earlier attempt's temporary collection (a runner stopped mid-resync).
+    // An earlier attempt's temporary collection and copy ranges (a runner stopped
+    // mid-resync; one resync runs per lane at a time, so every resync range is stale).
     if let Some(old) = req.get_str("temp").ok().and_then(Namespace::parse) {
         drop_temp(ctx, &old).await?;
     }
+    let stale = format!("^{}", regex::escape(&format!("{}/resync/", ctx.lane)));
+    ctx.store
+        .delete_many(PARTITIONS, doc! {"_id": {"$regex": stale}})
+        .await?;
     let spec = match catalog::spec_of(&ctx.source, &ns)
         .await
         .map_err(on("source"))?
@@ -303,8 +332,9 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
     tracing::info!(%ns, %temp, position = %format!("{}.{}", position.time, position.increment),
         "Resync started: holding the collection's events and copying it again.");
     let progress = Arc::new(Progress::new());
+    let copy_lane = format!("{}/resync/{short}", ctx.lane);
     let copy_ctx = CopyCtx {
-        lane: format!("{}/resync/{short}", ctx.lane),
+        lane: copy_lane.clone(),
         progress: progress.clone(),
         ..ctx.copy.clone()
     };
@@ -327,6 +357,7 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
         Ok(())
     });
     with(|l| {
+        let hold_token = l.last_token.get(&ctx.lane).cloned();
         l.active.insert(
             ctx.lane.clone(),
             Active {
@@ -334,6 +365,8 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
                 ns,
                 temp,
                 position,
+                hold_token,
+                copy_lane,
                 held: Vec::new(),
                 held_bytes: 0,
                 cancel: None,
@@ -521,6 +554,14 @@ async fn cancel(ctx: &ApplyCtx, mut a: Active, why: &str) -> Result<(), EngineEr
         }
         if let Err(e) = drop_temp(&ctx, &a.temp).await {
             tracing::warn!(temp = %a.temp, error = %e, "Could not drop a cancelled resync's temporary collection; drop it on the destination.");
+        }
+        let ranges = format!("^{}", regex::escape(&format!("{}/", a.copy_lane)));
+        if let Err(e) = ctx
+            .store
+            .delete_many(PARTITIONS, doc! {"_id": {"$regex": ranges}})
+            .await
+        {
+            tracing::debug!(error = %e, "Could not remove a cancelled resync's copy ranges (the next resync of the lane does).");
         }
     });
     Ok(())
