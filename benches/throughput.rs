@@ -22,7 +22,7 @@
 //! `--only-sync` (seed, (a), (b), (c) only), `--churn-secs S`, `--churn-rate W`, `--commits K`, `--streams N`, `--cache-gb G`,
 //! `--cutover PATH`, `--cutover-arg ARG` (repeatable: extra flags for `cutover run`).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::fmt::Write as _;

@@ -1,9 +1,9 @@
-//! The torture soak (issue 9): not a test. Runs seeds of `tests/torture/workload.rs` one after
+//! The torture soak (issue 9): not a test. Runs seeds of `tests/it/torture/workload.rs` one after
 //! another until `--minutes` have passed (or `--runs` seeds), alternating forward and
 //! reversible plans unless told, and prints each seed's report and the totals.
 //!
-//!   cargo bench --bench torture -- --seed 1 --minutes 30
-//!   cargo bench --bench torture -- --seed 7 --runs 1 --reversible --faults kill,crash
+//!   cargo bench --bench torture --features test-hooks -- --seed 1 --minutes 30
+//!   cargo bench --bench torture --features test-hooks -- --seed 7 --runs 1 --reversible --faults kill,crash
 //!
 //! Flags: `--seed N` (first seed; default random), `--minutes M` (default 10), `--runs K`
 //! (stop after K seeds), `--forward` / `--reversible` (default: alternate), `--faults LIST`
@@ -13,9 +13,9 @@
 //! `--apply-secs S` (generator time before each approval, default 15), `--seed-docs N`
 //! (default 20000), `--logs DIR` (keep every runner log under DIR/seed-N).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
-#[path = "../tests/torture/workload.rs"]
+#[path = "../tests/it/torture/workload.rs"]
 mod workload;
 
 use std::time::{Duration, Instant};

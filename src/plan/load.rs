@@ -29,11 +29,23 @@ pub const RESERVED_ENV: &[&str] = &[
     "CUTOVER_API_TOKEN",
     "CUTOVER_LOG_FORMAT",
     "CUTOVER_NO_PROGRESS",
-    crate::crashpoint::ENV,
     crate::fence::LEASE_TTL_ENV,
-    crate::crashpoint::PAUSE_ENV,
-    crate::crashpoint::PAUSE_DIR_ENV,
 ];
+
+/// Whether `k` configures the program rather than the plan.
+fn reserved(k: &str) -> bool {
+    #[cfg(feature = "test-hooks")]
+    if [
+        crate::crashpoint::ENV,
+        crate::crashpoint::PAUSE_ENV,
+        crate::crashpoint::PAUSE_DIR_ENV,
+    ]
+    .contains(&k)
+    {
+        return true;
+    }
+    RESERVED_ENV.contains(&k)
+}
 
 /// Where overrides come from; the process environment in production, a map in tests.
 pub struct Overrides {
@@ -261,7 +273,7 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
     // as figment's `Env` provider, applied to the map we were given so tests need no globals.
     for (k, v) in &ov.env {
         if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
-            if rest.is_empty() || RESERVED_ENV.contains(&k.as_str()) {
+            if rest.is_empty() || reserved(k) {
                 continue;
             }
             let path = rest

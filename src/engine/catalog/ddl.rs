@@ -1,7 +1,7 @@
 //! Applying DDL change events (cluster-wide change stream with `showExpandedEvents` and
 //! `showSystemEvents`) to the destination.
 //!
-//! What 6.0.5 sends (verified on this server, see tests/ddl.rs):
+//! What 6.0.5 sends (verified on this server, see tests/it/ddl.rs):
 //! - `create`: `operationDescription` holds the options (`capped`, `size`, `max`,
 //!   `validator`, `validationLevel`, `validationAction`, full `collation`, `clusteredIndex`,
 //!   `expireAfterSeconds`, `viewOn` + `pipeline` for views) and `idIndex`.

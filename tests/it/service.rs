@@ -1,14 +1,13 @@
 //! Operating a run like a service: the HTTP API (`--listen`), Prometheus metrics, pause and
 //! resume, against real replica sets.
-mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::env_refs as refs;
-use common::*;
+use crate::common::env_refs as refs;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 use serde_json::Value;
 

@@ -2,14 +2,13 @@
 //! drops every connection, then refuses new ones. cutover retries with backoff, `cutover
 //! status` shows it reconnecting, a longer outage ends with a clear error after
 //! `--retry-timeout`, and a later run resumes and finishes with identical data.
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::env_refs as refs;
-use common::*;
+use crate::common::env_refs as refs;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpSocket, TcpStream};

@@ -4,13 +4,12 @@
 //! writes to both throughout; after the commit both clusters are identical (data and
 //! catalog). Refused with exit 4 with no runner live, for a namespace outside the plan's
 //! filter, and after the commit (writing nothing); `status` shows the resync's progress.
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;

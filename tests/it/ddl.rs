@@ -2,11 +2,10 @@
 //! `showExpandedEvents` and `showSystemEvents`) are applied to a destination with
 //! `apply_ddl`, each twice (a replay after a crash), and the catalogs end up identical.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use cutover::engine::catalog::*;
 use cutover::namespace::Namespace;
 use cutover::plan::model::NamespaceFilter;

@@ -1,9 +1,8 @@
 //! The catalog layer against real replica sets: every collection kind and index kind is
 //! created relaxed on a destination, restored, and compared with the source.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use cutover::engine::catalog::*;
 use cutover::namespace::Namespace;
 use cutover::plan::model::NamespaceFilter;

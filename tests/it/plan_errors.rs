@@ -1,12 +1,11 @@
 //! The bad-input corpus: every plan in `tests/plans/invalid/` makes `cutover check` exit 2 with
-//! a message naming the key and the fix; stderr is snapshotted (`tests/snapshots/`). A subset
+//! a message naming the key and the fix; stderr is snapshotted (`tests/it/snapshots/`). A subset
 //! runs with URIs of real replica sets to prove an invalid plan touches no cluster.
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 const SOURCE: &str = "mongodb://127.0.0.1:27017/?replicaSet=old";
 const DESTINATION: &str = "mongodb://127.0.0.1:28017/?replicaSet=new";

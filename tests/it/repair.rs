@@ -4,13 +4,12 @@
 //! rewrites), and with no runner (verify rewrites directly, and the resumed sync converges
 //! over the repair); repair refuses to run after the commit (exit 4) and `status` shows the
 //! last repair.
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;

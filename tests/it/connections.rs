@@ -1,14 +1,13 @@
 //! Connections as production has them: TLS with a CA file and a client certificate,
 //! MONGODB-X509 authentication (a real mongod with `--tlsMode requireTLS` and certificates
 //! generated here), and wire compression (`compressors=` in the URI).
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
-use common::env_refs as refs;
-use common::*;
+use crate::common::env_refs as refs;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use rcgen::{

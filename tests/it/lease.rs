@@ -5,14 +5,13 @@
 //!
 //! The skewed clock is real: the second process runs under libfaketime (Debian's
 //! `libfaketime` package, which `scripts/test.sh` installs), with only its wall clock moved.
-mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
-use common::env_refs as refs;
-use common::*;
+use crate::common::env_refs as refs;
+use crate::common::*;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;

@@ -1,5 +1,4 @@
 //! Every plan in `examples/` loads and validates (statically, and through the binary).
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -73,7 +72,7 @@ fn every_example_is_valid() {
 #[test]
 fn every_example_passes_check_without_connecting() {
     for file in examples() {
-        let out = common::run_cutover(
+        let out = crate::common::run_cutover(
             &["check", file.to_str().unwrap(), "--no-connect"],
             &[("SOURCE_URI", SOURCE), ("DESTINATION_URI", DESTINATION)],
         );

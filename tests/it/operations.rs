@@ -1,12 +1,11 @@
 //! Operating a migration from the command line: `cutover approve` from a separate process,
 //! `cutover unblock` (and its `--yes` guard), and credentials never leaving the URIs.
-mod common;
 
 use std::process::Output;
 use std::time::Duration;
 
-use common::env_refs as refs;
-use common::*;
+use crate::common::env_refs as refs;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 

@@ -1,13 +1,12 @@
 //! `cutover verify` against real replica sets: a clean copy passes, each injected difference
 //! is detected and named, mixed `_id` types are covered, and a killed verify resumes.
-mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::TryStreamExt;
 use mongodb::bson::{
     doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document, RawDocumentBuf,
@@ -534,7 +533,7 @@ async fn clean_copy_passes_and_every_injected_difference_is_named() {
     assert!(text.contains("MISMATCH"), "{text}");
     assert!(text.contains("index `age_-1` missing"), "{text}");
     assert!(text.contains("option `validator` different"), "{text}");
-    assert!(!text.contains(common::ROOT_PASSWORD));
+    assert!(!text.contains(crate::common::ROOT_PASSWORD));
 }
 
 #[tokio::test]

@@ -2,14 +2,13 @@
 //! (`replSetStepDown`) during the copy, during change application (an application writing)
 //! and during a commit. The run completes and the clusters end byte-identical with every
 //! acknowledged write present. One test function: six mongods at a time are enough.
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::env_refs as refs;
-use common::*;
+use crate::common::env_refs as refs;
+use crate::common::*;
 
 /// Elections can take a while: `status` waits longer for a primary.
 const STATUS_ARGS: &[&str] = &["--connect-timeout", "30s"];

@@ -6,8 +6,8 @@
 //! natural order for capped collections and `_id` order otherwise, indexes, options, views)
 //! and `cutover verify` must say so.
 //!
-//! Shared by `tests/torture.rs` (the fixed CI seeds) and `benches/torture.rs` (the soak:
-//! `cargo bench --bench torture -- --seed N --minutes M`). Both declare `mod common;` at
+//! Shared by `tests/it/torture.rs` (the fixed CI seeds) and `benches/torture.rs` (the soak:
+//! `cargo bench --bench torture --features test-hooks -- --seed N --minutes M`). Both declare `mod common;` at
 //! their root.
 //!
 //! Reproducibility: the generator's operation sequence is a function of the seed alone (a
@@ -123,7 +123,7 @@ impl Faults {
 }
 
 /// Workload features. Each can be switched off where a known bug makes it fail (see
-/// `tests/torture.rs` for which are gated and why).
+/// `tests/it/torture.rs` for which are gated and why).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
     /// DDL at random moments (create, drop, rename, dropDatabase, indexes, collMod, views...).
@@ -1375,7 +1375,7 @@ fn crash_points(reversible: bool) -> Vec<String> {
 }
 
 /// A loopback TCP proxy to one mongod that can drop every connection for a moment (the same
-/// design as `tests/outage.rs`).
+/// design as `tests/it/outage.rs`).
 struct Proxy {
     port: u16,
     drop: watch::Sender<bool>,

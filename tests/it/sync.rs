@@ -1,7 +1,6 @@
 //! `cutover run`: copy, replicate, commit — on real replica sets, with the real binary.
-mod common;
 
-use common::*;
+use crate::common::*;
 use mongodb::bson::{doc, Bson, Document};
 
 const FORWARD: &str = r#"

@@ -3,13 +3,12 @@
 //! `_id` types across many copy ranges — with identical options and index specs for every
 //! collection kind; and again when a writer churns the source during the copy.
 
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{
     doc, oid::ObjectId, Binary, Bson, DateTime, Decimal128, Document, JavaScriptCodeWithScope,

@@ -1,14 +1,13 @@
 //! The full reversible plan — sync, validate-indexes, commit, reverse, commit — with an
 //! application writing throughout as the `app` user (refused while blocked), in one run, one
 //! step per invocation, and after crashes at every transition point.
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::env_refs as refs;
-use common::*;
+use crate::common::env_refs as refs;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 

@@ -3,14 +3,13 @@
 //! each time the same `cutover run PLAN` continues. In the end the clusters are byte-identical
 //! and every acknowledged write is on the destination.
 
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use rand::{Rng, SeedableRng};

@@ -4,12 +4,11 @@
 //! (`CUTOVER_TEST_PAUSE_AT`) make the rename land mid-copy deterministically; crash points
 //! and kill -9 cover the replays. Every test ends with a commit and identical clusters.
 
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 

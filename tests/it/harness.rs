@@ -1,8 +1,7 @@
 //! The harness itself: a replica set with auth, the root user bypasses write blocking and the
 //! app user does not.
-mod common;
 
-use common::*;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 
 #[tokio::test]

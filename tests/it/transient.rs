@@ -4,13 +4,12 @@
 //! with the errors of a shutdown or a failover (ShutdownInProgress 91, InterruptedAtShutdown
 //! 11600, NotWritablePrimary 10107, a closed connection). cutover retries them with backoff:
 //! the run exits 0 and the clusters end identical.
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 

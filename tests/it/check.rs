@@ -1,8 +1,7 @@
 //! `cutover check` against real replica sets: the example passes, problems fail with the
 //! check that names them, unreachable clusters exit 3, and `check` writes nothing.
-mod common;
 
-use common::*;
+use crate::common::*;
 use mongodb::bson::{doc, Document};
 use mongodb::IndexModel;
 use serde_json::Value;

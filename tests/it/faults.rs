@@ -2,11 +2,10 @@
 //! stopped; a destination write that keeps failing. Both end with a clear error (exit 1)
 //! and recover once the cause is dealt with.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mongodb::bson::{doc, Document, Timestamp};
 use mongodb::Client;
 

@@ -2,12 +2,11 @@
 //! dots and `$` changed by pipeline updates, a transaction spanning several change-stream
 //! batches, unique values swapped between documents on a destination that enforces them, and
 //! the write concern of catalog commands.
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use cutover::engine::lane::{source_now, Direction, Lane, LaneEnv};
 use cutover::engine::retry::RetryPolicy;
 use cutover::plan::{BuildIndexes, NamespaceSelector};
