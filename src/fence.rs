@@ -314,6 +314,20 @@ impl Fence {
         self.inner.ttl
     }
 
+    /// How long the lease is certainly still this runner's on the server: the TTL from when
+    /// the last successful renewal was *sent* (the server's `until` counts from its arrival,
+    /// later). Err once lost.
+    pub fn time_left(&self) -> Result<Duration, LeaseLost> {
+        self.check()?;
+        let since = self
+            .inner
+            .renewed
+            .lock()
+            .map(|r| r.elapsed())
+            .unwrap_or_default();
+        Ok(self.inner.ttl.saturating_sub(since))
+    }
+
     pub fn holder(&self) -> &Holder {
         &self.inner.holder
     }

@@ -395,6 +395,26 @@ impl StateStore {
         self.fence.as_ref()
     }
 
+    /// The time limit (`maxTimeMS`) for a destination data write sent now, so that it cannot
+    /// land after another runner took the plan over: the server stops a command at its
+    /// deadline, and the deadline falls before this runner's lease can have expired (its time
+    /// left less a quarter of the TTL for the command's transit). With too little time left
+    /// it waits for the next renewal (the renewal task runs meanwhile); fails once the lease
+    /// is lost. `None` without a lease (no limit).
+    pub async fn write_budget(&self) -> Result<Option<Duration>, StateError> {
+        let Some(f) = &self.fence else {
+            return Ok(None);
+        };
+        let margin = f.ttl() / 4;
+        loop {
+            let left = f.time_left().map_err(StateError::LeaseLost)?;
+            if left >= margin + Duration::from_millis(500) {
+                return Ok(Some(left - margin));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The local fence check (no I/O): call before acting on a cluster.
     pub fn check_fence(&self) -> Result<(), StateError> {
         match &self.fence {

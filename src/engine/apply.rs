@@ -1017,6 +1017,22 @@ const SHAPE_ERRORS: [i32; 3] = [28, 2, 14];
 
 /// Sends one command of `kind` with `stmts` to `ns` on the destination. `uuid` is the source
 /// collection's UUID (from the events), for re-reading a document.
+/// Sends each statement in its own command (see the TransactionTooLargeForCache case in
+/// [`send`]).
+async fn one_by_one(
+    ctx: &ApplyCtx,
+    ns: &Namespace,
+    kind: Kind,
+    stmts: &[RawDocumentBuf],
+    uuid: Option<&mongodb::bson::Binary>,
+) -> Result<(), EngineError> {
+    tracing::debug!(%ns, statements = stmts.len(), "Write too large for the destination's cache as one command: sending its statements one by one.");
+    for st in stmts {
+        Box::pin(send(ctx, ns, kind, vec![st.clone()], uuid)).await?;
+    }
+    Ok(())
+}
+
 async fn send(
     ctx: &ApplyCtx,
     ns: &Namespace,
@@ -1056,18 +1072,47 @@ async fn send(
     let mut wc = RawDocumentBuf::new();
     wc.append("w", "majority");
     cmd.append("writeConcern", wc);
-    let reply = ctx
-        .dest
-        .database(&ns.db)
-        .run_raw_command(cmd)
-        .await
-        .map_err(|e| cluster_err("destination", format!("writing `{ns}`"), &e))?;
+    // A write that started just before this runner's lease ran out must not land after
+    // another runner took the plan over: the server stops it at the lease's deadline.
+    if let Some(budget) = ctx.store.write_budget().await? {
+        cmd.append("maxTimeMS", (budget.as_millis() as i64).max(1));
+    }
+    use crate::mongo_error::code::{MAX_TIME_MS_EXPIRED, TRANSACTION_TOO_LARGE_FOR_CACHE};
+    let reply = match ctx.dest.database(&ns.db).run_raw_command(cmd).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(match e.kind.as_ref() {
+                ErrorKind::Command(c)
+                    if c.code == TRANSACTION_TOO_LARGE_FOR_CACHE && stmts.len() > 1 =>
+                {
+                    return one_by_one(ctx, ns, kind, &stmts, uuid).await;
+                }
+                ErrorKind::Command(c) if c.code == MAX_TIME_MS_EXPIRED => {
+                    write_error(ns, "?", c.code, &c.message)
+                }
+                _ => cluster_err("destination", format!("writing `{ns}`"), &e),
+            })
+        }
+    };
     let mut replay = Vec::new();
     let mut reshaped = None;
     if let Ok(errs) = reply.get_array("writeErrors") {
         for e in errs.iter().filter_map(Bson::as_document) {
             let idx = e.get_i32("index").unwrap_or(0) as usize;
             let code = e.get_i32("code").unwrap_or(0);
+            // mongod writes a command's inserts in shared storage transactions: several
+            // large documents together can exceed what its cache admits although each fits
+            // alone (TransactionTooLargeForCache). Send the statements one per command (an
+            // ordered command stopped at `idx`; unordered inserts are all sent again, and
+            // the ones already written come back as duplicates, written as upserts).
+            if code == TRANSACTION_TOO_LARGE_FOR_CACHE && stmts.len() > 1 {
+                let from = if kind == Kind::Insert {
+                    0
+                } else {
+                    idx.min(stmts.len())
+                };
+                return one_by_one(ctx, ns, kind, &stmts[from..], uuid).await;
+            }
             // An update replayed on a document already at a later state (a restart before the
             // checkpoint, a retried round) where a field has changed shape since (`$set a.b`,
             // then `$set a: 5`): the statement cannot apply to that state. Updates are sent

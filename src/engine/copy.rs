@@ -688,6 +688,19 @@ pub async fn insert_batch(
         .await
     {
         Ok(_) => Ok(()),
+        Err(e) if batch.len() > 1 && too_large_for_cache(&e) => {
+            // mongod inserts a command's documents in shared storage transactions: several
+            // large ones together can exceed what its cache admits although each fits alone.
+            tracing::debug!(
+                ns,
+                documents = batch.len(),
+                "Batch too large for the destination's cache: inserting its documents one by one."
+            );
+            for d in batch {
+                Box::pin(insert_batch(dst, ns, vec![d])).await?;
+            }
+            Ok(())
+        }
         Err(e) => {
             if let ErrorKind::InsertMany(im) = e.kind.as_ref() {
                 if let Some(we) = im
@@ -716,6 +729,19 @@ pub async fn insert_batch(
             }
             Err(cluster_err("destination", format!("writing `{ns}`"), &e))
         }
+    }
+}
+
+/// TransactionTooLargeForCache (388), as a command error or a write error.
+fn too_large_for_cache(e: &mongodb::error::Error) -> bool {
+    use crate::mongo_error::code::TRANSACTION_TOO_LARGE_FOR_CACHE as C;
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => c.code == C,
+        ErrorKind::InsertMany(im) => im
+            .write_errors
+            .as_ref()
+            .is_some_and(|ws| ws.iter().any(|w| w.code == C)),
+        _ => false,
     }
 }
 

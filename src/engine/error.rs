@@ -103,7 +103,7 @@ impl crate::mongo_error::Retryable for EngineError {
     }
     fn describe(&self) -> String {
         match self {
-            EngineError::Cluster { detail, .. } => detail.clone(),
+            EngineError::Cluster { doing, detail, .. } => format!("{doing}: {detail}"),
             other => other.to_string(),
         }
     }
@@ -134,7 +134,11 @@ pub fn write_error(
     code: i32,
     detail: &str,
 ) -> EngineError {
-    if crate::mongo_error::code_is_transient(code) {
+    // MaxTimeMSExpired: stopped at this runner's lease deadline (see
+    // `Store::write_budget`); sent again once the lease is renewed, or not at all if lost.
+    if crate::mongo_error::code_is_transient(code)
+        || code == crate::mongo_error::code::MAX_TIME_MS_EXPIRED
+    {
         return EngineError::Cluster {
             cluster: "destination",
             doing: format!("writing `{}` (document _id {})", ns.to_string(), id.into()),

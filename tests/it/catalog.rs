@@ -1,7 +1,6 @@
 //! The catalog layer against real replica sets: every collection kind and index kind is
 //! created relaxed on a destination, restored, and compared with the source.
 
-
 use crate::common::*;
 use cutover::engine::catalog::*;
 use cutover::namespace::Namespace;

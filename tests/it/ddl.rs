@@ -2,7 +2,6 @@
 //! `showExpandedEvents` and `showSystemEvents`) are applied to a destination with
 //! `apply_ddl`, each twice (a replay after a crash), and the catalogs end up identical.
 
-
 use std::time::Duration;
 
 use crate::common::*;

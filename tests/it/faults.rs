@@ -2,7 +2,6 @@
 //! stopped; a destination write that keeps failing. Both end with a clear error (exit 1)
 //! and recover once the cause is dealt with.
 
-
 use std::time::{Duration, Instant};
 
 use crate::common::*;

@@ -3,7 +3,6 @@
 //! `_id` types across many copy ranges — with identical options and index specs for every
 //! collection kind; and again when a writer churns the source during the copy.
 
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,6 @@
 //! each time the same `cutover run PLAN` continues. In the end the clusters are byte-identical
 //! and every acknowledged write is on the destination.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -340,3 +340,125 @@ async fn a_runner_that_lost_its_lease_stops_at_once() {
     assert_eq!(v["state"], "COMMITTED", "{v}");
     assert!(v["epoch"].as_i64().unwrap_or(0) > second_epoch, "{v}");
 }
+
+/// (c) A destination write sent just before a runner's lease runs out cannot land after
+/// another runner took the plan over. The first runner's update of `shop.orders` is held by
+/// the destination (`failCommand` `blockConnection`, 12 s) and the runner is frozen
+/// (SIGSTOP) past its 4 s TTL; a second runner takes over, replays the update and applies a
+/// later one. When the block ends the stale update must not overwrite the later value:
+/// cutover sends every change-application write with a `maxTimeMS` that ends before its
+/// lease can have expired, so the server stops it. Before, the stale write landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_before_the_lease_ran_out_cannot_land_after_a_takeover() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    let (_d, plan) = write_plan(&plan_text("fenced-write", MANUAL));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_of(&src, &dst, &[("CUTOVER_LEASE_TTL", "4s".into())]);
+    let first = spawn_cutover(&["run", &plan], &refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the first runner to wait for approval",
+        |v| v["phase"] == "waiting for approval",
+    )
+    .await;
+
+    // The destination holds cutover's next update of shop.orders for 12 s.
+    let armed = d
+        .database("admin")
+        .run_command(
+            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1},
+            "data": {"failCommands": ["update"], "namespace": "shop.orders", "appName": "cutover",
+                     "blockConnection": true, "blockTimeMS": 12_000}},
+        )
+        .await
+        .expect("configureFailPoint (mongod runs with enableTestCommands=1)");
+    let entered = match armed.get("count") {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        _ => 0,
+    };
+    let orders = s.database("shop").collection::<Document>("orders");
+    orders
+        .update_one(doc! {"_id": 1}, doc! {"$set": {"v": "stale"}})
+        .await
+        .unwrap();
+    d.database("admin")
+        .run_command(
+            doc! {"waitForFailPoint": "failCommand", "timesEntered": entered + 1,
+            "maxTimeMS": 60_000},
+        )
+        .await
+        .expect("the runner's update never reached the destination");
+    let blocked_at = Instant::now();
+    signal(&first, "-STOP");
+
+    // A second runner takes over once the TTL has passed, and applies a later update.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let second = spawn_cutover(&["run", &plan], &refs(&env));
+    let second_pid = second.id();
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the second runner to take over",
+        |v| {
+            v["runner"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("pid {second_pid}"))
+                && v["phase"] == "waiting for approval"
+        },
+    )
+    .await;
+    orders
+        .update_one(doc! {"_id": 1}, doc! {"$set": {"v": "fresh"}})
+        .await
+        .unwrap();
+    let dest_orders = d.database("shop").collection::<Document>("orders");
+    let start = Instant::now();
+    loop {
+        let v = dest_orders
+            .find_one(doc! {"_id": 1})
+            .await
+            .unwrap()
+            .unwrap();
+        if v.get_str("v") == Ok("fresh") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the second runner never applied the later update: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the end of the block (and the server's answer to it).
+    let until = Duration::from_secs(15);
+    if blocked_at.elapsed() < until {
+        tokio::time::sleep(until - blocked_at.elapsed()).await;
+    }
+    let v = dest_orders
+        .find_one(doc! {"_id": 1})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        v.get_str("v"),
+        Ok("fresh"),
+        "the frozen runner's update landed after the takeover: {v}"
+    );
+
+    signal(&first, "-KILL");
+    let _ = wait_exit(first, Duration::from_secs(10), "the frozen runner").await;
+    let o = run_cutover(&["approve", &plan], &refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = wait_exit(second, Duration::from_secs(120), "the second runner").await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, STATE_DB).await;
+}

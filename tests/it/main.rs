@@ -9,10 +9,10 @@ compile_error!(
      `./scripts/test.sh` (or `cargo test --release --features test-hooks`)"
 );
 
-mod common;
 mod apply;
 mod catalog;
 mod check;
+mod common;
 mod connections;
 mod cutover;
 mod ddl;

@@ -4,7 +4,6 @@
 //! (`CUTOVER_TEST_PAUSE_AT`) make the rename land mid-copy deterministically; crash points
 //! and kill -9 cover the replays. Every test ends with a commit and identical clusters.
 
-
 use std::path::Path;
 use std::time::Duration;
 
