@@ -13,6 +13,12 @@
 //! `--apply-secs S` (generator time before each approval, default 15), `--seed-docs N`
 //! (default 20000), `--logs DIR` (keep every runner log under DIR/seed-N).
 
+#[cfg(not(feature = "test-hooks"))]
+compile_error!(
+    "the torture run uses cutover's crash points: run it with \
+     `cargo bench --bench torture --features test-hooks -- ...`"
+);
+
 #[path = "../tests/it/common/mod.rs"]
 mod common;
 #[path = "../tests/it/torture/workload.rs"]
