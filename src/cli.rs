@@ -497,7 +497,7 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
             return Exit::Invalid;
         }
     }
-    let opts = crate::runner::RunOptions {
+    let opts = crate::run::RunOptions {
         restart: args.restart,
         accept_changed_plan: args.accept_changed_plan,
         max_steps: args.max_steps,
@@ -511,7 +511,7 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
             && std::io::stderr().is_terminal()
             && std::env::var_os("RUST_LOG").is_none(),
     };
-    let (report, result) = crate::runner::run(plan, opts).await;
+    let (report, result) = crate::run::run(plan, opts).await;
     match args.plan.format {
         Format::Json => out(&serde_json::to_string_pretty(&report).unwrap_or_default()),
         Format::Text => out(&run_summary(&report)),
@@ -524,10 +524,10 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
                 err(&format!("hint: {h}"));
             }
             match e {
-                crate::runner::RunError::Cluster(c) if c.is_connectivity() => Exit::Unreachable,
-                crate::runner::RunError::Interrupted => Exit::Interrupted,
-                crate::runner::RunError::LeaseLost(_)
-                | crate::runner::RunError::State(crate::state::StateError::Leased { .. }) => {
+                crate::run::RunError::Cluster(c) if c.is_connectivity() => Exit::Unreachable,
+                crate::run::RunError::Interrupted => Exit::Interrupted,
+                crate::run::RunError::LeaseLost(_)
+                | crate::run::RunError::State(crate::state::StateError::Leased { .. }) => {
                     Exit::Refused
                 }
                 _ => Exit::Failed,
@@ -536,7 +536,7 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
     }
 }
 
-fn run_summary(r: &crate::runner::RunReport) -> String {
+fn run_summary(r: &crate::run::RunReport) -> String {
     let mut s = format!(
         "plan `{}`: {}\n",
         r.plan,

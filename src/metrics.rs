@@ -256,7 +256,7 @@ impl Metrics {
                     })
                     .set(i64::from(on));
             }
-            if let Some(w) = crate::runner::last_window_ms(run) {
+            if let Some(w) = crate::run::record::last_window_ms(run) {
                 self.commit_window
                     .get_or_create(&plan_l)
                     .set(w as f64 / 1000.0);

@@ -62,3 +62,20 @@ impl Progress {
         (ms >= 0).then(|| ms as f64 / 1000.0)
     }
 }
+
+impl Progress {
+    /// This lane's counters now, with an identity for the lane (its address: a new lane's
+    /// progress is a new value), for [`crate::stats::Sampler::sample`].
+    pub fn sample(&self) -> (usize, crate::stats::Sample) {
+        use std::sync::atomic::Ordering;
+        let now = crate::stats::Sample {
+            at: std::time::Instant::now(),
+            read: self.stats.events_read.load(Ordering::Relaxed),
+            applied: self.events_applied.load(Ordering::Relaxed),
+            busy: crate::stats::STAGES.map(|s| self.stats.busy(s)),
+            namespaces: self.stats.namespaces(),
+            lag: self.lag_seconds(),
+        };
+        (self as *const Progress as usize, now)
+    }
+}

@@ -34,7 +34,7 @@ impl Live {
     }
 }
 
-/// The runner's service task (and the API server, if `--listen` was given).
+/// The runner's service task (and the API server, if `--listen` was given: [`Service::attach`]).
 pub struct Service {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -42,6 +42,15 @@ pub struct Service {
 }
 
 impl Service {
+    /// Runs `task` (the HTTP API) until [`Service::stop`]; it gets the stop signal.
+    pub fn attach<F>(&mut self, task: impl FnOnce(Arc<Live>, watch::Receiver<bool>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let fut = task(self.live.clone(), self.stop.subscribe());
+        self.tasks.push(tokio::spawn(fut));
+    }
+
     pub async fn stop(self) {
         self.stop.send_replace(true);
         for t in self.tasks {
@@ -58,7 +67,6 @@ pub async fn start(
     source: Client,
     destination: Client,
     current: Arc<Mutex<Option<Arc<Progress>>>>,
-    api: Option<crate::api::Bound>,
 ) -> Service {
     let live = Arc::new(Live {
         plan,
@@ -70,19 +78,12 @@ pub async fn start(
         crate::pause::set_paused(is_paused(&run));
     }
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = vec![tokio::spawn(service_loop(
+    let tasks = vec![tokio::spawn(service_loop(
         live.clone(),
         source,
         destination,
-        stop_rx.clone(),
+        stop_rx,
     ))];
-    if let Some(bound) = api {
-        tasks.push(tokio::spawn(crate::api::serve(
-            bound,
-            live.clone(),
-            stop_rx,
-        )));
-    }
     Service { stop, tasks, live }
 }
 
@@ -140,7 +141,8 @@ async fn service_loop(
                     oplog_prev = Some((dir, s));
                 }
             }
-            let mut insight = sampler.sample(&p);
+            let (lane, now) = p.sample();
+            let mut insight = sampler.sample(lane, now);
             insight.oplog_remaining_seconds = oplog_remaining;
             if let Ok(d) = mongodb::bson::to_document(&insight) {
                 // Beside `status`, which the reporter rewrites whole every second.

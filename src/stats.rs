@@ -1,5 +1,5 @@
 //! Lag explained: where change application spends its time. The engine adds busy time per
-//! stage and counts events per namespace ([`LaneStats`], inside [`Progress`]); the service's
+//! stage and counts events per namespace ([`LaneStats`], inside `Progress`); the service's
 //! sampler turns consecutive samples into rates, busy fractions and a bottleneck
 //! ([`Insight`]), which `status`, the HTTP API and the metrics show.
 
@@ -9,8 +9,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-
-use crate::progress::Progress;
 
 /// The stages of change application, in pipeline order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +41,7 @@ impl Stage {
     }
 }
 
-/// Counters of one lane beyond [`Progress`]'s: events read, busy nanoseconds per stage,
+/// Counters of one lane beyond `Progress`'s: events read, busy nanoseconds per stage,
 /// events per namespace.
 #[derive(Debug, Default)]
 pub struct LaneStats {
@@ -73,7 +71,7 @@ impl LaneStats {
         }
     }
 
-    fn namespaces(&self) -> HashMap<String, u64> {
+    pub fn namespaces(&self) -> HashMap<String, u64> {
         self.namespaces
             .lock()
             .map(|g| g.clone())
@@ -118,13 +116,13 @@ pub struct NamespaceRate {
 }
 
 #[derive(Clone, Debug)]
-struct Sample {
-    at: Instant,
-    read: u64,
-    applied: u64,
-    busy: [Duration; 4],
-    namespaces: HashMap<String, u64>,
-    lag: Option<f64>,
+pub struct Sample {
+    pub at: Instant,
+    pub read: u64,
+    pub applied: u64,
+    pub busy: [Duration; 4],
+    pub namespaces: HashMap<String, u64>,
+    pub lag: Option<f64>,
 }
 
 /// Keeps the last samples of one lane and derives an [`Insight`].
@@ -139,20 +137,13 @@ pub struct Sampler {
 const WINDOW: Duration = Duration::from_secs(10);
 
 impl Sampler {
-    pub fn sample(&mut self, p: &Progress) -> Insight {
-        let lane = p as *const Progress as usize;
+    /// Adds `now`, a sample of the lane identified by `lane` (another lane starts over: see
+    /// `Progress::sample`), and derives the insight over the last [`WINDOW`].
+    pub fn sample(&mut self, lane: usize, now: Sample) -> Insight {
         if lane != self.lane {
             self.samples.clear();
             self.lane = lane;
         }
-        let now = Sample {
-            at: Instant::now(),
-            read: p.stats.events_read.load(Ordering::Relaxed),
-            applied: p.events_applied.load(Ordering::Relaxed),
-            busy: STAGES.map(|s| p.stats.busy(s)),
-            namespaces: p.stats.namespaces(),
-            lag: p.lag_seconds(),
-        };
         self.samples.push_back(now.clone());
         while self.samples.len() > 2 && now.at.duration_since(self.samples[1].at) >= WINDOW {
             self.samples.pop_front();

@@ -9,51 +9,13 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document, Timestamp};
 
+use super::roles::*;
+use super::{Ctx, RunError};
 use crate::engine::catalog::{self, NsKind, RelaxationStore};
 use crate::engine::error::EngineError;
 use crate::engine::lane::{source_now, Direction};
-use crate::plan::model::{CommitStep, VerifyStep};
-use crate::plan::{Approval, Step, WriteBlocking};
-use crate::report::Scope;
-use crate::runner::{Ctx, RunError};
-
-/// The direction a commit at step `i` finishes: that of the last `sync`/`reverse` before it.
-fn direction_of(ctx: &Ctx, i: usize) -> Direction {
-    ctx.plan.steps[..i]
-        .iter()
-        .rev()
-        .find_map(|s| match s {
-            Step::Sync(_) => Some(Direction::Forward),
-            Step::Reverse(_) => Some(Direction::Reverse),
-            _ => None,
-        })
-        .unwrap_or(Direction::Forward)
-}
-
-/// The plan role (`Scope`) of the cluster that is the source of `direction`.
-fn source_role(d: Direction) -> Scope {
-    match d {
-        Direction::Forward => Scope::Source,
-        Direction::Reverse => Scope::Destination,
-    }
-}
-
-fn dest_role(d: Direction) -> Scope {
-    match d {
-        Direction::Forward => Scope::Destination,
-        Direction::Reverse => Scope::Source,
-    }
-}
-
-/// The reverse lane's start point: recorded by the forward commit.
-fn reverse_start(run: &Document) -> Option<Timestamp> {
-    let commits = run.get_document("commits").ok()?;
-    commits
-        .iter()
-        .filter_map(|(_, c)| c.as_document())
-        .find(|c| c.get_str("direction") == Ok("forward"))
-        .and_then(|c| c.get_timestamp("can_write_ts").ok())
-}
+use crate::plan::model::CommitStep;
+use crate::plan::{Approval, WriteBlocking};
 
 pub async fn commit(
     ctx: &mut Ctx,
@@ -257,7 +219,10 @@ pub async fn commit(
 /// [`source_now`] of a cluster, retried through transient failures (an election, a dropped
 /// connection) for `--retry-timeout`: inside the write-blocked window, giving up would
 /// leave the clusters blocked until a re-run.
-async fn cluster_time(ctx: &Ctx, client: &mongodb::Client) -> Result<Timestamp, EngineError> {
+pub(super) async fn cluster_time(
+    ctx: &Ctx,
+    client: &mongodb::Client,
+) -> Result<Timestamp, EngineError> {
     let progress = match &ctx.lane {
         Some(l) => l.progress.clone(),
         None => std::sync::Arc::new(crate::progress::Progress::new()),
@@ -394,198 +359,4 @@ async fn count_check(
         }
     }
     Ok(bad)
-}
-
-pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError> {
-    let fail = |source: EngineError| RunError::Step {
-        index: i,
-        kind: "reverse",
-        source,
-    };
-    let run = ctx.store.run_doc().await?.unwrap_or_default();
-    if run.get_str("state") != Ok("COMMITTED") && run.get_str("direction") != Ok("reverse") {
-        return Err(fail(EngineError::Event(
-            "reverse needs a committed forward sync".into(),
-        )));
-    }
-    let Some(start) = reverse_start(&run) else {
-        return Err(fail(EngineError::Event(
-            "the forward commit recorded no reverse start point".into(),
-        )));
-    };
-    let started = Instant::now();
-    ctx.store
-        .set(doc! {"state": "REVERSING", "direction": "reverse", "can_write": false})
-        .await?;
-    // The old source stays user-write-blocked (since the commit) while it receives writes.
-    if ctx.plan.options.write_blocking == WriteBlocking::SourceAndDestination {
-        ctx.set_block(Scope::Source, true).await?;
-    }
-    crate::crashpoint::hit("reverse.starting", Some(i));
-    let store = ctx.store.clone();
-    let lane = ctx.ensure_lane(Direction::Reverse, Some(start));
-    // Started means the change stream opened at the start point (or failed: history lost).
-    while lane.position().is_none() {
-        lane.check_alive().await.map_err(fail)?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let latency = started.elapsed();
-    store
-        .set(doc! {"state": "RUNNING", "reverse_start_latency_ms": latency.as_millis() as i64})
-        .await?;
-    lane.wait_can_commit(None).await.map_err(fail)?;
-    Ok(Some(format!(
-        "reverse replication running (started in {:.3}s)",
-        latency.as_secs_f64()
-    )))
-}
-
-/// `validate-indexes` (mongosync's "Validate Unique Indexes", a prerequisite of reverse): no
-/// unique index on any member of the source may use the legacy (pre-4.2) format, and every
-/// source unique index must exist identically on the destination (key, collation, partial
-/// filter; during the sync the destination's copy is non-unique on purpose).
-///
-/// While a lane replicates (after `sync` or `reverse`, before their commit), the step first
-/// waits until it has applied every source write up to the source's time at the step's start
-/// (a re-run resumes the lane): a unique index created just before the step is then on the
-/// destination when it is compared.
-pub async fn validate_indexes(ctx: &mut Ctx, i: usize) -> Result<Option<String>, EngineError> {
-    if let Some(direction) = replicating_at(ctx, i) {
-        let start_at = if direction == Direction::Reverse {
-            let run = ctx.store.run_doc().await?.unwrap_or_default();
-            reverse_start(&run)
-        } else {
-            None
-        };
-        let (src, _) = ctx.roles(direction);
-        let src_client = src.client.clone();
-        ctx.ensure_lane(direction, start_at);
-        let now = cluster_time(ctx, &src_client).await?;
-        let lane = ctx.ensure_lane(direction, start_at);
-        lane.wait_applied(now, Some(VALIDATE_WAIT)).await?;
-    }
-    let selector = &ctx.plan.selector;
-    let cluster_err = |e: crate::cluster::ClusterError| EngineError::Event(e.to_string());
-    let mut findings = crate::index_format::check_unique_index_formats(&ctx.plan.source, selector)
-        .await
-        .map_err(cluster_err)?;
-    findings.extend(
-        crate::index_format::compare_unique_indexes(
-            &ctx.source.client,
-            &ctx.destination.client,
-            selector,
-        )
-        .await
-        .map_err(cluster_err)?,
-    );
-    let problems: Vec<String> = findings
-        .iter()
-        .filter(|f| f.is_problem())
-        .map(|f| format!("{f} (fix: {})", f.fix()))
-        .collect();
-    if problems.is_empty() {
-        Ok(Some(format!(
-            "{} unique-index findings, none blocking",
-            findings.len()
-        )))
-    } else {
-        Err(EngineError::Event(format!(
-            "{} unique index problem(s): {}",
-            problems.len(),
-            problems.join("; ")
-        )))
-    }
-}
-
-/// How long `validate-indexes` waits for replication to catch up before it fails.
-const VALIDATE_WAIT: Duration = Duration::from_secs(600);
-
-/// The direction whose lane replicates when step `i` runs: that of the last `sync` or
-/// `reverse` before it when no `commit` lies between them.
-fn replicating_at(ctx: &Ctx, i: usize) -> Option<Direction> {
-    ctx.plan.steps[..i].iter().rev().find_map(|s| match s {
-        Step::Sync(_) => Some(Some(Direction::Forward)),
-        Step::Reverse(_) => Some(Some(Direction::Reverse)),
-        Step::Commit(_) => Some(None),
-        _ => None,
-    })?
-}
-
-/// Waits until the running lane has applied every event up to a source time (or gives up
-/// after a minute, so a stalled lane cannot hang verify; the range is then reported).
-struct LaneWait(tokio::sync::watch::Receiver<Option<Timestamp>>);
-
-impl crate::verify::ReplicationWait for LaneWait {
-    fn wait_replicated(&self, read_at: Timestamp) -> futures::future::BoxFuture<'_, ()> {
-        let mut rx = self.0.clone();
-        Box::pin(async move {
-            let reached = async {
-                loop {
-                    if rx.borrow().is_some_and(|p| p >= read_at) {
-                        return;
-                    }
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(60), reached).await;
-        })
-    }
-}
-
-/// `verify`: compares source and destination. While replication still runs (before the
-/// commit), differing ranges are re-checked once the lane has applied past their read time;
-/// after a commit the comparison is exact and there are no rechecks.
-pub async fn verify(ctx: &mut Ctx, step: &VerifyStep) -> Result<Option<String>, EngineError> {
-    use crate::verify::{SleepWait, VerifyOptions};
-    let lane_position = ctx.lane.as_ref().map(|l| l.position_watch());
-    let replication: std::sync::Arc<dyn crate::verify::ReplicationWait> = match &lane_position {
-        Some(rx) => std::sync::Arc::new(LaneWait(rx.clone())),
-        None => std::sync::Arc::new(SleepWait(Duration::from_secs(1))),
-    };
-    // Before the commit, the destination is relaxed on purpose (unique, TTL, capped).
-    let mut relaxed = Vec::new();
-    if let Some(lane) = &ctx.lane {
-        let relax = RelaxationStore::new(
-            ctx.store.database().clone(),
-            ctx.store.plan(),
-            lane.direction.as_str(),
-        );
-        for r in relax.list().await? {
-            relaxed.push((r.ns.clone(), r.index.clone()));
-        }
-    }
-    let opts = VerifyOptions {
-        max_differences: step.max_differences as usize,
-        rechecks: if lane_position.is_some() { 3 } else { 0 },
-        replication,
-        relaxed,
-        fence: ctx.store.fence().cloned(),
-        ..VerifyOptions::default()
-    };
-    // After a reverse commit the data lives on the old source: compare in the current direction.
-    let run = ctx.store.run_doc().await?.unwrap_or_default();
-    let (a, b) = if run.get_str("direction") == Ok("reverse") {
-        (&ctx.destination.client, &ctx.source.client)
-    } else {
-        (&ctx.source.client, &ctx.destination.client)
-    };
-    let report = crate::verify::run(a, b, &ctx.plan, &opts)
-        .await
-        .map_err(|e| EngineError::Event(format!("verify: {e}")))?;
-    let text = report.to_text();
-    for line in text.lines() {
-        tracing::info!("{line}");
-    }
-    if report.ok {
-        Ok(Some(format!(
-            "verified: {} documents compared, no difference",
-            report.documents_compared
-        )))
-    } else {
-        Err(EngineError::Event(format!(
-            "verify found differences:\n{text}"
-        )))
-    }
 }

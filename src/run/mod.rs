@@ -2,19 +2,29 @@
 //! is idempotent on re-entry after a crash: it records its intent in the state store before
 //! acting and checks the clusters' real state when re-entered.
 
+mod commit;
+use record::{last_window_ms, step_status};
+pub mod record;
+mod reporter;
+mod reverse;
+mod roles;
+mod sync;
+mod validate_indexes;
+mod verify;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, DateTime, Document};
 use serde::Serialize;
 
 use crate::cluster::{set_user_write_block, Cluster, ClusterError};
-use crate::cutover;
+
 use crate::engine::error::EngineError;
 use crate::engine::lane::{Direction, Lane, LaneEnv};
 use crate::engine::retry::RetryPolicy;
 use crate::fence::{Holder, LeaseLost};
-use crate::plan::{Plan, Step, WriteBlocking};
+use crate::plan::{Plan, Step};
 use crate::progress::Progress;
 use crate::report::Scope;
 use crate::state::{StateError, StateStore};
@@ -261,7 +271,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     }
 
     let current: Arc<Mutex<Option<Arc<Progress>>>> = Arc::new(Mutex::new(None));
-    let reporter = crate::status::spawn_reporter(
+    let reporter = reporter::spawn_reporter(
         // Status updates are best-effort: one that fails is replaced a second later.
         store.clone().with_retry(Duration::ZERO),
         current.clone(),
@@ -269,15 +279,17 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         plan.destination.hosts_display(),
         opts.progress_bars,
     );
-    let service = crate::service::start(
+    let mut service = crate::service::start(
         plan.clone(),
         store.clone().with_retry(Duration::ZERO),
         source.client.clone(),
         destination.client.clone(),
         current.clone(),
-        api,
     )
     .await;
+    if let Some(bound) = api {
+        service.attach(|live, stop| crate::api::serve(bound, live, stop));
+    }
     let mut ctx = Ctx {
         plan,
         source,
@@ -460,26 +472,6 @@ async fn run_steps(ctx: &mut Ctx, report: &mut RunReport) -> Result<(), RunError
     result
 }
 
-fn step_status(doc: &Document, i: usize) -> String {
-    doc.get_array("steps")
-        .ok()
-        .and_then(|a| a.get(i))
-        .and_then(Bson::as_document)
-        .and_then(|s| s.get_str("status").ok())
-        .unwrap_or("pending")
-        .to_string()
-}
-
-/// The write-blocked window of the most recent commit, in milliseconds.
-pub fn last_window_ms(doc: &Document) -> Option<i64> {
-    let commits = doc.get_document("commits").ok()?;
-    commits
-        .iter()
-        .filter_map(|(_, v)| v.as_document())
-        .filter_map(|c| c.get_i64("window_ms").ok())
-        .last()
-}
-
 async fn run_step(ctx: &mut Ctx, i: usize, step: &Step) -> Result<Option<String>, RunError> {
     let fail = |source: EngineError| RunError::Step {
         index: i,
@@ -487,24 +479,13 @@ async fn run_step(ctx: &mut Ctx, i: usize, step: &Step) -> Result<Option<String>
         source,
     };
     match step {
-        Step::Sync(_) => {
-            if ctx.plan.options.write_blocking != WriteBlocking::None {
-                ctx.set_block(Scope::Destination, true).await?;
-            }
-            ctx.store
-                .set(doc! {"state": "RUNNING", "direction": "forward", "can_write": false})
-                .await?;
-            let lane = ctx.ensure_lane(Direction::Forward, None);
-            lane.wait_can_commit(None).await.map_err(fail)?;
-            let lag = lane.progress.lag_seconds().unwrap_or(0.0);
-            Ok(Some(format!(
-                "can-commit (lag {lag:.1}s); replication continues until the commit"
-            )))
-        }
-        Step::ValidateIndexes(_) => cutover::validate_indexes(ctx, i).await.map_err(fail),
-        Step::Commit(c) => cutover::commit(ctx, i, c).await,
-        Step::Reverse(_) => cutover::reverse(ctx, i).await,
-        Step::Verify(v) => cutover::verify(ctx, v).await.map_err(fail),
+        Step::Sync(_) => sync::sync(ctx, fail).await,
+        Step::ValidateIndexes(_) => validate_indexes::validate_indexes(ctx, i)
+            .await
+            .map_err(fail),
+        Step::Commit(c) => commit::commit(ctx, i, c).await,
+        Step::Reverse(_) => reverse::reverse(ctx, i).await,
+        Step::Verify(v) => verify::verify(ctx, v).await.map_err(fail),
     }
 }
 
