@@ -147,6 +147,9 @@ pub async fn commit(
             )
             .await
             .map_err(fail)?;
+        drop_vanished_views(&src, &dst, &ctx.plan.selector)
+            .await
+            .map_err(fail)?;
         let mismatches = count_check(&src, &dst, &ctx.plan.selector)
             .await
             .map_err(fail)?;
@@ -318,6 +321,46 @@ async fn wait_for_approval(ctx: &mut Ctx, i: usize, limit: Duration) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Drops, on the destination, the selected views the source no longer has. A `dropDatabase`
+/// that fails after it dropped the database's collections (user writes blocked by this very
+/// commit, a stepdown, `killOp`) has already dropped `system.views`: the source's views are
+/// gone and no change event says so (verified on 6.0.5: the stream shows the collections'
+/// `drop` events and nothing for the views). Run after the drain, when every event is applied.
+async fn drop_vanished_views(
+    src: &mongodb::Client,
+    dst: &mongodb::Client,
+    selector: &crate::plan::NamespaceSelector,
+) -> Result<(), EngineError> {
+    let on = |cluster: &'static str| crate::engine::error::on(cluster);
+    let at_source = catalog::list_selected(src, selector)
+        .await
+        .map_err(on("source"))?;
+    let at_destination = catalog::list_selected(dst, selector)
+        .await
+        .map_err(on("destination"))?;
+    for v in at_destination.iter().filter(|s| s.kind == NsKind::View) {
+        if at_source.iter().any(|s| s.ns == v.ns) {
+            continue;
+        }
+        tracing::warn!(view = %v.ns, "The view is gone from the source without a change event (its database's drop failed after dropping the database's collections): dropping it on the destination.");
+        match crate::cluster::run_majority(&dst.database(&v.ns.db), doc! {"drop": &v.ns.coll}).await
+        {
+            Ok(_) => {}
+            Err(e)
+                if crate::mongo_error::code_of(&e)
+                    == Some(crate::mongo_error::code::NAMESPACE_NOT_FOUND) => {}
+            Err(e) => {
+                return Err(crate::engine::error::cluster_err(
+                    "destination",
+                    format!("dropping the view `{}`", v.ns),
+                    &e,
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Per-namespace document counts on both sides (metadata counts: fast inside the window).

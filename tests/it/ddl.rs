@@ -657,3 +657,109 @@ async fn replay_behind_the_copy_converges() {
         );
     }
 }
+
+/// A `dropDatabase` on the source (by a user without `bypassWriteBlockingMode`) that fails
+/// after dropping the database's collections: held by the fail point
+/// `dropDatabaseHangAfterAllCollectionsDrop` while the commit blocks user writes, it then ends
+/// with UserWritesBlocked. Its collections and `system.views` are already dropped, so the
+/// source's view is gone, with no change event for it and no `dropDatabase` event. The commit
+/// drops the vanished view on the destination after the drain, and the catalogs are identical.
+/// Before, the view stayed on the destination (found by the torture run's reversible seed 15:
+/// "`tb.v1` exists only on the destination").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_dropped_by_a_failed_drop_database_is_dropped_at_commit() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    let gone = s.database("gone");
+    for c in ["a", "b"] {
+        gone.collection::<Document>(c)
+            .insert_many((0..50).map(|i| doc! {"_id": i, "x": i}))
+            .await
+            .unwrap();
+    }
+    gone.run_command(
+        doc! {"create": "v", "viewOn": "a", "pipeline": [{"$match": {"x": {"$gt": 10}}}]},
+    )
+    .await
+    .unwrap();
+    s.database("shop")
+        .collection::<Document>("orders")
+        .insert_many((0..100).map(|i| doc! {"_id": i}))
+        .await
+        .unwrap();
+    s.database("admin")
+        .run_command(doc! {"createUser": "dba", "pwd": "dba-password",
+        "roles": ["readWriteAnyDatabase", "dbAdminAnyDatabase"]})
+        .await
+        .unwrap();
+    let plan_body = r#"
+[options]
+write_blocking = "source-and-destination"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+approval = "manual"
+timeout = "5m"
+"#;
+    let (_dir, plan) = write_plan(&plan_text("inflight", plan_body));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "waiting for approval",
+        |v| v["phase"] == "waiting for approval",
+    )
+    .await;
+
+    // The dropDatabase drops gone.a and gone.b, then hangs before dropping the database.
+    let armed = s
+        .database("admin")
+        .run_command(doc! {"configureFailPoint": "dropDatabaseHangAfterAllCollectionsDrop", "mode": "alwaysOn"})
+        .await
+        .expect("configureFailPoint (mongod runs with enableTestCommands=1)");
+    let entered = match armed.get("count") {
+        Some(mongodb::bson::Bson::Int32(n)) => i64::from(*n),
+        Some(mongodb::bson::Bson::Int64(n)) => *n,
+        _ => 0,
+    };
+    let dba = client(&src.uri_for("dba", "dba-password")).await;
+    let dropping = tokio::spawn(async move { dba.database("gone").drop().await });
+    s.database("admin")
+        .run_command(
+            doc! {"waitForFailPoint": "dropDatabaseHangAfterAllCollectionsDrop",
+            "timesEntered": entered + 1, "maxTimeMS": 60_000},
+        )
+        .await
+        .expect("the dropDatabase never reached its fail point");
+
+    // Approve; the dropDatabase finishes 3 s into the commit.
+    let o = run_cutover(&["approve", &plan], &env_refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.database("admin")
+        .run_command(
+            doc! {"configureFailPoint": "dropDatabaseHangAfterAllCollectionsDrop", "mode": "off"},
+        )
+        .await
+        .unwrap();
+    let dropped = dropping.await.unwrap();
+    eprintln!("dropDatabase on the source: {dropped:?}");
+    let o = tokio::task::spawn_blocking(move || runner.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        dropped.is_err(),
+        "the dropDatabase was expected to fail on the block: {dropped:?}"
+    );
+    assert_same_data(&s, &d, "__cutover").await;
+    assert_same_catalog(&s, &d, "__cutover").await;
+}

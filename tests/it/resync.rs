@@ -166,6 +166,50 @@ async fn run_blocking(args: Vec<String>, env: Vec<(&'static str, String)>) -> st
     .unwrap()
 }
 
+/// Two replica sets, the source seeded (without `other`), the plan written and a runner
+/// started and at can-commit: the start of the tests that resync under a live lane.
+struct Live {
+    src: ReplicaSet,
+    dst: ReplicaSet,
+    s: Client,
+    d: Client,
+    _dir: tempfile::TempDir,
+    plan: String,
+    env: Vec<(&'static str, String)>,
+    runner: std::process::Child,
+}
+
+async fn live_at_can_commit(name: &str) -> Live {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    s.database("other").drop().await.unwrap();
+    let (_dir, plan) = write_plan(&plan_text(name, PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "can-commit",
+        |v| v["can_commit"] == true && v["runner"].is_string(),
+    )
+    .await;
+    Live {
+        src,
+        dst,
+        s,
+        d,
+        _dir,
+        plan,
+        env,
+        runner,
+    }
+}
+
 async fn resync_records(d: &Client) -> Vec<Document> {
     d.database("__cutover")
         .collection::<Document>("resyncs")
@@ -457,24 +501,16 @@ async fn resync_is_refused_after_the_commit_and_writes_nothing() {
 /// the temporary copy is dropped, and the sync goes on to an identical commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ddl_change_during_the_copy_cancels_the_resync_without_losing_events() {
-    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
-    let s = src.root_client().await;
-    let d = dst.root_client().await;
-    seed(&s).await;
-    s.database("other").drop().await.unwrap();
-    let (_dir, plan) = write_plan(&plan_text("resync-cancel", PLAN));
-    let plan = plan.to_str().unwrap().to_string();
-    let env = root_env(&src, &dst);
-    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
-    wait_status(
-        &plan,
-        &env,
-        &[],
-        Duration::from_secs(120),
-        "can-commit",
-        |v| v["can_commit"] == true && v["runner"].is_string(),
-    )
-    .await;
+    let Live {
+        src,
+        dst: _dst,
+        s,
+        d,
+        _dir,
+        plan,
+        env,
+        runner,
+    } = live_at_can_commit("resync-cancel").await;
     let churn = Churn::start(src.app_client().await);
     let resync = spawn_cutover(
         &["resync", &plan, "--ns", "shop.orders", "--format", "json"],
@@ -585,24 +621,16 @@ async fn temp_collections(d: &Client) -> Vec<String> {
 /// `done` (third attempt) and the commit is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_during_a_resync_copy_or_after_its_swap_redoes_it() {
-    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
-    let s = src.root_client().await;
-    let d = dst.root_client().await;
-    seed(&s).await;
-    s.database("other").drop().await.unwrap();
-    let (_dir, plan) = write_plan(&plan_text("resync-kill", PLAN));
-    let plan = plan.to_str().unwrap().to_string();
-    let env = root_env(&src, &dst);
-    let mut runner = spawn_cutover(&["run", &plan], &env_refs(&env));
-    wait_status(
-        &plan,
-        &env,
-        &[],
-        Duration::from_secs(120),
-        "can-commit",
-        |v| v["can_commit"] == true && v["runner"].is_string(),
-    )
-    .await;
+    let Live {
+        src,
+        dst: _dst,
+        s,
+        d,
+        _dir,
+        plan,
+        env,
+        mut runner,
+    } = live_at_can_commit("resync-kill").await;
     let churn = Churn::start(src.app_client().await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     corrupt(&d).await;
@@ -783,24 +811,16 @@ async fn a_commit_approved_during_a_resync_waits_for_it() {
 /// stored tokens past them, and the cancelled redo applied only the events after the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_events_survive_a_kill_and_a_cancelled_redo() {
-    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
-    let s = src.root_client().await;
-    let d = dst.root_client().await;
-    seed(&s).await;
-    s.database("other").drop().await.unwrap();
-    let (_dir, plan) = write_plan(&plan_text("resync-kill-cancel", PLAN));
-    let plan = plan.to_str().unwrap().to_string();
-    let env = root_env(&src, &dst);
-    let mut runner = spawn_cutover(&["run", &plan], &env_refs(&env));
-    wait_status(
-        &plan,
-        &env,
-        &[],
-        Duration::from_secs(120),
-        "can-commit",
-        |v| v["can_commit"] == true && v["runner"].is_string(),
-    )
-    .await;
+    let Live {
+        src,
+        dst: _dst,
+        s,
+        d,
+        _dir,
+        plan,
+        env,
+        mut runner,
+    } = live_at_can_commit("resync-kill-cancel").await;
     let churn = Churn::start(src.app_client().await);
     let resync = spawn_cutover(&["resync", &plan, "--ns", "shop.orders"], &env_refs(&env));
 
