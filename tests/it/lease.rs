@@ -124,6 +124,25 @@ fn signal(child: &Child, sig: &str) {
     assert!(st.success(), "kill {sig} {}", child.id());
 }
 
+/// Waits until the runner with `pid` holds the plan and waits for approval; its status.
+async fn taken_over_by(plan: &str, env: &[(&'static str, String)], pid: u32) -> serde_json::Value {
+    wait_status(
+        plan,
+        env,
+        &[],
+        Duration::from_secs(120),
+        "the second runner to take over",
+        |v| {
+            v["runner"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("pid {pid}"))
+                && v["phase"] == "waiting for approval"
+        },
+    )
+    .await
+}
+
 async fn run_doc(d: &Client, plan: &str) -> Document {
     d.database(STATE_DB)
         .collection::<Document>("runs")
@@ -268,21 +287,7 @@ async fn a_runner_that_lost_its_lease_stops_at_once() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let second = spawn_cutover(&["run", &plan], &refs(&env));
     let second_pid = second.id();
-    let v = wait_status(
-        &plan,
-        &env,
-        &[],
-        Duration::from_secs(120),
-        "the second runner to take over",
-        |v| {
-            v["runner"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(&format!("pid {second_pid}"))
-                && v["phase"] == "waiting for approval"
-        },
-    )
-    .await;
+    let v = taken_over_by(&plan, &env, second_pid).await;
     let second_epoch = v["epoch"].as_i64().expect("status shows the epoch");
     assert!(second_epoch > first_epoch, "{v}");
     // Freeze the second runner too, approve, and wake the stale one: it must not commit.
@@ -402,21 +407,7 @@ async fn a_write_sent_before_the_lease_ran_out_cannot_land_after_a_takeover() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let second = spawn_cutover(&["run", &plan], &refs(&env));
     let second_pid = second.id();
-    wait_status(
-        &plan,
-        &env,
-        &[],
-        Duration::from_secs(120),
-        "the second runner to take over",
-        |v| {
-            v["runner"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(&format!("pid {second_pid}"))
-                && v["phase"] == "waiting for approval"
-        },
-    )
-    .await;
+    taken_over_by(&plan, &env, second_pid).await;
     orders
         .update_one(doc! {"_id": 1}, doc! {"$set": {"v": "fresh"}})
         .await

@@ -624,6 +624,9 @@ pub struct GenState {
     /// `ON_SOURCE`, `ON_DESTINATION` or `STOPPED`.
     pub side: AtomicU8,
     pub ops_on_destination: AtomicU64,
+    /// The first errors of the generator's operations on the new source (for the report when
+    /// it wrote too little there).
+    pub dst_errors: Mutex<Vec<String>>,
     /// Set by the controller once the forward copy is done (gates renames during the copy).
     pub copy_done: AtomicBool,
     pub ops: Mutex<Counts>,
@@ -1216,6 +1219,17 @@ async fn generate(mut g: Generator, src: Client, dst: Client, st: Arc<GenState>)
         }
         let c = if side == ON_DESTINATION { &dst } else { &src };
         let (kind, is_ddl, r) = g.step(c, &st).await;
+        if side == ON_DESTINATION {
+            if let Err(e) = &r {
+                let mut errs = st.dst_errors.lock().unwrap();
+                if errs.len() < 3 {
+                    errs.push(format!(
+                        "{kind}: {}",
+                        e.to_string().chars().take(200).collect::<String>()
+                    ));
+                }
+            }
+        }
         match &r {
             Err(e) if is_blocked(e) => {
                 if !st.reversible || (side == ON_DESTINATION && wrote_dst) {
@@ -1774,6 +1788,7 @@ pub async fn run(cfg: &Config) -> Report {
         stop: AtomicBool::new(false),
         side: AtomicU8::new(ON_SOURCE),
         ops_on_destination: AtomicU64::new(0),
+        dst_errors: Mutex::new(Vec::new()),
         copy_done: AtomicBool::new(true),
         ops: Mutex::new(Counts::default()),
         ddl: Mutex::new(Counts::default()),
@@ -2004,8 +2019,9 @@ pub async fn run(cfg: &Config) -> Report {
                     .is_some_and(|t: Instant| t.elapsed() > Duration::from_secs(45));
             if stalled {
                 notes.push(format!(
-                    "the generator wrote {} operations to the new source; the final commit was approved after 45 s",
-                    gst.ops_on_destination.load(Ordering::Relaxed)
+                    "the generator wrote {} operations to the new source; the final commit was approved after 45 s; its first errors there: {:?}",
+                    gst.ops_on_destination.load(Ordering::Relaxed),
+                    gst.dst_errors.lock().unwrap()
                 ));
             }
             if stalled
