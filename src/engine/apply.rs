@@ -1015,8 +1015,6 @@ async fn refetch(
 /// on a field that is no longer an array), 14 TypeMismatch.
 const SHAPE_ERRORS: [i32; 3] = [28, 2, 14];
 
-/// Sends one command of `kind` with `stmts` to `ns` on the destination. `uuid` is the source
-/// collection's UUID (from the events), for re-reading a document.
 /// Sends each statement in its own command (see the TransactionTooLargeForCache case in
 /// [`send`]).
 async fn one_by_one(
@@ -1033,6 +1031,8 @@ async fn one_by_one(
     Ok(())
 }
 
+/// Sends one command of `kind` with `stmts` to `ns` on the destination. `uuid` is the source
+/// collection's UUID (from the events), for re-reading a document.
 async fn send(
     ctx: &ApplyCtx,
     ns: &Namespace,
