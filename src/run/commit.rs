@@ -333,20 +333,17 @@ async fn drop_vanished_views(
     dst: &mongodb::Client,
     selector: &crate::plan::NamespaceSelector,
 ) -> Result<(), EngineError> {
-    let on = |cluster: &'static str| crate::engine::error::on(cluster);
-    let at_source = catalog::list_selected(src, selector)
+    use crate::engine::error::on;
+    // Names only (no index reads): this runs inside the write-blocked window.
+    let at_source = catalog::list_selected_views(src, selector)
         .await
         .map_err(on("source"))?;
-    let at_destination = catalog::list_selected(dst, selector)
+    let at_destination = catalog::list_selected_views(dst, selector)
         .await
         .map_err(on("destination"))?;
-    for v in at_destination.iter().filter(|s| s.kind == NsKind::View) {
-        if at_source.iter().any(|s| s.ns == v.ns) {
-            continue;
-        }
-        tracing::warn!(view = %v.ns, "The view is gone from the source without a change event (its database's drop failed after dropping the database's collections): dropping it on the destination.");
-        match crate::cluster::run_majority(&dst.database(&v.ns.db), doc! {"drop": &v.ns.coll}).await
-        {
+    for v in at_destination.iter().filter(|v| !at_source.contains(v)) {
+        tracing::warn!(view = %v, "The view is gone from the source without a change event (its database's drop failed after dropping the database's collections): dropping it on the destination.");
+        match crate::cluster::run_majority(&dst.database(&v.db), doc! {"drop": &v.coll}).await {
             Ok(_) => {}
             Err(e)
                 if crate::mongo_error::code_of(&e)
@@ -354,7 +351,7 @@ async fn drop_vanished_views(
             Err(e) => {
                 return Err(crate::engine::error::cluster_err(
                     "destination",
-                    format!("dropping the view `{}`", v.ns),
+                    format!("dropping the view `{v}`"),
                     &e,
                 ))
             }

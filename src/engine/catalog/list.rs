@@ -11,6 +11,28 @@ use crate::plan::NamespaceSelector;
 
 /// Every selected namespace on a cluster (never `system.*`, `admin`/`local`/`config` or the
 /// state database), sorted by namespace with views after the collections and views they read.
+/// The selected views (names only: one `listCollections` per database, no index reads).
+pub async fn list_selected_views(
+    client: &Client,
+    selector: &NamespaceSelector,
+) -> Result<Vec<Namespace>, CatalogError> {
+    let dbs = client
+        .list_database_names()
+        .await
+        .map_err(|e| CatalogError::command("listDatabases", "the cluster", e))?;
+    let mut out = Vec::new();
+    for db in dbs.iter().filter(|d| selector.may_select_database(d)) {
+        for entry in list_collections(client, db, doc! {"type": "view"}).await? {
+            if let Some((name, _)) = name_and_kind(&entry) {
+                if selector.selects(db, &name) {
+                    out.push(Namespace::new(db.clone(), name));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub async fn list_selected(
     client: &Client,
     selector: &NamespaceSelector,

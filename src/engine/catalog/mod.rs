@@ -44,7 +44,7 @@ pub use ddl::{apply_ddl, DdlOutcome};
 pub use error::CatalogError;
 pub use indexes::build_indexes;
 pub(crate) use indexes::create_indexes;
-pub use list::{entry_uuid, list_selected, name_of_uuid, spec_of, uuid_of};
+pub use list::{entry_uuid, list_selected, list_selected_views, name_of_uuid, spec_of, uuid_of};
 pub use relax::{
     restore_relaxations, Relaxation, RelaxationKind, RelaxationStore, RestoreReport,
     RELAXATIONS_COLLECTION, RELAXED_CAPPED_SIZE,
