@@ -245,7 +245,11 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     let source = Cluster::connect(Scope::Source, &plan.source, opts.connect_timeout).await?;
     let destination =
         Cluster::connect(Scope::Destination, &plan.destination, opts.connect_timeout).await?;
-    let store = StateStore::new(&destination.client, &plan.state_database, &plan.name)
+    // The state store has its own client: see `Cluster::dedicated_client`.
+    let state_client = destination
+        .dedicated_client(opts.connect_timeout)
+        .await?;
+    let store = StateStore::new(&state_client, &plan.state_database, &plan.name)
         .with_retry(opts.retry_timeout);
     let kinds: Vec<&str> = plan.steps.iter().map(Step::kind).collect();
     let ttl = crate::fence::lease_ttl().map_err(RunError::Refused)?;
@@ -267,6 +271,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         fence.release().await;
         source.client.clone().shutdown().await;
         destination.client.clone().shutdown().await;
+        state_client.shutdown().await;
         return Err(fenced_error(&fence, e));
     }
 
@@ -335,6 +340,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     fence.release().await;
     ctx.source.client.clone().shutdown().await;
     ctx.destination.client.clone().shutdown().await;
+    state_client.shutdown().await;
     result
 }
 

@@ -453,3 +453,81 @@ async fn a_write_sent_before_the_lease_ran_out_cannot_land_after_a_takeover() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_same_data(&s, &d, STATE_DB).await;
 }
+
+/// A destination that answers the runner's data writes with a shutdown error
+/// (InterruptedAtShutdown, 11600) for a while: the driver clears its connection pool to that
+/// server on each one and marks it unknown. The lease's renewals must not wait behind those
+/// clears — the runner keeps its lease through the storm and finishes (found by the torture
+/// run's reversible seed 15 with failCommand faults: the renewals shared the data path's
+/// client, stalled 20 s, and the lease was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_errors_on_data_writes_do_not_cost_the_lease() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    let (_d, plan) = write_plan(&plan_text("pool-storm", MANUAL));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_of(&src, &dst, &[("CUTOVER_LEASE_TTL", "4s".into())]);
+    let runner = spawn_cutover(&["run", &plan], &refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the runner to wait for approval",
+        |v| v["phase"] == "waiting for approval",
+    )
+    .await;
+    let before = epoch_of(&run_doc(&d, "pool-storm").await);
+
+    // For 15 s (almost four TTLs) every data write of cutover's fails with 11600 while the
+    // application keeps writing.
+    d.database("admin")
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn",
+            "data": {"failCommands": ["insert", "update", "delete"], "namespace": "shop.orders",
+                     "appName": "cutover", "errorCode": 11600}})
+        .await
+        .expect("configureFailPoint (mongod runs with enableTestCommands=1)");
+    let orders = s.database("shop").collection::<Document>("orders");
+    let storm = Instant::now();
+    let mut i = 0_i64;
+    while storm.elapsed() < Duration::from_secs(15) {
+        orders
+            .insert_one(doc! {"_id": 100_000 + i, "v": i})
+            .await
+            .unwrap();
+        orders
+            .update_one(doc! {"_id": 1}, doc! {"$inc": {"n": 1}})
+            .await
+            .unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let off = d
+        .database("admin")
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+        .await
+        .unwrap();
+    let hits = match off.get("count") {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        _ => 0,
+    };
+    let a = run_cutover(&["approve", &plan], &refs(&env));
+    let o = wait_exit(runner, Duration::from_secs(120), "the runner").await;
+    eprintln!("failCommand entered {hits} times in the 15 s storm");
+    assert!(
+        hits >= 3,
+        "the fail point was entered {hits} times only: {}",
+        show(&o)
+    );
+    assert_eq!(a.status.code(), Some(0), "{}", show(&a));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        epoch_of(&run_doc(&d, "pool-storm").await),
+        before,
+        "the lease changed hands during the storm"
+    );
+    assert_same_data(&s, &d, STATE_DB).await;
+}

@@ -641,6 +641,8 @@ pub struct Generator {
     features: Features,
     dbs: Vec<&'static str>,
     n: u64,
+    /// The last step's dice roll and target, to name an operation that hangs.
+    last: String,
 }
 
 /// Refused by user write blocking (code 371). By name, not by number: "371" also appears in
@@ -669,6 +671,7 @@ impl Generator {
             features: cfg.features,
             dbs,
             n: 0,
+            last: String::new(),
         }
     }
 
@@ -703,6 +706,7 @@ impl Generator {
         let coll_name = self.coll();
         let id = self.id();
         let coll = c.database(db).collection::<Document>(coll_name);
+        self.last = format!("op {} (dice {dice}) on {db}.{coll_name} _id {id}", self.n);
         if coll_name == "ts0" && dice < 900 {
             // Time series: measurements only.
             let d = doc! {"ts": DateTime::from_millis(1_700_000_000_000 + self.rng.random_range(0..100_000_000)),
@@ -1218,7 +1222,23 @@ async fn generate(mut g: Generator, src: Client, dst: Client, st: Arc<GenState>)
             break;
         }
         let c = if side == ON_DESTINATION { &dst } else { &src };
-        let (kind, is_ddl, r) = g.step(c, &st).await;
+        let (kind, is_ddl, r) =
+            match tokio::time::timeout(Duration::from_secs(30), g.step(c, &st)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Named in the report: an operation that never answers stalls the whole
+                    // workload (seen after the first commit of reversible seeds).
+                    let mut errs = st.dst_errors.lock().unwrap();
+                    if errs.len() < 3 {
+                        errs.push(format!(
+                            "{} on the {}: no answer in 30 s",
+                            g.last,
+                            if side == ON_DESTINATION { "destination" } else { "source" }
+                        ));
+                    }
+                    continue;
+                }
+            };
         if side == ON_DESTINATION {
             if let Err(e) = &r {
                 let mut errs = st.dst_errors.lock().unwrap();
