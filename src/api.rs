@@ -150,7 +150,7 @@ async fn progress(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let run = api.live.store.run_doc().await.ok().flatten();
+    let run = api.live.store.record().await.ok();
     let insight = api.live.insight.lock().ok().and_then(|g| g.clone());
     let text = match api.metrics.lock() {
         Ok(mut m) => m.render(

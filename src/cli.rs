@@ -10,6 +10,7 @@ use crate::exit::{Exit, EXIT_CODES_HELP};
 use crate::logging::{self, LogFormat};
 use crate::plan::{self, Diagnostic, Overrides, Plan};
 use crate::preflight::{self, PreflightOptions};
+use crate::record::{Direction, RunRecord, RunState};
 use crate::redact;
 use crate::report::{Check, CheckReport, Scope, Status};
 
@@ -755,14 +756,23 @@ async fn verify(args: VerifyArgs) -> Exit {
     // the source of truth, so compare in the current direction.
     let store =
         crate::state::StateStore::new(&clusters[1].client, &plan.state_database, &plan.name);
-    let run = store.run_doc().await.ok().flatten().unwrap_or_default();
-    let direction = run.get_str("direction").unwrap_or("forward").to_string();
+    // Whether a runner is live is decided by the state store's clock (`record_live`).
+    let (run, raw) = match store.record_live().await {
+        Ok(r) => r,
+        // `--repair` must know whether a runner writes: it refuses without the record.
+        Err(e) if args.repair => return fail(Exit::Failed, e.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "The run record could not be read: comparing in the forward direction, without the sync's relaxations.");
+            (RunRecord::default(), None)
+        }
+    };
+    let direction = run.direction;
     let mut relaxed = Vec::new();
-    if run.get_str("state") != Ok("COMMITTED") {
+    if run.state != RunState::Committed {
         let relax = crate::engine::catalog::RelaxationStore::new(
             store.database().clone(),
             &plan.name,
-            &direction,
+            direction,
         );
         if let Ok(list) = relax.list().await {
             relaxed = list.into_iter().map(|r| (r.ns, r.index)).collect();
@@ -779,9 +789,10 @@ async fn verify(args: VerifyArgs) -> Exit {
         ..VerifyOptions::default()
     };
     if args.repair {
-        return verify_repair(&args, &plan, &clusters, &store, &run, opts).await;
+        let run = raw.is_some().then_some(&run);
+        return verify_repair(&args, &plan, &clusters, &store, run, opts).await;
     }
-    let (a, b) = if direction == "reverse" {
+    let (a, b) = if direction == Direction::Reverse {
         (&clusters[1].client, &clusters[0].client)
     } else {
         (&clusters[0].client, &clusters[1].client)
@@ -873,17 +884,20 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
     }
     let store =
         crate::state::StateStore::new(&clusters[1].client, &plan.state_database, &plan.name);
-    let run = match store.run_doc().await {
+    // Whether a runner is live is decided by the state store's clock (`record_live`).
+    let (run, raw) = match store.record_live().await {
         Ok(r) => r,
         Err(e) => return fail(Exit::Failed, e.to_string()),
     };
+    let live = run.lease_live == Some(true);
+    let run = raw.is_some().then_some(&run);
     let lane = store
         .coll(crate::state::LANES)
         .find_one(mongodb::bson::doc! {"_id": format!("{}/forward", plan.name)})
         .await
         .ok()
         .flatten();
-    let lane = match resync::gate(&plan.name, run.as_ref(), lane.as_ref()) {
+    let lane = match resync::gate(&plan.name, run, live, lane.as_ref()) {
         Ok(l) => l,
         Err(message) => return fail(Exit::Refused, message),
     };
@@ -957,7 +971,7 @@ async fn verify_repair(
     plan: &Plan,
     clusters: &[crate::cluster::Cluster],
     store: &crate::state::StateStore,
-    run: &mongodb::bson::Document,
+    run: Option<&RunRecord>,
     opts: crate::verify::VerifyOptions,
 ) -> Exit {
     use crate::verify::repair::{self, IndexPolicy, RepairOptions};
@@ -969,8 +983,8 @@ async fn verify_repair(
         .await
         .ok()
         .flatten();
-    let has_run = !run.is_empty();
-    let mode = match repair::gate(&plan.name, has_run.then_some(run), lane.as_ref()) {
+    let live = run.is_some_and(|r| r.lease_live == Some(true));
+    let mode = match repair::gate(&plan.name, run, live, lane.as_ref()) {
         Ok(m) => m,
         Err(message) => return fail(Exit::Refused, message),
     };

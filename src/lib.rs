@@ -19,6 +19,7 @@ pub mod pause;
 pub mod plan;
 pub mod preflight;
 pub mod progress;
+pub mod record;
 pub mod redact;
 pub mod report;
 pub mod resync;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mongodb::bson::Document;
+use crate::record::RunRecord;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -189,13 +189,14 @@ impl Metrics {
         &mut self,
         plan: &str,
         progress: Option<&Progress>,
-        run: Option<&Document>,
+        run: Option<&RunRecord>,
         insight: Option<&Insight>,
     ) -> String {
         let plan_l = PlanLabels { plan: plan.into() };
         let lane = run
-            .and_then(|r| r.get_str("direction").ok())
-            .unwrap_or("forward")
+            .map(|r| r.direction)
+            .unwrap_or_default()
+            .as_str()
             .to_string();
         let lane_l = LaneLabels {
             plan: plan.into(),
@@ -238,17 +239,11 @@ impl Metrics {
             self.lag.remove(&lane_l);
         }
         if let Some(run) = run {
-            let paused = run
-                .get_document("pause")
-                .ok()
-                .and_then(|p| p.get_bool("paused").ok())
-                .unwrap_or(false);
-            self.paused.get_or_create(&plan_l).set(i64::from(paused));
-            let blocks = run.get_document("blocks").ok();
+            self.paused
+                .get_or_create(&plan_l)
+                .set(i64::from(run.pause.paused));
             for cluster in ["source", "destination"] {
-                let on = blocks
-                    .and_then(|b| b.get_bool(cluster).ok())
-                    .unwrap_or(false);
+                let on = run.blocks.get(cluster).copied().unwrap_or(false);
                 self.write_blocked
                     .get_or_create(&ClusterLabels {
                         plan: plan.into(),
@@ -256,7 +251,7 @@ impl Metrics {
                     })
                     .set(i64::from(on));
             }
-            if let Some(w) = crate::run::record::last_window_ms(run) {
+            if let Some(w) = run.last_window_ms() {
                 self.commit_window
                     .get_or_create(&plan_l)
                     .set(w as f64 / 1000.0);

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use tokio::sync::watch;
 
-use crate::engine::apply::Control;
+use crate::engine::control::Control;
 use crate::progress::Progress;
 
 fn gate() -> &'static watch::Sender<bool> {

@@ -14,18 +14,24 @@ use crate::exit::Exit;
 use crate::namespace::Namespace;
 use crate::plan::model::NamespaceFilter;
 use crate::plan::{NamespaceSelector, Plan};
+use crate::record::RunRecord;
 use crate::state::{StateError, StateStore};
-use crate::verify::repair::runner_live;
 
 /// Whether a resync may be requested now; `Ok` is the lane that serves it, `Err` the
 /// refusal message (exit 4).
-pub fn gate(plan: &str, run: Option<&Document>, lane: Option<&Document>) -> Result<String, String> {
+///
+/// `run` is the plan's run record (`None`: no migration recorded); `live` whether a runner
+/// holds the plan now, by the state store's clock ([`StateStore::record_live`]), never this
+/// host's: a host whose clock is ahead would take a live runner for gone.
+pub fn gate(
+    plan: &str,
+    run: Option<&RunRecord>,
+    live: bool,
+    lane: Option<&Document>,
+) -> Result<String, String> {
     if let Some(r) = run {
-        let state = r.get_str("state").unwrap_or("IDLE");
-        if matches!(state, "COMMITTING" | "COMMITTED" | "REVERSING")
-            || r.get_str("direction") == Ok("reverse")
-            || r.get_bool("can_write").unwrap_or(false)
-        {
+        let state = r.state;
+        if r.past_cutover() {
             return Err(format!(
                 "`resync` is refused: plan `{plan}` has begun or finished its commit (state {state}), so the \
                  destination is the side your application writes to; copying the old cluster's collection over it \
@@ -44,7 +50,7 @@ pub fn gate(plan: &str, run: Option<&Document>, lane: Option<&Document>) -> Resu
             "`resync` is refused: plan `{plan}` has not started replicating; start it with `cutover run`"
         ));
     };
-    if !runner_live(run) {
+    if !live {
         return Err(format!(
             "`resync` is refused: no `cutover run` is live for plan `{plan}`. A resync is served by the runner's \
              replication lane, which holds the collection's change events during the copy and replays them after \
@@ -341,8 +347,7 @@ pub async fn wait(
             tick(&views);
             last_tick = Instant::now();
         }
-        let run = store.run_doc().await?;
-        if !runner_live(run.as_ref()) {
+        if !store.runner_live().await? {
             return Ok(Waited::RunnerGone(views));
         }
         if start.elapsed() >= timeout {
@@ -382,28 +387,33 @@ pub async fn recent(store: &StateStore) -> Vec<ResyncView> {
 mod tests {
     use super::*;
 
+    fn rec(d: Document) -> RunRecord {
+        RunRecord::from_doc("p", &d).unwrap()
+    }
+
     #[test]
     fn gate_needs_a_live_runner_and_refuses_after_the_commit() {
-        let future = DateTime::from_millis(DateTime::now().timestamp_millis() + 60_000);
-        let live = doc! {"state": "RUNNING", "lease": {"until": future}};
+        let running = rec(doc! {"state": "RUNNING"});
         let lane = doc! {"_id": "p/forward", "copy_done": true};
-        assert_eq!(gate("p", Some(&live), Some(&lane)), Ok("p/forward".into()));
-        let stopped = doc! {"state": "RUNNING"};
-        let e = gate("p", Some(&stopped), Some(&lane)).unwrap_err();
+        assert_eq!(
+            gate("p", Some(&running), true, Some(&lane)),
+            Ok("p/forward".into())
+        );
+        let e = gate("p", Some(&running), false, Some(&lane)).unwrap_err();
         assert!(e.contains("no `cutover run` is live"), "{e}");
-        assert!(gate("p", None, None)
+        assert!(gate("p", None, false, None)
             .unwrap_err()
             .contains("has not started"));
         for committed in [
-            doc! {"state": "COMMITTED", "lease": {"until": future}},
-            doc! {"state": "COMMITTING", "lease": {"until": future}},
-            doc! {"state": "RUNNING", "direction": "reverse", "lease": {"until": future}},
+            doc! {"state": "COMMITTED"},
+            doc! {"state": "COMMITTING"},
+            doc! {"state": "RUNNING", "direction": "reverse"},
         ] {
-            let e = gate("p", Some(&committed), Some(&lane)).unwrap_err();
+            let e = gate("p", Some(&rec(committed)), true, Some(&lane)).unwrap_err();
             assert!(e.contains("commit"), "{e}");
         }
         let copying = doc! {"_id": "p/forward", "copy_done": false};
-        assert!(gate("p", Some(&live), Some(&copying))
+        assert!(gate("p", Some(&running), true, Some(&copying))
             .unwrap_err()
             .contains("initial copy"));
     }

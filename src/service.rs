@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::exit::Exit;
 use crate::plan::{Approval, Plan, Step};
 use crate::progress::Progress;
+use crate::record::{Direction, StepStatus};
 use crate::state::{StateError, StateStore, LANES};
 use crate::stats::{Insight, Sampler};
 
@@ -74,8 +75,8 @@ pub async fn start(
         current,
         insight: Mutex::new(None),
     });
-    if let Ok(Some(run)) = live.store.run_doc().await {
-        crate::pause::set_paused(is_paused(&run));
+    if let Ok(run) = live.store.record().await {
+        crate::pause::set_paused(run.pause.paused);
     }
     let (stop, stop_rx) = watch::channel(false);
     let tasks = vec![tokio::spawn(service_loop(
@@ -85,13 +86,6 @@ pub async fn start(
         stop_rx,
     ))];
     Service { stop, tasks, live }
-}
-
-fn is_paused(run: &Document) -> bool {
-    run.get_document("pause")
-        .ok()
-        .and_then(|p| p.get_bool("paused").ok())
-        .unwrap_or(false)
 }
 
 async fn service_loop(
@@ -107,9 +101,9 @@ async fn service_loop(
     let mut oplog_prev: Option<(&str, crate::stats::OplogSample)> = None;
     let mut was_paused = crate::pause::is_paused();
     loop {
-        let run = live.store.run_doc().await.ok().flatten();
+        let run = live.store.record().await.ok();
         if let Some(run) = &run {
-            let paused = is_paused(run);
+            let paused = run.pause.paused;
             if paused != was_paused {
                 if paused {
                     tracing::info!("Pause requested: copying and change application stop at the next checkpoint.");
@@ -121,14 +115,14 @@ async fn service_loop(
             crate::pause::set_paused(paused);
         }
         if let Some(p) = live.progress() {
-            let reverse = run.as_ref().and_then(|r| r.get_str("direction").ok()) == Some("reverse");
+            let direction = run.as_ref().map(|r| r.direction).unwrap_or_default();
             if last_oplog.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                 last_oplog = Some(Instant::now());
-                let (src, dir) = if reverse {
-                    (&destination, "reverse")
-                } else {
-                    (&source, "forward")
+                let src = match direction {
+                    Direction::Reverse => &destination,
+                    Direction::Forward => &source,
                 };
+                let dir = direction.as_str();
                 let sample = oplog_sample(src, &live.store, dir).await;
                 let prev = oplog_prev
                     .as_ref()
@@ -230,10 +224,12 @@ pub async fn set_pause(store: &StateStore, paused: bool) -> Result<String, (Exit
                 ),
             )
         })?;
+    let run = crate::record::RunRecord::from_doc(store.plan(), &run)
+        .map_err(|e| (Exit::Failed, e.to_string()))?;
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let already = is_paused(&run);
+    let already = run.pause.paused;
     if paused == already {
         return Ok(format!(
             "plan `{}` is already {}",
@@ -302,15 +298,11 @@ pub async fn approve(
             ))
         }
         None => {
-            let run = store.run_doc().await.ok().flatten().unwrap_or_default();
-            let done = |i: usize| {
-                run.get_array("steps")
-                    .ok()
-                    .and_then(|a| a.get(i))
-                    .and_then(|s| s.as_document())
-                    .and_then(|s| s.get_str("status").ok())
-                    == Some("done")
-            };
+            let run = store
+                .record()
+                .await
+                .map_err(|e| (Exit::Failed, e.to_string()))?;
+            let done = |i: usize| run.step_status(i) == StepStatus::Done;
             match manual.iter().find(|i| !done(**i)) {
                 Some(i) => *i,
                 None => {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fence::{AcquireError, Fence, Holder, LeaseLost};
 use crate::mongo_error::{self, short_message, Backoff, Failure};
+use crate::record::{Direction, RunRecord, RunState, StepStatus, RECORD_VERSION};
 
 pub const RUNS: &str = "runs";
 pub const LANES: &str = "lanes";
@@ -57,6 +58,9 @@ pub enum StateError {
     /// This runner lost the plan to another (fatal: stop at once).
     #[error(transparent)]
     LeaseLost(#[from] LeaseLost),
+    /// A run document this build cannot read (newer layout, unknown value).
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
     #[error(
         "plan `{plan}` changed since its migration started (fingerprint {stored} → {current}): \
          clusters, options and steps must stay the same for the life of a migration"
@@ -200,6 +204,31 @@ impl StateStore {
         .await
     }
 
+    /// The plan's run record ([`RunRecord::started`] is false if no migration was started).
+    pub async fn record(&self) -> Result<RunRecord, StateError> {
+        match self.run_doc().await? {
+            Some(d) => Ok(RunRecord::from_doc(&self.plan, &d)?),
+            None => Ok(RunRecord::default()),
+        }
+    }
+
+    /// The run record with [`RunRecord::lease_live`] decided by the state store's clock, and
+    /// the raw document it was read from (see [`StateStore::run_doc_for_status`]).
+    pub async fn record_live(&self) -> Result<(RunRecord, Option<Document>), StateError> {
+        let doc = self.run_doc_for_status().await?;
+        let mut rec = match &doc {
+            Some(d) => RunRecord::from_doc(&self.plan, d)?,
+            None => RunRecord::default(),
+        };
+        rec.lease_live = Some(rec.lease_live.unwrap_or(false));
+        Ok((rec, doc))
+    }
+
+    /// Whether a runner holds the plan now (an unexpired lease), by the state store's clock.
+    pub async fn runner_live(&self) -> Result<bool, StateError> {
+        Ok(self.record_live().await?.0.lease_live == Some(true))
+    }
+
     /// The run document for `cutover status`, with `lease_live` computed by the state
     /// store's clock (`lease.until > $$NOW`).
     pub async fn run_doc_for_status(&self) -> Result<Option<Document>, StateError> {
@@ -249,14 +278,14 @@ impl StateStore {
         // New (the lease created a bare run document): start the migration's record.
         let steps: Vec<Bson> = steps
             .iter()
-            .map(|k| Bson::Document(doc! {"kind": *k, "status": "pending"}))
+            .map(|k| Bson::Document(doc! {"kind": *k, "status": StepStatus::Pending}))
             .collect();
         self.set(doc! {
-            "version": 1,
+            "version": RECORD_VERSION,
             "fingerprint": fingerprint,
             "steps": steps,
-            "state": "IDLE",
-            "direction": "forward",
+            "state": RunState::Idle,
+            "direction": Direction::Forward,
         })
         .await?;
         Ok(self.run_doc().await?.unwrap_or_default())
@@ -320,16 +349,16 @@ impl StateStore {
         Ok(())
     }
 
-    /// Marks step `i` with a status (`running`, `done`, `failed`) and optional error text.
+    /// Marks step `i` with a status and optional error text.
     pub async fn step_status(
         &self,
         i: usize,
-        status: &str,
+        status: StepStatus,
         error: Option<&str>,
     ) -> Result<(), StateError> {
         let mut fields = doc! { format!("steps.{i}.status"): status };
         match status {
-            "running" => {
+            StepStatus::Running => {
                 fields.insert(format!("steps.{i}.started"), DateTime::now());
             }
             _ => {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, Document};
 use serde::Serialize;
 
+use crate::record::{Direction, RunRecord, RunState};
 use crate::state::StateStore;
 /// What `cutover status --format json` prints. Field names follow mongosync's `/progress`.
 #[derive(Debug, Serialize)]
@@ -80,9 +81,13 @@ pub struct StepView {
     pub error: Option<String>,
 }
 
+/// The status of a run from its record and the raw run document it was read from (the
+/// runner's `status` sub-document, the lease holder); `lease_live` must come from the state
+/// store's clock ([`StateStore::record_live`]).
 pub fn view(
     plan_name: &str,
     plan_file: &str,
+    rec: &RunRecord,
     run: Option<&Document>,
     source_hosts: &str,
     destination_hosts: &str,
@@ -91,43 +96,38 @@ pub fn view(
     let run = run.unwrap_or(&empty);
     let st = run.get_document("status").unwrap_or(&empty);
     let copy = st.get_document("collection_copy").unwrap_or(&empty);
-    let reversed = run.get_str("direction") == Ok("reverse");
+    let reversed = rec.direction == Direction::Reverse;
     let i64_of = |d: &Document, k: &str| match d.get(k) {
         Some(Bson::Int64(v)) => *v,
         Some(Bson::Int32(v)) => i64::from(*v),
         Some(Bson::Double(v)) => *v as i64,
         _ => 0,
     };
-    let blocks = run.get_document("blocks").unwrap_or(&empty);
     let blocked = ["source", "destination"]
         .iter()
-        .filter(|c| blocks.get_bool(c).unwrap_or(false))
+        .filter(|c| rec.blocks.get(**c).copied().unwrap_or(false))
         .map(|c| BlockedView {
             cluster: c.to_string(),
             release: format!("cutover unblock {plan_file} --cluster {c} --yes"),
         })
         .collect();
-    let steps = run
-        .get_array("steps")
-        .map(|a| {
-            a.iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.as_document().map(|s| (i, s)))
-                .map(|(i, s)| StepView {
-                    index: i,
-                    kind: s.get_str("kind").unwrap_or_default().into(),
-                    status: s.get_str("status").unwrap_or_default().into(),
-                    error: s.get_str("error").ok().map(str::to_string),
-                })
-                .collect()
+    let steps = rec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| StepView {
+            index: i,
+            kind: s.kind.clone(),
+            status: s.status.as_str().into(),
+            error: s.error.clone(),
         })
-        .unwrap_or_default();
+        .collect();
     // Whether the lease is live was decided by the state store's clock
     // ([`StateStore::run_doc_for_status`] adds `lease_live`), never by this host's.
     let lease = run
         .get_document("lease")
         .ok()
-        .filter(|_| run.get_bool("lease_live").unwrap_or(false));
+        .filter(|_| rec.lease_live == Some(true));
     let runner = lease.map(|l| {
         format!(
             "host {} pid {}",
@@ -143,10 +143,10 @@ pub fn view(
         .then(|| crate::fence::stored_epoch(run));
     let mut v = StatusView {
         plan: plan_name.to_string(),
-        state: run.get_str("state").unwrap_or("IDLE").to_string(),
+        state: rec.state.as_str().to_string(),
         phase: st.get_str("phase").unwrap_or("not started").to_string(),
         can_commit: st.get_bool("can_commit").unwrap_or(false),
-        can_write: run.get_bool("can_write").unwrap_or(false),
+        can_write: rec.can_write,
         lag_seconds: st.get_f64("lag_seconds").ok(),
         collection_copy: CopyView {
             estimated_total_bytes: i64_of(copy, "estimated_total_bytes"),
@@ -168,7 +168,7 @@ pub fn view(
         blocked,
         steps,
         reconnecting: st.get_str("reconnecting").ok().map(str::to_string),
-        write_blocked_window_ms: crate::run::record::last_window_ms(run),
+        write_blocked_window_ms: rec.last_window_ms(),
         paused: None,
         insight: run
             .get_document("insight")
@@ -177,7 +177,7 @@ pub fn view(
         runner,
         epoch,
         lease_until,
-        last_error: run.get_str("last_error").ok().map(str::to_string),
+        last_error: rec.last_error.clone(),
         updated: st
             .get_datetime("at")
             .ok()
@@ -187,7 +187,7 @@ pub fn view(
     };
     // Replication runs inside `cutover run`: without a runner, nothing is replicating, so
     // the last stored can-commit and lag no longer hold.
-    if v.runner.is_none() && matches!(v.state.as_str(), "RUNNING" | "REVERSING" | "COMMITTING") {
+    if v.runner.is_none() && rec.state.replicating() {
         v.phase = format!(
             "stopped ({}); run `cutover run {plan_file}` to continue",
             v.phase
@@ -196,7 +196,7 @@ pub fn view(
         v.lag_seconds = None;
         v.insight = None;
     }
-    apply_pause(&mut v, run);
+    apply_pause(&mut v, rec);
     v
 }
 
@@ -289,22 +289,17 @@ impl StatusView {
 
 /// Marks a paused run: `state` says `PAUSED` while replication would otherwise run (a
 /// commit's drain ignores a pause, so `COMMITTING` stays).
-fn apply_pause(v: &mut StatusView, run: &Document) {
-    let Ok(p) = run.get_document("pause") else {
-        return;
-    };
-    if !p.get_bool("paused").unwrap_or(false) {
+fn apply_pause(v: &mut StatusView, rec: &RunRecord) {
+    let p = &rec.pause;
+    if !p.paused {
         return;
     }
-    if matches!(v.state.as_str(), "RUNNING" | "REVERSING" | "IDLE") {
+    if rec.state.pausable() {
         v.state = "PAUSED".into();
     }
     v.paused = Some(PausedView {
-        since: p
-            .get_datetime("since")
-            .ok()
-            .and_then(|d| d.try_to_rfc3339_string().ok()),
-        by: p.get_str("by").ok().map(str::to_string),
+        since: p.since.and_then(|d| d.try_to_rfc3339_string().ok()),
+        by: p.by.clone(),
         oplog_remaining_seconds: v.insight.as_ref().and_then(|i| i.oplog_remaining_seconds),
     });
 }
@@ -360,18 +355,16 @@ pub async fn load_view(
     store: &StateStore,
     plan: &crate::plan::Plan,
 ) -> Result<StatusView, crate::state::StateError> {
-    let run = store.run_doc_for_status().await?;
+    let (rec, run) = store.record_live().await?;
     let mut view = view(
         &plan.name,
         &plan.file,
+        &rec,
         run.as_ref(),
         &plan.source.hosts_display(),
         &plan.destination.hosts_display(),
     );
-    let direction = run
-        .as_ref()
-        .and_then(|r| r.get_str("direction").ok())
-        .unwrap_or("forward");
+    let direction = rec.direction.as_str();
     let lanes = store.coll(crate::state::LANES);
     let lane_id = format!("{}/{direction}", plan.name);
     if let Ok(Some(lane)) = lanes.find_one(doc! {"_id": &lane_id}).await {
@@ -394,7 +387,7 @@ pub async fn load_view(
             }
         }
     }
-    if view.state == "COMMITTED" {
+    if rec.state == RunState::Committed {
         view.lag_seconds = None; // nothing is replicating after a commit
         view.insight = None;
     }

@@ -20,12 +20,14 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::Client;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::engine::catalog::{self, NsKind, NsSpec};
 use crate::engine::error::{cluster_err, on, read_err, write_error, EngineError};
 use crate::engine::retry::RetryPolicy;
 use crate::namespace::Namespace;
 use crate::progress::Progress;
+use crate::record::Direction;
 use crate::state::{StateStore, PARTITIONS};
 
 /// Documents per range by default: big enough to amortise a range's setup, small enough
@@ -48,6 +50,8 @@ pub struct CopyCtx {
     pub concurrency: usize,
     pub docs_per_range: u64,
     pub retry: RetryPolicy,
+    /// The lane's direction: errors name each cluster by its plan role.
+    pub direction: Direction,
 }
 
 /// One `_id` range of one collection, as stored in the `partitions` collection.
@@ -132,7 +136,7 @@ pub async fn copy_set(
         .await?;
     let specs = catalog::list_selected(&ctx.source, selector)
         .await
-        .map_err(on("source"))?;
+        .map_err(on(ctx.direction.source_name()))?;
     let mut docs = Vec::new();
     for (i, s) in specs.iter().enumerate() {
         let info = s
@@ -208,7 +212,10 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
             }
             let Some(p) = queue.pop_front() else { break };
             let ctx = ctx.clone();
-            running.push(tokio::spawn(async move { copy_partition(&ctx, p).await }));
+            let span = tracing::info_span!("range", ns = %p.write_ns, range = %p.id);
+            running.push(tokio::spawn(
+                async move { copy_partition(&ctx, p).await }.instrument(span),
+            ));
         }
         match running.next().await {
             None => break,
@@ -243,7 +250,7 @@ async fn source_uuid(
     }
     catalog::uuid_of(&ctx.source, target)
         .await
-        .map_err(on("source"))
+        .map_err(on(ctx.direction.source_name()))
 }
 
 /// The ranges of one collection that still need copying, planning them on first use.
@@ -273,7 +280,7 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, E
             let read_ns = match &uuid {
                 Some(u) => catalog::name_of_uuid(&ctx.source, &write_ns.db, u)
                     .await
-                    .map_err(on("source"))?
+                    .map_err(on(ctx.direction.source_name()))?
                     .map(|n| Namespace::new(write_ns.db.clone(), n)),
                 None => Some(write_ns.clone()),
             };
@@ -347,7 +354,7 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
     let count = coll
         .estimated_document_count()
         .await
-        .map_err(|e| cluster_err("source", format!("counting `{ns}`"), &e))?;
+        .map_err(|e| cluster_err(ctx.direction.source_name(), format!("counting `{ns}`"), &e))?;
     let parts = (count / ctx.docs_per_range.max(1)).clamp(1, MAX_PARTITIONS);
     if parts <= 1 {
         return Ok(vec![None, None]);
@@ -360,10 +367,10 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
             doc! {"$sort": {"_id": 1}},
         ])
         .await
-        .map_err(|e| cluster_err("source", format!("sampling `{ns}`"), &e))?
+        .map_err(|e| cluster_err(ctx.direction.source_name(), format!("sampling `{ns}`"), &e))?
         .try_collect()
         .await
-        .map_err(|e| cluster_err("source", format!("sampling `{ns}`"), &e))?;
+        .map_err(|e| cluster_err(ctx.direction.source_name(), format!("sampling `{ns}`"), &e))?;
     let mut bounds = vec![None];
     for (i, d) in sample.iter().enumerate() {
         if i > 0 && i % oversample as usize == 0 {
@@ -444,7 +451,7 @@ async fn still_is(
         None => Ok(true),
         Some(u) => Ok(catalog::uuid_of(&ctx.source, ns)
             .await
-            .map_err(on("source"))?
+            .map_err(on(ctx.direction.source_name()))?
             .as_ref()
             == Some(u)),
     }
@@ -457,7 +464,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     let read_ns = match &p.uuid {
         Some(u) => match catalog::name_of_uuid(&ctx.source, &p.write_ns.db, u)
             .await
-            .map_err(on("source"))?
+            .map_err(on(ctx.direction.source_name()))?
         {
             Some(name) => Namespace::new(p.write_ns.db.clone(), name),
             None => return Ok(Pass::Gone),
@@ -498,8 +505,13 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
         }
     }
     let ns_text = p.write_ns.to_string();
-    let read_err =
-        |e: &mongodb::error::Error| read_err("source", format!("reading `{read_ns}`"), e);
+    let read_err = |e: &mongodb::error::Error| {
+        read_err(
+            ctx.direction.source_name(),
+            format!("reading `{read_ns}`"),
+            e,
+        )
+    };
     let mut cursor = match ctx
         .source
         .database(&read_ns.db)
@@ -523,13 +535,14 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     let mut pending_last: Option<Bson> = None;
     let mut moved = false;
 
+    let dst_name = ctx.direction.destination_name();
     let flush = |batch: Vec<RawDocumentBuf>, bytes: usize| {
         let dst = dst.clone();
         let ns = ns_text.clone();
         tokio::spawn(async move {
             let last = batch.last().and_then(id_of);
             let n = batch.len() as u64;
-            insert_batch(&dst, &ns, batch).await?;
+            insert_batch(dst_name, &dst, &ns, batch).await?;
             Ok((last, n, bytes as u64))
         })
     };
@@ -674,6 +687,7 @@ fn id_of(d: &RawDocumentBuf) -> Option<Bson> {
 /// Unordered insert, bypassing validation; duplicate `_id`s (a range re-copied after a
 /// crash) are expected and ignored, any other write error stops the copy naming the `_id`.
 pub async fn insert_batch(
+    cluster: &'static str,
     dst: &mongodb::Collection<RawDocumentBuf>,
     ns: &str,
     batch: Vec<RawDocumentBuf>,
@@ -697,7 +711,7 @@ pub async fn insert_batch(
                 "Batch too large for the destination's cache: inserting its documents one by one."
             );
             for d in batch {
-                Box::pin(insert_batch(dst, ns, vec![d])).await?;
+                Box::pin(insert_batch(cluster, dst, ns, vec![d])).await?;
             }
             Ok(())
         }
@@ -713,7 +727,7 @@ pub async fn insert_batch(
                         .and_then(id_of)
                         .map(|b| b.to_string())
                         .unwrap_or_else(|| "?".into());
-                    return Err(write_error(ns, id, we.code, &we.message));
+                    return Err(write_error(cluster, ns, id, we.code, &we.message));
                 }
                 if im.write_concern_error.is_none() {
                     // Duplicate keys: expected when a range is re-copied after a crash, but only
@@ -724,10 +738,10 @@ pub async fn insert_batch(
                         .as_ref()
                         .map(|ws| ws.iter().map(|w| w.index).collect())
                         .unwrap_or_default();
-                    return check_duplicates(dst, ns, &batch, &dups).await;
+                    return check_duplicates(cluster, dst, ns, &batch, &dups).await;
                 }
             }
-            Err(cluster_err("destination", format!("writing `{ns}`"), &e))
+            Err(cluster_err(cluster, format!("writing `{ns}`"), &e))
         }
     }
 }
@@ -749,6 +763,7 @@ fn too_large_for_cache(e: &mongodb::error::Error) -> bool {
 /// `_id`s exists on the destination (a re-copy), else a write error naming the first `_id`
 /// that is missing (another unique index rejected it).
 async fn check_duplicates(
+    cluster: &'static str,
     dst: &mongodb::Collection<RawDocumentBuf>,
     ns: &str,
     batch: &[RawDocumentBuf],
@@ -761,7 +776,7 @@ async fn check_duplicates(
     if ids.is_empty() {
         return Ok(());
     }
-    let read = |e: mongodb::error::Error| cluster_err("destination", format!("reading `{ns}`"), &e);
+    let read = |e: mongodb::error::Error| cluster_err(cluster, format!("reading `{ns}`"), &e);
     let found = dst
         .count_documents(doc! {"_id": {"$in": ids.clone()}})
         .await
@@ -776,6 +791,7 @@ async fn check_duplicates(
             .map_err(read)?;
         if present == 0 {
             return Err(EngineError::Write {
+                cluster,
                 ns: ns.to_string(),
                 id: id.to_string(),
                 code: 11000,

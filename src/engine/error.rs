@@ -13,20 +13,24 @@ pub enum EngineError {
         detail: String,
         transient: bool,
     },
-    #[error(
-        "cannot write to `{ns}` on the destination (document _id {id}): {detail} (code {code})"
-    )]
+    #[error("cannot write to `{ns}` on the {cluster} (document _id {id}): {detail} (code {code})")]
     Write {
+        /// The plan role of the cluster written to (the reverse lane writes to the source).
+        cluster: &'static str,
         ns: String,
         id: String,
         code: i32,
         detail: String,
     },
     #[error(
-        "the source's oplog no longer holds cutover's resume point ({at}): changes made since \
+        "the {cluster}'s oplog no longer holds cutover's resume point ({at}): changes made since \
          then are lost to replication, so this sync can never reach can-commit"
     )]
-    HistoryLost { at: String },
+    HistoryLost {
+        /// The plan role of the cluster the lane reads (the reverse lane reads the destination).
+        cluster: &'static str,
+        at: String,
+    },
     /// A failure described in full by its message (a change event that cannot be applied
     /// names the event; other messages name what was checked).
     #[error("{0}")]
@@ -90,8 +94,10 @@ impl EngineError {
     pub fn cluster(&self) -> &'static str {
         match self {
             EngineError::Cluster { cluster, .. } | EngineError::Outage { cluster, .. } => cluster,
-            EngineError::State(_) | EngineError::Write { .. } => "destination",
-            EngineError::HistoryLost { .. } => "source",
+            EngineError::State(_) => "destination",
+            EngineError::Write { cluster, .. } | EngineError::HistoryLost { cluster, .. } => {
+                cluster
+            }
             _ => "source or destination",
         }
     }
@@ -129,6 +135,7 @@ pub fn on(cluster: &'static str) -> impl FnOnce(CatalogError) -> EngineError {
 /// pressure, a stepdown mid-command), so the caller's retry sends it again; otherwise it
 /// stops the run naming the document.
 pub fn write_error(
+    cluster: &'static str,
     ns: impl ToString,
     id: impl Into<String>,
     code: i32,
@@ -140,13 +147,14 @@ pub fn write_error(
         || code == crate::mongo_error::code::MAX_TIME_MS_EXPIRED
     {
         return EngineError::Cluster {
-            cluster: "destination",
+            cluster,
             doing: format!("writing `{}` (document _id {})", ns.to_string(), id.into()),
             detail: format!("{detail} (code {code})"),
             transient: true,
         };
     }
     EngineError::Write {
+        cluster,
         ns: ns.to_string(),
         id: id.into(),
         code,

@@ -10,30 +10,21 @@ use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use crate::engine::apply::{self, ApplyCtx, Control, StartPoint};
+use crate::engine::apply::{self, StartPoint};
 use crate::engine::catalog::{self, NsKind, RelaxationStore};
+use crate::engine::clock::cluster_time;
+use crate::engine::control::Control;
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, EngineError};
 use crate::engine::retry::RetryPolicy;
+use crate::engine::write::ApplyCtx;
 use crate::plan::{BuildIndexes, NamespaceSelector};
 use crate::progress::Progress;
 use crate::state::{StateStore, LANES};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Forward,
-    Reverse,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Forward => "forward",
-            Direction::Reverse => "reverse",
-        }
-    }
-}
+pub use crate::record::Direction;
 
 /// Everything a lane needs; `source`/`destination` are already swapped for `Reverse`.
 #[derive(Clone)]
@@ -71,15 +62,20 @@ impl Lane {
         let progress = Arc::new(Progress::new());
         let (control, control_rx) = watch::channel(Control::Run);
         let (position_tx, position) = watch::channel(None);
-        let task = tokio::spawn(lane_main(
-            env,
-            direction,
-            id.clone(),
-            start_at,
-            progress.clone(),
-            control_rx,
-            position_tx,
-        ));
+        // The lane's logs nest under its span (and under the step that started it).
+        let span = tracing::info_span!("lane", lane = %id);
+        let task = tokio::spawn(
+            lane_main(
+                env,
+                direction,
+                id.clone(),
+                start_at,
+                progress.clone(),
+                control_rx,
+                position_tx,
+            )
+            .instrument(span),
+        );
         Lane {
             id,
             direction,
@@ -206,52 +202,6 @@ impl Drop for Lane {
     }
 }
 
-/// The source's current majority-committed time: the start point of a forward lane. Every
-/// write after it appears in the change stream; every write before it is visible to the copy.
-pub async fn source_now(source: &Client) -> Result<Timestamp, EngineError> {
-    let hello = source
-        .database("admin")
-        .run_command(doc! {"hello": 1})
-        .await
-        .map_err(|e| cluster_err("source", "reading the cluster time", &e))?;
-    let ts = hello
-        .get_document("lastWrite")
-        .ok()
-        .and_then(|lw| lw.get_document("opTime").ok())
-        .and_then(|o| o.get_timestamp("ts").ok())
-        .or_else(|| hello.get_timestamp("operationTime").ok())
-        .or_else(|| {
-            hello
-                .get_document("$clusterTime")
-                .ok()
-                .and_then(|c| c.get_timestamp("clusterTime").ok())
-        });
-    let Some(ts) = ts else {
-        return Err(EngineError::Event(
-            "the source did not report its cluster time (hello)".into(),
-        ));
-    };
-    // Wait until that time is majority-committed, so the copy's majority reads see it.
-    for _ in 0..600 {
-        let h = source
-            .database("admin")
-            .run_command(doc! {"hello": 1})
-            .await
-            .map_err(|e| cluster_err("source", "reading the cluster time", &e))?;
-        let maj = h
-            .get_document("lastWrite")
-            .ok()
-            .and_then(|lw| lw.get_document("majorityOpTime").ok())
-            .and_then(|o| o.get_timestamp("ts").ok());
-        match maj {
-            Some(m) if m >= ts => break,
-            None => break, // mongos: no lastWrite; operationTime is already majority.
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    Ok(ts)
-}
-
 async fn lane_main(
     env: LaneEnv,
     direction: Direction,
@@ -265,7 +215,7 @@ async fn lane_main(
     let lanes = store.coll(LANES);
     let st = |e: mongodb::error::Error| EngineError::State(store.err(&e));
     let relax = Arc::new(
-        RelaxationStore::new(store.database().clone(), store.plan(), direction.as_str())
+        RelaxationStore::new(store.database().clone(), store.plan(), direction)
             .with_fence(store.fence().cloned()),
     );
     let copy_ctx = CopyCtx {
@@ -277,6 +227,7 @@ async fn lane_main(
         concurrency: env.copy_concurrency,
         docs_per_range: env.docs_per_range,
         retry: env.retry,
+        direction,
     };
 
     let mut record = env
@@ -290,7 +241,7 @@ async fn lane_main(
         progress.set_phase("starting");
         let (start_ts, copy_done) = match (direction, start_at) {
             (_, Some(ts)) => (ts, true),
-            (Direction::Forward, None) => (source_now(&env.source).await?, false),
+            (Direction::Forward, None) => (cluster_time(&env.source, "source").await?, false),
             (Direction::Reverse, None) => {
                 return Err(EngineError::Event(
                     "reverse lane started without a start point".into(),
@@ -298,7 +249,7 @@ async fn lane_main(
             }
         };
         if !copy_done {
-            refuse_non_empty_destination(&env).await?;
+            refuse_non_empty_destination(&env, direction).await?;
         }
         let d = doc! {
             "_id": &id, "plan": store.plan(), "direction": direction.as_str(),
@@ -334,11 +285,11 @@ async fn lane_main(
                     if resumed {
                         catalog::create_on_destination_resumed(&env.destination, s, &relax)
                             .await
-                            .map_err(on("destination"))?
+                            .map_err(on(direction.destination_name()))?
                     } else {
                         catalog::create_on_destination(&env.destination, s, &relax)
                             .await
-                            .map_err(on("destination"))?
+                            .map_err(on(direction.destination_name()))?
                     }
                     Ok(())
                 })
@@ -347,7 +298,7 @@ async fn lane_main(
         if env.build_indexes == BuildIndexes::BeforeCopy {
             progress.set_phase("building indexes");
             for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-                build_indexes(&env, &progress, s, &relax).await?;
+                build_indexes(&env, direction, &progress, s, &relax).await?;
             }
         }
         progress.set_phase("copying");
@@ -355,7 +306,7 @@ async fn lane_main(
         if env.build_indexes == BuildIndexes::AfterCopy {
             progress.set_phase("building indexes");
             for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-                build_indexes(&env, &progress, s, &relax).await?;
+                build_indexes(&env, direction, &progress, s, &relax).await?;
             }
         }
         progress
@@ -381,6 +332,7 @@ async fn lane_main(
         _ => StartPoint::Time(start_ts),
     };
     let ctx = ApplyCtx {
+        direction,
         source: env.source.clone(),
         dest: env.destination.clone(),
         store: store.clone(),
@@ -401,6 +353,7 @@ async fn lane_main(
 /// Builds a collection's indexes on the destination, retrying transient failures.
 async fn build_indexes(
     env: &LaneEnv,
+    direction: Direction,
     progress: &Progress,
     s: &catalog::NsSpec,
     relax: &RelaxationStore,
@@ -410,16 +363,19 @@ async fn build_indexes(
         .run(progress, &what, || async {
             catalog::build_indexes(&env.destination, s, relax)
                 .await
-                .map_err(on("destination"))
+                .map_err(on(direction.destination_name()))
         })
         .await
 }
 
 /// cutover copies into empty namespaces only: an existing non-empty one would mix data.
-async fn refuse_non_empty_destination(env: &LaneEnv) -> Result<(), EngineError> {
+async fn refuse_non_empty_destination(
+    env: &LaneEnv,
+    direction: Direction,
+) -> Result<(), EngineError> {
     let specs = catalog::list_selected(&env.destination, &env.selector)
         .await
-        .map_err(on("destination"))?;
+        .map_err(on(direction.destination_name()))?;
     let mut busy = Vec::new();
     for s in specs.iter().filter(|s| s.kind != NsKind::View) {
         let Some(ns) = catalog::copy_target(s) else {
@@ -431,7 +387,9 @@ async fn refuse_non_empty_destination(env: &LaneEnv) -> Result<(), EngineError> 
             .collection::<Document>(&ns.coll)
             .estimated_document_count()
             .await
-            .map_err(|e| cluster_err("destination", format!("counting `{ns}`"), &e))?;
+            .map_err(|e| {
+                cluster_err(direction.destination_name(), format!("counting `{ns}`"), &e)
+            })?;
         if n > 0 {
             busy.push(format!("`{}` ({n} documents)", s.ns));
         }

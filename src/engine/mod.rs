@@ -3,6 +3,8 @@
 
 pub mod apply;
 pub mod catalog;
+pub mod clock;
+pub mod control;
 pub mod copy;
 pub mod error;
 pub mod events;
@@ -10,3 +12,4 @@ pub mod lane;
 pub mod repair;
 pub mod resync;
 pub mod retry;
+pub mod write;

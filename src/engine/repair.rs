@@ -27,10 +27,11 @@ use mongodb::error::ErrorKind;
 use mongodb::Client;
 use serde::Serialize;
 
-use crate::engine::apply::ApplyCtx;
 use crate::engine::error::{cluster_err, write_error, EngineError};
 use crate::engine::events::{self, Stmt};
+use crate::engine::write::ApplyCtx;
 use crate::namespace::Namespace;
+use crate::record::Direction;
 use crate::state::{StateError, StateStore};
 use crate::verify::order::cmp_values;
 
@@ -116,7 +117,10 @@ async fn read_source(
 
 /// Makes the destination's documents with these `_id`s exactly the source's (read as `at`
 /// says): replaced when on the source, deleted when not.
+///
+/// `direction` is the lane's (forward for a direct repair): errors name clusters by plan role.
 pub async fn rewrite(
+    direction: Direction,
     source: &Client,
     dest: &Client,
     ns: &Namespace,
@@ -138,13 +142,13 @@ pub async fn rewrite(
                 tracing::info!(%ns, "The lane's position left the snapshot window; repairing from the current majority read (replayed over like the copy).");
                 read_source(source, ns, ids, None)
                     .await
-                    .map_err(|e| cluster_err("source", reading.clone(), &e))?
+                    .map_err(|e| cluster_err(direction.source_name(), reading.clone(), &e))?
             }
-            Err(e) => return Err(cluster_err("source", reading, &e)),
+            Err(e) => return Err(cluster_err(direction.source_name(), reading, &e)),
         },
         ReadAt::Majority => read_source(source, ns, ids, None)
             .await
-            .map_err(|e| cluster_err("source", reading, &e))?,
+            .map_err(|e| cluster_err(direction.source_name(), reading, &e))?,
     };
     let mut updates = RawArrayBuf::new();
     let mut n_updates = 0u64;
@@ -185,17 +189,18 @@ pub async fn rewrite(
         }
     }
     if n_updates > 0 {
-        send(dest, ns, "update", "updates", updates).await?;
+        send(direction, dest, ns, "update", "updates", updates).await?;
         out.written = n_updates;
     }
     if n_deletes > 0 {
-        out.deleted = send(dest, ns, "delete", "deletes", deletes).await?;
+        out.deleted = send(direction, dest, ns, "delete", "deletes", deletes).await?;
     }
     Ok(out)
 }
 
 /// Sends one ordered write command with majority write concern; returns the reply's `n`.
 async fn send(
+    direction: Direction,
     dest: &Client,
     ns: &Namespace,
     name: &str,
@@ -217,10 +222,11 @@ async fn send(
         .database(&ns.db)
         .run_raw_command(cmd)
         .await
-        .map_err(|e| cluster_err("destination", doing.clone(), &e))?;
+        .map_err(|e| cluster_err(direction.destination_name(), doing.clone(), &e))?;
     if let Ok(errs) = reply.get_array("writeErrors") {
         if let Some(e) = errs.iter().find_map(Bson::as_document) {
             return Err(write_error(
+                direction.destination_name(),
                 ns,
                 format!("(statement {})", e.get_i32("index").unwrap_or(0)),
                 e.get_i32("code").unwrap_or(0),
@@ -230,7 +236,7 @@ async fn send(
     }
     if let Ok(wce) = reply.get_document("writeConcernError") {
         return Err(EngineError::Cluster {
-            cluster: "destination",
+            cluster: direction.destination_name(),
             doing,
             detail: wce.get_str("errmsg").unwrap_or_default().to_string(),
             transient: true,
@@ -289,7 +295,15 @@ pub async fn serve(ctx: &ApplyCtx, position: Timestamp) -> Result<(), EngineErro
         let ids = req.get_array("ids").cloned().unwrap_or_default();
         let result = match &ns {
             Some(ns) if ctx.selector.selects(&ns.db, &ns.coll) => {
-                rewrite(&ctx.source, &ctx.dest, ns, &ids, ReadAt::Snapshot(position)).await
+                rewrite(
+                    ctx.direction,
+                    &ctx.source,
+                    &ctx.dest,
+                    ns,
+                    &ids,
+                    ReadAt::Snapshot(position),
+                )
+                .await
             }
             _ => Err(EngineError::Event(
                 "the namespace is not replicated by this lane".into(),

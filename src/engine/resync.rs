@@ -44,10 +44,11 @@ use mongodb::bson::Timestamp;
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawDocument, RawDocumentBuf};
 use tokio::task::JoinHandle;
 
-use crate::engine::apply::{self, ApplyCtx, Control};
 use crate::engine::catalog::{self, NsKind};
+use crate::engine::control::Control;
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, EngineError};
+use crate::engine::write::{self, ApplyCtx};
 use crate::namespace::Namespace;
 use crate::progress::Progress;
 use crate::state::PARTITIONS;
@@ -283,7 +284,7 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
         .await?;
     let spec = match catalog::spec_of(&ctx.source, &ns)
         .await
-        .map_err(on("source"))?
+        .map_err(on(ctx.direction.source_name()))?
     {
         Some(s) => s,
         None => {
@@ -341,14 +342,15 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
     let mut temp_spec = spec;
     temp_spec.ns = temp.clone();
     let (dest, relax) = (ctx.dest.clone(), ctx.relax.clone());
+    let dest_name = ctx.direction.destination_name();
     let task = tokio::spawn(async move {
         catalog::create_on_destination(&dest, &temp_spec, &relax)
             .await
-            .map_err(on("destination"))?;
+            .map_err(on(dest_name))?;
         copy::copy_all(&copy_ctx, std::slice::from_ref(&temp_spec)).await?;
         catalog::build_indexes(&dest, &temp_spec, &relax)
             .await
-            .map_err(on("destination"))?;
+            .map_err(on(dest_name))?;
         let prefix = format!("^{}", regex::escape(&format!("{}/", copy_ctx.lane)));
         copy_ctx
             .store
@@ -459,7 +461,7 @@ async fn swap(ctx: &ApplyCtx, a: Active, position: Timestamp) -> Result<(), Engi
         .await
         .map_err(|e| {
             cluster_err(
-                "destination",
+                ctx.direction.destination_name(),
                 format!("renaming `{}` to `{}`", a.temp, a.ns),
                 &e,
             )
@@ -490,7 +492,7 @@ async fn replay(
     for chunk in held.chunks(REPLAY_ROUND) {
         let mut backoff = ctx.retry.backoff();
         loop {
-            match apply::apply_round(ctx, chunk.to_vec()).await {
+            match write::apply_round(ctx, chunk.to_vec()).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() => {
                     ctx.retry
@@ -520,7 +522,7 @@ async fn drop_temp(ctx: &ApplyCtx, temp: &Namespace) -> Result<(), EngineError> 
             {}
         Err(e) => {
             return Err(cluster_err(
-                "destination",
+                ctx.direction.destination_name(),
                 format!("dropping the resync's temporary collection `{temp}`"),
                 &e,
             ))

@@ -11,11 +11,13 @@ use mongodb::bson::{doc, Document, Timestamp};
 
 use super::roles::*;
 use super::{Ctx, RunError};
+use crate::cluster::scope_name;
 use crate::engine::catalog::{self, NsKind, RelaxationStore};
+use crate::engine::clock::cluster_time as read_cluster_time;
 use crate::engine::error::EngineError;
-use crate::engine::lane::{source_now, Direction};
 use crate::plan::model::CommitStep;
 use crate::plan::{Approval, WriteBlocking};
+use crate::record::{CommitPhase, CommitRecord, Direction, RunState};
 
 pub async fn commit(
     ctx: &mut Ctx,
@@ -29,203 +31,204 @@ pub async fn commit(
     };
     let direction = direction_of(ctx, i);
     let key = format!("commits.{i}");
-    let run = ctx.store.run_doc().await?.unwrap_or_default();
-    let mut rec = run
-        .get_document("commits")
-        .ok()
-        .and_then(|c| c.get_document(i.to_string()).ok())
-        .cloned()
-        .unwrap_or_default();
-    let mut phase = rec.get_str("phase").unwrap_or("waiting").to_string();
+    let run = ctx.store.record().await?;
+    let mut rec = run.commit(i).cloned().unwrap_or_default();
     let blocking = ctx.plan.options.write_blocking;
     let start_at = if direction == Direction::Reverse {
-        reverse_start(&run)
+        run.reverse_start()
     } else {
         None
     };
+    // The plan roles of this commit's two sides (a reverse commit's source is the plan's
+    // destination): errors name the cluster as the plan does.
+    let (src_name, dst_name) = (
+        scope_name(source_role(direction)),
+        scope_name(dest_role(direction)),
+    );
 
-    if phase == "waiting" {
-        ctx.store.set(doc! {format!("{key}.phase"): "waiting", format!("{key}.direction"): direction.as_str()}).await?;
-        let started = Instant::now();
-        let timeout = step.timeout.get();
-        let lane = ctx.ensure_lane(direction, start_at);
-        lane.wait_can_commit(Some(timeout)).await.map_err(fail)?;
-        if step.approval == Approval::Manual {
-            wait_for_approval(ctx, i, timeout.saturating_sub(started.elapsed())).await?;
-            if let Some(l) = &ctx.lane {
-                l.progress.set_phase("applying change events");
+    // Each arm does one phase's work and records the next phase before returning it: a
+    // runner that stops anywhere resumes at the recorded phase, whose work is idempotent.
+    loop {
+        rec.phase = match rec.phase {
+            CommitPhase::Waiting => {
+                ctx.store
+                    .set(doc! {format!("{key}.phase"): CommitPhase::Waiting, format!("{key}.direction"): direction})
+                    .await?;
+                let started = Instant::now();
+                let timeout = step.timeout.get();
+                let lane = ctx.ensure_lane(direction, start_at);
+                lane.wait_can_commit(Some(timeout)).await.map_err(fail)?;
+                if step.approval == Approval::Manual {
+                    wait_for_approval(ctx, i, timeout.saturating_sub(started.elapsed())).await?;
+                    if let Some(l) = &ctx.lane {
+                        l.progress.set_phase("applying change events");
+                    }
+                }
+                // A paused run does not block writes: the commit starts once resumed.
+                crate::service::wait_resumed_before_commit(ctx.lane.as_ref().map(|l| &*l.progress))
+                    .await;
+                let blocked_at = mongodb::bson::DateTime::now();
+                ctx.store
+                    .set(doc! {format!("{key}.phase"): CommitPhase::Blocking, "state": RunState::Committing,
+                    format!("{key}.blocked_at"): blocked_at})
+                    .await?;
+                rec.blocked_at = Some(blocked_at);
+                CommitPhase::Blocking
             }
-        }
-        // A paused run does not block writes: the commit starts once resumed.
-        crate::service::wait_resumed_before_commit(ctx.lane.as_ref().map(|l| &*l.progress)).await;
-        phase = "blocking".into();
-        ctx.store
-            .set(
-                doc! {format!("{key}.phase"): "blocking", "state": "COMMITTING",
-                format!("{key}.blocked_at"): mongodb::bson::DateTime::now()},
-            )
-            .await?;
-        rec = ctx
-            .store
-            .run_doc()
-            .await?
-            .and_then(|r| {
-                r.get_document("commits")
-                    .ok()
-                    .and_then(|c| c.get_document(i.to_string()).ok())
-                    .cloned()
-            })
-            .unwrap_or_default();
-    }
-
-    if phase == "blocking" {
-        let (src, _) = ctx.roles(direction);
-        let src_client = src.client.clone();
-        if blocking == WriteBlocking::SourceAndDestination {
-            ctx.set_block(source_role(direction), true).await?;
-        } else {
-            tracing::warn!(
-                "write_blocking is `{}`: cutover does not block the source; the application must have stopped writing to it",
-                match blocking { WriteBlocking::None => "none", _ => "destination-only" }
-            );
-        }
-        crate::crashpoint::hit("commit.blocked", Some(i));
-        // Every user write the source accepted has a time at or before this point.
-        let block_ts = cluster_time(ctx, &src_client).await.map_err(fail)?;
-        phase = "draining".into();
-        ctx.store
-            .set(doc! {format!("{key}.phase"): "draining", format!("{key}.block_ts"): block_ts})
-            .await?;
-        rec.insert("block_ts", block_ts);
-    }
-
-    if phase == "draining" {
-        let block_ts = rec.get_timestamp("block_ts").map_err(|_| {
-            fail(EngineError::Event(
-                "commit record without block point".into(),
-            ))
-        })?;
-        crate::crashpoint::hit("commit.draining", Some(i));
-        let lane = ctx.ensure_lane(direction, start_at);
-        if blocking == WriteBlocking::SourceAndDestination {
-            lane.drain_to(block_ts).await.map_err(fail)?;
-        } else {
-            drain_until_quiet(ctx, direction, start_at, block_ts, step.timeout.get())
-                .await
-                .map_err(fail)?;
-        }
-        ctx.drop_lane();
-        phase = "restoring".into();
-        ctx.store
-            .set(doc! {format!("{key}.phase"): "restoring"})
-            .await?;
-    }
-
-    if phase == "restoring" {
-        let (src, dst) = ctx.roles(direction);
-        let (src, dst) = (src.client.clone(), dst.client.clone());
-        let relax = RelaxationStore::new(
-            ctx.store.database().clone(),
-            ctx.store.plan(),
-            direction.as_str(),
-        )
-        .with_fence(ctx.store.fence().cloned());
-        // Prove on the server that this runner still holds the plan before changing a cluster.
-        if let Some(f) = ctx.store.fence() {
-            f.verify().await.map_err(RunError::LeaseLost)?;
-        }
-        // Idempotent (each record is removed once restored): transient failures retry it.
-        let policy = crate::engine::retry::RetryPolicy {
-            timeout: ctx.opts.retry_timeout,
+            CommitPhase::Blocking => {
+                let src = ctx.roles(direction).0.clone();
+                if blocking == WriteBlocking::SourceAndDestination {
+                    ctx.set_block(source_role(direction), true).await?;
+                } else {
+                    tracing::warn!(
+                        "write_blocking is `{}`: cutover does not block the source; the application must have stopped writing to it",
+                        match blocking { WriteBlocking::None => "none", _ => "destination-only" }
+                    );
+                }
+                crate::crashpoint::hit("commit.blocked", Some(i));
+                // Every user write the source accepted has a time at or before this point.
+                let block_ts = cluster_time(ctx, &src).await.map_err(fail)?;
+                ctx.store
+                    .set(doc! {format!("{key}.phase"): CommitPhase::Draining, format!("{key}.block_ts"): block_ts})
+                    .await?;
+                rec.block_ts = Some(block_ts);
+                CommitPhase::Draining
+            }
+            CommitPhase::Draining => {
+                let block_ts = rec.block_ts.ok_or_else(|| {
+                    fail(EngineError::Event(
+                        "commit record without block point".into(),
+                    ))
+                })?;
+                crate::crashpoint::hit("commit.draining", Some(i));
+                let lane = ctx.ensure_lane(direction, start_at);
+                if blocking == WriteBlocking::SourceAndDestination {
+                    lane.drain_to(block_ts).await.map_err(fail)?;
+                } else {
+                    drain_until_quiet(ctx, direction, start_at, block_ts, step.timeout.get())
+                        .await
+                        .map_err(fail)?;
+                }
+                ctx.drop_lane();
+                ctx.store
+                    .set(doc! {format!("{key}.phase"): CommitPhase::Restoring})
+                    .await?;
+                CommitPhase::Restoring
+            }
+            CommitPhase::Restoring => {
+                let (src, dst) = ctx.roles(direction);
+                let (src, dst) = (src.client.clone(), dst.client.clone());
+                let relax =
+                    RelaxationStore::new(ctx.store.database().clone(), ctx.store.plan(), direction)
+                        .with_fence(ctx.store.fence().cloned());
+                // Prove on the server that this runner still holds the plan before changing a
+                // cluster.
+                if let Some(f) = ctx.store.fence() {
+                    f.verify().await.map_err(RunError::LeaseLost)?;
+                }
+                // Idempotent (each record is removed once restored): transient failures retry it.
+                let policy = crate::engine::retry::RetryPolicy {
+                    timeout: ctx.opts.retry_timeout,
+                };
+                let progress = crate::progress::Progress::new();
+                policy
+                    .run(
+                        &progress,
+                        "restoring the relaxed indexes and options",
+                        || async { Ok(catalog::restore_relaxations(&dst, &relax).await?) },
+                    )
+                    .await
+                    .map_err(fail)?;
+                drop_vanished_views(&src, &dst, &ctx.plan.selector, (src_name, dst_name))
+                    .await
+                    .map_err(fail)?;
+                let mismatches = count_check(&src, &dst, &ctx.plan.selector, (src_name, dst_name))
+                    .await
+                    .map_err(fail)?;
+                if !mismatches.is_empty() {
+                    return Err(fail(EngineError::Event(format!(
+                        "document counts differ after the drain: {}; the {dst_name} is still blocked",
+                        mismatches.join(", ")
+                    ))));
+                }
+                ctx.store
+                    .set(doc! {format!("{key}.phase"): CommitPhase::Committed, "state": RunState::Committed})
+                    .await?;
+                crate::crashpoint::hit("commit.committed", Some(i));
+                CommitPhase::Committed
+            }
+            CommitPhase::Committed => return unblock(ctx, i, direction, &key, &rec).await,
+            CommitPhase::Done => return Ok(Some("already committed".into())),
         };
-        let progress = crate::progress::Progress::new();
-        policy
-            .run(
-                &progress,
-                "restoring the relaxed indexes and options",
-                || async { Ok(catalog::restore_relaxations(&dst, &relax).await?) },
-            )
-            .await
-            .map_err(fail)?;
-        drop_vanished_views(&src, &dst, &ctx.plan.selector)
-            .await
-            .map_err(fail)?;
-        let mismatches = count_check(&src, &dst, &ctx.plan.selector)
-            .await
-            .map_err(fail)?;
-        if !mismatches.is_empty() {
-            return Err(fail(EngineError::Event(format!(
-                "document counts differ after the drain: {}; the destination is still blocked",
-                mismatches.join(", ")
-            ))));
-        }
-        phase = "committed".into();
-        ctx.store
-            .set(doc! {format!("{key}.phase"): "committed", "state": "COMMITTED"})
-            .await?;
-        crate::crashpoint::hit("commit.committed", Some(i));
     }
-
-    if phase == "committed" {
-        let (_, dst) = ctx.roles(direction);
-        let dst_client = dst.client.clone();
-        // The reverse start point: every write the new source accepts after it is unblocked
-        // has a later time.
-        // Recorded once: after a crash past the unblock, a later time would miss writes.
-        let stored = ctx.store.run_doc().await?.and_then(|r| {
-            r.get_document("commits")
-                .ok()
-                .and_then(|c| c.get_document(i.to_string()).ok())
-                .and_then(|c| c.get_timestamp("can_write_ts").ok())
-        });
-        if stored.is_none() {
-            let can_write_ts = cluster_time(ctx, &dst_client).await.map_err(fail)?;
-            ctx.store
-                .set(doc! {format!("{key}.can_write_ts"): can_write_ts})
-                .await?;
-        }
-        crate::crashpoint::hit("commit.before-unblock", Some(i));
-        if blocking != WriteBlocking::None {
-            ctx.set_block(dest_role(direction), false).await?;
-        }
-        let now = mongodb::bson::DateTime::now();
-        // After a crash the in-memory record may predate `blocked_at`: read it from the store.
-        let blocked_at = match rec.get_datetime("blocked_at").ok().copied() {
-            Some(b) => Some(b),
-            None => ctx.store.run_doc().await?.and_then(|r| {
-                r.get_document("commits")
-                    .ok()
-                    .and_then(|c| c.get_document(i.to_string()).ok())
-                    .and_then(|c| c.get_datetime("blocked_at").ok().copied())
-            }),
-        };
-        let window = blocked_at.map(|b| now.timestamp_millis() - b.timestamp_millis());
-        let mut set = doc! {format!("{key}.phase"): "done", format!("{key}.writable_at"): now, "can_write": true,
-        "status.phase": "committed", "status.can_commit": false};
-        if let Some(w) = window {
-            set.insert(format!("{key}.window_ms"), w);
-            tracing::info!(
-                window_ms = w,
-                "Destination writable: write-blocked window {:.3}s.",
-                w as f64 / 1000.0
-            );
-        }
-        ctx.store.set(set).await?;
-        return Ok(Some(match window {
-            Some(w) => format!("committed; write-blocked window {:.3}s", w as f64 / 1000.0),
-            None => "committed".into(),
-        }));
-    }
-    Ok(Some("already committed".into()))
 }
 
-/// [`source_now`] of a cluster, retried through transient failures (an election, a dropped
+/// The commit's last phase: records the reverse start point once, unblocks the destination
+/// and records the write-blocked window.
+async fn unblock(
+    ctx: &mut Ctx,
+    i: usize,
+    direction: Direction,
+    key: &str,
+    rec: &CommitRecord,
+) -> Result<Option<String>, RunError> {
+    let blocking = ctx.plan.options.write_blocking;
+    let dst = ctx.roles(direction).1.clone();
+    // After a crash the in-memory record may predate what was stored: read it again.
+    let stored = ctx
+        .store
+        .record()
+        .await?
+        .commit(i)
+        .cloned()
+        .unwrap_or_default();
+    // The reverse start point: every write the new source accepts after it is unblocked has
+    // a later time. Recorded once: after a crash past the unblock, a later time would miss
+    // writes.
+    if stored.can_write_ts.is_none() {
+        let can_write_ts = cluster_time(ctx, &dst)
+            .await
+            .map_err(|source| RunError::Step {
+                index: i,
+                kind: "commit",
+                source,
+            })?;
+        ctx.store
+            .set(doc! {format!("{key}.can_write_ts"): can_write_ts})
+            .await?;
+    }
+    crate::crashpoint::hit("commit.before-unblock", Some(i));
+    if blocking != WriteBlocking::None {
+        ctx.set_block(dest_role(direction), false).await?;
+    }
+    let now = mongodb::bson::DateTime::now();
+    let blocked_at = rec.blocked_at.or(stored.blocked_at);
+    let window = blocked_at.map(|b| now.timestamp_millis() - b.timestamp_millis());
+    let mut set = doc! {format!("{key}.phase"): CommitPhase::Done, format!("{key}.writable_at"): now, "can_write": true,
+    "status.phase": "committed", "status.can_commit": false};
+    if let Some(w) = window {
+        set.insert(format!("{key}.window_ms"), w);
+        tracing::info!(
+            window_ms = w,
+            "Destination writable: write-blocked window {:.3}s.",
+            w as f64 / 1000.0
+        );
+    }
+    ctx.store.set(set).await?;
+    Ok(Some(match window {
+        Some(w) => format!("committed; write-blocked window {:.3}s", w as f64 / 1000.0),
+        None => "committed".into(),
+    }))
+}
+
+/// [`read_cluster_time`] of a cluster, retried through transient failures (an election, a dropped
 /// connection) for `--retry-timeout`: inside the write-blocked window, giving up would
 /// leave the clusters blocked until a re-run.
 pub(super) async fn cluster_time(
     ctx: &Ctx,
-    client: &mongodb::Client,
+    cluster: &crate::cluster::Cluster,
 ) -> Result<Timestamp, EngineError> {
+    let (client, name) = (&cluster.client, cluster.name());
     let progress = match &ctx.lane {
         Some(l) => l.progress.clone(),
         None => std::sync::Arc::new(crate::progress::Progress::new()),
@@ -234,7 +237,9 @@ pub(super) async fn cluster_time(
         timeout: ctx.opts.retry_timeout,
     };
     policy
-        .run(&progress, "reading the cluster time", || source_now(client))
+        .run(&progress, "reading the cluster time", || {
+            read_cluster_time(client, name)
+        })
         .await
 }
 
@@ -250,13 +255,12 @@ async fn drain_until_quiet(
     let started = Instant::now();
     let mut target = first;
     loop {
-        let (src, _) = ctx.roles(direction);
-        let src_client = src.client.clone();
+        let src = ctx.roles(direction).0.clone();
         let lane = ctx.ensure_lane(direction, start_at);
         let before = lane.progress.events_applied.load(Ordering::Relaxed);
         lane.wait_applied(target, None).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let next = source_now(&src_client).await?;
+        let next = read_cluster_time(&src.client, src.name()).await?;
         let applied = lane.progress.events_applied.load(Ordering::Relaxed) - before;
         if applied == 0 || next == target {
             return lane.drain_to(next).await;
@@ -332,15 +336,16 @@ async fn drop_vanished_views(
     src: &mongodb::Client,
     dst: &mongodb::Client,
     selector: &crate::plan::NamespaceSelector,
+    (src_name, dst_name): (&'static str, &'static str),
 ) -> Result<(), EngineError> {
     use crate::engine::error::on;
     // Names only (no index reads): this runs inside the write-blocked window.
     let at_source = catalog::list_selected_views(src, selector)
         .await
-        .map_err(on("source"))?;
+        .map_err(on(src_name))?;
     let at_destination = catalog::list_selected_views(dst, selector)
         .await
-        .map_err(on("destination"))?;
+        .map_err(on(dst_name))?;
     for v in at_destination.iter().filter(|v| !at_source.contains(v)) {
         tracing::warn!(view = %v, "The view is gone from the source without a change event (its database's drop failed after dropping the database's collections): dropping it on the destination.");
         match crate::cluster::run_majority(&dst.database(&v.db), doc! {"drop": &v.coll}).await {
@@ -350,7 +355,7 @@ async fn drop_vanished_views(
                     == Some(crate::mongo_error::code::NAMESPACE_NOT_FOUND) => {}
             Err(e) => {
                 return Err(crate::engine::error::cluster_err(
-                    "destination",
+                    dst_name,
                     format!("dropping the view `{v}`"),
                     &e,
                 ))
@@ -365,8 +370,11 @@ async fn count_check(
     src: &mongodb::Client,
     dst: &mongodb::Client,
     selector: &crate::plan::NamespaceSelector,
+    (src_name, dst_name): (&'static str, &'static str),
 ) -> Result<Vec<String>, EngineError> {
-    let specs = catalog::list_selected(src, selector).await?;
+    let specs = catalog::list_selected(src, selector)
+        .await
+        .map_err(crate::engine::error::on(src_name))?;
     let mut bad = Vec::new();
     for s in specs.iter().filter(|s| s.kind == NsKind::Collection) {
         // Metadata counts first (instant, inside the write-blocked window); an exact count
@@ -376,10 +384,10 @@ async fn count_check(
             async move { coll.estimated_document_count().await }
         };
         let fa = fast(src).await.map_err(|e| {
-            crate::engine::error::cluster_err("source", format!("counting `{}`", s.ns), &e)
+            crate::engine::error::cluster_err(src_name, format!("counting `{}`", s.ns), &e)
         })?;
         let fb = fast(dst).await.map_err(|e| {
-            crate::engine::error::cluster_err("destination", format!("counting `{}`", s.ns), &e)
+            crate::engine::error::cluster_err(dst_name, format!("counting `{}`", s.ns), &e)
         })?;
         if fa == fb {
             continue;
@@ -389,13 +397,13 @@ async fn count_check(
             async move { coll.count_documents(doc! {}).await }
         };
         let a = count(src).await.map_err(|e| {
-            crate::engine::error::cluster_err("source", format!("counting `{}`", s.ns), &e)
+            crate::engine::error::cluster_err(src_name, format!("counting `{}`", s.ns), &e)
         })?;
         let b = count(dst).await.map_err(|e| {
-            crate::engine::error::cluster_err("destination", format!("counting `{}`", s.ns), &e)
+            crate::engine::error::cluster_err(dst_name, format!("counting `{}`", s.ns), &e)
         })?;
         if a != b {
-            bad.push(format!("`{}`: source {a}, destination {b}", s.ns));
+            bad.push(format!("`{}`: {src_name} {a}, {dst_name} {b}", s.ns));
         }
     }
     Ok(bad)

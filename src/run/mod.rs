@@ -3,8 +3,6 @@
 //! acting and checks the clusters' real state when re-entered.
 
 mod commit;
-use record::{last_window_ms, step_status};
-pub mod record;
 mod reporter;
 mod reverse;
 mod roles;
@@ -17,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, DateTime, Document};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::cluster::{set_user_write_block, Cluster, ClusterError};
 
@@ -26,6 +25,7 @@ use crate::engine::retry::RetryPolicy;
 use crate::fence::{Holder, LeaseLost};
 use crate::plan::{Plan, Step};
 use crate::progress::Progress;
+use crate::record::{RunRecord, StepStatus};
 use crate::report::Scope;
 use crate::state::{StateError, StateStore};
 
@@ -246,9 +246,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     let destination =
         Cluster::connect(Scope::Destination, &plan.destination, opts.connect_timeout).await?;
     // The state store has its own client: see `Cluster::dedicated_client`.
-    let state_client = destination
-        .dedicated_client(opts.connect_timeout)
-        .await?;
+    let state_client = destination.dedicated_client(opts.connect_timeout).await?;
     let store = StateStore::new(&state_client, &plan.state_database, &plan.name)
         .with_retry(opts.retry_timeout);
     let kinds: Vec<&str> = plan.steps.iter().map(Step::kind).collect();
@@ -354,27 +352,19 @@ fn fenced_error(fence: &crate::fence::Fence, e: RunError) -> RunError {
 }
 
 async fn restart(plan: &Plan, store: &StateStore, destination: &Cluster) -> Result<(), RunError> {
-    let Some(doc) = store
-        .run_doc()
-        .await?
-        .filter(|d| d.get_str("fingerprint").is_ok())
-    else {
+    let run: RunRecord = store.record().await?;
+    if !run.started() {
         // Nothing was started: there is no partial copy of ours to drop, and the
         // destination's namespaces are not ours to touch.
         tracing::info!(plan = %plan.name, "Restart: no migration recorded for this plan; starting fresh.");
         return Ok(());
-    };
-    {
-        let state = doc.get_str("state").unwrap_or_default();
-        if matches!(state, "COMMITTING" | "COMMITTED" | "REVERSING")
-            || doc.get_str("direction") == Ok("reverse")
-        {
-            return Err(RunError::Refused(format!(
-                "`--restart` is refused: plan `{}` has begun or finished its commit (state {state}); restarting would \
-                 drop data on the cluster your application now uses",
-                plan.name
-            )));
-        }
+    }
+    if run.past_cutover() {
+        return Err(RunError::Refused(format!(
+            "`--restart` is refused: plan `{}` has begun or finished its commit (state {}); restarting would \
+             drop data on the cluster your application now uses",
+            plan.name, run.state
+        )));
     }
     if let Some(f) = store.fence() {
         f.verify().await.map_err(RunError::LeaseLost)?;
@@ -410,9 +400,7 @@ async fn run_steps(ctx: &mut Ctx, report: &mut RunReport) -> Result<(), RunError
     let mut result = Ok(());
     for (i, step) in steps.iter().enumerate() {
         let kind = step.kind();
-        let doc = ctx.store.run_doc().await?.unwrap_or_default();
-        let status = step_status(&doc, i);
-        if status == "done" {
+        if ctx.store.record().await?.step_status(i) == StepStatus::Done {
             report.steps.push(StepReport {
                 index: i,
                 kind,
@@ -432,21 +420,20 @@ async fn run_steps(ctx: &mut Ctx, report: &mut RunReport) -> Result<(), RunError
             });
             continue;
         }
+        // Everything the step logs (its lane's too, while it runs) is inside this span.
         let span = tracing::info_span!("step", index = i, kind);
-        let _enter = span.enter();
-        drop(_enter);
-        tracing::info!(step = i, kind, "Step started.");
-        ctx.store.step_status(i, "running", None).await?;
+        tracing::info!(parent: &span, "Step started.");
+        ctx.store.step_status(i, StepStatus::Running, None).await?;
         let started = Instant::now();
         let outcome = tokio::select! {
-            r = run_step(ctx, i, step) => r,
+            r = run_step(ctx, i, step).instrument(span.clone()) => r,
             _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
         };
         let secs = started.elapsed().as_secs_f64();
         match outcome {
             Ok(detail) => {
-                ctx.store.step_status(i, "done", None).await?;
-                tracing::info!(step = i, kind, seconds = format!("{secs:.1}"), "Step done.");
+                ctx.store.step_status(i, StepStatus::Done, None).await?;
+                tracing::info!(parent: &span, seconds = format!("{secs:.1}"), "Step done.");
                 report.steps.push(StepReport {
                     index: i,
                     kind,
@@ -459,7 +446,9 @@ async fn run_steps(ctx: &mut Ctx, report: &mut RunReport) -> Result<(), RunError
             Err(e) => {
                 let text = crate::redact::scrub(&e.to_string());
                 if !matches!(e, RunError::Interrupted) {
-                    ctx.store.step_status(i, "failed", Some(&text)).await?;
+                    ctx.store
+                        .step_status(i, StepStatus::Failed, Some(&text))
+                        .await?;
                 }
                 report.steps.push(StepReport {
                     index: i,
@@ -472,7 +461,7 @@ async fn run_steps(ctx: &mut Ctx, report: &mut RunReport) -> Result<(), RunError
             }
         }
     }
-    if let Some(w) = ctx.store.run_doc().await?.and_then(|d| last_window_ms(&d)) {
+    if let Some(w) = ctx.store.record().await?.last_window_ms() {
         report.write_blocked_window_ms = Some(w);
     }
     result

@@ -58,13 +58,11 @@ pub fn spawn_reporter(
             let progress = current.lock().ok().and_then(|g| g.clone());
             if let Some(p) = &progress {
                 let dir = store
-                    .run_doc()
+                    .record()
                     .await
-                    .ok()
-                    .flatten()
-                    .and_then(|d| d.get_str("direction").ok().map(str::to_string))
-                    .unwrap_or_else(|| "forward".into());
-                let (s, d) = if dir == "reverse" {
+                    .map(|r| r.direction)
+                    .unwrap_or_default();
+                let (s, d) = if dir == crate::record::Direction::Reverse {
                     (destination_hosts.clone(), source_hosts.clone())
                 } else {
                     (source_hosts.clone(), destination_hosts.clone())

@@ -5,11 +5,10 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
 
-use super::roles::*;
 use super::{Ctx, RunError};
 use crate::engine::error::EngineError;
-use crate::engine::lane::Direction;
 use crate::plan::WriteBlocking;
+use crate::record::{Direction, RunState};
 use crate::report::Scope;
 
 pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError> {
@@ -18,20 +17,20 @@ pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError
         kind: "reverse",
         source,
     };
-    let run = ctx.store.run_doc().await?.unwrap_or_default();
-    if run.get_str("state") != Ok("COMMITTED") && run.get_str("direction") != Ok("reverse") {
+    let run = ctx.store.record().await?;
+    if run.state != RunState::Committed && run.direction != Direction::Reverse {
         return Err(fail(EngineError::Event(
             "reverse needs a committed forward sync".into(),
         )));
     }
-    let Some(start) = reverse_start(&run) else {
+    let Some(start) = run.reverse_start() else {
         return Err(fail(EngineError::Event(
             "the forward commit recorded no reverse start point".into(),
         )));
     };
     let started = Instant::now();
     ctx.store
-        .set(doc! {"state": "REVERSING", "direction": "reverse", "can_write": false})
+        .set(doc! {"state": RunState::Reversing, "direction": Direction::Reverse, "can_write": false})
         .await?;
     // The old source stays user-write-blocked (since the commit) while it receives writes.
     if ctx.plan.options.write_blocking == WriteBlocking::SourceAndDestination {
@@ -47,7 +46,7 @@ pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError
     }
     let latency = started.elapsed();
     store
-        .set(doc! {"state": "RUNNING", "reverse_start_latency_ms": latency.as_millis() as i64})
+        .set(doc! {"state": RunState::Running, "reverse_start_latency_ms": latency.as_millis() as i64})
         .await?;
     lane.wait_can_commit(None).await.map_err(fail)?;
     Ok(Some(format!(

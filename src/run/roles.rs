@@ -1,8 +1,6 @@
 //! Which cluster plays which part in a step: the direction a commit finishes and the plan
 //! role of each side of a lane.
 
-use mongodb::bson::{Document, Timestamp};
-
 use super::Ctx;
 use crate::engine::lane::Direction;
 use crate::plan::Step;
@@ -34,14 +32,4 @@ pub(super) fn dest_role(d: Direction) -> Scope {
         Direction::Forward => Scope::Destination,
         Direction::Reverse => Scope::Source,
     }
-}
-
-/// The reverse lane's start point: recorded by the forward commit.
-pub(super) fn reverse_start(run: &Document) -> Option<Timestamp> {
-    let commits = run.get_document("commits").ok()?;
-    commits
-        .iter()
-        .filter_map(|(_, c)| c.as_document())
-        .find(|c| c.get_str("direction") == Ok("forward"))
-        .and_then(|c| c.get_timestamp("can_write_ts").ok())
 }

@@ -6,8 +6,8 @@ use mongodb::bson::doc;
 
 use super::{Ctx, RunError};
 use crate::engine::error::EngineError;
-use crate::engine::lane::Direction;
 use crate::plan::WriteBlocking;
+use crate::record::{Direction, RunState};
 use crate::report::Scope;
 
 pub(super) async fn sync(
@@ -18,7 +18,7 @@ pub(super) async fn sync(
         ctx.set_block(Scope::Destination, true).await?;
     }
     ctx.store
-        .set(doc! {"state": "RUNNING", "direction": "forward", "can_write": false})
+        .set(doc! {"state": RunState::Running, "direction": Direction::Forward, "can_write": false})
         .await?;
     let lane = ctx.ensure_lane(Direction::Forward, None);
     lane.wait_can_commit(None).await.map_err(fail)?;

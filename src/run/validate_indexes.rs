@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use mongodb::bson::Timestamp;
 
-use super::roles::*;
 use super::Ctx;
 use crate::engine::error::EngineError;
 use crate::engine::lane::Direction;
@@ -23,15 +22,13 @@ use crate::plan::Step;
 pub async fn validate_indexes(ctx: &mut Ctx, i: usize) -> Result<Option<String>, EngineError> {
     if let Some(direction) = replicating_at(ctx, i) {
         let start_at = if direction == Direction::Reverse {
-            let run = ctx.store.run_doc().await?.unwrap_or_default();
-            reverse_start(&run)
+            ctx.store.record().await?.reverse_start()
         } else {
             None
         };
-        let (src, _) = ctx.roles(direction);
-        let src_client = src.client.clone();
+        let src = ctx.roles(direction).0.clone();
         ctx.ensure_lane(direction, start_at);
-        let now = super::commit::cluster_time(ctx, &src_client).await?;
+        let now = super::commit::cluster_time(ctx, &src).await?;
         let lane = ctx.ensure_lane(direction, start_at);
         lane.wait_applied(now, Some(VALIDATE_WAIT)).await?;
     }

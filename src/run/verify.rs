@@ -23,7 +23,7 @@ pub async fn verify(ctx: &mut Ctx, step: &VerifyStep) -> Result<Option<String>, 
         let relax = RelaxationStore::new(
             ctx.store.database().clone(),
             ctx.store.plan(),
-            lane.direction.as_str(),
+            lane.direction,
         );
         for r in relax.list().await? {
             relaxed.push((r.ns.clone(), r.index.clone()));
@@ -38,8 +38,7 @@ pub async fn verify(ctx: &mut Ctx, step: &VerifyStep) -> Result<Option<String>, 
         ..VerifyOptions::default()
     };
     // After a reverse commit the data lives on the old source: compare in the current direction.
-    let run = ctx.store.run_doc().await?.unwrap_or_default();
-    let (a, b) = if run.get_str("direction") == Ok("reverse") {
+    let (a, b) = if ctx.store.record().await?.direction == crate::record::Direction::Reverse {
         (&ctx.destination.client, &ctx.source.client)
     } else {
         (&ctx.source.client, &ctx.destination.client)

@@ -37,6 +37,7 @@ use crate::engine::error::EngineError;
 use crate::engine::repair::{self as engine_repair, ReadAt, REPAIRS, REQUESTS, REQUEST_IDS};
 use crate::namespace::Namespace;
 use crate::plan::Plan;
+use crate::record::RunRecord;
 use crate::state::{StateError, StateStore, LANES};
 
 /// What `--repair-indexes` allows.
@@ -88,21 +89,20 @@ impl Mode {
     }
 }
 
-/// True when the run document shows a live `cutover run` (an unexpired lease).
-pub fn runner_live(run: Option<&Document>) -> bool {
-    run.and_then(|r| r.get_document("lease").ok())
-        .and_then(|l| l.get_datetime("until").ok())
-        .is_some_and(|u| u.timestamp_millis() > DateTime::now().timestamp_millis())
-}
-
 /// Whether repair may run now, and how; `Err` is the refusal message (exit 4).
-pub fn gate(plan: &str, run: Option<&Document>, lane: Option<&Document>) -> Result<Mode, String> {
+///
+/// `run` is the plan's run record (`None`: no migration recorded); `live` whether a runner
+/// holds the plan now, by the state store's clock ([`StateStore::record_live`]), never this
+/// host's: a host whose clock is ahead would take a live runner for gone.
+pub fn gate(
+    plan: &str,
+    run: Option<&RunRecord>,
+    live: bool,
+    lane: Option<&Document>,
+) -> Result<Mode, String> {
     if let Some(r) = run {
-        let state = r.get_str("state").unwrap_or("IDLE");
-        if matches!(state, "COMMITTING" | "COMMITTED" | "REVERSING")
-            || r.get_str("direction") == Ok("reverse")
-            || r.get_bool("can_write").unwrap_or(false)
-        {
+        let state = r.state;
+        if r.past_cutover() {
             return Err(format!(
                 "`verify --repair` is refused: plan `{plan}` has begun or finished its commit (state {state}), so the \
                  destination is the side your application writes to; repairing would overwrite its writes with the \
@@ -116,7 +116,7 @@ pub fn gate(plan: &str, run: Option<&Document>, lane: Option<&Document>) -> Resu
              the copy (differences found during a copy are not findings), then repair"
         ));
     }
-    if runner_live(run) {
+    if live {
         return match lane {
             Some(l) => Ok(Mode::Lane(
                 l.get_str("_id").unwrap_or_default().to_string(),
@@ -385,7 +385,11 @@ async fn passes(
     ropts: &RepairOptions,
     repair_id: &str,
 ) -> Result<RepairReport, RepairError> {
-    let relax = RelaxationStore::new(state.database().clone(), &plan.name, "forward");
+    let relax = RelaxationStore::new(
+        state.database().clone(),
+        &plan.name,
+        crate::record::Direction::Forward,
+    );
     let mut opts = base;
     opts.collect_ids = ropts.max_ids.max(1);
     // A new verify run each pass: a resumed one named only `max_differences` per range.
@@ -480,8 +484,15 @@ async fn repair_documents(
             for (ns, ids) in work {
                 for chunk in ids.chunks(REQUEST_IDS) {
                     let ids: Vec<Bson> = chunk.iter().map(|(id, _)| id.clone()).collect();
-                    let r =
-                        engine_repair::rewrite(source, dest, ns, &ids, ReadAt::Majority).await?;
+                    let r = engine_repair::rewrite(
+                        crate::record::Direction::Forward,
+                        source,
+                        dest,
+                        ns,
+                        &ids,
+                        ReadAt::Majority,
+                    )
+                    .await?;
                     let e = out.entry(ns.clone()).or_default();
                     e.0 += r.written;
                     e.1 += r.deleted;
@@ -554,8 +565,7 @@ async fn repair_documents(
             return Ok(out);
         }
         // The runner went away: nothing else writes now, so write them here.
-        let run = state.run_doc().await?;
-        if !runner_live(run.as_ref()) {
+        if !state.runner_live().await? {
             tracing::info!("The runner is gone; repairing the pending requests directly.");
             for d in pending {
                 let (Some(ns), Ok(ids)) = (
@@ -564,7 +574,15 @@ async fn repair_documents(
                 ) else {
                     continue;
                 };
-                let r = engine_repair::rewrite(source, dest, &ns, ids, ReadAt::Majority).await?;
+                let r = engine_repair::rewrite(
+                    crate::record::Direction::Forward,
+                    source,
+                    dest,
+                    &ns,
+                    ids,
+                    ReadAt::Majority,
+                )
+                .await?;
                 engine_repair::write_state(
                     state,
                     REQUESTS,
@@ -825,28 +843,33 @@ pub async fn last_repair(state: &StateStore) -> Option<RepairSummary> {
 mod tests {
     use super::*;
 
+    fn rec(d: Document) -> RunRecord {
+        RunRecord::from_doc("p", &d).unwrap()
+    }
+
     #[test]
     fn gate_refuses_after_the_commit_and_during_the_copy() {
-        let future = DateTime::from_millis(DateTime::now().timestamp_millis() + 60_000);
-        let live = doc! {"state": "RUNNING", "lease": {"until": future}};
+        let running = rec(doc! {"state": "RUNNING"});
         let lane = doc! {"_id": "p/forward", "copy_done": true};
         assert_eq!(
-            gate("p", Some(&live), Some(&lane)),
+            gate("p", Some(&running), true, Some(&lane)),
             Ok(Mode::Lane("p/forward".into()))
         );
-        assert_eq!(gate("p", None, None), Ok(Mode::Direct));
-        let stopped = doc! {"state": "RUNNING"};
-        assert_eq!(gate("p", Some(&stopped), Some(&lane)), Ok(Mode::Direct));
+        assert_eq!(gate("p", None, false, None), Ok(Mode::Direct));
+        assert_eq!(
+            gate("p", Some(&running), false, Some(&lane)),
+            Ok(Mode::Direct)
+        );
         for committed in [
             doc! {"state": "COMMITTED"},
             doc! {"state": "COMMITTING"},
             doc! {"state": "RUNNING", "direction": "reverse"},
         ] {
-            let e = gate("p", Some(&committed), Some(&lane)).unwrap_err();
+            let e = gate("p", Some(&rec(committed)), true, Some(&lane)).unwrap_err();
             assert!(e.contains("refused"), "{e}");
         }
         let copying = doc! {"_id": "p/forward", "copy_done": false};
-        assert!(gate("p", Some(&live), Some(&copying)).is_err());
-        assert!(gate("p", Some(&live), None).is_err());
+        assert!(gate("p", Some(&running), true, Some(&copying)).is_err());
+        assert!(gate("p", Some(&running), true, None).is_err());
     }
 }

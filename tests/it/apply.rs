@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::*;
-use cutover::engine::lane::{source_now, Direction, Lane, LaneEnv};
+use cutover::engine::clock::cluster_time;
+use cutover::engine::lane::{Direction, Lane, LaneEnv};
 use cutover::engine::retry::RetryPolicy;
 use cutover::plan::{BuildIndexes, NamespaceSelector};
 use cutover::state::StateStore;
@@ -237,7 +238,7 @@ async fn unique_values_passed_between_documents_on_the_reverse_lane() {
     seed_people(&n).await;
     seed_people(&o).await;
     // The reverse lane: from the new cluster back to the old one, from now on.
-    let start = source_now(&n).await.unwrap();
+    let start = cluster_time(&n, "source").await.unwrap();
     let env = lane_env(&n, &o, "uniq", 4);
     let mut lane = Lane::start(env, Direction::Reverse, Some(start));
     lane.wait_can_commit(Some(Duration::from_secs(60)))
@@ -355,7 +356,11 @@ async fn catalog_commands_use_majority_write_concern() {
     let end = last_oplog_ts(&s).await;
     lane.drain_to(end).await.unwrap();
     // The commit's restore of the relaxed unique, TTL and capped settings.
-    let relax = RelaxationStore::new(d.database(STATE_DB), "wc", "forward");
+    let relax = RelaxationStore::new(
+        d.database(STATE_DB),
+        "wc",
+        cutover::record::Direction::Forward,
+    );
     restore_relaxations(&d, &relax).await.unwrap();
     let catalog = [
         "create",

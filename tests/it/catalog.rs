@@ -6,6 +6,7 @@ use cutover::engine::catalog::*;
 use cutover::namespace::Namespace;
 use cutover::plan::model::NamespaceFilter;
 use cutover::plan::NamespaceSelector;
+use cutover::record::Direction;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Client;
@@ -24,7 +25,7 @@ fn all() -> NamespaceSelector {
 }
 
 fn store(dest: &Client, plan: &str) -> RelaxationStore {
-    RelaxationStore::new(dest.database(STATE_DB), plan, "forward")
+    RelaxationStore::new(dest.database(STATE_DB), plan, Direction::Forward)
 }
 
 /// Creates one namespace of each kind in `shop` (plus noise that must not be selected).
@@ -506,7 +507,7 @@ async fn restore_skips_what_was_dropped_and_is_scoped_by_plan_and_direction() {
     let dst = dst_rs.root_client().await;
     run(&dst, "shop", doc! {"create": "plain"}).await;
     let relax = store(&dst, "p5");
-    let other_direction = RelaxationStore::new(dst.database(STATE_DB), "p5", "reverse");
+    let other_direction = RelaxationStore::new(dst.database(STATE_DB), "p5", Direction::Reverse);
     let other_plan = store(&dst, "p6");
     let plain = Namespace::new("shop", "plain");
     relax

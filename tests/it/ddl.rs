@@ -9,6 +9,7 @@ use cutover::engine::catalog::*;
 use cutover::namespace::Namespace;
 use cutover::plan::model::NamespaceFilter;
 use cutover::plan::NamespaceSelector;
+use cutover::record::Direction;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document, RawDocumentBuf};
 use mongodb::Client;
@@ -279,7 +280,7 @@ async fn ddl_events_replayed_twice_give_identical_catalogs() {
     let src = src_rs.root_client().await;
     let dst = dst_rs.root_client().await;
     let sel = selector();
-    let relax = RelaxationStore::new(dst.database(STATE_DB), "ddl", "forward");
+    let relax = RelaxationStore::new(dst.database(STATE_DB), "ddl", Direction::Forward);
     // The destination has a collection of its own in a dropped database: it must survive.
     run(&dst, "tmpdb", doc! {"create": "dest_only"}).await;
     let sel_no_dest_only = sel.selects("tmpdb", "dest_only");
@@ -487,7 +488,7 @@ async fn unknown_or_data_events_are_errors_that_name_the_event() {
     let (src_rs, dst_rs) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
     let src = src_rs.root_client().await;
     let dst = dst_rs.root_client().await;
-    let relax = RelaxationStore::new(dst.database(STATE_DB), "ddl", "forward");
+    let relax = RelaxationStore::new(dst.database(STATE_DB), "ddl", Direction::Forward);
     let sel = selector();
     let ts = mongodb::bson::Timestamp {
         time: 1700000000,
@@ -541,7 +542,7 @@ async fn replay_behind_the_copy_converges() {
     let src = src_rs.root_client().await;
     let dst = dst_rs.root_client().await;
     let sel = selector();
-    let relax = RelaxationStore::new(dst.database(STATE_DB), "behind", "forward");
+    let relax = RelaxationStore::new(dst.database(STATE_DB), "behind", Direction::Forward);
     run(&src, "shop", doc! {"create": "gone2"}).await;
 
     let start = run(

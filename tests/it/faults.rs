@@ -273,3 +273,98 @@ async fn a_copy_insert_rejected_by_another_unique_index_is_named() {
     assert_same_data(&s, &d, STATE_DB).await;
     assert_same_catalog(&s, &d, STATE_DB).await;
 }
+
+const REVERSIBLE: &str = r#"
+[options]
+write_blocking = "source-and-destination"
+reversible = true
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+timeout = "2m"
+
+[[steps]]
+kind = "reverse"
+
+[[steps]]
+kind = "commit"
+approval = "manual"
+timeout = "5m"
+"#;
+
+/// The reverse lane writes to the plan's *source*: when those writes fail, the error names
+/// the source cluster, as the plan does (it said "destination cluster" before: the engine's
+/// messages named the lane's sides, not the plan's roles).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_of_the_reverse_lane_names_the_plans_source() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    let users = s.database("crm").collection::<Document>("users");
+    users
+        .insert_many((0..50).map(|i| doc! {"_id": i, "n": 0}).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let (_dir, plan) = write_plan(&plan_text("reverse-label", REVERSIBLE));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the reverse lane to wait for the final approval",
+        |v| v["state"] == "RUNNING" && v["phase"] == "waiting for approval",
+    )
+    .await;
+
+    // The old source refuses cutover's updates with a permanent error; the application
+    // updates a document on the new source (the plan's destination).
+    s.database("admin")
+        .run_command(
+            doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn",
+            "data": {"failCommands": ["update"], "namespace": "crm.users",
+                     "appName": "cutover", "errorCode": 2}},
+        )
+        .await
+        .expect("configureFailPoint (mongod runs with enableTestCommands=1)");
+    d.database("crm")
+        .collection::<Document>("users")
+        .update_one(doc! {"_id": 7}, doc! {"$set": {"n": 1}})
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut runner = runner;
+    let o = loop {
+        if runner.try_wait().unwrap().is_some() {
+            break runner.wait_with_output().unwrap();
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = runner.kill();
+            panic!(
+                "the runner did not stop on the refused write: {}",
+                show(&runner.wait_with_output().unwrap())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    s.database("admin")
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+        .await
+        .unwrap();
+    let text = show(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("BadValue, code 2"), "{text}");
+    assert!(
+        text.contains("source cluster: writing `crm.users`"),
+        "the error names the plan's source: {text}"
+    );
+    assert!(
+        !text.contains("destination cluster: writing"),
+        "the error names the plan's destination: {text}"
+    );
+}

@@ -249,6 +249,19 @@ async fn a_skewed_clock_does_not_take_a_live_plan() {
         "{v}"
     );
 
+    // `verify --repair` on the skewed host sees the live runner too (by the state store's
+    // clock) and routes its writes through the runner's lane; deciding by the host clock, it
+    // took the runner for gone and wrote directly beside the live lane (found while typing the
+    // run record: `runner_live` compared `lease.until` with this host's clock).
+    let o = run_cutover(
+        &["verify", &plan, "--repair", "--format", "json"],
+        &refs(&skew_env),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("verify --repair printed no JSON ({e}): {}", show(&o)));
+    assert_eq!(report["mode"], "lane", "{report:#}");
+
     // The first runner still owns the migration and finishes it.
     let o = run_cutover(&["approve", &plan], &refs(&env));
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -484,9 +497,11 @@ async fn shutdown_errors_on_data_writes_do_not_cost_the_lease() {
     // For 15 s (almost four TTLs) every data write of cutover's fails with 11600 while the
     // application keeps writing.
     d.database("admin")
-        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn",
+        .run_command(
+            doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn",
             "data": {"failCommands": ["insert", "update", "delete"], "namespace": "shop.orders",
-                     "appName": "cutover", "errorCode": 11600}})
+                     "appName": "cutover", "errorCode": 11600}},
+        )
         .await
         .expect("configureFailPoint (mongod runs with enableTestCommands=1)");
     let orders = s.database("shop").collection::<Document>("orders");

@@ -157,15 +157,15 @@ impl RelaxationStore {
         }
     }
 
-    /// `direction` is `"forward"` or `"reverse"`.
-    pub fn new(state_db: Database, plan: &str, direction: &str) -> Self {
+    /// The relaxations one lane (`direction`) made on its destination.
+    pub fn new(state_db: Database, plan: &str, direction: crate::record::Direction) -> Self {
         let opts = CollectionOptions::builder()
             .write_concern(WriteConcern::majority())
             .build();
         Self {
             coll: state_db.collection_with_options(RELAXATIONS_COLLECTION, opts),
             plan: plan.to_string(),
-            direction: direction.to_string(),
+            direction: direction.as_str().to_string(),
             fence: None,
         }
     }

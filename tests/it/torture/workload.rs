@@ -1233,7 +1233,11 @@ async fn generate(mut g: Generator, src: Client, dst: Client, st: Arc<GenState>)
                         errs.push(format!(
                             "{} on the {}: no answer in 30 s",
                             g.last,
-                            if side == ON_DESTINATION { "destination" } else { "source" }
+                            if side == ON_DESTINATION {
+                                "destination"
+                            } else {
+                                "source"
+                            }
                         ));
                     }
                     continue;
