@@ -891,12 +891,7 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
     };
     let live = run.lease_live == Some(true);
     let run = raw.is_some().then_some(&run);
-    let lane = store
-        .coll(crate::state::LANES)
-        .find_one(mongodb::bson::doc! {"_id": format!("{}/forward", plan.name)})
-        .await
-        .ok()
-        .flatten();
+    let lane = store.lane_doc(Direction::Forward).await.ok().flatten();
     let lane = match resync::gate(&plan.name, run, live, lane.as_ref()) {
         Ok(l) => l,
         Err(message) => return fail(Exit::Refused, message),
@@ -977,12 +972,7 @@ async fn verify_repair(
     use crate::verify::repair::{self, IndexPolicy, RepairOptions};
     let fail =
         |exit: Exit, message: String| fail_report(args.plan.format, &plan.name, exit, message);
-    let lane = store
-        .coll(crate::state::LANES)
-        .find_one(mongodb::bson::doc! {"_id": format!("{}/forward", plan.name)})
-        .await
-        .ok()
-        .flatten();
+    let lane = store.lane_doc(Direction::Forward).await.ok().flatten();
     let live = run.is_some_and(|r| r.lease_live == Some(true));
     let mode = match repair::gate(&plan.name, run, live, lane.as_ref()) {
         Ok(m) => m,

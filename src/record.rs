@@ -155,6 +155,11 @@ impl Direction {
     }
 }
 
+/// The id of a plan's lane record (`lanes._id`): `plan/forward` or `plan/reverse`.
+pub fn lane_id(plan: &str, direction: Direction) -> String {
+    format!("{plan}/{}", direction.as_str())
+}
+
 macro_rules! stored_as_string {
     ($($t:ty),*) => {$(
         impl From<$t> for Bson {

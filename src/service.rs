@@ -18,7 +18,7 @@ use crate::exit::Exit;
 use crate::plan::{Approval, Plan, Step};
 use crate::progress::Progress;
 use crate::record::{Direction, StepStatus};
-use crate::state::{StateError, StateStore, LANES};
+use crate::state::{StateError, StateStore};
 use crate::stats::{Insight, Sampler};
 
 /// What the runner shares with the HTTP API.
@@ -98,7 +98,7 @@ async fn service_loop(
     let mut last_oplog: Option<Instant> = None;
     let mut oplog_remaining: Option<f64> = None;
     // The previous oplog sample and the lane it was taken for (the source changes with it).
-    let mut oplog_prev: Option<(&str, crate::stats::OplogSample)> = None;
+    let mut oplog_prev: Option<(Direction, crate::stats::OplogSample)> = None;
     let mut was_paused = crate::pause::is_paused();
     loop {
         let run = live.store.record().await.ok();
@@ -122,7 +122,7 @@ async fn service_loop(
                     Direction::Reverse => &destination,
                     Direction::Forward => &source,
                 };
-                let dir = direction.as_str();
+                let dir = direction;
                 let sample = oplog_sample(src, &live.store, dir).await;
                 let prev = oplog_prev
                     .as_ref()
@@ -159,13 +159,9 @@ async fn service_loop(
 pub async fn oplog_sample(
     source: &Client,
     store: &StateStore,
-    direction: &str,
+    direction: Direction,
 ) -> Option<crate::stats::OplogSample> {
-    let lane = store
-        .coll(LANES)
-        .find_one(doc! {"_id": format!("{}/{direction}", store.plan())})
-        .await
-        .ok()??;
+    let lane = store.lane_doc(direction).await.ok()??;
     let resume = lane
         .get_timestamp("position")
         .or_else(|_| lane.get_timestamp("start_ts"))

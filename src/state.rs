@@ -224,6 +224,15 @@ impl StateStore {
         Ok((rec, doc))
     }
 
+    /// The record of the plan's lane in `direction` (its position, copy figures), if any.
+    pub async fn lane_doc(&self, direction: Direction) -> Result<Option<Document>, StateError> {
+        let id = crate::record::lane_id(&self.plan, direction);
+        self.coll(LANES)
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(|e| self.err(&e))
+    }
+
     /// Whether a runner holds the plan now (an unexpired lease), by the state store's clock.
     pub async fn runner_live(&self) -> Result<bool, StateError> {
         Ok(self.record_live().await?.0.lease_live == Some(true))

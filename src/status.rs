@@ -364,17 +364,13 @@ pub async fn load_view(
         &plan.source.hosts_display(),
         &plan.destination.hosts_display(),
     );
-    let direction = rec.direction.as_str();
-    let lanes = store.coll(crate::state::LANES);
-    let lane_id = format!("{}/{direction}", plan.name);
-    if let Ok(Some(lane)) = lanes.find_one(doc! {"_id": &lane_id}).await {
+    if let Ok(Some(lane)) = store.lane_doc(rec.direction).await {
         if let Ok(n) = lane.get_i64("events_applied") {
             view.events_applied = n;
         }
     }
     // The copy happens once, forward: its record keeps the figures.
-    let forward = format!("{}/forward", plan.name);
-    if let Ok(Some(lane)) = lanes.find_one(doc! {"_id": &forward}).await {
+    if let Ok(Some(lane)) = store.lane_doc(Direction::Forward).await {
         if lane.get_bool("copy_done").unwrap_or(false) {
             let get = |k: &str| lane.get_i64(k).ok();
             if let (Some(b), Some(d)) = (get("copied_bytes"), get("copied_documents")) {

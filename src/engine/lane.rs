@@ -52,7 +52,7 @@ pub struct Lane {
 
 impl Lane {
     pub fn lane_id(plan: &str, direction: Direction) -> String {
-        format!("{plan}/{}", direction.as_str())
+        crate::record::lane_id(plan, direction)
     }
 
     /// Starts or resumes a lane. `start_at` is the reverse lane's start point (the
