@@ -706,15 +706,16 @@ kind = "commit"
 approval = "manual"
 timeout = "5m"
 "#;
-    let (_dir, plan) = write_plan(&plan_text("inflight", plan_body));
-    let plan = plan.to_str().unwrap().to_string();
-    let env = root_env(&src, &dst);
-    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
-    wait_status(
-        &plan,
-        &env,
-        &[],
-        Duration::from_secs(120),
+    let RunningPlan {
+        dir: _dir,
+        plan,
+        env,
+        child: runner,
+    } = spawn_run_until(
+        &src,
+        &dst,
+        "inflight",
+        plan_body,
         "waiting for approval",
         |v| v["phase"] == "waiting for approval",
     )

@@ -308,15 +308,11 @@ async fn a_failing_write_of_the_reverse_lane_names_the_plans_source() {
         .insert_many((0..50).map(|i| doc! {"_id": i, "n": 0}).collect::<Vec<_>>())
         .await
         .unwrap();
-    let (_dir, plan) = write_plan(&plan_text("reverse-label", REVERSIBLE));
-    let plan = plan.to_str().unwrap().to_string();
-    let env = root_env(&src, &dst);
-    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
-    wait_status(
-        &plan,
-        &env,
-        &[],
-        Duration::from_secs(120),
+    let run = spawn_run_until(
+        &src,
+        &dst,
+        "reverse-label",
+        REVERSIBLE,
         "the reverse lane to wait for the final approval",
         |v| v["state"] == "RUNNING" && v["phase"] == "waiting for approval",
     )
@@ -338,7 +334,7 @@ async fn a_failing_write_of_the_reverse_lane_names_the_plans_source() {
         .await
         .unwrap();
     let start = Instant::now();
-    let mut runner = runner;
+    let mut runner = run.child;
     let o = loop {
         if runner.try_wait().unwrap().is_some() {
             break runner.wait_with_output().unwrap();

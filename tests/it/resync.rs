@@ -185,28 +185,19 @@ async fn live_at_can_commit(name: &str) -> Live {
     let d = dst.root_client().await;
     seed(&s).await;
     s.database("other").drop().await.unwrap();
-    let (_dir, plan) = write_plan(&plan_text(name, PLAN));
-    let plan = plan.to_str().unwrap().to_string();
-    let env = root_env(&src, &dst);
-    let runner = spawn_cutover(&["run", &plan], &env_refs(&env));
-    wait_status(
-        &plan,
-        &env,
-        &[],
-        Duration::from_secs(120),
-        "can-commit",
-        |v| v["can_commit"] == true && v["runner"].is_string(),
-    )
+    let run = spawn_run_until(&src, &dst, name, PLAN, "can-commit", |v| {
+        v["can_commit"] == true && v["runner"].is_string()
+    })
     .await;
     Live {
         src,
         dst,
         s,
         d,
-        _dir,
-        plan,
-        env,
-        runner,
+        _dir: run.dir,
+        plan: run.plan,
+        env: run.env,
+        runner: run.child,
     }
 }
 

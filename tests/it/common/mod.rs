@@ -698,6 +698,39 @@ pub async fn status_json(
     .expect("status task")
 }
 
+/// A `cutover run` started by [`spawn_run_until`], with what a test needs to drive it.
+pub struct RunningPlan {
+    /// Holds the plan file: dropping it deletes the file.
+    pub dir: tempfile::TempDir,
+    pub plan: String,
+    pub env: Vec<(&'static str, String)>,
+    pub child: Child,
+}
+
+/// Writes the plan `name` (`body` after the clusters), starts `cutover run` on it as the root
+/// users of `src` and `dst`, and waits (2 min at most) until `cutover status` satisfies
+/// `ready`, naming `what` if it never does.
+pub async fn spawn_run_until(
+    src: &ReplicaSet,
+    dst: &ReplicaSet,
+    name: &str,
+    body: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> RunningPlan {
+    let (dir, plan) = write_plan(&plan_text(name, body));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(src, dst);
+    let child = spawn_cutover(&["run", &plan], &env_refs(&env));
+    wait_status(&plan, &env, &[], Duration::from_secs(120), what, ready).await;
+    RunningPlan {
+        dir,
+        plan,
+        env,
+        child,
+    }
+}
+
 /// Polls `cutover status --format json` until `pred` holds; panics naming `what` after `limit`.
 pub async fn wait_status(
     plan: &str,
