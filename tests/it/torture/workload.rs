@@ -627,6 +627,9 @@ pub struct GenState {
     /// The first errors of the generator's operations on the new source (for the report when
     /// it wrote too little there).
     pub dst_errors: Mutex<Vec<String>>,
+    /// The generator's last operations (side, kind, outcome, duration), for the report when it
+    /// wrote too little on the new source.
+    pub trail: Mutex<std::collections::VecDeque<String>>,
     /// Set by the controller once the forward copy is done (gates renames during the copy).
     pub copy_done: AtomicBool,
     pub ops: Mutex<Counts>,
@@ -1222,9 +1225,26 @@ async fn generate(mut g: Generator, src: Client, dst: Client, st: Arc<GenState>)
             break;
         }
         let c = if side == ON_DESTINATION { &dst } else { &src };
+        let t0 = Instant::now();
         let (kind, is_ddl, r) =
             match tokio::time::timeout(Duration::from_secs(30), g.step(c, &st)).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    let mut trail = st.trail.lock().unwrap();
+                    if trail.len() >= 12 {
+                        trail.pop_front();
+                    }
+                    trail.push_back(format!(
+                        "{} {} {} in {} ms",
+                        if side == ON_DESTINATION { "dst" } else { "src" },
+                        r.0,
+                        match &r.2 {
+                            Ok(()) => "ok".to_string(),
+                            Err(e) => e.to_string().chars().take(60).collect(),
+                        },
+                        t0.elapsed().as_millis()
+                    ));
+                    r
+                }
                 Err(_) => {
                     // Named in the report: an operation that never answers stalls the whole
                     // workload (seen after the first commit of reversible seeds).
@@ -1813,6 +1833,7 @@ pub async fn run(cfg: &Config) -> Report {
         side: AtomicU8::new(ON_SOURCE),
         ops_on_destination: AtomicU64::new(0),
         dst_errors: Mutex::new(Vec::new()),
+        trail: Mutex::new(std::collections::VecDeque::new()),
         copy_done: AtomicBool::new(true),
         ops: Mutex::new(Counts::default()),
         ddl: Mutex::new(Counts::default()),
@@ -2043,9 +2064,15 @@ pub async fn run(cfg: &Config) -> Report {
                     .is_some_and(|t: Instant| t.elapsed() > Duration::from_secs(45));
             if stalled {
                 notes.push(format!(
-                    "the generator wrote {} operations to the new source; the final commit was approved after 45 s; its first errors there: {:?}",
+                    "the generator wrote {} operations to the new source; the final commit was approved after 45 s; its first errors there: {:?}; generator {}; its last operations: {:?}",
                     gst.ops_on_destination.load(Ordering::Relaxed),
-                    gst.dst_errors.lock().unwrap()
+                    gst.dst_errors.lock().unwrap(),
+                    match gst.side.load(Ordering::Relaxed) {
+                        ON_SOURCE => "on the source",
+                        ON_DESTINATION => "on the destination",
+                        _ => "stopped (refused)",
+                    },
+                    gst.trail.lock().unwrap()
                 ));
             }
             if stalled
