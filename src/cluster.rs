@@ -403,7 +403,7 @@ pub async fn set_user_write_block(cluster: &Cluster, on: bool) -> Result<(), Clu
 /// `setUserWriteBlockMode`, then a wait until it is majority-committed: the command refuses a
 /// `writeConcern` (6.0.5: InvalidOptions, "Command does not support writeConcern"), so its
 /// reply's `operationTime` is awaited in `hello`'s `lastWrite.majorityOpTime`, the way
-/// [`crate::engine::lane::source_now`] does. A stepdown cannot then roll the block (or the
+/// [`crate::engine::clock::cluster_time`] does. A stepdown cannot then roll the block (or the
 /// unblock) back after cutover moved on.
 async fn set_block_majority(client: &Client, on: bool) -> Result<(), mongodb::error::Error> {
     let admin = client.database("admin");
