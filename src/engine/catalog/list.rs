@@ -9,22 +9,31 @@ use super::spec::{NsKind, NsSpec};
 use crate::namespace::Namespace;
 use crate::plan::NamespaceSelector;
 
-/// Every selected namespace on a cluster (never `system.*`, `admin`/`local`/`config` or the
-/// state database), sorted by namespace with views after the collections and views they read.
+/// The databases of a cluster the selector may select from.
+async fn candidate_databases(
+    client: &Client,
+    selector: &NamespaceSelector,
+) -> Result<Vec<String>, CatalogError> {
+    let dbs = client
+        .list_database_names()
+        .await
+        .map_err(|e| CatalogError::command("listDatabases", "the cluster", e))?;
+    Ok(dbs
+        .into_iter()
+        .filter(|d| selector.may_select_database(d))
+        .collect())
+}
+
 /// The selected views (names only: one `listCollections` per database, no index reads).
 pub async fn list_selected_views(
     client: &Client,
     selector: &NamespaceSelector,
 ) -> Result<Vec<Namespace>, CatalogError> {
-    let dbs = client
-        .list_database_names()
-        .await
-        .map_err(|e| CatalogError::command("listDatabases", "the cluster", e))?;
     let mut out = Vec::new();
-    for db in dbs.iter().filter(|d| selector.may_select_database(d)) {
-        for entry in list_collections(client, db, doc! {"type": "view"}).await? {
+    for db in candidate_databases(client, selector).await? {
+        for entry in list_collections(client, &db, doc! {"type": "view"}).await? {
             if let Some((name, _)) = name_and_kind(&entry) {
-                if selector.selects(db, &name) {
+                if selector.selects(&db, &name) {
                     out.push(Namespace::new(db.clone(), name));
                 }
             }
@@ -33,21 +42,19 @@ pub async fn list_selected_views(
     Ok(out)
 }
 
+/// Every selected namespace on a cluster (never `system.*`, `admin`/`local`/`config` or the
+/// state database), sorted by namespace with views after the collections and views they read.
 pub async fn list_selected(
     client: &Client,
     selector: &NamespaceSelector,
 ) -> Result<Vec<NsSpec>, CatalogError> {
-    let dbs = client
-        .list_database_names()
-        .await
-        .map_err(|e| CatalogError::command("listDatabases", "the cluster", e))?;
     let mut out = Vec::new();
-    for db in dbs.iter().filter(|d| selector.may_select_database(d)) {
-        for entry in list_collections(client, db, doc! {}).await? {
+    for db in candidate_databases(client, selector).await? {
+        for entry in list_collections(client, &db, doc! {}).await? {
             let Some((name, kind)) = name_and_kind(&entry) else {
                 continue;
             };
-            if !selector.selects(db, &name) {
+            if !selector.selects(&db, &name) {
                 continue;
             }
             let ns = Namespace::new(db.clone(), name);
