@@ -413,11 +413,17 @@ async fn write_blocking_waits_for_majority() {
         uri: cutover::uri::ClusterUri::parse(&rs.root_uri()).unwrap(),
         client: root.clone(),
     };
-    // A majority write: the users (made on the primary) have reached the secondaries.
+    // A write acknowledged by all three members: the users (made on the primary) have
+    // reached both secondaries. (A majority write proved it for one secondary only, and the
+    // other sometimes refused the login below: AuthenticationFailed, seen in CI.)
     root.database("t")
         .collection::<Document>("x")
         .insert_one(doc! {"_id": 1})
-        .write_concern(mongodb::options::WriteConcern::majority())
+        .write_concern(
+            mongodb::options::WriteConcern::builder()
+                .w(mongodb::options::Acknowledgment::Nodes(3))
+                .build(),
+        )
         .await
         .unwrap();
     let mut secondaries = Vec::new();
