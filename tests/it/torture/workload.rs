@@ -329,6 +329,9 @@ pub struct Report {
     pub verify: Option<String>,
     /// The run did not finish (limit reached, or stopped with errors three times in a row).
     pub unfinished: Option<String>,
+    /// Reversible plans: operations the generator wrote to the new source after its first
+    /// acknowledged insert there (the reverse lane's workload).
+    pub new_source_ops: Option<u64>,
     pub elapsed: Duration,
     pub log_dir: String,
 }
@@ -359,9 +362,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  operations: {} ({} acknowledged): {}",
+            "  operations: {} ({} acknowledged{}): {}",
             self.ops.total(),
             self.ops.ok_total(),
+            match self.new_source_ops {
+                Some(n) => format!("; {n} on the new source"),
+                None => String::new(),
+            },
             self.ops.line()
         );
         let _ = writeln!(
@@ -1287,8 +1294,15 @@ async fn generate(mut g: Generator, src: Client, dst: Client, st: Arc<GenState>)
             _ => {}
         }
         if side == ON_DESTINATION && r.is_ok() {
-            wrote_dst = true;
-            st.ops_on_destination.fetch_add(1, Ordering::Relaxed);
+            // A blocked cluster accepts a write that changes nothing (an update or delete that
+            // matches no document, verified on 6.0.5): only an acknowledged insert proves the
+            // new source writable. Taking a no-op for a write made the generator stop for good
+            // on the still-blocked destination during the commit (reversible seeds wrote 1–3
+            // operations to the new source).
+            wrote_dst |= matches!(kind, "insert" | "insertMany" | "ts.insert");
+            if wrote_dst {
+                st.ops_on_destination.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let counts = if is_ddl { &st.ddl } else { &st.ops };
         counts.lock().unwrap().add(kind, r.is_ok());
@@ -2171,6 +2185,9 @@ pub async fn run(cfg: &Config) -> Report {
             )),
             (None, g) => g,
         },
+        new_source_ops: cfg
+            .reversible
+            .then(|| gst.ops_on_destination.load(Ordering::Relaxed)),
         elapsed: started.elapsed(),
         log_dir: if cfg.log_dir.is_some() {
             log_dir.display().to_string()
