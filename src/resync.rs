@@ -183,13 +183,14 @@ pub async fn request(
     for ns in namespaces {
         let id = format!("{}/{}", store.plan(), ObjectId::new().to_hex());
         store
-            .coll(RESYNCS)
-            .insert_one(doc! {
-                "_id": id, "plan": store.plan(), "lane": lane, "batch": &batch, "ns": ns.to_string(),
-                "who": who.clone(), "requested": DateTime::now(), "state": "pending",
-            })
-            .await
-            .map_err(|e| store.err(&e))?;
+            .insert_operator_record(
+                RESYNCS,
+                doc! {
+                    "_id": id, "plan": store.plan(), "lane": lane, "batch": &batch, "ns": ns.to_string(),
+                    "who": who.clone(), "requested": DateTime::now(), "state": "pending",
+                },
+            )
+            .await?;
     }
     Ok(batch)
 }
@@ -359,17 +360,15 @@ pub async fn wait(
 
 /// The plan's unfinished resyncs and the last few finished ones, newest first, for `status`.
 pub async fn recent(store: &StateStore) -> Vec<ResyncView> {
-    let docs = store
-        .coll(RESYNCS)
-        .find(doc! {"plan": store.plan()})
-        .sort(doc! {"requested": -1})
-        .limit(20)
-        .await;
-    let Ok(cursor) = docs else {
-        return Vec::new();
-    };
-    use futures::TryStreamExt;
-    let docs: Vec<Document> = cursor.try_collect().await.unwrap_or_default();
+    let docs: Vec<Document> = store
+        .find(
+            RESYNCS,
+            doc! {"plan": store.plan()},
+            Some(doc! {"requested": -1}),
+            Some(20),
+        )
+        .await
+        .unwrap_or_default();
     let mut out: Vec<ResyncView> = docs.iter().map(ResyncView::from_record).collect();
     let mut finished = 0;
     out.retain(|v| {

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document, Timestamp};
 use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database};
@@ -183,8 +184,84 @@ impl StateStore {
         &self.db
     }
 
-    pub fn coll(&self, name: &str) -> Collection<Document> {
+    fn coll(&self, name: &str) -> Collection<Document> {
         self.db.collection(name)
+    }
+
+    /// Reads the first record of `coll` matching `filter` (in `sort` order, if given),
+    /// retried through transient failures for the store's retry budget.
+    pub async fn find_one(
+        &self,
+        coll: &str,
+        filter: Document,
+        sort: Option<Document>,
+    ) -> Result<Option<Document>, StateError> {
+        self.retrying(&format!("reading a `{coll}` record"), |_| {
+            let (c, q, s) = (self.coll(coll), filter.clone(), sort.clone());
+            async move {
+                match s {
+                    Some(s) => c.find_one(q).sort(s).await,
+                    None => c.find_one(q).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads the records of `coll` matching `filter`, in `sort` order, at most `limit` of
+    /// them (all when `None`), retried as [`StateStore::find_one`].
+    pub async fn find(
+        &self,
+        coll: &str,
+        filter: Document,
+        sort: Option<Document>,
+        limit: Option<i64>,
+    ) -> Result<Vec<Document>, StateError> {
+        self.retrying(&format!("reading `{coll}` records"), |_| {
+            let (c, q, s) = (self.coll(coll), filter.clone(), sort.clone());
+            async move {
+                let mut find = c.find(q);
+                if let Some(s) = s {
+                    find = find.sort(s);
+                }
+                if let Some(l) = limit {
+                    find = find.limit(l);
+                }
+                find.await?.try_collect().await
+            }
+        })
+        .await
+    }
+
+    /// Writes an operator's record (a resync request, `verify --repair`'s own records): made
+    /// by a command outside any runner, so not fenced; runners only read such records and
+    /// update them through the fenced [`StateStore::update_one`]. An upsert, so retried.
+    pub async fn upsert_operator_record(
+        &self,
+        coll: &str,
+        filter: Document,
+        update: Document,
+    ) -> Result<(), StateError> {
+        self.retrying(&format!("writing a `{coll}` record"), |_| {
+            let (c, q, u) = (self.coll(coll), filter.clone(), update.clone());
+            async move { c.update_one(q, u).upsert(true).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Inserts an operator's new record (see [`StateStore::upsert_operator_record`]). Sent
+    /// once: an insert whose reply was lost is not told apart from a duplicate.
+    pub async fn insert_operator_record(
+        &self,
+        coll: &str,
+        doc: Document,
+    ) -> Result<(), StateError> {
+        self.coll(coll)
+            .insert_one(doc)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(&e))
     }
 
     pub fn err(&self, e: &mongodb::error::Error) -> StateError {

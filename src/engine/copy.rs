@@ -105,23 +105,25 @@ pub async fn copy_set(
     ctx: &CopyCtx,
     selector: &crate::plan::NamespaceSelector,
 ) -> Result<Vec<NsSpec>, EngineError> {
-    let coll = ctx.store.coll(PARTITIONS);
-    let err = |e: mongodb::error::Error| EngineError::State(ctx.store.err(&e));
     let marker = format!("{}/#specs", ctx.lane);
     let prefix = format!("^{}", regex::escape(&format!("{marker}/")));
-    if coll
-        .find_one(doc! {"_id": &marker})
-        .await
-        .map_err(err)?
+    if ctx
+        .store
+        .find_one(PARTITIONS, doc! {"_id": &marker}, None)
+        .await?
         .is_some()
     {
         let mut out = Vec::new();
-        let mut cur = coll
-            .find(doc! {"_id": {"$regex": &prefix}})
-            .sort(doc! {"_id": 1})
-            .await
-            .map_err(err)?;
-        while let Some(d) = cur.try_next().await.map_err(err)? {
+        let records = ctx
+            .store
+            .find(
+                PARTITIONS,
+                doc! {"_id": {"$regex": &prefix}},
+                Some(doc! {"_id": 1}),
+                None,
+            )
+            .await?;
+        for d in records {
             out.push(spec_from_record(&d).ok_or_else(|| {
                 EngineError::Event(format!(
                     "malformed copy record {}",
@@ -259,10 +261,11 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, E
         return Ok(Vec::new()); // a view: no documents
     };
     let prefix = format!("{}/{}/", ctx.lane, write_ns);
-    let coll = ctx.store.coll(PARTITIONS);
     let marker = format!("{prefix}planned");
-    let err = |e: mongodb::error::Error| EngineError::State(ctx.store.err(&e));
-    let planned = coll.find_one(doc! {"_id": &marker}).await.map_err(err)?;
+    let planned = ctx
+        .store
+        .find_one(PARTITIONS, doc! {"_id": &marker}, None)
+        .await?;
     let uuid = match &planned {
         Some(m) => match m.get("uuid") {
             Some(Bson::Binary(b)) => Some(b.clone()),
@@ -323,12 +326,16 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, E
         }
     };
     let mut out = Vec::new();
-    let mut cur = coll
-        .find(doc! {"_id": {"$regex": format!("^{}\\d", regex::escape(&prefix))}, "done": false})
-        .sort(doc! {"_id": 1})
-        .await
-        .map_err(err)?;
-    while let Some(d) = cur.try_next().await.map_err(err)? {
+    let records = ctx
+        .store
+        .find(
+            PARTITIONS,
+            doc! {"_id": {"$regex": format!("^{}\\d", regex::escape(&prefix))}, "done": false},
+            Some(doc! {"_id": 1}),
+            None,
+        )
+        .await?;
+    for d in records {
         out.push(Partition {
             id: d.get_str("_id").unwrap_or_default().to_string(),
             write_ns: write_ns.clone(),

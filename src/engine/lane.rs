@@ -212,8 +212,6 @@ async fn lane_main(
     position: watch::Sender<Option<Timestamp>>,
 ) -> Result<(), EngineError> {
     let store = env.store.clone();
-    let lanes = store.coll(LANES);
-    let st = |e: mongodb::error::Error| EngineError::State(store.err(&e));
     let relax = Arc::new(
         RelaxationStore::new(store.database().clone(), store.plan(), direction)
             .with_fence(store.fence().cloned()),
@@ -233,7 +231,8 @@ async fn lane_main(
     let mut record = env
         .retry
         .run(&progress, "reading the lane record", || async {
-            lanes.find_one(doc! {"_id": &id}).await.map_err(st)
+            let once = store.clone().with_retry(Duration::ZERO);
+            Ok(once.find_one(LANES, doc! {"_id": &id}, None).await?)
         })
         .await?;
     let resumed = record.is_some();

@@ -79,13 +79,7 @@ pub(crate) async fn write_state(
         store.update_one(coll, filter, update).await?;
         return Ok(());
     }
-    store
-        .coll(coll)
-        .update_one(filter, update)
-        .upsert(upsert)
-        .await
-        .map_err(|e| store.err(&e))?;
-    Ok(())
+    store.upsert_operator_record(coll, filter, update).await
 }
 
 fn snapshot_gone(e: &mongodb::error::Error) -> bool {
@@ -273,15 +267,20 @@ pub async fn serve(ctx: &ApplyCtx, position: Timestamp) -> Result<(), EngineErro
     if !due(&ctx.lane) {
         return Ok(());
     }
+    // One attempt: a poll that fails is repeated at the next batch.
     let pending: Vec<Document> = match ctx
         .store
-        .coll(REQUESTS)
-        .find(doc! {"plan": ctx.store.plan(), "lane": &ctx.lane, "state": "pending"})
-        .sort(doc! {"_id": 1})
-        .limit(20)
+        .clone()
+        .with_retry(std::time::Duration::ZERO)
+        .find(
+            REQUESTS,
+            doc! {"plan": ctx.store.plan(), "lane": &ctx.lane, "state": "pending"},
+            Some(doc! {"_id": 1}),
+            Some(20),
+        )
         .await
     {
-        Ok(c) => c.try_collect().await.unwrap_or_default(),
+        Ok(docs) => docs,
         Err(e) => {
             tracing::debug!(error = %e, "Could not read repair requests.");
             return Ok(());

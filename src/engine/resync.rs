@@ -39,7 +39,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use mongodb::bson::Timestamp;
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawDocument, RawDocumentBuf};
 use tokio::task::JoinHandle;
@@ -208,12 +207,17 @@ pub async fn serve(
     if !due {
         return Ok(());
     }
+    // One attempt: a poll that fails is repeated at the next round.
     let next = ctx
         .store
-        .coll(RESYNCS)
-        .find_one(doc! {"plan": ctx.store.plan(), "lane": &ctx.lane,
-        "state": {"$in": ["pending", "copying", "swapping"]}})
-        .sort(doc! {"requested": 1, "_id": 1})
+        .clone()
+        .with_retry(std::time::Duration::ZERO)
+        .find_one(
+            RESYNCS,
+            doc! {"plan": ctx.store.plan(), "lane": &ctx.lane,
+            "state": {"$in": ["pending", "copying", "swapping"]}},
+            Some(doc! {"requested": 1, "_id": 1}),
+        )
         .await;
     let next = match next {
         Ok(n) => n,
@@ -575,12 +579,6 @@ pub async fn records(
     filter: Document,
 ) -> Result<Vec<Document>, crate::state::StateError> {
     store
-        .coll(RESYNCS)
-        .find(filter)
-        .sort(doc! {"requested": 1, "_id": 1})
+        .find(RESYNCS, filter, Some(doc! {"requested": 1, "_id": 1}), None)
         .await
-        .map_err(|e| store.err(&e))?
-        .try_collect()
-        .await
-        .map_err(|e| store.err(&e))
 }

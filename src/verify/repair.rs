@@ -148,8 +148,7 @@ impl ReplicationWait for StoreLaneWait {
 
 async fn lane_position(store: &StateStore, lane: &str) -> Option<Timestamp> {
     store
-        .coll(LANES)
-        .find_one(doc! {"_id": lane})
+        .find_one(LANES, doc! {"_id": lane}, None)
         .await
         .ok()
         .flatten()
@@ -525,13 +524,8 @@ async fn repair_documents(
     let started = Instant::now();
     loop {
         let docs: Vec<Document> = state
-            .coll(REQUESTS)
-            .find(doc! {"batch": &batch})
-            .await
-            .map_err(|e| state.err(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| state.err(&e))?;
+            .find(REQUESTS, doc! {"batch": &batch}, None, None)
+            .await?;
         let pending: Vec<&Document> = docs
             .iter()
             .filter(|d| d.get_str("state") == Ok("pending"))
@@ -796,9 +790,11 @@ impl RepairSummary {
 /// Reads the plan's most recent repair record.
 pub async fn last_repair(state: &StateStore) -> Option<RepairSummary> {
     let d = state
-        .coll(REPAIRS)
-        .find_one(doc! {"plan": state.plan()})
-        .sort(doc! {"started": -1})
+        .find_one(
+            REPAIRS,
+            doc! {"plan": state.plan()},
+            Some(doc! {"started": -1}),
+        )
         .await
         .ok()
         .flatten()?;
