@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Throughput benchmark of cutover (issues 3, 4, 5). Not a test: it measures and prints.
+# Throughput benchmark of cutover (issues 3, 4, 5, 10). Not a test: it measures and prints.
 #
 #   ./scripts/bench.sh                 # 1,000,000 documents of ~1 KB (takes a while)
 #   ./scripts/bench.sh --quick         # 100,000 documents, smaller backlog: a smoke run
 #   ./scripts/bench.sh --docs 500000   # any size
-#   ./scripts/bench.sh --rss-check     # also syncs 2x the documents to check RSS stays flat (slow)
+#   ./scripts/bench.sh --no-rss-check  # skip the sync of 2x the documents (RSS flatness)
 #   ./scripts/bench.sh --cutover-arg --copy-concurrency --cutover-arg 4   # tune `cutover run`
 #
-# Other flags: --backlog N (change events, default 200000), --churn-secs S (30), --churn-rate W
-# (1000 writes/s), --commits K (5 migrations for the write-blocked window), --streams N (8
-# concurrent insert streams for the ingest ceiling), --cache-gb G (1). See
-# benches/throughput.rs for what each phase measures.
+# Other flags: --rounds N (3 interleaved rounds of backlogs: bulk insert, bulk update, bulk
+# delete, single-document mixed; medians are quoted), --backlog N (change events per backlog,
+# default 200000), --churn-secs S (30), --churn-rate W (5000 writes/s), --commits K (5
+# migrations for the write-blocked window), --streams N (8 concurrent insert streams for the
+# ingest ceiling), --cache-gb G (1). See benches/throughput/main.rs for what each phase measures.
 #
 # The summary is printed and written to target/bench-summary.txt. Start fresh local
 # single-node replica sets (127.0.0.1 only); they are removed when the run ends.

@@ -1,0 +1,184 @@
+//! (d) backlog drains: a backlog written while cutover is stopped, drained by the next
+//! `cutover run` (the plan's commit is manual, so it replicates and waits). The drain time is
+//! from process start until the lane's durable position passes the backlog's last write.
+
+use super::*;
+
+pub struct Drain {
+    pub style: BacklogStyle,
+    pub round: usize,
+    pub events: u64,
+    pub accept: Duration,
+    pub caught_up: Duration,
+    pub applied: i64,
+    /// The run document's `insight` (rates and busy time per stage over the sampler's
+    /// window) with the highest apply rate seen while draining.
+    pub insight: Option<Document>,
+    /// The commit approved after the last backlog: its write-blocked window.
+    pub window: Option<i64>,
+}
+
+impl Drain {
+    pub fn accept_rate(&self) -> f64 {
+        self.events as f64 / self.accept.as_secs_f64()
+    }
+    pub fn drain_rate(&self) -> f64 {
+        self.events as f64 / self.caught_up.as_secs_f64()
+    }
+    pub fn ratio(&self) -> f64 {
+        self.drain_rate() / self.accept_rate()
+    }
+    /// "source_read 12%, decode 3%, ... (in 40000/s, out 39000/s)" from the insight.
+    pub fn stages(&self) -> String {
+        let Some(i) = &self.insight else {
+            return "no insight sampled".into();
+        };
+        let stages: Vec<String> = i
+            .get_array("stages")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_document())
+                    .map(|s| {
+                        format!(
+                            "{} {:.0}%",
+                            s.get_str("stage").unwrap_or("?"),
+                            s.get_f64("busy_fraction").unwrap_or(0.0) * 100.0
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!(
+            "{} (in {:.0}/s, out {:.0}/s, bottleneck {})",
+            stages.join(", "),
+            i.get_f64("events_read_per_second").unwrap_or(0.0),
+            i.get_f64("events_applied_per_second").unwrap_or(0.0),
+            i.get_str("bottleneck").unwrap_or("?")
+        )
+    }
+}
+
+/// Writes and drains each backlog kind in turn, `opts.rounds` times interleaved (insert,
+/// update, delete, single; insert, ...), on the synced `main_plan`; the last drain is
+/// followed by the approved commit (the counts must then match).
+pub async fn backlogs(
+    opts: &Opts,
+    sc: &Client,
+    dc: &Client,
+    env: &[(String, String)],
+    dir: &Path,
+    main_plan: &str,
+    per_coll: i64,
+) -> Vec<Drain> {
+    let mut drains: Vec<Drain> = Vec::new();
+    let total = opts.rounds * BacklogStyle::ALL.len();
+    for k in 0..total {
+        let (round, style) = (
+            k / BacklogStyle::ALL.len(),
+            BacklogStyle::ALL[k % BacklogStyle::ALL.len()],
+        );
+        let last = k + 1 == total;
+        log(format!(
+            "(d) round {}: writing a {} backlog of ≥{} events…",
+            round + 1,
+            style.name(),
+            opts.backlog
+        ));
+        let lane_before = lane_doc(dc, "bench-main")
+            .await
+            .and_then(|l| l.get_i64("events_applied").ok())
+            .unwrap_or(0);
+        let (events, accept) = match style {
+            BacklogStyle::Single => {
+                write_backlog_single(sc, round, per_coll, opts.backlog, 8).await
+            }
+            kind => write_backlog(sc, kind, round, per_coll, opts.backlog, 4).await,
+        };
+        let backlog_end = last_write(sc).await;
+        log(format!(
+            "(d) source accepted {events} events in {:.1}s ({:.0}/s); draining…",
+            accept.as_secs_f64(),
+            events as f64 / accept.as_secs_f64()
+        ));
+        let args = run_args(opts, main_plan, &[]);
+        let p = spawn_cutover(opts, &args, &env_refs(env), dir, &format!("drain-{k}"));
+        let (pid, started) = (p.pid, p.started);
+        let waiter = tokio::spawn(p.wait());
+        let mut insight: Option<Document> = None;
+        let caught_up = loop {
+            if let Some(i) = run_doc(dc, "bench-main")
+                .await
+                .and_then(|d| d.get_document("insight").ok().cloned())
+            {
+                let rate = |d: &Document| d.get_f64("events_applied_per_second").unwrap_or(0.0);
+                if insight.as_ref().is_none_or(|best| rate(&i) > rate(best)) {
+                    insight = Some(i);
+                }
+            }
+            if let Some(pos) = lane_doc(dc, "bench-main")
+                .await
+                .and_then(|l| l.get_timestamp("position").ok())
+            {
+                if pos >= backlog_end {
+                    break started.elapsed();
+                }
+            }
+            assert!(
+                !waiter.is_finished(),
+                "cutover exited before draining the backlog"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let lane_after = lane_doc(dc, "bench-main")
+            .await
+            .and_then(|l| l.get_i64("events_applied").ok())
+            .unwrap_or(0);
+        let mut window = None;
+        if !last {
+            // Stop it (Ctrl-C): it checkpoints and exits; the next run resumes.
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+            let _ = waiter.await.expect("drain wait");
+        } else {
+            let appr = Command::new(&opts.cutover)
+                .args(["approve", main_plan, "--note", "bench"])
+                .envs(env.iter().map(|(a, b)| (a.clone(), b.clone())))
+                .output()
+                .expect("cutover approve");
+            assert!(
+                appr.status.success(),
+                "cutover approve failed: {}",
+                common::show(&appr)
+            );
+            let f = waiter.await.expect("drain wait");
+            f.expect_ok("cutover run (the approved commit after the backlogs)");
+            window = f.json()["write_blocked_window_ms"].as_i64();
+            assert_eq!(
+                count_all(dc).await,
+                count_all(sc).await,
+                "the destination's counts differ from the source after the commit"
+            );
+        }
+        let d = Drain {
+            style,
+            round,
+            events,
+            accept,
+            caught_up,
+            applied: lane_after - lane_before,
+            insight,
+            window,
+        };
+        log(format!(
+            "(d) {} backlog caught up in {:.1}s ({:.0} events/s, {:.2}x the source's rate; lane +{} events); {}",
+            style.name(),
+            caught_up.as_secs_f64(),
+            d.drain_rate(),
+            d.ratio(),
+            d.applied,
+            d.stages()
+        ));
+        drains.push(d);
+    }
+    drains
+}
