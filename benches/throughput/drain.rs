@@ -14,6 +14,9 @@ pub struct Drain {
     /// The run document's `insight` (rates and busy time per stage over the sampler's
     /// window) with the highest apply rate seen while draining.
     pub insight: Option<Document>,
+    /// CPU seconds used during the drain (process start → caught up) by cutover, the
+    /// destination's mongod and the source's mongod.
+    pub cpu: [f64; 3],
     /// The commit approved after the last backlog: its write-blocked window.
     pub window: Option<i64>,
 }
@@ -28,6 +31,20 @@ impl Drain {
     pub fn ratio(&self) -> f64 {
         self.drain_rate() / self.accept_rate()
     }
+    /// "cutover 1.2 s (60% of a core), destination mongod ..., of 2 cores × wall".
+    pub fn cpu_line(&self) -> String {
+        let wall = self.caught_up.as_secs_f64();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let [c, d, s] = self.cpu;
+        format!(
+            "CPU over the drain's {wall:.1}s: cutover {c:.1}s ({:.0}% of a core), destination mongod {d:.1}s ({:.0}%), source mongod {s:.1}s ({:.0}%); together {:.0}% of the machine's {cores} cores",
+            100.0 * c / wall,
+            100.0 * d / wall,
+            100.0 * s / wall,
+            100.0 * (c + d + s) / (wall * cores)
+        )
+    }
+
     /// "source_read 12%, decode 3%, ... (in 40000/s, out 39000/s)" from the insight.
     pub fn stages(&self) -> String {
         let Some(i) = &self.insight else {
@@ -63,13 +80,15 @@ impl Drain {
 /// followed by the approved commit (the counts must then match).
 pub async fn backlogs(
     opts: &Opts,
-    sc: &Client,
-    dc: &Client,
+    src: &ReplicaSet,
+    dst: &ReplicaSet,
     env: &[(String, String)],
     dir: &Path,
     main_plan: &str,
     per_coll: i64,
 ) -> Vec<Drain> {
+    let (sc, dc) = (&src.root_client().await, &dst.root_client().await);
+    let (src_pid, dst_pid) = (mongod_pid(src), mongod_pid(dst));
     let mut drains: Vec<Drain> = Vec::new();
     let total = opts.rounds * BacklogStyle::ALL.len();
     for k in 0..total {
@@ -100,9 +119,23 @@ pub async fn backlogs(
             accept.as_secs_f64(),
             events as f64 / accept.as_secs_f64()
         ));
+        // The insight a previous process published would pass for this drain's.
+        let _ = dc
+            .database(STATE_DB)
+            .collection::<Document>("runs")
+            .update_one(
+                doc! {"_id": "bench-main"},
+                doc! {"$unset": {"insight": ""}},
+            )
+            .await;
         let args = run_args(opts, main_plan, &[]);
         let p = spawn_cutover(opts, &args, &env_refs(env), dir, &format!("drain-{k}"));
         let (pid, started) = (p.pid, p.started);
+        let cpu0 = [
+            0.0,
+            cpu_secs(dst_pid).unwrap_or(0.0),
+            cpu_secs(src_pid).unwrap_or(0.0),
+        ];
         let waiter = tokio::spawn(p.wait());
         let mut insight: Option<Document> = None;
         let caught_up = loop {
@@ -129,6 +162,11 @@ pub async fn backlogs(
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        let cpu = [
+            cpu_secs(pid).unwrap_or(0.0) - cpu0[0],
+            cpu_secs(dst_pid).unwrap_or(0.0) - cpu0[1],
+            cpu_secs(src_pid).unwrap_or(0.0) - cpu0[2],
+        ];
         let lane_after = lane_doc(dc, "bench-main")
             .await
             .and_then(|l| l.get_i64("events_applied").ok())
@@ -167,6 +205,7 @@ pub async fn backlogs(
             caught_up,
             applied: lane_after - lane_before,
             insight,
+            cpu,
             window,
         };
         log(format!(
@@ -178,6 +217,7 @@ pub async fn backlogs(
             d.applied,
             d.stages()
         ));
+        log(format!("(d)   {}", d.cpu_line()));
         drains.push(d);
     }
     drains

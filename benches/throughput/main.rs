@@ -226,7 +226,7 @@ async fn main() {
     // ---- (d) backlog drains, then (g) verify of the same data
     let per_coll = (opts.docs / COLLECTIONS as u64) as i64;
     let env = env_for(&seeded.src, &dst);
-    let drains = drain::backlogs(&opts, &seeded.sc, &dc, &env, dir, &main_plan, per_coll).await;
+    let drains = drain::backlogs(&opts, &seeded.src, &dst, &env, dir, &main_plan, per_coll).await;
     let (verify_line, verify_note) = verify::verify(&opts, &env, dir, &main_plan).await;
     drop(dc);
     drop(dst);
@@ -339,6 +339,7 @@ async fn main() {
                 d.round + 1,
                 d.stages()
             ));
+            rep.line(format!("      {}", d.cpu_line()));
         }
     }
     if let Some(w) = drains.last().and_then(|d| d.window) {

@@ -103,6 +103,23 @@ impl Proc {
     }
 }
 
+/// CPU seconds (user + system) a live process has used so far, from `/proc/PID/stat`.
+pub fn cpu_secs(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / hz)
+}
+
+/// The pid of a replica set's first member (the primary of the bench's single-node sets).
+pub fn mongod_pid(rs: &ReplicaSet) -> i32 {
+    rs.members[0].child.as_ref().map_or(0, |c| c.id() as i32)
+}
+
 /// `VmHWM` (peak resident set) of a live process, in KB.
 pub fn vm_hwm_kb(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
