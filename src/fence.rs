@@ -537,12 +537,19 @@ impl Fence {
         let me = self.clone();
         tokio::spawn(async move {
             let every = (me.inner.ttl / 4).max(Duration::from_millis(100));
+            // After a failed renewal, try again soon: waiting the regular quarter of the TTL
+            // left four chances per TTL, and a destination answering most writes with
+            // transient errors for one TTL cost the lease (tests/it/transient.rs
+            // `transient_errors_on_state_store_writes_are_retried`, seen in a full run).
+            let soon = (every / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
+            let mut wait = every;
             loop {
-                tokio::time::sleep(every).await;
-                match me.renew().await {
-                    Ok(()) | Err(None) => {}
+                tokio::time::sleep(wait).await;
+                wait = match me.renew().await {
+                    Ok(()) => every,
+                    Err(None) => soon,
                     Err(Some(_)) => return,
-                }
+                };
             }
         })
     }

@@ -20,7 +20,13 @@ pub async fn small_source(opts: &Opts) -> SmallSource {
     let sc = src.root_client().await;
     parallel_insert(&sc, &small, opts.streams).await;
     build_indexes(&sc).await;
-    let app = src.app_client().await;
+    // One connection per churn task: with the default pool of 10, majority-acknowledged
+    // writes of a few milliseconds each capped the churn near 1,000 writes/s.
+    let mut o = mongodb::options::ClientOptions::parse(src.app_uri())
+        .await
+        .expect("app uri");
+    o.max_pool_size = Some(256);
+    let app = Client::with_options(o).expect("app client");
     SmallSource {
         src,
         sc,

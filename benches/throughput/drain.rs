@@ -123,10 +123,7 @@ pub async fn backlogs(
         let _ = dc
             .database(STATE_DB)
             .collection::<Document>("runs")
-            .update_one(
-                doc! {"_id": "bench-main"},
-                doc! {"$unset": {"insight": ""}},
-            )
+            .update_one(doc! {"_id": "bench-main"}, doc! {"$unset": {"insight": ""}})
             .await;
         let args = run_args(opts, main_plan, &[]);
         let p = spawn_cutover(opts, &args, &env_refs(env), dir, &format!("drain-{k}"));

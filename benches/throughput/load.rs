@@ -194,8 +194,9 @@ pub fn start_churn(app: Client, per_coll: i64, rate: u64, id_base: i64) -> Churn
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(WriteStats::default());
     let latest = Arc::new(Mutex::new(None));
-    // A paced task manages a few hundred single writes a second here: enough tasks for the rate.
-    let ntasks = (rate as usize / 250).max(4);
+    // A paced task waits for each write (a few milliseconds for a majority acknowledgement
+    // under load): 50 writes a second per task, and enough tasks for the rate.
+    let ntasks = (rate as usize / 50).max(4);
     let per_task = (rate as f64 / ntasks as f64).max(1.0);
     let mut tasks = Vec::new();
     for w in 0..ntasks {
