@@ -171,16 +171,7 @@ pub async fn lag_under_churn(opts: &Opts, dir: &Path, small: &SmallSource) -> Ch
         lags.len()
     ));
     let t = Instant::now();
-    let appr = Command::new(&opts.cutover)
-        .args(["approve", &churn_plan, "--note", "bench"])
-        .envs(env.iter().map(|(a, b)| (a.clone(), b.clone())))
-        .output()
-        .expect("cutover approve");
-    assert!(
-        appr.status.success(),
-        "cutover approve failed: {}",
-        common::show(&appr)
-    );
+    approve(opts, &env, &churn_plan);
     let churn_done = churn_wait.await.expect("churn wait");
     let approve_to_exit = t.elapsed();
     let (ok, refused, rate) = churn.stop().await;

@@ -175,16 +175,7 @@ pub async fn backlogs(
             unsafe { libc::kill(pid, libc::SIGINT) };
             let _ = waiter.await.expect("drain wait");
         } else {
-            let appr = Command::new(&opts.cutover)
-                .args(["approve", main_plan, "--note", "bench"])
-                .envs(env.iter().map(|(a, b)| (a.clone(), b.clone())))
-                .output()
-                .expect("cutover approve");
-            assert!(
-                appr.status.success(),
-                "cutover approve failed: {}",
-                common::show(&appr)
-            );
+            approve(opts, env, main_plan);
             let f = waiter.await.expect("drain wait");
             f.expect_ok("cutover run (the approved commit after the backlogs)");
             window = f.json()["write_blocked_window_ms"].as_i64();

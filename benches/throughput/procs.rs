@@ -221,3 +221,17 @@ pub fn has_verify(opts: &Opts) -> bool {
         .lines()
         .any(|l| l.trim_start().starts_with("verify "))
 }
+
+/// `cutover approve PLAN`: approves the manual commit a running `cutover run` waits for.
+pub fn approve(opts: &Opts, env: &[(String, String)], plan: &str) {
+    let appr = Command::new(&opts.cutover)
+        .args(["approve", plan, "--note", "bench"])
+        .envs(env.iter().map(|(a, b)| (a.clone(), b.clone())))
+        .output()
+        .expect("cutover approve");
+    assert!(
+        appr.status.success(),
+        "cutover approve failed: {}",
+        common::show(&appr)
+    );
+}

@@ -804,6 +804,24 @@ async fn write_command(
     Ok(ctx.dest.database(&ns.db).run_raw_command(cmd).await)
 }
 
+/// A reply's `writeConcernError` (the writes happened but are not yet majority-durable): a
+/// transient error, so the round is sent again.
+fn write_concern_error(
+    ctx: &ApplyCtx,
+    ns: &Namespace,
+    reply: &Document,
+) -> Result<(), EngineError> {
+    match reply.get_document("writeConcernError") {
+        Ok(wce) => Err(EngineError::Cluster {
+            cluster: ctx.direction.destination_name(),
+            doing: format!("writing `{ns}`"),
+            detail: wce.get_str("errmsg").unwrap_or_default().to_string(),
+            transient: true,
+        }),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Sends `stmts` merged (see [`merge_statements`]). `Ok(true)`: all written. `Ok(false)`: a
 /// write error (or a cache refusal): the caller sends the statements one per document, where
 /// each error is handled as that document's.
@@ -838,14 +856,7 @@ async fn send_merged(
             };
         }
     };
-    if let Ok(wce) = reply.get_document("writeConcernError") {
-        return Err(EngineError::Cluster {
-            cluster: ctx.direction.destination_name(),
-            doing: format!("writing `{ns}`"),
-            detail: wce.get_str("errmsg").unwrap_or_default().to_string(),
-            transient: true,
-        });
-    }
+    write_concern_error(ctx, ns, &reply)?;
     Ok(reply.get_array("writeErrors").is_err())
 }
 
@@ -961,14 +972,7 @@ async fn send(
             ));
         }
     }
-    if let Ok(wce) = reply.get_document("writeConcernError") {
-        return Err(EngineError::Cluster {
-            cluster: ctx.direction.destination_name(),
-            doing: format!("writing `{ns}`"),
-            detail: wce.get_str("errmsg").unwrap_or_default().to_string(),
-            transient: true,
-        });
-    }
+    write_concern_error(ctx, ns, &reply)?;
     if let Some((idx, code)) = reshaped {
         // Install the source's current version of the document instead (as for an update the
         // events cannot express, `Stmt::Refetch`: exact once the following events are
