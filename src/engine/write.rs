@@ -730,7 +730,7 @@ fn merge_statements(kind: Kind, stmts: &[RawDocumentBuf]) -> Option<Vec<RawDocum
             out.push(d);
         }
         Kind::Update => {
-            // (the update, its `_id`s, the `_id`s' bytes for the repeat check, the statements)
+            // The current run: its update, its `_id`s (distinct), its statements.
             let mut run: Option<(RawBsonRef<'_>, Vec<RawBsonRef<'_>>, Vec<&RawDocumentBuf>)> = None;
             let flush =
                 |run: Option<(RawBsonRef<'_>, Vec<RawBsonRef<'_>>, Vec<&RawDocumentBuf>)>,
