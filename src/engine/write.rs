@@ -19,7 +19,7 @@ use mongodb::error::ErrorKind;
 use mongodb::Client;
 use tokio::sync::watch;
 
-use crate::engine::catalog::{self, DdlOutcome, RelaxationStore};
+use crate::engine::catalog::{self, CatalogError, DdlOutcome, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, write_error, EngineError};
 use crate::engine::events::{self, Stmt};
@@ -1027,9 +1027,15 @@ pub(crate) async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), En
         .run(&ctx.progress, "applying a DDL event", || async {
             catalog::apply_ddl(&ctx.source, &ctx.dest, ev, &ctx.selector, &ctx.relax)
                 .await
-                .map_err(|e| match e.is_transient() {
-                    true => EngineError::Catalog(e),
-                    false => EngineError::Event(describe(ev, &e.to_string())),
+                .map_err(|e| {
+                    if !e.is_transient() {
+                        return EngineError::Event(describe(ev, &e.to_string()));
+                    }
+                    // A replay writes the destination; only its one source read says so.
+                    match e {
+                        CatalogError::OnSource(e) => on(ctx.direction.source_name())(*e),
+                        e => on(ctx.direction.destination_name())(e),
+                    }
                 })
         })
         .await?;

@@ -173,6 +173,25 @@ async fn transient_errors_on_catalog_commands_are_retried() {
     let _ = rearm.await;
     fail_off(&d).await;
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    // The replay's retries name the cluster that failed (it said "source or destination").
+    let err = String::from_utf8_lossy(&o.stderr);
+    let replays: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(r#"what="applying a DDL event""#))
+        .collect();
+    assert!(
+        !replays.is_empty()
+            && replays
+                .iter()
+                .all(|l| l.contains(r#"cluster="destination""#)),
+        "no retry of a DDL event, or one not naming the destination: {}",
+        show(&o)
+    );
+    assert!(
+        !err.contains("source or destination"),
+        "a retry does not say which cluster failed: {}",
+        show(&o)
+    );
     assert_same_data(&s, &d, STATE_DB).await;
     assert_same_catalog(&s, &d, STATE_DB).await;
 }

@@ -216,7 +216,10 @@ async fn create(
         {
             return Ok(DdlOutcome::Applied);
         }
-        return match spec_of(source, target).await? {
+        return match spec_of(source, target)
+            .await
+            .map_err(CatalogError::on_source)?
+        {
             Some(s) if s.kind == NsKind::Timeseries => {
                 create_ns(dest, &s, relax, true).await?;
                 Ok(DdlOutcome::Applied)

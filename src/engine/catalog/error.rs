@@ -57,6 +57,11 @@ pub enum CatalogError {
     /// A server reply or event without a field it must have.
     #[error("unexpected {what}: {detail}")]
     Malformed { what: String, detail: String },
+
+    /// An error of a read on the source within an operation that otherwise works on the
+    /// destination (a DDL event's replay): says which cluster failed.
+    #[error(transparent)]
+    OnSource(Box<CatalogError>),
 }
 
 impl CatalogError {
@@ -75,7 +80,19 @@ impl CatalogError {
     /// A command or read that failed on the network, an election or a shutdown: the whole
     /// catalog operation (each is idempotent) can be run again.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CatalogError::Command { source, .. } if crate::mongo_error::is_transient(source))
+        match self {
+            CatalogError::Command { source, .. } => crate::mongo_error::is_transient(source),
+            CatalogError::OnSource(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Marks an error as the source's (see [`CatalogError::OnSource`]).
+    pub fn on_source(self) -> Self {
+        match self {
+            e @ CatalogError::OnSource(_) => e,
+            e => CatalogError::OnSource(Box::new(e)),
+        }
     }
 
     pub(crate) fn malformed(what: impl Into<String>, detail: impl ToString) -> Self {

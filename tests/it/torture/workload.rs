@@ -1814,8 +1814,14 @@ fn approve(plan: &str, env: &[(&'static str, String)], step: usize) -> Result<()
 pub async fn run(cfg: &Config) -> Report {
     let started = Instant::now();
     let members = if cfg.faults.stepdown { 3 } else { 1 };
+    // 1 GB of WiredTiger cache, not the suite's 0.25 GB: once the generator also writes its
+    // 12–16 MB documents and transactions of hundreds of operations to the new source, a
+    // 0.25 GB destination stalled for good (soak 2026-11-30, seed 10: dirty bytes above the
+    // eviction trigger, the oldest timestamp pinned for five minutes, every operation waiting,
+    // mongod at 100% CPU). That is the test mongod's limit, not cutover's.
     let opts = RsOptions {
         members,
+        cache_gb: 1.0,
         ..Default::default()
     };
     let (src, dst) = tokio::join!(
