@@ -177,7 +177,10 @@ async fn transient_errors_on_catalog_commands_are_retried() {
     let err = String::from_utf8_lossy(&o.stderr);
     let replays: Vec<&str> = err
         .lines()
-        .filter(|l| l.contains(r#"what="applying a DDL event""#))
+        .filter(|l| {
+            l.contains("Transient failure; retrying.")
+                && l.contains(r#"what="applying a DDL event""#)
+        })
         .collect();
     assert!(
         !replays.is_empty()
