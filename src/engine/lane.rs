@@ -344,7 +344,7 @@ async fn lane_main(
         copy: copy_ctx,
         max_lag: env.max_lag,
         position,
-        capped: Default::default(),
+        keying: Default::default(),
     };
     apply::run(ctx, start, control).await
 }

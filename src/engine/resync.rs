@@ -470,7 +470,7 @@ async fn swap(ctx: &ApplyCtx, a: Active, position: Timestamp) -> Result<(), Engi
                 &e,
             )
         })?;
-    if let Ok(mut m) = ctx.capped.lock() {
+    if let Ok(mut m) = ctx.keying.lock() {
         m.clear();
     }
     crate::crashpoint::hit("resync.swapped", None);

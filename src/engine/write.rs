@@ -23,6 +23,7 @@ use crate::engine::catalog::{self, CatalogError, DdlOutcome, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, write_error, EngineError};
 use crate::engine::events::{self, Stmt};
+use crate::engine::identity::identity_key;
 use crate::engine::retry::RetryPolicy;
 use crate::namespace::Namespace;
 use crate::plan::NamespaceSelector;
@@ -52,9 +53,19 @@ pub struct ApplyCtx {
     pub max_lag: Duration,
     /// The source time up to which every event is applied and durable.
     pub position: watch::Sender<Option<Timestamp>>,
-    /// Whether a destination namespace exists (`None`: it does not) and is capped (its
-    /// events must keep their order across documents); forgotten at every DDL event.
-    pub capped: Arc<std::sync::Mutex<HashMap<Namespace, Option<bool>>>>,
+    /// Whether a destination namespace exists (`None`: it does not) and how its events are
+    /// keyed to workers; forgotten at every DDL event.
+    pub keying: Arc<std::sync::Mutex<HashMap<Namespace, Option<Keying>>>>,
+}
+
+/// What a collection's options mean for spreading its events over workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keying {
+    /// Capped: its natural order is insertion order, so all its events keep source order.
+    pub capped: bool,
+    /// A non-simple default collation: strings in `_id`s compare by it (see
+    /// [`identity_key`]).
+    pub collated: bool,
 }
 
 fn event_ns(ev: &RawDocument) -> Option<Namespace> {
@@ -398,8 +409,8 @@ async fn apply_round_with(
         ns.hash(&mut h);
         // A capped collection's natural order is insertion order: all its events share one
         // key, so they go to one worker and `regroup` keeps them in source order. Other
-        // collections spread by document.
-        let Some(capped) = dest_capped(ctx, &ns).await? else {
+        // collections spread by document, keyed by what the `_id` index compares equal.
+        let Some(keying) = dest_keying(ctx, &ns).await? else {
             // Not on the destination: it was renamed or dropped there by a DDL event this
             // lane applied already, or the copy listed the source after it was renamed or
             // dropped (the copy then read these writes under the new name). Writing would
@@ -408,11 +419,11 @@ async fn apply_round_with(
             tracing::debug!(%ns, "event skipped: the namespace is not on the destination (renamed or dropped later on the source)");
             continue;
         };
-        let key = if capped {
+        let key = if keying.capped {
             Vec::new()
         } else {
             ev.get_document("documentKey")
-                .map(|k| k.as_bytes().to_vec())
+                .map(|k| identity_key(k, keying.collated))
                 .unwrap_or_default()
         };
         key.hash(&mut h);
@@ -448,20 +459,28 @@ async fn apply_round_with(
     written
 }
 
-/// Whether `ns` is a capped collection on the destination, `None` when the destination has
-/// no such namespace (cached until the next DDL event).
-async fn dest_capped(ctx: &ApplyCtx, ns: &Namespace) -> Result<Option<bool>, EngineError> {
-    if let Some(c) = ctx.capped.lock().ok().and_then(|m| m.get(ns).copied()) {
+/// How `ns`'s events are keyed on the destination (capped, collated), `None` when the
+/// destination has no such namespace (cached until the next DDL event).
+async fn dest_keying(ctx: &ApplyCtx, ns: &Namespace) -> Result<Option<Keying>, EngineError> {
+    if let Some(c) = ctx.keying.lock().ok().and_then(|m| m.get(ns).copied()) {
         return Ok(c);
     }
     let spec = catalog::spec_of(&ctx.dest, ns)
         .await
         .map_err(on(ctx.direction.destination_name()))?;
-    let capped = spec.map(|s| s.options().get_bool("capped").unwrap_or(false));
-    if let Ok(mut m) = ctx.capped.lock() {
-        m.insert(ns.clone(), capped);
+    let keying = spec.map(|s| {
+        let options = s.options();
+        Keying {
+            capped: options.get_bool("capped").unwrap_or(false),
+            collated: options
+                .get_document("collation")
+                .is_ok_and(|c| c.get_str("locale").unwrap_or("simple") != "simple"),
+        }
+    });
+    if let Ok(mut m) = ctx.keying.lock() {
+        m.insert(ns.clone(), keying);
     }
-    Ok(capped)
+    Ok(keying)
 }
 
 fn describe(ev: &RawDocument, why: &str) -> String {
@@ -488,7 +507,7 @@ enum Kind {
     Delete,
 }
 
-/// A statement with its namespace and the event's `documentKey` bytes.
+/// A statement with its namespace and its document's [`identity_key`].
 type Keyed = (Namespace, Vec<u8>, Stmt);
 
 fn kind_of(s: &Stmt) -> Kind {
@@ -1012,7 +1031,7 @@ async fn send(
 
 pub(crate) async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> {
     ctx.store.check_fence()?;
-    if let Ok(mut m) = ctx.capped.lock() {
+    if let Ok(mut m) = ctx.keying.lock() {
         m.clear();
     }
     // `showSystemEvents` also shows writes to e.g. `system.views`; only buckets matter.

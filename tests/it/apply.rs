@@ -551,3 +551,82 @@ async fn replay_over_a_field_that_changed_shape() {
             .unwrap();
     }
 }
+
+/// `_id`s with different bytes that the `_id` index compares equal are one document: `1`,
+/// `NumberLong(1)` and `1.0`; `"k1"` and `"K1"` in a case-insensitive collection. An
+/// application that deletes one and inserts the other must end with the new document; the
+/// apply keyed events by the `documentKey`'s bytes, so the insert could run first (a duplicate,
+/// replayed as an upsert of the old document) and the delete then removed it: the destination
+/// lost every new document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_ids_with_different_bytes_keep_their_order() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    let db = s.database("same");
+    db.run_command(doc! {"create": "ci", "collation": {"locale": "en", "strength": 2}})
+        .await
+        .unwrap();
+    let (num, ci) = (
+        db.collection::<Document>("num"),
+        db.collection::<Document>("ci"),
+    );
+    num.insert_many((0..40).map(|i| doc! {"_id": i, "v": "old"}))
+        .await
+        .unwrap();
+    ci.insert_many((0..40).map(|i| doc! {"_id": format!("k{i}"), "v": "old"}))
+        .await
+        .unwrap();
+    let env = lane_env(&s, &d, "sameid", 4);
+    let mut lane = Lane::start(env.clone(), Direction::Forward, None);
+    lane.wait_can_commit(Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    lane.stop().await.unwrap();
+
+    // One transaction: all its events reach the apply in one round.
+    let mut session = s.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    for i in 0..40i32 {
+        let new: Bson = match i % 3 {
+            0 => Bson::Double(f64::from(i)),
+            1 => Bson::Int64(i64::from(i)),
+            _ => Bson::Decimal128(i.to_string().parse().unwrap()),
+        };
+        num.delete_one(doc! {"_id": i})
+            .session(&mut session)
+            .await
+            .unwrap();
+        num.insert_one(doc! {"_id": new.clone(), "v": "new"})
+            .session(&mut session)
+            .await
+            .unwrap();
+        num.update_one(doc! {"_id": new}, doc! {"$set": {"w": i}})
+            .session(&mut session)
+            .await
+            .unwrap();
+        ci.delete_one(doc! {"_id": format!("k{i}")})
+            .session(&mut session)
+            .await
+            .unwrap();
+        ci.insert_one(doc! {"_id": format!("K{i}"), "v": "new"})
+            .session(&mut session)
+            .await
+            .unwrap();
+    }
+    session.commit_transaction().await.unwrap();
+    let commit = last_oplog_ts(&s).await;
+
+    let mut lane = Lane::start(env, Direction::Forward, None);
+    lane.drain_to(commit).await.unwrap();
+    for coll in ["num", "ci"] {
+        let n = d
+            .database("same")
+            .collection::<Document>(coll)
+            .count_documents(doc! {"v": "new"})
+            .await
+            .unwrap();
+        assert_eq!(n, 40, "`same.{coll}`: new documents on the destination");
+    }
+    assert_same_data(&s, &d, STATE_DB).await;
+}
