@@ -295,7 +295,7 @@ fn is_index(s: &str) -> bool {
 /// sorted by name (numeric names numerically), so only a single name, names in plain byte
 /// order none of which is numeric, or numeric names in increasing numeric order (time-series
 /// buckets add `data.<field>.<n>`) are certain to come out as listed.
-fn set_keeps_order(names: &[&str]) -> bool {
+pub(crate) fn set_keeps_order(names: &[&str]) -> bool {
     let number = |n: &str| {
         (is_index(n) && n.len() < 19 && (n == "0" || !n.starts_with('0')))
             .then(|| n.parse::<u64>().ok())
