@@ -49,6 +49,9 @@ pub struct ChurnResult {
     pub status_lag: Option<f64>,
     pub window: Option<i64>,
     pub approve_to_exit: Duration,
+    /// Where the time went during the churn: CPU of each process, cutover's stages.
+    pub cpu_line: String,
+    pub stages: String,
 }
 
 pub async fn lag_under_churn(opts: &Opts, dir: &Path, small: &SmallSource) -> ChurnResult {
@@ -91,6 +94,14 @@ pub async fn lag_under_churn(opts: &Opts, dir: &Path, small: &SmallSource) -> Ch
         "(e) churn at {}/s for {}s, sampling lag every 200 ms…",
         opts.churn_rate, opts.churn_secs
     ));
+    let pids = [
+        churn_pid,
+        mongod_pid(&small.src),
+        mongod_pid(&dst),
+        std::process::id() as i32,
+    ];
+    let cpu0 = pids.map(|p| cpu_secs(p).unwrap_or(0.0));
+    let churn_started = Instant::now();
     let churn = start_churn(
         small.app.clone(),
         small.per_coll,
@@ -153,6 +164,35 @@ pub async fn lag_under_churn(opts: &Opts, dir: &Path, small: &SmallSource) -> Ch
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let cpu = {
+        let mut c = pids.map(|p| cpu_secs(p).unwrap_or(0.0));
+        for (a, b) in c.iter_mut().zip(cpu0) {
+            *a -= b;
+        }
+        c
+    };
+    let wall = churn_started.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpu_line = format!(
+        "CPU over the churn's {wall:.0}s: cutover {:.1}s ({:.0}% of a core), source mongod {:.1}s ({:.0}%), destination mongod {:.1}s ({:.0}%), the generator (this bench) {:.1}s ({:.0}%); together {:.0}% of the machine's {cores} cores",
+        cpu[0],
+        100.0 * cpu[0] / wall,
+        cpu[1],
+        100.0 * cpu[1] / wall,
+        cpu[2],
+        100.0 * cpu[2] / wall,
+        cpu[3],
+        100.0 * cpu[3] / wall,
+        100.0 * cpu.iter().sum::<f64>() / (wall * cores)
+    );
+    let stages = stages_of(
+        run_doc(&dc, "bench-churn")
+            .await
+            .and_then(|d| d.get_document("insight").ok().cloned())
+            .as_ref(),
+    );
+    log(format!("(e) {cpu_line}"));
+    log(format!("(e) stages: {stages}"));
     probe_stop.store(true, Ordering::Relaxed);
     let e2e = probe.await.expect("probe");
     let status_json = Command::new(&opts.cutover)
@@ -190,5 +230,7 @@ pub async fn lag_under_churn(opts: &Opts, dir: &Path, small: &SmallSource) -> Ch
         status_lag,
         window,
         approve_to_exit,
+        cpu_line,
+        stages,
     }
 }

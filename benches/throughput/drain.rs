@@ -17,6 +17,9 @@ pub struct Drain {
     /// CPU seconds used during the drain (process start → caught up) by cutover, the
     /// destination's mongod and the source's mongod.
     pub cpu: [f64; 3],
+    /// CPU seconds the source's mongod used while accepting the backlog (the application's
+    /// writes): with `cpu[1]`, what one event costs each side.
+    pub accept_cpu: f64,
     /// The commit approved after the last backlog: its write-blocked window.
     pub window: Option<i64>,
 }
@@ -42,37 +45,48 @@ impl Drain {
             100.0 * d / wall,
             100.0 * s / wall,
             100.0 * (c + d + s) / (wall * cores)
+        ) + &format!(
+            "; mongod CPU per event: {:.0} µs to accept on the source, {:.0} µs to apply on the destination ({:.2}x)",
+            1e6 * self.accept_cpu / self.events.max(1) as f64,
+            1e6 * d / self.events.max(1) as f64,
+            d / self.accept_cpu.max(1e-9)
         )
     }
 
     /// "source_read 12%, decode 3%, ... (in 40000/s, out 39000/s)" from the insight.
     pub fn stages(&self) -> String {
-        let Some(i) = &self.insight else {
-            return "no insight sampled".into();
-        };
-        let stages: Vec<String> = i
-            .get_array("stages")
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_document())
-                    .map(|s| {
-                        format!(
-                            "{} {:.0}%",
-                            s.get_str("stage").unwrap_or("?"),
-                            s.get_f64("busy_fraction").unwrap_or(0.0) * 100.0
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        format!(
-            "{} (in {:.0}/s, out {:.0}/s, bottleneck {})",
-            stages.join(", "),
-            i.get_f64("events_read_per_second").unwrap_or(0.0),
-            i.get_f64("events_applied_per_second").unwrap_or(0.0),
-            i.get_str("bottleneck").unwrap_or("?")
-        )
+        stages_of(self.insight.as_ref())
     }
+}
+
+/// "source_read 12%, decode 3%, ... (in 40000/s, out 39000/s, bottleneck ...)" from a run
+/// document's `insight`.
+pub fn stages_of(insight: Option<&Document>) -> String {
+    let Some(i) = insight else {
+        return "no insight sampled".into();
+    };
+    let stages: Vec<String> = i
+        .get_array("stages")
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_document())
+                .map(|s| {
+                    format!(
+                        "{} {:.0}%",
+                        s.get_str("stage").unwrap_or("?"),
+                        s.get_f64("busy_fraction").unwrap_or(0.0) * 100.0
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} (in {:.0}/s, out {:.0}/s, bottleneck {})",
+        stages.join(", "),
+        i.get_f64("events_read_per_second").unwrap_or(0.0),
+        i.get_f64("events_applied_per_second").unwrap_or(0.0),
+        i.get_str("bottleneck").unwrap_or("?")
+    )
 }
 
 /// Writes and drains each backlog kind in turn, `opts.rounds` times interleaved (insert,
@@ -107,12 +121,14 @@ pub async fn backlogs(
             .await
             .and_then(|l| l.get_i64("events_applied").ok())
             .unwrap_or(0);
+        let accept_cpu0 = cpu_secs(src_pid).unwrap_or(0.0);
         let (events, accept) = match style {
             BacklogStyle::Single => {
                 write_backlog_single(sc, round, per_coll, opts.backlog, 8).await
             }
             kind => write_backlog(sc, kind, round, per_coll, opts.backlog, 4).await,
         };
+        let accept_cpu = cpu_secs(src_pid).unwrap_or(0.0) - accept_cpu0;
         let backlog_end = last_write(sc).await;
         log(format!(
             "(d) source accepted {events} events in {:.1}s ({:.0}/s); draining…",
@@ -194,6 +210,7 @@ pub async fn backlogs(
             applied: lane_after - lane_before,
             insight,
             cpu,
+            accept_cpu,
             window,
         };
         log(format!(

@@ -364,6 +364,8 @@ async fn main() {
     rep.line(format!(
         "  end-to-end (insert acknowledged → visible on destination, {e2e_n} probes): p50 {e2e_p50:.3}s p99 {e2e_p99:.3}s"
     ));
+    rep.line(format!("      stages: {}", churned.stages));
+    rep.line(format!("      {}", churned.cpu_line));
     rep.line(format!(
         "  `cutover status --format json` lag_seconds at the end: {}",
         churned
