@@ -50,7 +50,20 @@ impl Drain {
             1e6 * self.accept_cpu / self.events.max(1) as f64,
             1e6 * d / self.events.max(1) as f64,
             d / self.accept_cpu.max(1e-9)
+        ) + &format!(
+            "; were the {cores} cores the two mongods' alone (cutover's CPU free), they would apply {:.0} events/s = {:.2}x the accept rate: cutover reached {:.0}% of that",
+            self.mongod_bound(),
+            self.mongod_bound() / self.accept_rate(),
+            100.0 * self.drain_rate() / self.mongod_bound()
         )
+    }
+
+    /// Events per second the two mongods could sustain through a drain with every core to
+    /// themselves: cores / their CPU seconds per event during this drain.
+    pub fn mongod_bound(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let per_event = (self.cpu[1] + self.cpu[2]) / self.events.max(1) as f64;
+        cores / per_event.max(1e-12)
     }
 
     /// "source_read 12%, decode 3%, ... (in 40000/s, out 39000/s)" from the insight.
