@@ -43,6 +43,18 @@ fn lane_env(src: &Client, dst: &Client, plan: &str, workers: usize) -> LaneEnv {
     }
 }
 
+/// The lane of a new plan run to can-commit (copy done) and stopped: the test then writes
+/// what the next start must apply.
+async fn synced_then_stopped(src: &Client, dst: &Client, plan: &str, workers: usize) -> LaneEnv {
+    let env = lane_env(src, dst, plan, workers);
+    let mut lane = Lane::start(env.clone(), Direction::Forward, None);
+    lane.wait_can_commit(Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    lane.stop().await.unwrap();
+    env
+}
+
 async fn pipeline_update(c: &Client, coll: &str, id: Bson, stage: Document) {
     c.database("dots")
         .collection::<Document>(coll)
@@ -152,12 +164,7 @@ async fn transaction_spanning_batches_is_drained_whole() {
             .await
             .unwrap();
     }
-    let env = lane_env(&s, &d, "txn", 4);
-    let mut lane = Lane::start(env.clone(), Direction::Forward, None);
-    lane.wait_can_commit(Some(Duration::from_secs(120)))
-        .await
-        .unwrap();
-    lane.stop().await.unwrap();
+    let env = synced_then_stopped(&s, &d, "txn", 4).await;
 
     let mut session = s.start_session().await.unwrap();
     session.start_transaction().await.unwrap();
@@ -490,12 +497,7 @@ async fn replay_over_a_field_that_changed_shape() {
     ])
     .await
     .unwrap();
-    let env = lane_env(&s, &d, "shape", 4);
-    let mut lane = Lane::start(env.clone(), Direction::Forward, None);
-    lane.wait_can_commit(Some(Duration::from_secs(120)))
-        .await
-        .unwrap();
-    lane.stop().await.unwrap();
+    let env = synced_then_stopped(&s, &d, "shape", 4).await;
 
     // The point a killed runner would restart from: before every update below.
     let before = last_oplog_ts(&s).await;
@@ -577,12 +579,7 @@ async fn equal_ids_with_different_bytes_keep_their_order() {
     ci.insert_many((0..40).map(|i| doc! {"_id": format!("k{i}"), "v": "old"}))
         .await
         .unwrap();
-    let env = lane_env(&s, &d, "sameid", 4);
-    let mut lane = Lane::start(env.clone(), Direction::Forward, None);
-    lane.wait_can_commit(Some(Duration::from_secs(120)))
-        .await
-        .unwrap();
-    lane.stop().await.unwrap();
+    let env = synced_then_stopped(&s, &d, "sameid", 4).await;
 
     // One transaction: all its events reach the apply in one round.
     let mut session = s.start_session().await.unwrap();
@@ -671,12 +668,7 @@ async fn per_document_updates_merged_into_pipelines_stay_exact() {
     ci.insert_many((0..300).map(|i| doc! {"_id": format!("Key{i}"), "a": i, "s": "x"}))
         .await
         .unwrap();
-    let env = lane_env(&s, &d, "mergepipe", 2);
-    let mut lane = Lane::start(env.clone(), Direction::Forward, None);
-    lane.wait_can_commit(Some(Duration::from_secs(120)))
-        .await
-        .unwrap();
-    lane.stop().await.unwrap();
+    let env = synced_then_stopped(&s, &d, "mergepipe", 2).await;
     d.database("merge")
         .run_command(doc! {"profile": 2})
         .await
