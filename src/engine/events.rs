@@ -357,17 +357,23 @@ fn from_delta(
             .collect();
         set_keeps_order(&names)
     });
-    let mut set = RawDocumentBuf::new();
-    for (path, v) in &d.set {
-        set.append(path, v.clone());
-    }
+    let mut fields: Vec<(String, RawBson)> = d.set.clone();
     let mut one_by_one = Vec::new();
     for (p, name, v) in &d.inserts {
         if ordered {
-            set.append(join(p, name), v.clone());
+            fields.push((join(p, name), v.clone()));
         } else {
             one_by_one.push((join(p, name), v.clone()));
         }
+    }
+    // `$set` applies its fields in name order whatever order they are listed in, so listing
+    // them sorted changes nothing here, and lets runs of such updates on many documents be
+    // sent as one (`write::merge_statements` merges top-level `$set`s listed in the order
+    // `$set` applies them).
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut set = RawDocumentBuf::new();
+    for (path, v) in fields {
+        set.append(path, v);
     }
     let mut unset = RawDocumentBuf::new();
     for path in &d.unset {

@@ -721,6 +721,17 @@ async fn per_document_updates_merged_into_pipelines_stay_exact() {
             .await
             .unwrap();
         }
+        // Two existing fields changed by a pipeline update: its delta lists them in the
+        // document's order (`s` before `b`), not in the order `$set` applies them in; sent
+        // sorted, they merge too.
+        for (i, doc) in all.iter().enumerate() {
+            coll.update_one(
+                doc! {"_id": doc.get("_id").unwrap().clone()},
+                vec![doc! {"$set": {"s": format!("y{i}"), "b": i as i32}}],
+            )
+            .await
+            .unwrap();
+        }
     }
     let to = last_oplog_ts(&s).await;
     let mut lane = Lane::start(env, Direction::Forward, None);
@@ -735,5 +746,16 @@ async fn per_document_updates_merged_into_pipelines_stay_exact() {
     assert!(
         merged > 0,
         "no merged pipeline update reached the destination"
+    );
+    let unsorted = d
+        .database("merge")
+        .collection::<Document>("system.profile")
+        .count_documents(doc! {"op": "update", "nMatched": {"$gt": 1},
+        "command.u.0.$replaceWith.$mergeObjects.1.$arrayElemAt.0.$literal.0.s": {"$exists": true}})
+        .await
+        .unwrap();
+    assert!(
+        unsorted > 0,
+        "updates of existing fields listed out of name order were not merged"
     );
 }
