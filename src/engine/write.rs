@@ -793,12 +793,10 @@ fn merge_statements(kind: Kind, stmts: &[RawDocumentBuf]) -> Option<Vec<RawDocum
         d
     }
     /// The pipeline that merges each document's own `$set` values (see above).
-    fn per_document(ids: &[RawBsonRef<'_>], sts: &[&RawDocumentBuf]) -> RawArrayBuf {
+    fn per_document(ids: &[RawBsonRef<'_>], sets: &[&RawDocument]) -> RawArrayBuf {
         let mut values = RawArrayBuf::new();
-        for st in sts {
-            if let Some(set) = top_level_set(st) {
-                values.push(set.to_raw_document_buf());
-            }
+        for set in sets {
+            values.push(set.to_raw_document_buf());
         }
         values.push(RawDocumentBuf::new());
         let mut index = RawArrayBuf::new();
@@ -849,6 +847,8 @@ fn merge_statements(kind: Kind, stmts: &[RawDocumentBuf]) -> Option<Vec<RawDocum
                 same: Option<RawBsonRef<'a>>,
                 /// Every statement a per-document merge can carry.
                 settable: bool,
+                /// Each statement's top-level `$set`, while `settable`.
+                sets: Vec<&'a RawDocument>,
                 ids: Vec<RawBsonRef<'a>>,
                 keys: std::collections::HashSet<Vec<u8>>,
                 sts: Vec<&'a RawDocumentBuf>,
@@ -863,7 +863,7 @@ fn merge_statements(kind: Kind, stmts: &[RawDocumentBuf]) -> Option<Vec<RawDocum
                 d.append("q", in_filter(&run.ids));
                 match run.same {
                     Some(u) => d.append("u", u.to_raw_bson()),
-                    None => d.append("u", per_document(&run.ids, &run.sts)),
+                    None => d.append("u", per_document(&run.ids, &run.sets)),
                 }
                 d.append("multi", true);
                 out.push(d);
@@ -879,7 +879,8 @@ fn merge_statements(kind: Kind, stmts: &[RawDocumentBuf]) -> Option<Vec<RawDocum
                     .get_document("q")
                     .map(|q| identity_key(q, false))
                     .unwrap_or_default();
-                let settable = lookup_id(id) && top_level_set(st).is_some();
+                let set = top_level_set(st).filter(|_| lookup_id(id));
+                let settable = set.is_some();
                 // A run of one takes either kind of partner; a run of the same update keeps
                 // to it (its `multi` is the cheaper); a per-document run takes any settable.
                 let joins = run.as_ref().is_some_and(|r| {
@@ -896,6 +897,7 @@ fn merge_statements(kind: Kind, stmts: &[RawDocumentBuf]) -> Option<Vec<RawDocum
                         r.ids.push(id);
                         r.keys.insert(key);
                         r.sts.push(st);
+                        r.sets.extend(set);
                     }
                 } else {
                     flush(run.take(), &mut out);
@@ -905,6 +907,7 @@ fn merge_statements(kind: Kind, stmts: &[RawDocumentBuf]) -> Option<Vec<RawDocum
                         ids: vec![id],
                         keys: std::iter::once(key).collect(),
                         sts: vec![st],
+                        sets: set.into_iter().collect(),
                     });
                 }
             }
