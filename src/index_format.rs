@@ -268,12 +268,14 @@ pub async fn check_unique_index_formats(
         let listing = list_namespaces(&direct, selector)
             .await
             .map_err(|e| classify("source", &member, &e))?;
+        crate::crashpoint::pause("index-formats.listed").await;
         for ns in &listing.selected {
-            findings.extend(
-                member_findings(&direct, &member, ns)
-                    .await
-                    .map_err(|e| classify("source", &member, &e))?,
-            );
+            match member_findings(&direct, &member, ns).await {
+                Ok(f) => findings.extend(f),
+                // Dropped or renamed away since the listing: no index left to classify.
+                Err(e) if is_namespace_not_found(&e) => {}
+                Err(e) => return Err(classify("source", &member, &e)),
+            }
         }
     }
     Ok(findings)
@@ -385,51 +387,78 @@ async fn member_findings(
     Ok(out)
 }
 
+/// The non-`_id` unique indexes of the selected source namespaces, as listed at one moment:
+/// the first half of [`compare_unique_indexes`], so a caller can let replication catch up
+/// with the listing before it reads the destination.
+#[derive(Clone, Debug, Default)]
+pub struct SourceUniqueIndexes(Vec<(Namespace, Vec<IndexDef>)>);
+
+impl SourceUniqueIndexes {
+    /// Lists them on the source.
+    pub async fn list(source: &Client, selector: &NamespaceSelector) -> Result<Self, ClusterError> {
+        let listing = list_namespaces(source, selector)
+            .await
+            .map_err(|e| classify("source", "", &e))?;
+        let mut out = Vec::new();
+        for ns in &listing.selected {
+            let src = match list_indexes(source, ns).await {
+                Ok(s) => s,
+                // 26 NamespaceNotFound: dropped (or renamed away) on the source since the
+                // listing, e.g. a `$out` or rename's temporary collection; replication drops it
+                // on the destination too, so there is nothing to compare.
+                Err(e) if is_namespace_not_found(&e) => continue,
+                Err(e) => return Err(classify("source", "", &e)),
+            };
+            let unique: Vec<IndexDef> =
+                src.into_iter().filter(|i| i.unique && !i.is_id()).collect();
+            if !unique.is_empty() {
+                out.push((ns.clone(), unique));
+            }
+        }
+        Ok(Self(out))
+    }
+
+    /// Checks that each of them exists on the destination with the same key, collation and
+    /// partial filter. Uniqueness on the destination is reported on its own
+    /// (`NotUniqueOnDestination`), since a sync relaxes it until commit.
+    pub async fn compare_with(&self, dest: &Client) -> Result<Vec<IndexFinding>, ClusterError> {
+        let mut out = Vec::new();
+        for (ns, unique) in &self.0 {
+            let dst = match list_indexes(dest, ns).await {
+                Ok(d) => d,
+                // 26 NamespaceNotFound: the collection does not exist on the destination.
+                Err(e) if is_namespace_not_found(&e) => Vec::new(),
+                Err(e) => return Err(classify("destination", "", &e)),
+            };
+            for ix in unique {
+                out.push(IndexFinding {
+                    namespace: ns.clone(),
+                    index: ix.name.clone(),
+                    member: None,
+                    kind: compare_one(ix, &dst),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Checks that every non-`_id` unique index of the selected source namespaces exists on the
-/// destination with the same key, collation and partial filter. Uniqueness on the destination
-/// is reported on its own (`NotUniqueOnDestination`), since a sync relaxes it until commit.
+/// destination with the same key, collation and partial filter (both listings read now).
 pub async fn compare_unique_indexes(
     source: &Client,
     dest: &Client,
     selector: &NamespaceSelector,
 ) -> Result<Vec<IndexFinding>, ClusterError> {
-    let listing = list_namespaces(source, selector)
+    SourceUniqueIndexes::list(source, selector)
+        .await?
+        .compare_with(dest)
         .await
-        .map_err(|e| classify("source", "", &e))?;
-    let mut out = Vec::new();
-    for ns in &listing.selected {
-        let src = match list_indexes(source, ns).await {
-            Ok(s) => s,
-            // 26 NamespaceNotFound: dropped (or renamed away) on the source since the
-            // listing, e.g. a `$out` or rename's temporary collection; replication drops it
-            // on the destination too, so there is nothing to compare.
-            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
-                continue
-            }
-            Err(e) => return Err(classify("source", "", &e)),
-        };
-        let unique: Vec<&IndexDef> = src.iter().filter(|i| i.unique && !i.is_id()).collect();
-        if unique.is_empty() {
-            continue;
-        }
-        let dst = match list_indexes(dest, ns).await {
-            Ok(d) => d,
-            // 26 NamespaceNotFound: the collection does not exist on the destination.
-            Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
-                Vec::new()
-            }
-            Err(e) => return Err(classify("destination", "", &e)),
-        };
-        for ix in unique {
-            out.push(IndexFinding {
-                namespace: ns.clone(),
-                index: ix.name.clone(),
-                member: None,
-                kind: compare_one(ix, &dst),
-            });
-        }
-    }
-    Ok(out)
+}
+
+/// 26 NamespaceNotFound: a collection dropped or renamed away since it was listed.
+fn is_namespace_not_found(e: &mongodb::error::Error) -> bool {
+    matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26)
 }
 
 fn compare_one(ix: &IndexDef, dst: &[IndexDef]) -> FindingKind {

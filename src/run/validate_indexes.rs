@@ -15,11 +15,67 @@ use crate::plan::Step;
 /// source unique index must exist identically on the destination (key, collation, partial
 /// filter; during the sync the destination's copy is non-unique on purpose).
 ///
-/// While a lane replicates (after `sync` or `reverse`, before their commit), the step first
-/// waits until it has applied every source write up to the source's time at the step's start
-/// (a re-run resumes the lane): a unique index created just before the step is then on the
-/// destination when it is compared.
+/// While a lane replicates (after `sync` or `reverse`, before their commit), the source's
+/// unique indexes are listed first, then the step waits until the lane has applied every
+/// source write up to the source's time after that listing (a re-run resumes the lane), and
+/// only then reads the destination: a unique index created just before the step is on the
+/// destination when it is compared. The application's DDL goes on meanwhile, so an index
+/// dropped or changed on the source between the two reads can look missing or different: a
+/// problem must be seen in every one of up to [`ATTEMPTS`] comparisons to stop the plan, and
+/// one comparison without problems ends the step.
 pub async fn validate_indexes(ctx: &mut Ctx, i: usize) -> Result<Option<String>, EngineError> {
+    let mut persistent: Option<Vec<String>> = None;
+    let mut findings_seen = 0;
+    for attempt in 1..=ATTEMPTS {
+        let problems = compare_once(ctx, i, &mut findings_seen).await?;
+        let still: Vec<String> = match persistent {
+            None => problems,
+            Some(before) => problems
+                .into_iter()
+                .filter(|p| before.contains(p))
+                .collect(),
+        };
+        if still.is_empty() {
+            return Ok(Some(format!(
+                "{findings_seen} unique-index findings, none blocking"
+            )));
+        }
+        if attempt < ATTEMPTS {
+            tracing::info!(
+                problems = still.len(),
+                attempt,
+                "unique-index problems found; comparing again in case the application's DDL raced the listing"
+            );
+            tokio::time::sleep(RECHECK_PAUSE).await;
+        }
+        persistent = Some(still);
+    }
+    let problems = persistent.unwrap_or_default();
+    Err(EngineError::Event(format!(
+        "{} unique index problem(s), seen in each of {ATTEMPTS} comparisons: {}",
+        problems.len(),
+        problems.join("; ")
+    )))
+}
+
+/// How many comparisons a unique-index problem must survive to stop the plan.
+const ATTEMPTS: usize = 3;
+/// The pause between two comparisons.
+const RECHECK_PAUSE: Duration = Duration::from_secs(1);
+
+/// One comparison: the problems found, each with its fix.
+async fn compare_once(
+    ctx: &mut Ctx,
+    i: usize,
+    findings_seen: &mut usize,
+) -> Result<Vec<String>, EngineError> {
+    let selector = ctx.plan.selector.clone();
+    let cluster_err = |e: crate::cluster::ClusterError| EngineError::Event(e.to_string());
+    let source_indexes =
+        crate::index_format::SourceUniqueIndexes::list(&ctx.source.client, &selector)
+            .await
+            .map_err(cluster_err)?;
+    crate::crashpoint::pause("validate-indexes.listed").await;
     if let Some(direction) = replicating_at(ctx, i) {
         let start_at = if direction == Direction::Reverse {
             ctx.store.record().await?.reverse_start()
@@ -32,37 +88,21 @@ pub async fn validate_indexes(ctx: &mut Ctx, i: usize) -> Result<Option<String>,
         let lane = ctx.ensure_lane(direction, start_at);
         lane.wait_applied(now, Some(VALIDATE_WAIT)).await?;
     }
-    let selector = &ctx.plan.selector;
-    let cluster_err = |e: crate::cluster::ClusterError| EngineError::Event(e.to_string());
-    let mut findings = crate::index_format::check_unique_index_formats(&ctx.plan.source, selector)
+    let mut findings = crate::index_format::check_unique_index_formats(&ctx.plan.source, &selector)
         .await
         .map_err(cluster_err)?;
     findings.extend(
-        crate::index_format::compare_unique_indexes(
-            &ctx.source.client,
-            &ctx.destination.client,
-            selector,
-        )
-        .await
-        .map_err(cluster_err)?,
+        source_indexes
+            .compare_with(&ctx.destination.client)
+            .await
+            .map_err(cluster_err)?,
     );
-    let problems: Vec<String> = findings
+    *findings_seen = findings.len();
+    Ok(findings
         .iter()
         .filter(|f| f.is_problem())
         .map(|f| format!("{f} (fix: {})", f.fix()))
-        .collect();
-    if problems.is_empty() {
-        Ok(Some(format!(
-            "{} unique-index findings, none blocking",
-            findings.len()
-        )))
-    } else {
-        Err(EngineError::Event(format!(
-            "{} unique index problem(s): {}",
-            problems.len(),
-            problems.join("; ")
-        )))
-    }
+        .collect())
 }
 
 /// How long `validate-indexes` waits for replication to catch up before it fails.

@@ -420,3 +420,98 @@ timeout = "3m"
     assert_same_data(&s, &d, "__cutover").await;
     assert_same_catalog(&s, &d, "__cutover").await;
 }
+
+/// The application's DDL goes on while `validate-indexes` compares (torture seed 21 stopped on
+/// both races in CI): a unique index dropped on the source after the step listed it (the
+/// destination, caught up, lacks it: "missing" in that comparison), and a collection with a
+/// unique index dropped between the format check's listing and its `listIndexes` (error 26).
+/// Neither is a problem: the step compares again and passes, and the commit follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_indexes_tolerates_ddl_racing_the_comparison() {
+    const PLAN: &str = r#"
+[options]
+reversible = true
+write_blocking = "source-and-destination"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "validate-indexes"
+
+[[steps]]
+kind = "commit"
+timeout = "3m"
+"#;
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    seed(&s).await;
+    let shop = s.database("shop");
+    shop.run_command(doc! {"createIndexes": "users", "indexes": [
+        {"key": {"name": 1}, "name": "name_1", "unique": true, "sparse": true},
+    ]})
+    .await
+    .unwrap();
+    shop.collection::<Document>("gone")
+        .insert_many((0..50).map(|i| doc! {"_id": i, "g": i}))
+        .await
+        .unwrap();
+    shop.run_command(doc! {"createIndexes": "gone", "indexes": [
+        {"key": {"g": 1}, "name": "g_1", "unique": true},
+    ]})
+    .await
+    .unwrap();
+    let (dir, plan) = write_plan(&plan_text("validate-race", PLAN));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_for(&src, &dst);
+    let o = tokio::task::spawn_blocking({
+        let (plan, env) = (plan.clone(), env.clone());
+        move || run_cutover(&["run", &plan, "--max-steps", "1"], &refs(&env))
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "sync: {}", show(&o));
+
+    let mut paused = env.clone();
+    paused.push((
+        "CUTOVER_TEST_PAUSE_AT",
+        "validate-indexes.listed,index-formats.listed".into(),
+    ));
+    paused.push(("CUTOVER_TEST_PAUSE_DIR", dir.path().display().to_string()));
+    let mut child = spawn_cutover(&["run", &plan], &refs(&paused));
+    // The step has listed the source's unique indexes (name_1 among them): drop it.
+    wait_pause_file(
+        &dir.path().join("validate-indexes.listed.reached"),
+        &mut child,
+    )
+    .await;
+    shop.run_command(doc! {"dropIndexes": "users", "index": "name_1"})
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("validate-indexes.listed.go"), b"").unwrap();
+    // The format check has listed the collections (shop.gone among them): drop it.
+    wait_pause_file(&dir.path().join("index-formats.listed.reached"), &mut child).await;
+    shop.collection::<Document>("gone").drop().await.unwrap();
+    std::fs::write(dir.path().join("index-formats.listed.go"), b"").unwrap();
+
+    let o = finish_child(child).await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "validate-indexes, commit: {}",
+        show(&o)
+    );
+    let d = dst.root_client().await;
+    let names = d
+        .database("shop")
+        .collection::<Document>("users")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(!names.contains(&"name_1".to_string()), "{names:?}");
+    assert!(names.contains(&"email_1".to_string()), "{names:?}");
+    let colls = d.database("shop").list_collection_names().await.unwrap();
+    assert!(!colls.contains(&"gone".to_string()), "{colls:?}");
+    assert_same_data(&s, &d, "__cutover").await;
+    assert_same_catalog(&s, &d, "__cutover").await;
+}

@@ -4,7 +4,6 @@
 //! (`CUTOVER_TEST_PAUSE_AT`) make the rename land mid-copy deterministically; crash points
 //! and kill -9 cover the replays. Every test ends with a commit and identical clusters.
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::common::*;
@@ -74,32 +73,6 @@ async fn seed_big(c: &Client, db: &str, coll: &str, n: i64) {
     .await;
 }
 
-async fn wait_file(path: &Path, child: &mut std::process::Child) {
-    let start = std::time::Instant::now();
-    while !path.exists() {
-        if let Some(st) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("cutover exited ({st}) before {}:\n{err}", path.display());
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "timed out waiting for {}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn finish(child: std::process::Child) -> std::process::Output {
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap()
-}
-
 fn lane_ready(lane: Option<Document>) -> bool {
     lane.is_some_and(|l| l.get_bool("copy_done").unwrap_or(false) && l.contains_key("resume_token"))
 }
@@ -161,7 +134,7 @@ async fn rename_during_copy_follows_the_uuid() {
         "1",
     ];
     let mut child = spawn_cutover(&args, &env_refs(&env));
-    wait_file(&dir.path().join("copy.reading.reached"), &mut child).await;
+    wait_pause_file(&dir.path().join("copy.reading.reached"), &mut child).await;
 
     // Mid-copy of bulk.c1 (its first range, cursor open).
     rename(&s, "bulk.c1", "bulk.c1_renamed", false).await;
@@ -191,7 +164,7 @@ async fn rename_during_copy_follows_the_uuid() {
         .unwrap();
     std::fs::write(dir.path().join("copy.reading.go"), b"").unwrap();
 
-    let out = finish(child).await;
+    let out = finish_child(child).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_same(&s, &d).await;
     let n = d
@@ -229,7 +202,7 @@ async fn kill_9_mid_copy_then_rename_resumes_by_uuid() {
         "1",
     ];
     let mut child = spawn_cutover(&args, &env_refs(&paused));
-    wait_file(&dir.path().join("copy.reading.reached"), &mut child).await;
+    wait_pause_file(&dir.path().join("copy.reading.reached"), &mut child).await;
     child.kill().unwrap(); // SIGKILL, in the second range of bulk.c1
     child.wait().unwrap();
 
@@ -297,7 +270,7 @@ timeout = "3m"
         "1",
     ];
     let mut child = spawn_cutover(&args, &env_refs(&env));
-    wait_file(&dir.path().join("copy.reading.reached"), &mut child).await;
+    wait_pause_file(&dir.path().join("copy.reading.reached"), &mut child).await;
 
     rename(&s, "bulk.c1", "other.c1", false).await;
     rename(&s, "bulk.gone", "bulk.x_gone", false).await;
@@ -314,7 +287,7 @@ timeout = "3m"
         .unwrap();
     std::fs::write(dir.path().join("copy.reading.go"), b"").unwrap();
 
-    let out = finish(child).await;
+    let out = finish_child(child).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     // `bulk.x_gone` is outside the plan: leave it out of the comparison.
     s.database("bulk")

@@ -610,6 +610,35 @@ pub fn spawn_cutover(args: &[&str], env: &[(&str, &str)]) -> Child {
     cmd.spawn().expect("spawn cutover")
 }
 
+/// Waits until `cutover` (`child`) creates `path` (a pause point's `.reached` file), failing
+/// with its stderr if it exits first.
+pub async fn wait_pause_file(path: &std::path::Path, child: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("cutover exited ({st}) before {}:\n{err}", path.display());
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(180),
+            "timed out waiting for {}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for `child` to exit and returns its output.
+pub async fn finish_child(child: std::process::Child) -> std::process::Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// Formats an Output for assertion messages.
 pub fn show(o: &Output) -> String {
     format!(
