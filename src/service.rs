@@ -317,7 +317,7 @@ pub async fn approve(
         .approve(step, &host, note)
         .await
         .map_err(|e| (Exit::Failed, e.to_string()))?;
-    tracing::info!(step, host = %host, "Commit approved.");
+    tracing::info!(step, host = %host, "Commit approval recorded.");
     Ok((
         step,
         format!(
