@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Binary, Bson, Document, RawBsonRef, RawDocumentBuf};
+use mongodb::bson::{doc, Binary, Bson, Document, RawArrayBuf, RawBsonRef, RawDocumentBuf};
 use mongodb::error::ErrorKind;
 use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::Client;
@@ -546,10 +546,11 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     let flush = |batch: Vec<RawDocumentBuf>, bytes: usize| {
         let dst = dst.clone();
         let ns = ns_text.clone();
+        let store = ctx.store.clone();
         tokio::spawn(async move {
             let last = batch.last().and_then(id_of);
             let n = batch.len() as u64;
-            insert_batch(dst_name, &dst, &ns, batch).await?;
+            insert_batch(dst_name, &store, &dst, &ns, batch).await?;
             Ok((last, n, bytes as u64))
         })
     };
@@ -691,66 +692,164 @@ fn id_of(d: &RawDocumentBuf) -> Option<Bson> {
         .and_then(|v| Bson::try_from(v).ok())
 }
 
+/// Bytes of documents per insert command: a command is one BSON document (16 MiB, plus the
+/// 16 KiB the server allows a command beyond it); a document bigger than this goes alone.
+const COMMAND_BYTES: usize = 15 * 1024 * 1024;
+
 /// Unordered insert, bypassing validation; duplicate `_id`s (a range re-copied after a
 /// crash) are expected and ignored, any other write error stops the copy naming the `_id`.
+///
+/// Sent as `insert` commands with the lease's deadline as `maxTimeMS` (as the change
+/// application's writes): an insert held up in the destination past this runner's lease
+/// (a stalled runner, a blocked server) must not land after another runner took the plan
+/// over and applied a later delete of the same document, which would bring it back.
 pub async fn insert_batch(
     cluster: &'static str,
+    store: &StateStore,
     dst: &mongodb::Collection<RawDocumentBuf>,
     ns: &str,
     batch: Vec<RawDocumentBuf>,
 ) -> Result<(), EngineError> {
-    if batch.is_empty() {
-        return Ok(());
+    let mut start = 0;
+    while start < batch.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < batch.len() {
+            // Each array element adds its type byte and index key (at most 6 bytes here).
+            let len = batch[end].as_bytes().len() + 8;
+            if end > start && bytes + len > COMMAND_BYTES {
+                break;
+            }
+            bytes += len;
+            end += 1;
+        }
+        insert_command(cluster, store, dst, ns, &batch[start..end]).await?;
+        start = end;
     }
-    match dst
-        .insert_many(&batch)
-        .ordered(false)
-        .bypass_document_validation(true)
+    Ok(())
+}
+
+/// One `insert` command (see [`insert_batch`]).
+async fn insert_command(
+    cluster: &'static str,
+    store: &StateStore,
+    dst: &mongodb::Collection<RawDocumentBuf>,
+    ns: &str,
+    batch: &[RawDocumentBuf],
+) -> Result<(), EngineError> {
+    use crate::mongo_error::code::{MAX_TIME_MS_EXPIRED, TRANSACTION_TOO_LARGE_FOR_CACHE};
+    let one_by_one = || async {
+        // mongod inserts a command's documents in shared storage transactions: several
+        // large ones together can exceed what its cache admits although each fits alone.
+        tracing::debug!(
+            ns,
+            documents = batch.len(),
+            "Batch too large for the destination's cache: inserting its documents one by one."
+        );
+        for d in batch {
+            Box::pin(insert_command(
+                cluster,
+                store,
+                dst,
+                ns,
+                std::slice::from_ref(d),
+            ))
+            .await?;
+        }
+        Ok(())
+    };
+    let mut docs = RawArrayBuf::new();
+    for d in batch {
+        docs.push(d.clone());
+    }
+    let mut cmd = RawDocumentBuf::new();
+    cmd.append("insert", dst.name());
+    cmd.append("documents", docs);
+    cmd.append("ordered", false);
+    cmd.append("bypassDocumentValidation", true);
+    let mut wc = RawDocumentBuf::new();
+    wc.append("w", "majority");
+    cmd.append("writeConcern", wc);
+    let budget = store
+        .write_budget()
+        .await
+        .map_err(|e| EngineError::Event(e.to_string()))?;
+    if let Some(budget) = budget {
+        cmd.append("maxTimeMS", (budget.as_millis() as i64).max(1));
+    }
+    let reply = match dst
+        .client()
+        .database(&dst.namespace().db)
+        .run_raw_command(cmd)
         .await
     {
-        Ok(_) => Ok(()),
-        Err(e) if batch.len() > 1 && too_large_for_cache(&e) => {
-            // mongod inserts a command's documents in shared storage transactions: several
-            // large ones together can exceed what its cache admits although each fits alone.
-            tracing::debug!(
-                ns,
-                documents = batch.len(),
-                "Batch too large for the destination's cache: inserting its documents one by one."
-            );
-            for d in batch {
-                Box::pin(insert_batch(cluster, dst, ns, vec![d])).await?;
-            }
-            Ok(())
-        }
+        Ok(r) => r,
+        Err(e) if batch.len() > 1 && too_large_for_cache(&e) => return one_by_one().await,
         Err(e) => {
-            if let ErrorKind::InsertMany(im) = e.kind.as_ref() {
-                if let Some(we) = im
-                    .write_errors
-                    .as_ref()
-                    .and_then(|ws| ws.iter().find(|w| w.code != 11000))
-                {
-                    let id = batch
-                        .get(we.index)
-                        .and_then(id_of)
-                        .map(|b| b.to_string())
-                        .unwrap_or_else(|| "?".into());
-                    return Err(write_error(cluster, ns, id, we.code, &we.message));
-                }
-                if im.write_concern_error.is_none() {
-                    // Duplicate keys: expected when a range is re-copied after a crash, but only
-                    // on `_id`. A unique index the destination has and the source lacks would
-                    // drop documents silently: make sure every rejected `_id` is there.
-                    let dups: Vec<usize> = im
-                        .write_errors
-                        .as_ref()
-                        .map(|ws| ws.iter().map(|w| w.index).collect())
-                        .unwrap_or_default();
-                    return check_duplicates(cluster, dst, ns, &batch, &dups).await;
+            if let ErrorKind::Command(c) = e.kind.as_ref() {
+                if c.code == MAX_TIME_MS_EXPIRED {
+                    // Stopped at this runner's lease deadline: sent again once the lease is
+                    // renewed, or not at all if it is lost.
+                    return Err(EngineError::Cluster {
+                        cluster,
+                        doing: format!("writing `{ns}`"),
+                        detail: format!("{} (code {})", c.message, c.code),
+                        transient: true,
+                    });
                 }
             }
-            Err(cluster_err(cluster, format!("writing `{ns}`"), &e))
+            return Err(cluster_err(cluster, format!("writing `{ns}`"), &e));
         }
+    };
+    let write_errors: Vec<(usize, i32, String)> = reply
+        .get_array("writeErrors")
+        .ok()
+        .map(|ws| {
+            ws.iter()
+                .filter_map(Bson::as_document)
+                .map(|w| {
+                    (
+                        w.get_i32("index").unwrap_or(0).max(0) as usize,
+                        w.get_i32("code").unwrap_or(0),
+                        w.get_str("errmsg").unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if batch.len() > 1
+        && write_errors
+            .iter()
+            .any(|(_, code, _)| *code == TRANSACTION_TOO_LARGE_FOR_CACHE)
+    {
+        return one_by_one().await;
     }
+    if let Some((index, code, message)) = write_errors.iter().find(|(_, c, _)| *c != 11000) {
+        let id = batch
+            .get(*index)
+            .and_then(id_of)
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "?".into());
+        return Err(write_error(cluster, ns, id, *code, message));
+    }
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        // The documents are written but not yet majority-durable: the range is sent again.
+        return Err(EngineError::Cluster {
+            cluster,
+            doing: format!("writing `{ns}`"),
+            detail: format!(
+                "write concern error: {} (code {})",
+                wce.get_str("errmsg").unwrap_or(""),
+                wce.get_i32("code").unwrap_or(0)
+            ),
+            transient: true,
+        });
+    }
+    // Duplicate keys: expected when a range is re-copied after a crash, but only on `_id`. A
+    // unique index the destination has and the source lacks would drop documents silently:
+    // make sure every rejected `_id` is there.
+    let dups: Vec<usize> = write_errors.iter().map(|(i, _, _)| *i).collect();
+    check_duplicates(cluster, dst, ns, batch, &dups).await
 }
 
 /// TransactionTooLargeForCache (388), as a command error or a write error.

@@ -467,6 +467,106 @@ async fn a_write_sent_before_the_lease_ran_out_cannot_land_after_a_takeover() {
     assert_same_data(&s, &d, STATE_DB).await;
 }
 
+/// (d) The same for the copy: an insert of the initial copy held by the destination past the
+/// runner's lease (`failCommand` `blockConnection`, 25 s; the runner frozen past its 4 s TTL)
+/// must not land after a second runner took over, copied the range again and applied a later
+/// delete of one of its documents: landing, it would bring the deleted document back. Before,
+/// the copy's inserts carried no deadline and the document came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_insert_sent_before_the_lease_ran_out_cannot_land_after_a_takeover() {
+    const BLOCK: Duration = Duration::from_secs(25);
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    let items = s.database("shop").collection::<Document>("items");
+    items
+        .insert_many((0..3000).map(|i| doc! {"_id": i, "v": "copied"}))
+        .await
+        .unwrap();
+    // The destination holds cutover's first insert into shop.items (the copy's) for 25 s.
+    let armed = d
+        .database("admin")
+        .run_command(
+            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1},
+            "data": {"failCommands": ["insert"], "namespace": "shop.items", "appName": "cutover",
+                     "blockConnection": true, "blockTimeMS": BLOCK.as_millis() as i64}},
+        )
+        .await
+        .expect("configureFailPoint (mongod runs with enableTestCommands=1)");
+    let entered = match armed.get("count") {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        _ => 0,
+    };
+    let (_d, plan) = write_plan(&plan_text("fenced-copy", MANUAL));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_of(&src, &dst, &[("CUTOVER_LEASE_TTL", "4s".into())]);
+    let first = spawn_cutover(&["run", &plan], &refs(&env));
+    d.database("admin")
+        .run_command(
+            doc! {"waitForFailPoint": "failCommand", "timesEntered": entered + 1,
+            "maxTimeMS": 120_000},
+        )
+        .await
+        .expect("the runner's copy insert never reached the destination");
+    let blocked_at = Instant::now();
+    signal(&first, "-STOP");
+
+    // A second runner takes over once the TTL has passed, copies shop.items again and
+    // applies a later delete of a document of the held insert.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let second = spawn_cutover(&["run", &plan], &refs(&env));
+    let second_pid = second.id();
+    taken_over_by(&plan, &env, second_pid).await;
+    let dest_items = d.database("shop").collection::<Document>("items");
+    let start = Instant::now();
+    while dest_items.count_documents(doc! {}).await.unwrap() < 3000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the second runner never copied shop.items"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    items.delete_one(doc! {"_id": 0}).await.unwrap();
+    while dest_items
+        .find_one(doc! {"_id": 0})
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the second runner never applied the delete"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        blocked_at.elapsed() < BLOCK,
+        "the delete was applied only after the held insert's block ended ({:?}): \
+         this run proves nothing, the machine was too slow",
+        blocked_at.elapsed()
+    );
+    // Past the end of the block (and the server's answer to it).
+    let until = BLOCK + Duration::from_secs(3);
+    if blocked_at.elapsed() < until {
+        tokio::time::sleep(until - blocked_at.elapsed()).await;
+    }
+    let back = dest_items.find_one(doc! {"_id": 0}).await.unwrap();
+    assert!(
+        back.is_none(),
+        "the frozen runner's copy insert landed after the takeover: {back:?}"
+    );
+
+    signal(&first, "-KILL");
+    let _ = wait_exit(first, Duration::from_secs(10), "the frozen runner").await;
+    let o = run_cutover(&["approve", &plan], &refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = wait_exit(second, Duration::from_secs(120), "the second runner").await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, STATE_DB).await;
+}
+
 /// A destination that answers the runner's data writes with a shutdown error
 /// (InterruptedAtShutdown, 11600) for a while: the driver clears its connection pool to that
 /// server on each one and marks it unknown. The lease's renewals must not wait behind those
