@@ -770,11 +770,8 @@ async fn insert_command(
     let mut wc = RawDocumentBuf::new();
     wc.append("w", "majority");
     cmd.append("writeConcern", wc);
-    let budget = store
-        .write_budget()
-        .await
-        .map_err(|e| EngineError::Event(e.to_string()))?;
-    if let Some(budget) = budget {
+    // A lost lease stays a lost lease (exit 4), not a write error.
+    if let Some(budget) = store.write_budget().await? {
         cmd.append("maxTimeMS", (budget.as_millis() as i64).max(1));
     }
     let reply = match dst

@@ -348,15 +348,8 @@ async fn crash_at_every_transition_then_resume() {
     assert_end_state(&src, &dst, &acked).await;
 }
 
-/// `validate-indexes` waits until replication has applied everything the source accepted
-/// before the step began: a unique index created on the source right after the sync (here
-/// between two invocations, so the step runs in a process whose lane has not caught up yet)
-/// is on the destination when the step compares, and the plan goes on to commit. Before the
-/// fix the step compared at once (and a re-run never resumed the lane), so every run stopped
-/// with "unique index `name_1` ... has no index with the same key on the destination".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn validate_indexes_waits_for_replication() {
-    const PLAN: &str = r#"
+/// sync, validate-indexes, commit.
+const SYNC_VALIDATE_COMMIT: &str = r#"
 [options]
 reversible = true
 write_blocking = "source-and-destination"
@@ -372,19 +365,33 @@ kind = "validate-indexes"
 kind = "commit"
 timeout = "3m"
 "#;
-    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
-    let s = src.root_client().await;
-    seed(&s).await;
-    let (_d, plan) = write_plan(&plan_text("validate-wait", PLAN));
-    let plan = plan.to_str().unwrap().to_string();
-    let env = env_for(&src, &dst);
-    let o = tokio::task::spawn_blocking({
-        let (plan, env) = (plan.clone(), env.clone());
-        move || run_cutover(&["run", &plan, "--max-steps", "1"], &refs(&env))
+
+/// `cutover run PLAN --max-steps 1`: the sync step alone, which must succeed.
+async fn sync_step_only(plan: &str, env: &[(&'static str, String)]) {
+    let (plan, env) = (plan.to_string(), env.to_vec());
+    let o = tokio::task::spawn_blocking(move || {
+        run_cutover(&["run", &plan, "--max-steps", "1"], &refs(&env))
     })
     .await
     .unwrap();
     assert_eq!(o.status.code(), Some(0), "sync: {}", show(&o));
+}
+
+/// `validate-indexes` waits until replication has applied everything the source accepted
+/// before the step began: a unique index created on the source right after the sync (here
+/// between two invocations, so the step runs in a process whose lane has not caught up yet)
+/// is on the destination when the step compares, and the plan goes on to commit. Before the
+/// fix the step compared at once (and a re-run never resumed the lane), so every run stopped
+/// with "unique index `name_1` ... has no index with the same key on the destination".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_indexes_waits_for_replication() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    seed(&s).await;
+    let (_d, plan) = write_plan(&plan_text("validate-wait", SYNC_VALIDATE_COMMIT));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = env_for(&src, &dst);
+    sync_step_only(&plan, &env).await;
     // After the sync, before validate-indexes: a new unique index (and a write after it).
     s.database("shop")
         .run_command(doc! {"createIndexes": "users", "indexes": [
@@ -428,21 +435,6 @@ timeout = "3m"
 /// Neither is a problem: the step compares again and passes, and the commit follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_indexes_tolerates_ddl_racing_the_comparison() {
-    const PLAN: &str = r#"
-[options]
-reversible = true
-write_blocking = "source-and-destination"
-
-[[steps]]
-kind = "sync"
-
-[[steps]]
-kind = "validate-indexes"
-
-[[steps]]
-kind = "commit"
-timeout = "3m"
-"#;
     let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
     let s = src.root_client().await;
     seed(&s).await;
@@ -461,16 +453,10 @@ timeout = "3m"
     ]})
     .await
     .unwrap();
-    let (dir, plan) = write_plan(&plan_text("validate-race", PLAN));
+    let (dir, plan) = write_plan(&plan_text("validate-race", SYNC_VALIDATE_COMMIT));
     let plan = plan.to_str().unwrap().to_string();
     let env = env_for(&src, &dst);
-    let o = tokio::task::spawn_blocking({
-        let (plan, env) = (plan.clone(), env.clone());
-        move || run_cutover(&["run", &plan, "--max-steps", "1"], &refs(&env))
-    })
-    .await
-    .unwrap();
-    assert_eq!(o.status.code(), Some(0), "sync: {}", show(&o));
+    sync_step_only(&plan, &env).await;
 
     let mut paused = env.clone();
     paused.push((

@@ -359,6 +359,36 @@ async fn a_runner_that_lost_its_lease_stops_at_once() {
     assert!(v["epoch"].as_i64().unwrap_or(0) > second_epoch, "{v}");
 }
 
+/// Makes the destination hold cutover's next `command` on `ns` for `block`
+/// (`failCommand` `blockConnection`); returns the fail point's count before it.
+async fn hold_next(d: &Client, command: &str, ns: &str, block: Duration) -> i64 {
+    let armed = d
+        .database("admin")
+        .run_command(
+            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1},
+            "data": {"failCommands": [command], "namespace": ns, "appName": "cutover",
+                     "blockConnection": true, "blockTimeMS": block.as_millis() as i64}},
+        )
+        .await
+        .expect("configureFailPoint (mongod runs with enableTestCommands=1)");
+    match armed.get("count") {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        _ => 0,
+    }
+}
+
+/// Waits until the command [`hold_next`] armed for is held.
+async fn wait_held(d: &Client, entered: i64, what: &str) {
+    d.database("admin")
+        .run_command(
+            doc! {"waitForFailPoint": "failCommand", "timesEntered": entered + 1,
+            "maxTimeMS": 120_000},
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what} never reached the destination: {e}"));
+}
+
 /// (c) A destination write sent just before a runner's lease runs out cannot land after
 /// another runner took the plan over. The first runner's update of `shop.orders` is held by
 /// the destination (`failCommand` `blockConnection`, 12 s) and the runner is frozen
@@ -387,32 +417,13 @@ async fn a_write_sent_before_the_lease_ran_out_cannot_land_after_a_takeover() {
     .await;
 
     // The destination holds cutover's next update of shop.orders for 12 s.
-    let armed = d
-        .database("admin")
-        .run_command(
-            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1},
-            "data": {"failCommands": ["update"], "namespace": "shop.orders", "appName": "cutover",
-                     "blockConnection": true, "blockTimeMS": 12_000}},
-        )
-        .await
-        .expect("configureFailPoint (mongod runs with enableTestCommands=1)");
-    let entered = match armed.get("count") {
-        Some(Bson::Int32(n)) => i64::from(*n),
-        Some(Bson::Int64(n)) => *n,
-        _ => 0,
-    };
+    let entered = hold_next(&d, "update", "shop.orders", Duration::from_secs(12)).await;
     let orders = s.database("shop").collection::<Document>("orders");
     orders
         .update_one(doc! {"_id": 1}, doc! {"$set": {"v": "stale"}})
         .await
         .unwrap();
-    d.database("admin")
-        .run_command(
-            doc! {"waitForFailPoint": "failCommand", "timesEntered": entered + 1,
-            "maxTimeMS": 60_000},
-        )
-        .await
-        .expect("the runner's update never reached the destination");
+    wait_held(&d, entered, "the runner's update").await;
     let blocked_at = Instant::now();
     signal(&first, "-STOP");
 
@@ -485,31 +496,12 @@ async fn a_copy_insert_sent_before_the_lease_ran_out_cannot_land_after_a_takeove
         .await
         .unwrap();
     // The destination holds cutover's first insert into shop.items (the copy's) for 25 s.
-    let armed = d
-        .database("admin")
-        .run_command(
-            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1},
-            "data": {"failCommands": ["insert"], "namespace": "shop.items", "appName": "cutover",
-                     "blockConnection": true, "blockTimeMS": BLOCK.as_millis() as i64}},
-        )
-        .await
-        .expect("configureFailPoint (mongod runs with enableTestCommands=1)");
-    let entered = match armed.get("count") {
-        Some(Bson::Int32(n)) => i64::from(*n),
-        Some(Bson::Int64(n)) => *n,
-        _ => 0,
-    };
+    let entered = hold_next(&d, "insert", "shop.items", BLOCK).await;
     let (_d, plan) = write_plan(&plan_text("fenced-copy", MANUAL));
     let plan = plan.to_str().unwrap().to_string();
     let env = env_of(&src, &dst, &[("CUTOVER_LEASE_TTL", "4s".into())]);
     let first = spawn_cutover(&["run", &plan], &refs(&env));
-    d.database("admin")
-        .run_command(
-            doc! {"waitForFailPoint": "failCommand", "timesEntered": entered + 1,
-            "maxTimeMS": 120_000},
-        )
-        .await
-        .expect("the runner's copy insert never reached the destination");
+    wait_held(&d, entered, "the runner's copy insert").await;
     let blocked_at = Instant::now();
     signal(&first, "-STOP");
 
