@@ -378,6 +378,16 @@ async fn hold_next(d: &Client, command: &str, ns: &str, block: Duration) -> i64 
     }
 }
 
+/// Freezes `first` (SIGSTOP) past its 4 s TTL, then starts a second runner and waits until
+/// it holds the plan.
+async fn freeze_then_take_over(first: &Child, plan: &str, env: &[(&'static str, String)]) -> Child {
+    signal(first, "-STOP");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let second = spawn_cutover(&["run", plan], &refs(env));
+    taken_over_by(plan, env, second.id()).await;
+    second
+}
+
 /// Waits until the command [`hold_next`] armed for is held.
 async fn wait_held(d: &Client, entered: i64, what: &str) {
     d.database("admin")
@@ -425,13 +435,8 @@ async fn a_write_sent_before_the_lease_ran_out_cannot_land_after_a_takeover() {
         .unwrap();
     wait_held(&d, entered, "the runner's update").await;
     let blocked_at = Instant::now();
-    signal(&first, "-STOP");
-
-    // A second runner takes over once the TTL has passed, and applies a later update.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let second = spawn_cutover(&["run", &plan], &refs(&env));
-    let second_pid = second.id();
-    taken_over_by(&plan, &env, second_pid).await;
+    // A second runner takes over and applies a later update.
+    let second = freeze_then_take_over(&first, &plan, &env).await;
     orders
         .update_one(doc! {"_id": 1}, doc! {"$set": {"v": "fresh"}})
         .await
@@ -503,14 +508,9 @@ async fn a_copy_insert_sent_before_the_lease_ran_out_cannot_land_after_a_takeove
     let first = spawn_cutover(&["run", &plan], &refs(&env));
     wait_held(&d, entered, "the runner's copy insert").await;
     let blocked_at = Instant::now();
-    signal(&first, "-STOP");
-
-    // A second runner takes over once the TTL has passed, copies shop.items again and
-    // applies a later delete of a document of the held insert.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let second = spawn_cutover(&["run", &plan], &refs(&env));
-    let second_pid = second.id();
-    taken_over_by(&plan, &env, second_pid).await;
+    // A second runner takes over, copies shop.items again and applies a later delete of a
+    // document of the held insert.
+    let second = freeze_then_take_over(&first, &plan, &env).await;
     let dest_items = d.database("shop").collection::<Document>("items");
     let start = Instant::now();
     while dest_items.count_documents(doc! {}).await.unwrap() < 3000 {
