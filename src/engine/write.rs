@@ -855,8 +855,12 @@ fn merge_statements(kind: Kind, stmts: &[RawDocumentBuf]) -> Option<Vec<RawDocum
             }
             let flush = |run: Option<Run<'_>>, out: &mut Vec<RawDocumentBuf>| {
                 let Some(run) = run else { return };
-                if run.sts.len() == 1 {
-                    out.push(run.sts[0].clone());
+                // A per-document merge pairs `sets[i]` with `ids[i]`: only when every
+                // statement brought its `$set` (the join rule ensures it; checked, since a
+                // shifted pairing would write one document's values into another).
+                let paired = run.same.is_some() || run.sets.len() == run.ids.len();
+                if run.sts.len() == 1 || !paired {
+                    out.extend(run.sts.iter().map(|st| (*st).clone()));
                     return;
                 }
                 let mut d = RawDocumentBuf::new();

@@ -15,64 +15,92 @@ use crate::plan::Step;
 /// source unique index must exist identically on the destination (key, collation, partial
 /// filter; during the sync the destination's copy is non-unique on purpose).
 ///
-/// While a lane replicates (after `sync` or `reverse`, before their commit), the source's
-/// unique indexes are listed first, then the step waits until the lane has applied every
-/// source write up to the source's time after that listing (a re-run resumes the lane), and
-/// only then reads the destination: a unique index created just before the step is on the
-/// destination when it is compared. The application's DDL goes on meanwhile, so an index
-/// dropped or changed on the source between the two reads can look missing or different: a
-/// problem must be seen in every one of up to [`ATTEMPTS`] comparisons to stop the plan, and
-/// one comparison without problems ends the step.
+/// The formats are read once, on every member. While a lane replicates (after `sync` or
+/// `reverse`, before their commit), the source's unique indexes are listed first, then the
+/// step waits until the lane has applied every source write up to the source's time after
+/// that listing (a re-run resumes the lane), and only then reads the destination: a unique
+/// index created just before the step is on the destination when it is compared. The
+/// application's DDL goes on meanwhile, so an index dropped or changed on the source between
+/// the two reads can look missing or different: a comparison problem must be seen in every
+/// one of up to [`ATTEMPTS`] comparisons to stop the plan, and one comparison without
+/// problems ends them.
 pub async fn validate_indexes(ctx: &mut Ctx, i: usize) -> Result<Option<String>, EngineError> {
+    let selector = ctx.plan.selector.clone();
+    let formats = crate::index_format::check_unique_index_formats(&ctx.plan.source, &selector)
+        .await
+        .map_err(cluster_err)?;
     let mut persistent: Option<Vec<String>> = None;
-    let mut findings_seen = 0;
+    let mut compared = 0;
     for attempt in 1..=ATTEMPTS {
-        let problems = compare_once(ctx, i, &mut findings_seen).await?;
+        let findings = compare_once(ctx, i, &selector).await?;
+        compared = findings.len();
         let still: Vec<String> = match persistent {
-            None => problems,
-            Some(before) => problems
+            None => problems(&findings),
+            Some(before) => problems(&findings)
                 .into_iter()
                 .filter(|p| before.contains(p))
                 .collect(),
         };
-        if still.is_empty() {
-            return Ok(Some(format!(
-                "{findings_seen} unique-index findings, none blocking"
-            )));
+        let done = still.is_empty();
+        persistent = Some(still);
+        if done {
+            break;
         }
         if attempt < ATTEMPTS {
             tracing::info!(
-                problems = still.len(),
                 attempt,
-                "unique-index problems found; comparing again in case the application's DDL raced the listing"
+                "unique-index differences found; comparing again in case the application's DDL raced the listing"
             );
             tokio::time::sleep(RECHECK_PAUSE).await;
         }
-        persistent = Some(still);
     }
-    let problems = persistent.unwrap_or_default();
+    let compare_problems = persistent.unwrap_or_default();
+    let mut all = problems(&formats);
+    all.extend(compare_problems.iter().cloned());
+    if all.is_empty() {
+        return Ok(Some(format!(
+            "{} unique-index findings, none blocking",
+            formats.len() + compared
+        )));
+    }
+    let seen = if compare_problems.is_empty() {
+        String::new()
+    } else {
+        format!(" (the destination's, seen in each of {ATTEMPTS} comparisons)")
+    };
     Err(EngineError::Event(format!(
-        "{} unique index problem(s), seen in each of {ATTEMPTS} comparisons: {}",
-        problems.len(),
-        problems.join("; ")
+        "{} unique index problem(s){seen}: {}",
+        all.len(),
+        all.join("; ")
     )))
 }
 
-/// How many comparisons a unique-index problem must survive to stop the plan.
+/// How many comparisons a unique-index difference must survive to stop the plan.
 const ATTEMPTS: usize = 3;
 /// The pause between two comparisons.
 const RECHECK_PAUSE: Duration = Duration::from_secs(1);
 
-/// One comparison: the problems found, each with its fix.
+fn cluster_err(e: crate::cluster::ClusterError) -> EngineError {
+    EngineError::Event(e.to_string())
+}
+
+/// The blocking findings, each with its fix.
+fn problems(findings: &[crate::index_format::IndexFinding]) -> Vec<String> {
+    findings
+        .iter()
+        .filter(|f| f.is_problem())
+        .map(|f| format!("{f} (fix: {})", f.fix()))
+        .collect()
+}
+
+/// One comparison of the source's unique indexes with the destination's (see above).
 async fn compare_once(
     ctx: &mut Ctx,
     i: usize,
-    findings_seen: &mut usize,
-) -> Result<Vec<String>, EngineError> {
-    let selector = ctx.plan.selector.clone();
-    let cluster_err = |e: crate::cluster::ClusterError| EngineError::Event(e.to_string());
+    selector: &crate::plan::NamespaceSelector,
+) -> Result<Vec<crate::index_format::IndexFinding>, EngineError> {
     let source_indexes =
-        crate::index_format::SourceUniqueIndexes::list(&ctx.source.client, &selector)
+        crate::index_format::SourceUniqueIndexes::list(&ctx.source.client, selector)
             .await
             .map_err(cluster_err)?;
     crate::crashpoint::pause("validate-indexes.listed").await;
@@ -88,21 +116,10 @@ async fn compare_once(
         let lane = ctx.ensure_lane(direction, start_at);
         lane.wait_applied(now, Some(VALIDATE_WAIT)).await?;
     }
-    let mut findings = crate::index_format::check_unique_index_formats(&ctx.plan.source, &selector)
+    source_indexes
+        .compare_with(&ctx.destination.client)
         .await
-        .map_err(cluster_err)?;
-    findings.extend(
-        source_indexes
-            .compare_with(&ctx.destination.client)
-            .await
-            .map_err(cluster_err)?,
-    );
-    *findings_seen = findings.len();
-    Ok(findings
-        .iter()
-        .filter(|f| f.is_problem())
-        .map(|f| format!("{f} (fix: {})", f.fix()))
-        .collect())
+        .map_err(cluster_err)
 }
 
 /// How long `validate-indexes` waits for replication to catch up before it fails.

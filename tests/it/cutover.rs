@@ -465,7 +465,11 @@ async fn validate_indexes_tolerates_ddl_racing_the_comparison() {
     ));
     paused.push(("CUTOVER_TEST_PAUSE_DIR", dir.path().display().to_string()));
     let mut child = spawn_cutover(&["run", &plan], &refs(&paused));
-    // The step has listed the source's unique indexes (name_1 among them): drop it.
+    // The format check has listed the collections (shop.gone among them): drop it.
+    wait_pause_file(&dir.path().join("index-formats.listed.reached"), &mut child).await;
+    shop.collection::<Document>("gone").drop().await.unwrap();
+    std::fs::write(dir.path().join("index-formats.listed.go"), b"").unwrap();
+    // The comparison has listed the source's unique indexes (name_1 among them): drop it.
     wait_pause_file(
         &dir.path().join("validate-indexes.listed.reached"),
         &mut child,
@@ -475,10 +479,6 @@ async fn validate_indexes_tolerates_ddl_racing_the_comparison() {
         .await
         .unwrap();
     std::fs::write(dir.path().join("validate-indexes.listed.go"), b"").unwrap();
-    // The format check has listed the collections (shop.gone among them): drop it.
-    wait_pause_file(&dir.path().join("index-formats.listed.reached"), &mut child).await;
-    shop.collection::<Document>("gone").drop().await.unwrap();
-    std::fs::write(dir.path().join("index-formats.listed.go"), b"").unwrap();
 
     let o = finish_child(child).await;
     assert_eq!(

@@ -388,6 +388,22 @@ async fn freeze_then_take_over(first: &Child, plan: &str, env: &[(&'static str, 
     second
 }
 
+/// Kills the frozen first runner, approves the commit and waits for the second runner to
+/// finish it.
+async fn kill_frozen_then_commit(
+    first: Child,
+    second: Child,
+    plan: &str,
+    env: &[(&'static str, String)],
+) {
+    signal(&first, "-KILL");
+    let _ = wait_exit(first, Duration::from_secs(10), "the frozen runner").await;
+    let o = run_cutover(&["approve", plan], &refs(env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = wait_exit(second, Duration::from_secs(120), "the second runner").await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+}
+
 /// Waits until the command [`hold_next`] armed for is held.
 async fn wait_held(d: &Client, entered: i64, what: &str) {
     d.database("admin")
@@ -474,12 +490,7 @@ async fn a_write_sent_before_the_lease_ran_out_cannot_land_after_a_takeover() {
         "the frozen runner's update landed after the takeover: {v}"
     );
 
-    signal(&first, "-KILL");
-    let _ = wait_exit(first, Duration::from_secs(10), "the frozen runner").await;
-    let o = run_cutover(&["approve", &plan], &refs(&env));
-    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let o = wait_exit(second, Duration::from_secs(120), "the second runner").await;
-    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    kill_frozen_then_commit(first, second, &plan, &env).await;
     assert_same_data(&s, &d, STATE_DB).await;
 }
 
@@ -550,12 +561,7 @@ async fn a_copy_insert_sent_before_the_lease_ran_out_cannot_land_after_a_takeove
         "the frozen runner's copy insert landed after the takeover: {back:?}"
     );
 
-    signal(&first, "-KILL");
-    let _ = wait_exit(first, Duration::from_secs(10), "the frozen runner").await;
-    let o = run_cutover(&["approve", &plan], &refs(&env));
-    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let o = wait_exit(second, Duration::from_secs(120), "the second runner").await;
-    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    kill_frozen_then_commit(first, second, &plan, &env).await;
     assert_same_data(&s, &d, STATE_DB).await;
 }
 
