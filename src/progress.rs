@@ -15,6 +15,15 @@ pub struct Progress {
     pub collections_total: AtomicU64,
     pub collections_done: AtomicU64,
     pub events_applied: AtomicU64,
+    /// Change events applied while the copy ran (part of `events_applied`).
+    pub events_applied_during_copy: AtomicU64,
+    /// Change events dropped during the copy because their range's read saw them.
+    pub events_dropped_during_copy: AtomicU64,
+    /// Change events held until their range's copy is durable, and their bytes (with
+    /// events deferred behind a DDL event waiting for a collection's copy).
+    pub held_events: AtomicU64,
+    pub held_bytes: AtomicU64,
+    pub held_peak_bytes: AtomicU64,
     /// Milliseconds behind the source; -1 while unknown (before change application starts).
     pub lag_ms: AtomicI64,
     pub copy_done: AtomicBool,

@@ -128,6 +128,63 @@ fn stream_error(ctx: &ApplyCtx, e: &mongodb::error::Error, start: &StartPoint) -
     read_err(ctx.direction.source_name(), "reading the change stream", e)
 }
 
+/// A change-stream batch, owned: a batch read while a DDL event waits for a collection's
+/// copy is kept and processed later (see [`gate`](crate::engine::gate)).
+struct Batch {
+    events: Vec<RawDocumentBuf>,
+    pbrt: Option<RawDocumentBuf>,
+    bytes: u64,
+}
+
+impl Batch {
+    fn from_raw(raw: &RawBatch) -> Result<Self, mongodb::error::Error> {
+        let pbrt = raw
+            .as_raw_document()
+            .get_document("cursor")
+            .ok()
+            .and_then(|c| c.get_document("postBatchResumeToken").ok())
+            .map(|t| t.to_raw_document_buf());
+        let mut events = Vec::new();
+        let mut bytes = 0u64;
+        for ev in raw.doc_slices()? {
+            let ev = ev?;
+            if let Some(d) = ev.as_document() {
+                bytes += d.as_bytes().len() as u64;
+                events.push(d.to_raw_document_buf());
+            }
+        }
+        Ok(Batch {
+            events,
+            pbrt,
+            bytes,
+        })
+    }
+}
+
+/// Bytes of change events held for ranges being copied, plus batches deferred behind a DDL
+/// event, above which the lane stops reading the stream until ranges finish (the lag then
+/// grows: `status` shows it).
+const HELD_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// The DDL events that move or remove a namespace: they wait until the copy of every
+/// collection they touch is complete (the copy writes under the names it planned).
+fn ddl_waits_for(ev: &RawDocument) -> Option<Vec<crate::namespace::Namespace>> {
+    use crate::namespace::Namespace;
+    let op = ev.get_str("operationType").ok()?;
+    if !matches!(op, "rename" | "drop" | "dropDatabase") {
+        return None;
+    }
+    let ns = ev.get_document("ns").ok()?;
+    let db = ns.get_str("db").ok()?;
+    let mut out = vec![Namespace::new(db, ns.get_str("coll").unwrap_or(""))];
+    if let Ok(to) = ev.get_document("to") {
+        if let Some(t) = Namespace::from_event_ns(to) {
+            out.push(t);
+        }
+    }
+    Some(out)
+}
+
 async fn run_stream(
     ctx: &ApplyCtx,
     start: &mut StartPoint,
@@ -138,138 +195,316 @@ async fn run_stream(
     *opened = true;
     ctx.progress.set_reconnecting(None);
     let mut ahead = Prefetch::start(cursor, ctx.progress.clone());
-    loop {
+    // Batches read while a DDL event waits for a collection's copy; the first one starts
+    // with that event.
+    let mut deferred: std::collections::VecDeque<Batch> = std::collections::VecDeque::new();
+    let mut deferred_bytes = 0u64;
+    let mut over_limit_logged = false;
+    let result = loop {
         if *control.borrow() == Control::Stop {
-            return Ok(());
+            break Ok(());
+        }
+        if let Some(g) = &ctx.gate {
+            if let Some(e) = g.take_failure() {
+                break Err(e);
+            }
+            // Ranges whose copy is durable: their held events first, before any later one.
+            if let Err(e) = release(ctx, g).await {
+                break Err(e);
+            }
         }
         // A safe boundary: the last round is applied and its resume token stored. A pause
-        // stops reading (the read-ahead batch is dropped and read again from the token).
+        // stops reading (the read-ahead and deferred batches are dropped and read again from
+        // the token).
         if crate::pause::is_paused() && *control.borrow() == Control::Run {
             drop(ahead);
-            if !crate::pause::hold_apply(&ctx.progress, control).await {
-                return Ok(());
-            }
-            ahead = Prefetch::start(open(ctx, start).await?, ctx.progress.clone());
-        }
-        let batch = match ahead.next().await {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                return Err(EngineError::Event(
-                    "the source closed the change stream".into(),
-                ))
-            }
-            Err(e) => return Err(stream_error(ctx, &e, start)),
-        };
-        let pbrt = batch
-            .as_raw_document()
-            .get_document("cursor")
-            .ok()
-            .and_then(|c| c.get_document("postBatchResumeToken").ok())
-            .map(|t| t.to_raw_document_buf());
-        let events = batch
-            .doc_slices()
-            .map_err(|e| stream_error(ctx, &e, start))?;
-        let mut round: Vec<RawDocumentBuf> = Vec::new();
-        let mut applied = 0u64;
-        // Events applied since the last checkpoint of the resume token.
-        let mut unpersisted = 0u64;
-        let mut last_wall: Option<i64> = None;
-        let mut idle = true;
-        // The last event's resume token and time (see `applied_through`).
-        let mut last_event: Option<(RawDocumentBuf, Timestamp)> = None;
-        for ev in events {
-            let ev = ev.map_err(|e| EngineError::Event(format!("malformed change event: {e}")))?;
-            let Some(ev) = ev.as_document() else { continue };
-            idle = false;
+            deferred.clear();
             ctx.progress
-                .stats
-                .events_read
-                .fetch_add(1, Ordering::Relaxed);
-            if let Ok(w) = ev.get_datetime("wallTime") {
-                last_wall = Some(w.timestamp_millis());
+                .held_bytes
+                .fetch_sub(deferred_bytes, Ordering::Relaxed);
+            deferred_bytes = 0;
+            if !crate::pause::hold_apply(&ctx.progress, control).await {
+                break Ok(());
             }
-            if let (Ok(id), Ok(ts)) = (ev.get_document("_id"), ev.get_timestamp("clusterTime")) {
-                last_event = Some((id.to_raw_document_buf(), ts));
+            ahead = match open(ctx, start).await {
+                Ok(c) => Prefetch::start(c, ctx.progress.clone()),
+                Err(e) => break Err(e),
+            };
+        }
+        let waiting = deferred.front().and_then(|b| {
+            let ev = b.events.first()?;
+            let nss = ddl_waits_for(ev)?;
+            let g = ctx.gate.as_ref()?;
+            (!g.ddl_ready(&nss)).then_some(())
+        });
+        let held = ctx.progress.held_bytes.load(Ordering::Relaxed);
+        let batch = if deferred.front().is_some() && waiting.is_none() {
+            let b = deferred.pop_front().expect("checked");
+            deferred_bytes -= b.bytes;
+            ctx.progress
+                .held_bytes
+                .fetch_sub(b.bytes, Ordering::Relaxed);
+            b
+        } else if held >= HELD_BYTES_LIMIT {
+            if !over_limit_logged {
+                tracing::warn!(
+                    held_mb = held / (1024 * 1024),
+                    "Holding the change events of ranges being copied at the limit: reading \
+                     the change stream waits until those ranges are copied."
+                );
+                over_limit_logged = true;
             }
-            applied += 1;
-            if is_crud(ev) {
-                // A namespace being resynced: its events are held and replayed after the swap.
-                if !crate::engine::resync::hold(&ctx.lane, ev) {
-                    round.push(ev.to_raw_document_buf());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        } else {
+            over_limit_logged = false;
+            let raw = match ahead.next().await {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    break Err(EngineError::Event(
+                        "the source closed the change stream".into(),
+                    ))
                 }
-                unpersisted += 1;
-            } else {
-                // DDL is a barrier: everything before it first. Checkpoints on both sides of
-                // it: a replay (crash, or a retry after an error) never re-applies writes
-                // from before a DDL event after that event; inserts replayed into a renamed
-                // collection would re-create its old name as a stub, which the replayed
-                // `rename ... dropTarget` would then put in place of the real collection.
+                Err(e) => break Err(stream_error(ctx, &e, start)),
+            };
+            let b = match Batch::from_raw(&raw) {
+                Ok(b) => b,
+                Err(e) => break Err(stream_error(ctx, &e, start)),
+            };
+            if waiting.is_some() || !deferred.is_empty() {
+                // Still waiting for a collection's copy: keep reading, apply later.
+                deferred_bytes += b.bytes;
+                let now = ctx
+                    .progress
+                    .held_bytes
+                    .fetch_add(b.bytes, Ordering::Relaxed)
+                    + b.bytes;
+                ctx.progress
+                    .held_peak_bytes
+                    .fetch_max(now, Ordering::Relaxed);
+                deferred.push_back(b);
+                continue;
+            }
+            b
+        };
+        match process(ctx, start, control, batch).await {
+            Ok(Step::Next) => {}
+            Ok(Step::Defer(rest)) => {
+                deferred_bytes += rest.bytes;
+                ctx.progress
+                    .held_bytes
+                    .fetch_add(rest.bytes, Ordering::Relaxed);
+                deferred.push_front(rest);
+            }
+            Ok(Step::Drained) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    if deferred_bytes > 0 {
+        ctx.progress
+            .held_bytes
+            .fetch_sub(deferred_bytes, Ordering::Relaxed);
+    }
+    result
+}
+
+/// Applies the held events of ranges whose copy is durable.
+async fn release(ctx: &ApplyCtx, g: &crate::engine::gate::Gate) -> Result<(), EngineError> {
+    let r = g.release();
+    if r.events.is_empty() {
+        return Ok(());
+    }
+    let n = r.events.len() as u64;
+    tracing::debug!(
+        events = n,
+        ranges = r.ranges,
+        "Applying the change events held for copied ranges."
+    );
+    apply_round(ctx, r.events).await?;
+    ctx.progress
+        .events_applied_during_copy
+        .fetch_add(n, Ordering::Relaxed);
+    Ok(())
+}
+
+enum Step {
+    Next,
+    /// A DDL event waits for a collection's copy: this batch from that event on.
+    Defer(Batch),
+    /// The drain target is reached.
+    Drained,
+}
+
+async fn process(
+    ctx: &ApplyCtx,
+    start: &mut StartPoint,
+    control: &mut watch::Receiver<Control>,
+    batch: Batch,
+) -> Result<Step, EngineError> {
+    use crate::engine::gate::Route;
+    let gate = ctx.gate.as_ref().filter(|g| !g.drained());
+    let Batch { events, pbrt, .. } = batch;
+    let mut round: Vec<RawDocumentBuf> = Vec::new();
+    let mut applied = 0u64;
+    let mut during_copy = 0u64;
+    // Events applied since the last checkpoint of the resume token.
+    let mut unpersisted = 0u64;
+    let mut last_wall: Option<i64> = None;
+    let mut idle = true;
+    // The last event's resume token and time (see `applied_through`).
+    let mut last_event: Option<(RawDocumentBuf, Timestamp)> = None;
+    let mut events = events.into_iter();
+    while let Some(ev) = events.next() {
+        if let (Some(g), Some(nss)) = (gate, ddl_waits_for(&ev)) {
+            if !g.ddl_ready(&nss) {
+                // Everything before it first, its checkpoint stored; the rest waits.
                 let before = round.last().and_then(|e| event_token(e));
                 apply_round(ctx, std::mem::take(&mut round)).await?;
                 if let Some(tok) = before {
                     persist(ctx, &tok, None, unpersisted).await?;
                     *start = StartPoint::Token(tok);
-                    unpersisted = 0;
                 }
-                crate::engine::resync::before_ddl(ctx, ev).await?;
-                apply_ddl(ctx, ev).await?;
-                crate::crashpoint::hit("apply.ddl-applied", None);
-                unpersisted += 1;
-                if let Some(tok) = event_token(ev) {
-                    persist(ctx, &tok, None, unpersisted).await?;
-                    *start = StartPoint::Token(tok);
-                    unpersisted = 0;
-                }
+                ctx.progress
+                    .events_applied
+                    .fetch_add(applied, Ordering::Relaxed);
+                tracing::info!(
+                    event = %ev.get_str("operationType").unwrap_or("?"),
+                    "A DDL event waits for the copy of the collections it changes; their ranges \
+                     are copied first, and the change stream is read on meanwhile."
+                );
+                let mut rest = vec![ev];
+                rest.extend(events);
+                let bytes = rest.iter().map(|e| e.as_bytes().len() as u64).sum();
+                return Ok(Step::Defer(Batch {
+                    events: rest,
+                    pbrt,
+                    bytes,
+                }));
             }
         }
-        apply_round(ctx, round).await?;
-        let Some(token) = pbrt else {
-            return Err(EngineError::Event(
-                "the change stream batch has no postBatchResumeToken".into(),
-            ));
-        };
-        let pos = applied_through(&token, last_event.as_ref());
-        let token: Document = token
-            .to_document()
-            .map_err(|e| EngineError::Event(e.to_string()))?;
-        let persisting = Instant::now();
-        persist(ctx, &token, pos, unpersisted).await?;
+        let ev: &RawDocument = &ev;
+        idle = false;
         ctx.progress
             .stats
-            .add_busy(Stage::DestinationWrite, persisting.elapsed());
-        *start = StartPoint::Token(token);
-        ctx.progress
-            .events_applied
-            .fetch_add(applied, Ordering::Relaxed);
-        let lag_ms = if idle {
-            0
-        } else {
-            last_wall.map_or(0, |w| (now_millis() - w).max(0))
-        };
-        ctx.progress.lag_ms.store(lag_ms, Ordering::Relaxed);
-        let copy_done = ctx.progress.copy_done.load(Ordering::Relaxed);
-        ctx.progress.can_commit.store(
-            copy_done
-                && lag_ms <= ctx.max_lag.as_millis() as i64
-                && crate::engine::resync::allows_commit(&ctx.lane),
-            Ordering::Relaxed,
-        );
-        if let Some(p) = pos {
-            ctx.position.send_replace(Some(p));
-            // Between batches: everything up to `p` applied, nothing after it.
-            crate::engine::repair::serve(ctx, p).await?;
-            let now = *control.borrow();
-            crate::engine::resync::serve(ctx, p, now).await?;
+            .events_read
+            .fetch_add(1, Ordering::Relaxed);
+        if let Ok(w) = ev.get_datetime("wallTime") {
+            last_wall = Some(w.timestamp_millis());
         }
-        if let Control::DrainTo(target) = *control.borrow() {
-            if applied > 0 {
-                crate::crashpoint::hit("apply.drain-round", None);
+        if let (Ok(id), Ok(ts)) = (ev.get_document("_id"), ev.get_timestamp("clusterTime")) {
+            last_event = Some((id.to_raw_document_buf(), ts));
+        }
+        applied += 1;
+        if is_crud(ev) {
+            // A namespace being resynced: its events are held and replayed after the swap.
+            if !crate::engine::resync::hold(&ctx.lane, ev) {
+                let route = match gate {
+                    Some(g) => g.route(
+                        ev.get_document("ns")
+                            .ok()
+                            .and_then(crate::namespace::Namespace::from_event_ns)
+                            .as_ref(),
+                        ev,
+                    ),
+                    None => Route::Apply,
+                };
+                match route {
+                    Route::Apply => {
+                        if gate.is_some() {
+                            during_copy += 1;
+                        }
+                        round.push(ev.to_raw_document_buf());
+                    }
+                    Route::Drop => {
+                        ctx.progress
+                            .events_dropped_during_copy
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Route::Held => {}
+                }
             }
-            if pos.is_some_and(|p| p >= target) {
-                return Ok(());
+            unpersisted += 1;
+        } else {
+            // DDL is a barrier: everything before it first. Checkpoints on both sides of
+            // it: a replay (crash, or a retry after an error) never re-applies writes
+            // from before a DDL event after that event; inserts replayed into a renamed
+            // collection would re-create its old name as a stub, which the replayed
+            // `rename ... dropTarget` would then put in place of the real collection.
+            let before = round.last().and_then(|e| event_token(e));
+            apply_round(ctx, std::mem::take(&mut round)).await?;
+            if let Some(tok) = before {
+                persist(ctx, &tok, None, unpersisted).await?;
+                *start = StartPoint::Token(tok);
+                unpersisted = 0;
+            }
+            crate::engine::resync::before_ddl(ctx, ev).await?;
+            apply_ddl(ctx, ev).await?;
+            crate::crashpoint::hit("apply.ddl-applied", None);
+            unpersisted += 1;
+            if let Some(tok) = event_token(ev) {
+                if let (Some(g), Ok(ts)) = (gate, ev.get_timestamp("clusterTime")) {
+                    g.advance(ts, tok.clone());
+                }
+                persist(ctx, &tok, None, unpersisted).await?;
+                *start = StartPoint::Token(tok);
+                unpersisted = 0;
             }
         }
     }
+    apply_round(ctx, round).await?;
+    let Some(token) = pbrt else {
+        return Err(EngineError::Event(
+            "the change stream batch has no postBatchResumeToken".into(),
+        ));
+    };
+    let pos = applied_through(&token, last_event.as_ref());
+    let token: Document = token
+        .to_document()
+        .map_err(|e| EngineError::Event(e.to_string()))?;
+    if let (Some(g), Some(p)) = (gate, pos) {
+        g.advance(p, token.clone());
+    }
+    let persisting = Instant::now();
+    let pos = persist(ctx, &token, pos, unpersisted).await?;
+    ctx.progress
+        .stats
+        .add_busy(Stage::DestinationWrite, persisting.elapsed());
+    *start = StartPoint::Token(token);
+    ctx.progress
+        .events_applied
+        .fetch_add(applied, Ordering::Relaxed);
+    ctx.progress
+        .events_applied_during_copy
+        .fetch_add(during_copy, Ordering::Relaxed);
+    let lag_ms = if idle {
+        0
+    } else {
+        last_wall.map_or(0, |w| (now_millis() - w).max(0))
+    };
+    ctx.progress.lag_ms.store(lag_ms, Ordering::Relaxed);
+    let copy_done = ctx.progress.copy_done.load(Ordering::Relaxed);
+    ctx.progress.can_commit.store(
+        copy_done
+            && lag_ms <= ctx.max_lag.as_millis() as i64
+            && crate::engine::resync::allows_commit(&ctx.lane),
+        Ordering::Relaxed,
+    );
+    if let Some(p) = pos {
+        ctx.position.send_replace(Some(p));
+        // Between batches: everything up to `p` applied, nothing after it.
+        crate::engine::repair::serve(ctx, p).await?;
+        let now = *control.borrow();
+        crate::engine::resync::serve(ctx, p, now).await?;
+    }
+    if let Control::DrainTo(target) = *control.borrow() {
+        if applied > 0 {
+            crate::crashpoint::hit("apply.drain-round", None);
+        }
+        if pos.is_some_and(|p| p >= target) {
+            return Ok(Step::Drained);
+        }
+    }
+    Ok(Step::Next)
 }
 
 /// Reads the change stream one batch ahead of the applier, so the source prepares the next
@@ -344,15 +579,37 @@ fn is_crud(ev: &RawDocument) -> bool {
 }
 
 /// Stores the resume token (and, at the end of a batch, the position: a token in the middle
-/// of a batch may sit inside a transaction whose other events are not applied yet).
+/// of a batch may sit inside a transaction whose other events are not applied yet). While the
+/// copy holds events, the stored point never passes the opening of the oldest range holding
+/// them (see [`Gate::clamp`](crate::engine::gate::Gate::clamp)); returns the position stored.
 async fn persist(
     ctx: &ApplyCtx,
     token: &Document,
     pos: Option<Timestamp>,
     applied: u64,
-) -> Result<(), EngineError> {
-    let token = crate::engine::resync::durable_token(&ctx.lane, token);
-    let mut set = doc! {"updated": mongodb::bson::DateTime::now(), "resume_token": token};
+) -> Result<Option<Timestamp>, EngineError> {
+    let mut token = Some(token.clone());
+    let mut pos = pos;
+    if let Some((since, since_token)) = ctx.gate.as_ref().and_then(|g| g.clamp()) {
+        if pos.is_none_or(|p| p >= since) {
+            pos = pos.map(|_| before(since));
+        }
+        if token
+            .as_ref()
+            .and_then(token_time)
+            .is_none_or(|t| t >= since)
+        {
+            // No token before the copy's first event: the lane's start time stands.
+            token = since_token;
+        }
+    }
+    let mut set = doc! {"updated": mongodb::bson::DateTime::now()};
+    if let Some(t) = &token {
+        set.insert(
+            "resume_token",
+            crate::engine::resync::durable_token(&ctx.lane, t),
+        );
+    }
     if let Some(p) = pos {
         set.insert("position", p);
     }
@@ -363,7 +620,7 @@ async fn persist(
             doc! {"$set": set, "$inc": {"events_applied": applied as i64}},
         )
         .await?;
-    Ok(())
+    Ok(pos)
 }
 
 /// The source time up to which every event is applied once a batch ending with `token` (its

@@ -17,13 +17,14 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Binary, Bson, Document, RawArrayBuf, RawBsonRef, RawDocumentBuf};
 use mongodb::error::ErrorKind;
-use mongodb::options::{ReadConcern, WriteConcern};
+use mongodb::options::WriteConcern;
 use mongodb::Client;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::engine::catalog::{self, NsKind, NsSpec};
+use crate::engine::catalog::{self, NsKind, NsSpec, RelaxationStore};
 use crate::engine::error::{cluster_err, on, read_err, write_error, EngineError};
+use crate::engine::gate::{self, Gate, RangeInfo};
 use crate::engine::retry::RetryPolicy;
 use crate::namespace::Namespace;
 use crate::progress::Progress;
@@ -52,6 +53,12 @@ pub struct CopyCtx {
     pub retry: RetryPolicy,
     /// The lane's direction: errors name each cluster by its plan role.
     pub direction: Direction,
+    /// The copy gate shared with the change application while both run (see
+    /// [`gate`](crate::engine::gate)); `None` for copies run inside the change application.
+    pub gate: Option<Arc<Gate>>,
+    /// Build each collection's indexes as soon as its documents are copied (from the source's
+    /// catalog as it is then), with these relaxations.
+    pub after_copy: Option<Arc<RelaxationStore>>,
 }
 
 /// One `_id` range of one collection, as stored in the `partitions` collection.
@@ -71,6 +78,8 @@ struct Partition {
     min: Option<Bson>,
     max: Option<Bson>,
     last_id: Option<Bson>,
+    /// Recorded before the range's first read: on restart its held events start over.
+    started: bool,
 }
 
 /// How one pass over a range ended.
@@ -183,9 +192,11 @@ fn spec_from_record(d: &Document) -> Option<NsSpec> {
 /// durably on the destination.
 pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError> {
     let mut queue = VecDeque::new();
+    let mut running: FuturesUnordered<JoinHandle<Result<(), EngineError>>> =
+        FuturesUnordered::new();
     for spec in specs.iter().filter(|s| s.kind != NsKind::View) {
         // Idempotent (a crash or a retry between planning and its marker plans again).
-        let parts = ctx
+        let planned = ctx
             .retry
             .run(
                 &ctx.progress,
@@ -193,7 +204,24 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
                 || partitions_of(ctx, spec),
             )
             .await?;
-        queue.extend(parts);
+        let Some(planned) = planned else { continue };
+        if let Some(g) = &ctx.gate {
+            g.plan(&planned.ns, &planned.ranges);
+        }
+        let left = Arc::new(CollectionLeft {
+            spec: spec.clone(),
+            ranges: std::sync::atomic::AtomicUsize::new(planned.todo.len()),
+            indexed: planned.indexed,
+        });
+        if planned.todo.is_empty() {
+            // Copied before a restart (or empty): its indexes and readiness only.
+            let ctx = ctx.clone();
+            let left = left.clone();
+            running.push(tokio::spawn(
+                async move { collection_copied(&ctx, &left).await },
+            ));
+        }
+        queue.extend(planned.todo.into_iter().map(|p| (p, left.clone())));
     }
     let total = queue.len();
     tracing::info!(
@@ -201,8 +229,6 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
         collections = specs.len(),
         "Copying documents."
     );
-    let mut running: FuturesUnordered<JoinHandle<Result<(), EngineError>>> =
-        FuturesUnordered::new();
     loop {
         while running.len() < ctx.concurrency.max(1) {
             if crate::pause::is_paused() && !queue.is_empty() {
@@ -212,11 +238,28 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
                     break; // no new range while paused; the running ones stop at a checkpoint
                 }
             }
-            let Some(p) = queue.pop_front() else { break };
+            // A DDL event waits for some collections: their ranges first.
+            let wanted = ctx.gate.as_ref().and_then(|g| {
+                queue
+                    .iter()
+                    .position(|(p, _): &(Partition, Arc<CollectionLeft>)| g.wanted(&p.write_ns))
+            });
+            let next = match wanted {
+                Some(i) => queue.remove(i),
+                None => queue.pop_front(),
+            };
+            let Some((p, left)) = next else { break };
             let ctx = ctx.clone();
             let span = tracing::info_span!("range", ns = %p.write_ns, range = %p.id);
             running.push(tokio::spawn(
-                async move { copy_partition(&ctx, p).await }.instrument(span),
+                async move {
+                    copy_partition(&ctx, p).await?;
+                    if left.ranges.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        collection_copied(&ctx, &left).await?;
+                    }
+                    Ok(())
+                }
+                .instrument(span),
             ));
         }
         match running.next().await {
@@ -239,6 +282,134 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
     Ok(())
 }
 
+/// Registers with the gate every collection a previous run of this lane planned (one read of
+/// the range records), before any event is routed: a range it started may have written
+/// documents, so its events are held from the restart point.
+pub async fn register_planned(
+    ctx: &CopyCtx,
+    specs: &[NsSpec],
+    gate: &Gate,
+) -> Result<(), EngineError> {
+    let prefix = format!("^{}", regex::escape(&format!("{}/", ctx.lane)));
+    let records = ctx
+        .store
+        .find(
+            PARTITIONS,
+            doc! {"_id": {"$regex": &prefix}, "$or": [{"ns": {"$exists": true}}, {"ranges": {"$exists": true}}]},
+            Some(doc! {"_id": 1}),
+            None,
+        )
+        .await?;
+    let mut planned = std::collections::HashSet::new();
+    let mut ranges: std::collections::HashMap<String, Vec<RangeInfo>> = Default::default();
+    for d in &records {
+        let id = d.get_str("_id").unwrap_or_default();
+        match d.get_str("ns") {
+            Ok(ns) => ranges.entry(ns.to_string()).or_default().push(RangeInfo {
+                id: id.to_string(),
+                min: d.get("min").cloned(),
+                max: d.get("max").cloned(),
+                started: d.get_bool("started").unwrap_or(false) || d.get("last_id").is_some(),
+                done: d.get_bool("done").unwrap_or(false),
+            }),
+            Err(_) => {
+                if let Some(rest) = id
+                    .strip_prefix(&format!("{}/", ctx.lane))
+                    .and_then(|r| r.strip_suffix("/planned"))
+                {
+                    planned.insert(rest.to_string());
+                }
+            }
+        }
+    }
+    for target in specs.iter().filter_map(catalog::copy_target) {
+        let key = target.to_string();
+        if planned.contains(&key) {
+            gate.plan(&target, ranges.get(&key).map(Vec::as_slice).unwrap_or(&[]));
+        }
+    }
+    Ok(())
+}
+
+/// A collection's ranges still being copied; the last one to finish completes it.
+struct CollectionLeft {
+    spec: NsSpec,
+    ranges: std::sync::atomic::AtomicUsize,
+    indexed: bool,
+}
+
+/// Every range of a collection is copied: with `after_copy`, build its indexes as the source
+/// has them now (an index dropped or created during the copy was or will be replayed), record
+/// that they are built (a restart must not build them again from an older catalog after DDL
+/// was replayed), then tell the gate DDL on it may be applied.
+async fn collection_copied(ctx: &CopyCtx, left: &CollectionLeft) -> Result<(), EngineError> {
+    let Some(write_ns) = catalog::copy_target(&left.spec) else {
+        return Ok(());
+    };
+    if let (Some(relax), false) = (&ctx.after_copy, left.indexed) {
+        let what = format!("building the indexes of `{}`", left.spec.ns);
+        ctx.retry
+            .run(&ctx.progress, &what, || async {
+                let spec = current_spec(ctx, &left.spec).await?;
+                if let Some(spec) = spec {
+                    catalog::build_indexes(&ctx.dest, &spec, relax)
+                        .await
+                        .map_err(on(ctx.direction.destination_name()))?;
+                }
+                Ok(())
+            })
+            .await?;
+        let marker = format!("{}/{}/planned", ctx.lane, write_ns);
+        ctx.store
+            .update_one(
+                PARTITIONS,
+                doc! {"_id": &marker},
+                doc! {"$set": {"indexed": true}},
+            )
+            .await?;
+    }
+    ctx.progress
+        .collections_done
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(g) = &ctx.gate {
+        g.collection_ready(&write_ns);
+    }
+    Ok(())
+}
+
+/// `spec` with the indexes the source collection has now (found by UUID under its current
+/// name); `None` when it is gone (its drop event follows).
+async fn current_spec(ctx: &CopyCtx, spec: &NsSpec) -> Result<Option<NsSpec>, EngineError> {
+    let Some(target) = catalog::copy_target(spec) else {
+        return Ok(None);
+    };
+    let uuid = source_uuid(ctx, spec, &target).await?;
+    let read_ns = match &uuid {
+        Some(u) => match catalog::name_of_uuid(&ctx.source, &target.db, u)
+            .await
+            .map_err(on(ctx.direction.source_name()))?
+        {
+            Some(n) => Namespace::new(target.db.clone(), n),
+            None => return Ok(None),
+        },
+        None => target.clone(),
+    };
+    // Time-series: built from the listing (their index DDL arrives on the view).
+    if spec.kind != NsKind::Collection {
+        return Ok(Some(spec.clone()));
+    }
+    let view_ns = read_ns;
+    let now = catalog::spec_of(&ctx.source, &view_ns)
+        .await
+        .map_err(on(ctx.direction.source_name()))?;
+    Ok(now.map(|n| NsSpec {
+        ns: spec.ns.clone(),
+        kind: spec.kind,
+        info: spec.info.clone(),
+        indexes: n.indexes,
+    }))
+}
+
 /// The source UUID of the collection a spec copies (`info.uuid`; time-series: its buckets').
 async fn source_uuid(
     ctx: &CopyCtx,
@@ -255,10 +426,19 @@ async fn source_uuid(
         .map_err(on(ctx.direction.source_name()))
 }
 
-/// The ranges of one collection that still need copying, planning them on first use.
-async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, EngineError> {
+/// A collection's copy plan: every range (for the gate), the ones still to copy, and
+/// whether its indexes were built after its copy.
+struct Planned {
+    ns: Namespace,
+    ranges: Vec<RangeInfo>,
+    todo: Vec<Partition>,
+    indexed: bool,
+}
+
+/// The ranges of one collection, planning them on first use.
+async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Option<Planned>, EngineError> {
     let Some(write_ns) = catalog::copy_target(spec) else {
-        return Ok(Vec::new()); // a view: no documents
+        return Ok(None); // a view: no documents
     };
     let prefix = format!("{}/{}/", ctx.lane, write_ns);
     let marker = format!("{prefix}planned");
@@ -291,7 +471,9 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, E
             let bounds = match &read_ns {
                 // Gone since it was listed: its drop (or cross-database rename) events follow.
                 None => vec![],
-                Some(_) if natural => vec![None, None],
+                // One range: the gate places an event's `_id` in a range by comparing it
+                // with the bounds in BSON order, which a non-simple collation changes.
+                Some(_) if natural || collated(spec) => vec![None, None],
                 Some(ns) => split_points(ctx, ns).await?,
             };
             let mut docs = Vec::new();
@@ -325,28 +507,61 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Vec<Partition>, E
             uuid
         }
     };
-    let mut out = Vec::new();
+    let indexed = match &planned {
+        Some(m) => m.get_bool("indexed").unwrap_or(false),
+        None => false,
+    };
+    let mut todo = Vec::new();
+    let mut ranges = Vec::new();
     let records = ctx
         .store
         .find(
             PARTITIONS,
-            doc! {"_id": {"$regex": format!("^{}\\d", regex::escape(&prefix))}, "done": false},
+            doc! {"_id": {"$regex": format!("^{}\\d", regex::escape(&prefix))}},
             Some(doc! {"_id": 1}),
             None,
         )
         .await?;
     for d in records {
-        out.push(Partition {
-            id: d.get_str("_id").unwrap_or_default().to_string(),
-            write_ns: write_ns.clone(),
-            uuid: uuid.clone(),
-            natural: d.get_bool("natural").unwrap_or(false),
+        let id = d.get_str("_id").unwrap_or_default().to_string();
+        let done = d.get_bool("done").unwrap_or(false);
+        let started = d.get_bool("started").unwrap_or(false) || d.get("last_id").is_some();
+        ranges.push(RangeInfo {
+            id: id.clone(),
             min: d.get("min").cloned(),
             max: d.get("max").cloned(),
-            last_id: d.get("last_id").cloned(),
+            started,
+            done,
         });
+        if !done {
+            todo.push(Partition {
+                id,
+                write_ns: write_ns.clone(),
+                uuid: uuid.clone(),
+                natural: d.get_bool("natural").unwrap_or(false),
+                min: d.get("min").cloned(),
+                max: d.get("max").cloned(),
+                last_id: d.get("last_id").cloned(),
+                started,
+            });
+        }
     }
-    Ok(out)
+    Ok(Some(Planned {
+        ns: write_ns,
+        ranges,
+        todo,
+        indexed,
+    }))
+}
+
+/// A non-simple default collation (strings in `_id`s compare by it).
+fn collated(spec: &NsSpec) -> bool {
+    spec.info
+        .get_document("options")
+        .ok()
+        .and_then(|o| o.get_document("collation").ok())
+        .and_then(|c| c.get_str("locale").ok())
+        .is_some_and(|l| l != "simple")
 }
 
 fn needs_natural_order(spec: &NsSpec) -> bool {
@@ -381,7 +596,7 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
     let mut bounds = vec![None];
     for (i, d) in sample.iter().enumerate() {
         if i > 0 && i % oversample as usize == 0 {
-            if let Some(id) = d.get("_id") {
+            if let Some(id) = d.get("_id").filter(|id| !gate::inexact_bound(id)) {
                 if bounds.last().and_then(|b: &Option<Bson>| b.as_ref()) != Some(id) {
                     bounds.push(Some(id.clone()));
                 }
@@ -395,6 +610,18 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
 async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineError> {
     let mut backoff = ctx.retry.backoff();
     let mut moves = 0u32;
+    if ctx.gate.is_some() && !p.started {
+        // Before the first read: a restart holds this range's events again (it may have
+        // written documents by then).
+        ctx.store
+            .update_one(
+                PARTITIONS,
+                doc! {"_id": &p.id},
+                doc! {"$set": {"started": true}},
+            )
+            .await?;
+        p.started = true;
+    }
     // Each attempt resumes after the last durable `_id`; transient failures retry with
     // backoff until the retry timeout.
     loop {
@@ -445,6 +672,9 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
             doc! {"$set": {"done": true}},
         )
         .await?;
+    if let Some(g) = &ctx.gate {
+        g.finish(&p.write_ns, &p.id);
+    }
     Ok(())
 }
 
@@ -481,10 +711,6 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     if read_ns != p.write_ns {
         tracing::debug!(from = %p.write_ns, to = %read_ns, "copying a renamed collection under its new name");
     }
-    let src = ctx
-        .source
-        .database(&read_ns.db)
-        .collection::<RawDocumentBuf>(&read_ns.coll);
     let dst = ctx
         .dest
         .database(&p.write_ns.db)
@@ -497,7 +723,15 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     // `batchSize: 0`: the cursor is opened without reading, then the name is checked to still
     // be this UUID. A rename or drop after that kills the cursor, so no document of another
     // collection that took the name can be read.
-    let mut find = doc! {"find": &read_ns.coll, "filter": {}, "batchSize": 0, "readConcern": {"level": "majority"}};
+    // With the gate: the read sees every event the gate dropped for this range (see
+    // `gate.rs`), whatever member answers.
+    let read_concern = match &ctx.gate {
+        Some(g) => {
+            doc! {"level": "majority", "afterClusterTime": g.open(&p.write_ns, &p.id)}
+        }
+        None => doc! {"level": "majority"},
+    };
+    let mut find = doc! {"find": &read_ns.coll, "filter": {}, "batchSize": 0, "readConcern": read_concern.clone()};
     if p.natural {
         find.insert("hint", doc! {"$natural": 1});
     } else {
@@ -621,10 +855,22 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     if !moved && !p.natural && p.max.is_none() && (p.last_id.is_some() || p.min.is_some()) {
         // An index scan with `min` and no `max` stops before MaxKey (the implicit upper bound
         // is exclusive), so a document whose `_id` is MaxKey would be skipped: fetch it.
-        let top = src
-            .find_one(doc! {"_id": Bson::MaxKey})
-            .read_concern(ReadConcern::majority())
-            .await;
+        let top = ctx
+            .source
+            .database(&read_ns.db)
+            .run_command(
+                doc! {"find": &read_ns.coll, "filter": {"_id": Bson::MaxKey},
+                "limit": 1, "singleBatch": true, "readConcern": read_concern},
+            )
+            .await
+            .map(|r| {
+                r.get_document("cursor")
+                    .and_then(|c| c.get_array("firstBatch"))
+                    .ok()
+                    .and_then(|a| a.first())
+                    .and_then(Bson::as_document)
+                    .and_then(|d| RawDocumentBuf::from_document(d).ok())
+            });
         match top {
             Ok(Some(d)) => {
                 batch_bytes += d.as_bytes().len();

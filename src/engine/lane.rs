@@ -18,6 +18,7 @@ use crate::engine::clock::cluster_time;
 use crate::engine::control::Control;
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, EngineError};
+use crate::engine::gate::Gate;
 use crate::engine::retry::RetryPolicy;
 use crate::engine::write::ApplyCtx;
 use crate::plan::{BuildIndexes, NamespaceSelector};
@@ -35,6 +36,8 @@ pub struct LaneEnv {
     pub selector: NamespaceSelector,
     pub build_indexes: BuildIndexes,
     pub max_lag: Duration,
+    /// Apply change events while the copy runs (a new forward lane; see `gate.rs`).
+    pub apply_during_copy: bool,
     pub copy_concurrency: usize,
     pub docs_per_range: u64,
     pub apply_workers: usize,
@@ -226,6 +229,8 @@ async fn lane_main(
         docs_per_range: env.docs_per_range,
         retry: env.retry,
         direction,
+        gate: None,
+        after_copy: None,
     };
 
     let mut record = env
@@ -253,6 +258,7 @@ async fn lane_main(
         let d = doc! {
             "_id": &id, "plan": store.plan(), "direction": direction.as_str(),
             "start_ts": start_ts, "copy_done": copy_done, "events_applied": 0i64,
+            "apply_during_copy": !copy_done && env.apply_during_copy,
             "created": mongodb::bson::DateTime::now(),
         };
         store.insert_many(LANES, vec![d.clone()]).await?;
@@ -264,7 +270,19 @@ async fn lane_main(
         .get_timestamp("start_ts")
         .map_err(|_| EngineError::Event(format!("lane record `{id}` has no start point")))?;
 
-    if !record.get_bool("copy_done").unwrap_or(false) {
+    let start = match record.get("resume_token") {
+        Some(Bson::Document(tok)) => StartPoint::Token(tok.clone()),
+        _ => StartPoint::Time(start_ts),
+    };
+    let copy_done = record.get_bool("copy_done").unwrap_or(false);
+    if !copy_done && record.get_bool("apply_during_copy").unwrap_or(false) {
+        return copy_with_events(
+            &env, direction, id, &record, resumed, start, start_ts, progress, relax, copy_ctx,
+            control, position,
+        )
+        .await;
+    }
+    if !copy_done {
         progress.set_phase("copying");
         let specs = env
             .retry
@@ -326,9 +344,150 @@ async fn lane_main(
     }
     progress.copy_done.store(true, Ordering::Relaxed);
     progress.set_phase("applying change events");
-    let start = match record.get("resume_token") {
-        Some(Bson::Document(tok)) => StartPoint::Token(tok.clone()),
-        _ => StartPoint::Time(start_ts),
+    let ctx = ApplyCtx {
+        direction,
+        source: env.source.clone(),
+        dest: env.destination.clone(),
+        store: store.clone(),
+        lane: id.clone(),
+        selector: env.selector.clone(),
+        relax,
+        progress,
+        retry: env.retry,
+        workers: env.apply_workers,
+        copy: copy_ctx,
+        max_lag: env.max_lag,
+        position,
+        keying: Default::default(),
+        gate: None,
+    };
+    apply::run(ctx, start, control).await
+}
+
+/// The copy with change events applied while it runs (see [`gate`](crate::engine::gate)):
+/// the catalog first (once: a restart after DDL was replayed must not create from the old
+/// listing again), then the copy in a task and the change application here, both through
+/// one gate. The copy is done when every range is copied and its held events applied.
+#[allow(clippy::too_many_arguments)]
+async fn copy_with_events(
+    env: &LaneEnv,
+    direction: Direction,
+    id: String,
+    record: &Document,
+    resumed: bool,
+    start: StartPoint,
+    start_ts: Timestamp,
+    progress: Arc<Progress>,
+    relax: Arc<RelaxationStore>,
+    copy_ctx: CopyCtx,
+    control: watch::Receiver<Control>,
+    position: watch::Sender<Option<Timestamp>>,
+) -> Result<(), EngineError> {
+    let store = env.store.clone();
+    progress.set_phase("copying");
+    let specs = env
+        .retry
+        .run(&progress, "listing the collections to copy", || {
+            copy::copy_set(&copy_ctx, &env.selector)
+        })
+        .await?;
+    progress
+        .collections_total
+        .store(specs.len() as u64, Ordering::Relaxed);
+    copy::estimate(&env.source, &specs, &progress).await;
+    if !record.get_bool("catalog_done").unwrap_or(false) {
+        for s in &specs {
+            let what = format!("creating `{}`", s.ns);
+            env.retry
+                .run(&progress, &what, || async {
+                    if resumed {
+                        catalog::create_on_destination_resumed(&env.destination, s, &relax)
+                            .await
+                            .map_err(on(direction.destination_name()))?
+                    } else {
+                        catalog::create_on_destination(&env.destination, s, &relax)
+                            .await
+                            .map_err(on(direction.destination_name()))?
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        if env.build_indexes == BuildIndexes::BeforeCopy {
+            progress.set_phase("building indexes");
+            for s in specs.iter().filter(|s| s.kind != NsKind::View) {
+                build_indexes(env, direction, &progress, s, &relax).await?;
+            }
+        }
+        store
+            .update_one(
+                LANES,
+                doc! {"_id": &id},
+                doc! {"$set": {"catalog_done": true}},
+            )
+            .await?;
+    }
+    progress.set_phase("copying");
+    let (start_time, start_token) = match &start {
+        StartPoint::Token(t) => (apply::token_time(t).unwrap_or(start_ts), Some(t.clone())),
+        StartPoint::Time(ts) => (*ts, None),
+    };
+    let gate = Gate::new(
+        specs.iter().filter_map(catalog::copy_target),
+        start_time,
+        start_token,
+        progress.clone(),
+    );
+    // Ranges a previous run started: held from the restart point before any event is routed.
+    copy::register_planned(&copy_ctx, &specs, &gate).await?;
+    let gated = CopyCtx {
+        gate: Some(gate.clone()),
+        after_copy: (env.build_indexes == BuildIndexes::AfterCopy).then(|| relax.clone()),
+        ..copy_ctx.clone()
+    };
+    let copy_task = {
+        let gate = gate.clone();
+        let store = store.clone();
+        let progress = progress.clone();
+        let id = id.clone();
+        tokio::spawn(
+            async move {
+                let result = async {
+                    copy::copy_all(&gated, &specs).await?;
+                    // Every range copied: the change application applies what they held.
+                    while !gate.drained() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    store
+                        .update_one(
+                            LANES,
+                            doc! {"_id": &id},
+                            doc! {"$set": {"copy_done": true, "copy_finished": mongodb::bson::DateTime::now(),
+                                "copied_bytes": progress.copied_bytes.load(Ordering::Relaxed) as i64,
+                                "copied_documents": progress.copied_docs.load(Ordering::Relaxed) as i64,
+                                "estimated_total_bytes": progress.estimated_total_bytes.load(Ordering::Relaxed) as i64,
+                                "events_applied_during_copy": progress.events_applied_during_copy.load(Ordering::Relaxed) as i64,
+                                "held_peak_bytes": progress.held_peak_bytes.load(Ordering::Relaxed) as i64}},
+                        )
+                        .await?;
+                    progress.copy_done.store(true, Ordering::Relaxed);
+                    progress.set_phase("applying change events");
+                    tracing::info!(
+                        events_applied_during_copy =
+                            progress.events_applied_during_copy.load(Ordering::Relaxed),
+                        events_dropped = progress.events_dropped_during_copy.load(Ordering::Relaxed),
+                        held_peak_mb = progress.held_peak_bytes.load(Ordering::Relaxed) / (1024 * 1024),
+                        "Copy finished; change events were applied during it."
+                    );
+                    Ok::<(), EngineError>(())
+                }
+                .await;
+                if let Err(e) = result {
+                    gate.fail(e);
+                }
+            }
+            .in_current_span(),
+        )
     };
     let ctx = ApplyCtx {
         direction,
@@ -345,8 +504,12 @@ async fn lane_main(
         max_lag: env.max_lag,
         position,
         keying: Default::default(),
+        gate: Some(gate),
     };
-    apply::run(ctx, start, control).await
+    let result = apply::run(ctx, start, control).await;
+    // Stopped or failed: the copy stops too (its ranges resume from their checkpoints).
+    copy_task.abort();
+    result
 }
 
 /// Builds a collection's indexes on the destination, retrying transient failures.

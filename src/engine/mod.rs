@@ -8,6 +8,7 @@ pub mod control;
 pub mod copy;
 pub mod error;
 pub mod events;
+pub mod gate;
 pub mod identity;
 pub mod lane;
 pub mod repair;

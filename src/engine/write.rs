@@ -50,6 +50,8 @@ pub struct ApplyCtx {
     pub retry: RetryPolicy,
     pub workers: usize,
     pub copy: CopyCtx,
+    /// While the initial copy runs: which events to apply, hold or drop.
+    pub gate: Option<Arc<crate::engine::gate::Gate>>,
     pub max_lag: Duration,
     /// The source time up to which every event is applied and durable.
     pub position: watch::Sender<Option<Timestamp>>,

@@ -91,12 +91,23 @@ pub struct Options {
     /// `sync` reports can-commit once the copy is done and replication lag is below this.
     #[serde(default = "default_max_lag")]
     pub max_lag: HumanDuration,
+    /// Apply change events while the initial copy runs (the default): the source's oplog
+    /// only has to hold the replication lag, not the copy's duration. `false` copies first
+    /// and applies the events since the copy's start afterwards (the oplog must then hold
+    /// the whole copy); kept as a fallback and as the benchmark's baseline. Read when the
+    /// sync starts; a resumed sync keeps the mode it started with.
+    #[serde(default = "default_true")]
+    pub apply_during_copy: bool,
     /// Namespaces to sync. Absent: every user namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<NamespaceFilter>,
     /// Namespaces to leave out, applied after `include`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<NamespaceFilter>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_lag() -> HumanDuration {
@@ -110,6 +121,7 @@ impl Default for Options {
             write_blocking: WriteBlocking::default(),
             build_indexes: BuildIndexes::default(),
             max_lag: default_max_lag(),
+            apply_during_copy: true,
             include: Vec::new(),
             exclude: Vec::new(),
         }

@@ -143,6 +143,7 @@ impl Ctx {
             selector: self.plan.selector.clone(),
             build_indexes: self.plan.options.build_indexes,
             max_lag: self.plan.options.max_lag.get(),
+            apply_during_copy: self.plan.options.apply_during_copy,
             copy_concurrency: self.opts.copy_concurrency,
             docs_per_range: self.opts.docs_per_range,
             apply_workers: self.opts.apply_workers,

@@ -150,6 +150,71 @@ fn cmp_arrays(a: &mongodb::bson::RawArray, b: &mongodb::bson::RawArray) -> Order
     }
 }
 
+fn cmp_approx(a: &RawBsonRef<'_>, b: &RawBsonRef<'_>) -> Ordering {
+    match (as_num(a), as_num(b)) {
+        (Some(nx), Some(ny)) => cmp_num(nx, ny),
+        _ => Ordering::Equal,
+    }
+}
+
+/// A finite decimal against an integer, exactly (decimal digits against the integer's):
+/// `None` for NaN and infinities, which the double comparison orders right.
+fn cmp_decimal_int(d: &mongodb::bson::Decimal128, i: i64) -> Option<Ordering> {
+    let text = d.to_string();
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.as_str()),
+    };
+    if !body.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let (mantissa, exp) = match body.split_once(['E', 'e']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (body, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits: String = format!("{int_part}{frac_part}");
+    // value = digits × 10^(exp - frac digits)
+    let scale = exp - frac_part.len() as i64;
+    let (whole, frac_nonzero) = if scale >= 0 {
+        if scale > 4000 {
+            return None;
+        }
+        digits.push_str(&"0".repeat(scale as usize));
+        (digits, false)
+    } else {
+        let cut = digits.len() as i64 + scale;
+        if cut <= 0 {
+            ("0".to_string(), digits.bytes().any(|b| b != b'0'))
+        } else {
+            let (w, f) = digits.split_at(cut as usize);
+            (w.to_string(), f.bytes().any(|b| b != b'0'))
+        }
+    };
+    let whole = whole.trim_start_matches('0');
+    let zero = whole.is_empty() && !frac_nonzero;
+    let ineg = i < 0;
+    let imag = i.unsigned_abs().to_string();
+    let imag = if imag == "0" { "" } else { imag.as_str() };
+    // Magnitudes: |d| against |i|.
+    let mag = whole
+        .len()
+        .cmp(&imag.len())
+        .then_with(|| whole.cmp(imag))
+        .then(if frac_nonzero {
+            Ordering::Greater
+        } else {
+            Ordering::Equal
+        });
+    let dneg = neg && !zero;
+    Some(match (dneg, ineg) {
+        (false, true) => Ordering::Greater,
+        (true, false) => Ordering::Less,
+        (false, false) => mag,
+        (true, true) => mag.reverse(),
+    })
+}
+
 /// Compares two BSON values in the server's order (simple collation).
 pub fn cmp_values(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
     let (ba, bb) = (bracket(&a), bracket(&b));
@@ -157,10 +222,19 @@ pub fn cmp_values(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
         return ba.cmp(&bb);
     }
     match (a, b) {
-        (x, y) if ba == 10 => match (as_num(&x), as_num(&y)) {
-            (Some(nx), Some(ny)) => cmp_num(nx, ny),
-            _ => Ordering::Equal,
-        },
+        (RawBsonRef::Decimal128(d), RawBsonRef::Int32(i)) => {
+            cmp_decimal_int(&d, i64::from(i)).unwrap_or_else(|| cmp_approx(&a, &b))
+        }
+        (RawBsonRef::Decimal128(d), RawBsonRef::Int64(i)) => {
+            cmp_decimal_int(&d, i).unwrap_or_else(|| cmp_approx(&a, &b))
+        }
+        (RawBsonRef::Int32(i), RawBsonRef::Decimal128(d)) => cmp_decimal_int(&d, i64::from(i))
+            .map(Ordering::reverse)
+            .unwrap_or_else(|| cmp_approx(&a, &b)),
+        (RawBsonRef::Int64(i), RawBsonRef::Decimal128(d)) => cmp_decimal_int(&d, i)
+            .map(Ordering::reverse)
+            .unwrap_or_else(|| cmp_approx(&a, &b)),
+        _ if ba == 10 => cmp_approx(&a, &b),
         (
             RawBsonRef::String(x) | RawBsonRef::Symbol(x),
             RawBsonRef::String(y) | RawBsonRef::Symbol(y),
@@ -200,6 +274,39 @@ pub fn cmp_values(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
 mod tests {
     use super::*;
     use mongodb::bson::{doc, oid::ObjectId, Binary, Bson, DateTime, RawDocumentBuf};
+
+    #[test]
+    fn decimals_compare_exactly_with_integers() {
+        let dec = |s: &str| Bson::Decimal128(s.parse().unwrap());
+        // Each decimal is the same double as the integer, but not the same number.
+        assert_eq!(
+            cmp(dec("0.99999999999999999999"), Bson::Int32(1)),
+            Ordering::Less
+        );
+        assert_eq!(
+            cmp(dec("1.00000000000000000001"), Bson::Int32(1)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            cmp(Bson::Int64(1), dec("1.00000000000000000001")),
+            Ordering::Less
+        );
+        assert_eq!(cmp(dec("1.000"), Bson::Int32(1)), Ordering::Equal);
+        assert_eq!(cmp(dec("1E+2"), Bson::Int64(100)), Ordering::Equal);
+        assert_eq!(cmp(dec("-0"), Bson::Int32(0)), Ordering::Equal);
+        assert_eq!(cmp(dec("-0.5"), Bson::Int32(0)), Ordering::Less);
+        assert_eq!(cmp(dec("-2.5"), Bson::Int32(-2)), Ordering::Less);
+        assert_eq!(cmp(dec("-1.5"), Bson::Int32(-2)), Ordering::Greater);
+        assert_eq!(
+            cmp(dec("9223372036854775807.5"), Bson::Int64(i64::MAX)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            cmp(dec("Infinity"), Bson::Int64(i64::MAX)),
+            Ordering::Greater
+        );
+        assert_eq!(cmp(dec("NaN"), Bson::Int32(0)), Ordering::Less);
+    }
 
     fn cmp(a: Bson, b: Bson) -> Ordering {
         let da = RawDocumentBuf::from_document(&doc! {"v": a}).unwrap();

@@ -34,6 +34,7 @@ fn lane_env(src: &Client, dst: &Client, plan: &str, workers: usize) -> LaneEnv {
         selector: NamespaceSelector::new(&[], &[], STATE_DB).unwrap(),
         build_indexes: BuildIndexes::AfterCopy,
         max_lag: Duration::from_secs(2),
+        apply_during_copy: true,
         copy_concurrency: 2,
         docs_per_range: 10_000,
         apply_workers: workers,

@@ -89,7 +89,7 @@ pub fn buckets_of(ns: &Namespace) -> Namespace {
     Namespace::new(ns.db.clone(), format!("{BUCKETS_PREFIX}{}", ns.coll))
 }
 
-pub(crate) const BUCKETS_PREFIX: &str = "system.buckets.";
+pub const BUCKETS_PREFIX: &str = "system.buckets.";
 
 /// Differences between two namespaces' kinds, options and index specs, as readable lines;
 /// empty when they are the same. Ignores what legitimately differs between clusters
