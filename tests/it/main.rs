@@ -16,6 +16,7 @@ mod common;
 mod connections;
 mod cutover;
 mod ddl;
+mod during_copy;
 mod examples;
 mod faults;
 mod fidelity;

@@ -58,6 +58,9 @@ pub struct RsOptions {
     /// `--oplogSize` accepts smaller values for tests).
     pub oplog_mb: u32,
     pub cache_gb: f64,
+    /// `--syncdelay` (seconds between checkpoints; mongod truncates its oplog only up to the
+    /// last checkpoint, so a small oplog needs frequent ones to truncate promptly).
+    pub syncdelay: Option<u32>,
 }
 
 impl Default for RsOptions {
@@ -66,6 +69,7 @@ impl Default for RsOptions {
             members: 1,
             oplog_mb: 256,
             cache_gb: 0.25,
+            syncdelay: None,
         }
     }
 }
@@ -152,6 +156,9 @@ impl ReplicaSet {
                 "--logpath".into(),
                 log.display().to_string(),
             ];
+            if let Some(d) = opts.syncdelay {
+                m.args.extend(["--syncdelay".to_string(), d.to_string()]);
+            }
             let child = spawn_with_deathsig(mongod, &m.args);
             m.port = port;
             m.child = Some(child);

@@ -1,0 +1,238 @@
+//! Change events applied while the copy runs (issue 20): a copy much longer than the
+//! source's oplog window, under an application writing throughout, needs no restart; a runner
+//! killed at seeded moments of such a copy resumes to the same result.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+use rand::{Rng, SeedableRng};
+
+use crate::common::*;
+
+const STATE_DB: &str = "__cutover";
+
+const SYNC_COMMIT: &str = r#"
+[options]
+max_lag = "2s"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+timeout = "3m"
+"#;
+
+/// Documents of about `bytes` bytes, `_id`s `from..to`.
+async fn seed(c: &Client, db: &str, coll: &str, from: i64, to: i64, bytes: usize) {
+    let pad = "x".repeat(bytes);
+    let coll = c.database(db).collection::<Document>(coll);
+    let mut i = from;
+    while i < to {
+        let end = (i + 10_000).min(to);
+        let docs: Vec<Document> = (i..end)
+            .map(|k| doc! {"_id": k, "v": k, "pad": &pad})
+            .collect();
+        coll.insert_many(docs).await.expect("seed");
+        i = end;
+    }
+}
+
+/// What the application wrote (acknowledged).
+#[derive(Default)]
+struct Churn {
+    stop: AtomicBool,
+    writes: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// An application writing about `mb_per_s` MB/s of oplog into `db.coll` (`_id`s
+/// `0..n` exist at the start): inserts of new documents, updates and deletes of random
+/// existing ones (in ranges not read yet, being read and already read), until stopped.
+fn churn(c: Client, db: &str, coll: &str, n: i64, mb_per_s: f64, seed: u64) -> Arc<Churn> {
+    let state = Arc::new(Churn::default());
+    let st = state.clone();
+    let coll = c.database(db).collection::<Document>(coll);
+    tokio::spawn(async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut next_id = 10_000_000i64;
+        let tick = Duration::from_millis(100);
+        // Per tick: 10 inserts of 8 KB, then updates of 1 KB each for the rest of the budget.
+        let budget = (mb_per_s * 1024.0 * 1024.0 / 10.0) as usize;
+        let big = "i".repeat(8 * 1024);
+        while !st.stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let docs: Vec<Document> = (0..10)
+                .map(|_| {
+                    next_id += 1;
+                    doc! {"_id": next_id, "v": next_id, "pad": &big}
+                })
+                .collect();
+            match coll.insert_many(docs).await {
+                Ok(_) => {}
+                Err(_) if st.stop.load(Ordering::Relaxed) => return,
+                Err(e) => panic!("churn insert: {e}"),
+            }
+            let mut spent = 10 * big.len();
+            st.writes.fetch_add(10, Ordering::Relaxed);
+            // Updates of 1 KB each (one oplog entry per document), 5% deletes, by batch.
+            while spent < budget {
+                let ids: Vec<i64> = (0..50).map(|_| rng.random_range(0..n)).collect();
+                if rng.random_bool(0.05) {
+                    let n = match coll.delete_many(doc! {"_id": {"$in": ids}}).await {
+                        Ok(r) => r.deleted_count,
+                        Err(_) if st.stop.load(Ordering::Relaxed) => return,
+                        Err(e) => panic!("churn delete: {e}"),
+                    };
+                    spent += 100 * n as usize + 100;
+                    st.writes.fetch_add(n, Ordering::Relaxed);
+                } else {
+                    let v = format!("{:0>1024}", rng.random::<u64>());
+                    let n = match coll
+                        .update_many(
+                            doc! {"_id": {"$in": ids}},
+                            doc! {"$set": {"u": v}, "$inc": {"n": 1}},
+                        )
+                        .await
+                    {
+                        Ok(r) => r.modified_count,
+                        Err(_) if st.stop.load(Ordering::Relaxed) => return,
+                        Err(e) => panic!("churn update: {e}"),
+                    };
+                    spent += 1100 * n as usize + 100;
+                    st.writes.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            st.bytes.fetch_add(spent as u64, Ordering::Relaxed);
+            if let Some(rest) = tick.checked_sub(started.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
+        }
+    });
+    state
+}
+
+async fn lane(d: &Client, plan: &str) -> Document {
+    d.database(STATE_DB)
+        .collection::<Document>("lanes")
+        .find_one(doc! {"_id": format!("{plan}/forward")})
+        .await
+        .unwrap()
+        .expect("lane record")
+}
+
+async fn oldest_oplog_ts(c: &Client) -> mongodb::bson::Timestamp {
+    c.database("local")
+        .collection::<Document>("oplog.rs")
+        .find_one(doc! {})
+        .sort(doc! {"$natural": 1})
+        .await
+        .unwrap()
+        .expect("oplog entry")
+        .get_timestamp("ts")
+        .unwrap()
+}
+
+/// 500,000 documents copied while an application writes ~2 MB/s of oplog into a source whose
+/// oplog holds a few seconds (much less than the copy takes), with a rename and an index
+/// build during the copy: one `cutover run`, no restart; can-commit within 10 s of the copy's
+/// end; byte-identical data and catalog after the commit. Copy-then-apply loses its resume
+/// point here (`apply_during_copy = false`: "the source's oplog no longer holds cutover's
+/// resume point").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_longer_than_the_oplog_window_needs_no_restart() {
+    let (src, dst) = tokio::join!(
+        ReplicaSet::start_with(RsOptions {
+            oplog_mb: 4,
+            cache_gb: 0.5,
+            syncdelay: Some(1),
+            ..Default::default()
+        }),
+        ReplicaSet::start_with(RsOptions {
+            cache_gb: 0.5,
+            ..Default::default()
+        })
+    );
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    const N: i64 = 500_000;
+    seed(&s, "big", "items", 0, N, 400).await;
+    seed(&s, "big", "small", 0, 2_000, 100).await;
+    s.database("big")
+        .run_command(doc! {"createIndexes": "items", "indexes": [
+        {"key": {"v": 1}, "name": "v_unique", "unique": true}]})
+        .await
+        .unwrap();
+    let (_dir, plan) = write_plan(&plan_text("dcopy", SYNC_COMMIT));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+
+    let app = churn(s.clone(), "big", "items", N, 2.0, 20);
+    let t0 = Instant::now();
+    let child = spawn_cutover(&["run", &plan, "--max-steps", "1"], &env_refs(&env));
+    // During the copy: a rename (of a collection the copy may not have read yet) and an
+    // index build on the collection being copied.
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the copy to start",
+        |v| v.to_string().contains("copying"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.database("admin")
+        .run_command(doc! {"renameCollection": "big.small", "to": "big.renamed"})
+        .await
+        .unwrap();
+    s.database("big")
+        .collection::<Document>("renamed")
+        .insert_one(doc! {"_id": "after-rename"})
+        .await
+        .unwrap();
+    s.database("big")
+        .run_command(doc! {"createIndexes": "items", "indexes": [
+        {"key": {"n": 1, "v": -1}, "name": "n_v"}]})
+        .await
+        .unwrap();
+    let out = finish_child(child).await;
+    let exited = mongodb::bson::DateTime::now();
+    let elapsed = t0.elapsed();
+    println!("{}", show(&out));
+    let l = lane(&d, "dcopy").await;
+    let oldest = oldest_oplog_ts(&s).await;
+    let start_ts = l.get_timestamp("start_ts").unwrap();
+    println!(
+        "sync step: {elapsed:?}; application: {} writes, {:.1} MB; lane: {l}",
+        app.writes.load(Ordering::Relaxed),
+        app.bytes.load(Ordering::Relaxed) as f64 / 1048576.0
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    // The source's oplog no longer holds the copy's start: copy-then-apply could not work.
+    assert!(
+        oldest > start_ts,
+        "the oplog still holds the copy's start ({oldest:?} <= {start_ts:?}): the test proves nothing"
+    );
+    assert!(
+        l.get_i64("events_applied_during_copy").unwrap_or(0) > 0,
+        "no event was applied during the copy: {l}"
+    );
+    let finished = l.get_datetime("copy_finished").expect("copy_finished");
+    let since_copy = exited.timestamp_millis() - finished.timestamp_millis();
+    println!("can-commit {since_copy} ms after the copy's end");
+    assert!(
+        since_copy < 10_000,
+        "can-commit came {since_copy} ms after the copy's end"
+    );
+
+    app.stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = run_cutover(&["run", &plan], &env_refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, STATE_DB).await;
+    assert_same_catalog(&s, &d, STATE_DB).await;
+}
