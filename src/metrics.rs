@@ -56,6 +56,9 @@ pub struct Metrics {
     copied_bytes: Family<LaneLabels, Counter>,
     copied_documents: Family<LaneLabels, Counter>,
     copy_estimated_bytes: FGauge<LaneLabels>,
+    applied_during_copy: Family<LaneLabels, Counter>,
+    held_events: Family<LaneLabels, Gauge>,
+    held_bytes: Family<LaneLabels, Gauge>,
     can_commit: Family<LaneLabels, Gauge>,
     paused: Family<PlanLabels, Gauge>,
     write_blocked: Family<ClusterLabels, Gauge>,
@@ -86,6 +89,9 @@ impl Metrics {
             copied_bytes: Default::default(),
             copied_documents: Default::default(),
             copy_estimated_bytes: Default::default(),
+            applied_during_copy: Default::default(),
+            held_events: Default::default(),
+            held_bytes: Default::default(),
             can_commit: Default::default(),
             paused: Default::default(),
             write_blocked: Default::default(),
@@ -129,6 +135,21 @@ impl Metrics {
             "cutover_copy_estimated_total_bytes",
             "Estimated size of the data to copy",
             m.copy_estimated_bytes.clone(),
+        );
+        r.register(
+            "cutover_events_applied_during_copy",
+            "Change events applied while the initial copy ran",
+            m.applied_during_copy.clone(),
+        );
+        r.register(
+            "cutover_held_events",
+            "Change events held until the copy of their range is durable (or deferred behind a DDL event)",
+            m.held_events.clone(),
+        );
+        r.register(
+            "cutover_held_bytes",
+            "Bytes of the change events held during the copy",
+            m.held_bytes.clone(),
         );
         r.register(
             "cutover_can_commit",
@@ -210,6 +231,11 @@ impl Metrics {
                 ("read", &self.events_read, load(&p.stats.events_read)),
                 ("bytes", &self.copied_bytes, load(&p.copied_bytes)),
                 ("docs", &self.copied_documents, load(&p.copied_docs)),
+                (
+                    "during_copy",
+                    &self.applied_during_copy,
+                    load(&p.events_applied_during_copy),
+                ),
             ] {
                 // Created at zero, so every counter is exported from the first scrape.
                 let counter = family.get_or_create(&lane_l);
@@ -222,6 +248,12 @@ impl Metrics {
             self.copy_estimated_bytes
                 .get_or_create(&lane_l)
                 .set(load(&p.estimated_total_bytes) as f64);
+            self.held_events
+                .get_or_create(&lane_l)
+                .set(load(&p.held_events) as i64);
+            self.held_bytes
+                .get_or_create(&lane_l)
+                .set(load(&p.held_bytes) as i64);
             match p.lag_seconds() {
                 Some(l) => {
                     self.lag.get_or_create(&lane_l).set(l);

@@ -51,6 +51,14 @@ pub struct CopyView {
     pub estimated_total_bytes: i64,
     pub estimated_copied_bytes: i64,
     pub copied_documents: i64,
+    /// Change events applied while the copy ran.
+    pub events_applied: i64,
+    /// Change events the copy's reads saw first (not applied: the range had not been read).
+    pub events_dropped: i64,
+    /// Change events held now until their range's copy is durable, and their bytes.
+    pub held_events: i64,
+    pub held_bytes: i64,
+    pub held_peak_bytes: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +160,11 @@ pub fn view(
             estimated_total_bytes: i64_of(copy, "estimated_total_bytes"),
             estimated_copied_bytes: i64_of(copy, "estimated_copied_bytes"),
             copied_documents: i64_of(copy, "copied_documents"),
+            events_applied: i64_of(copy, "events_applied"),
+            events_dropped: i64_of(copy, "events_dropped"),
+            held_events: i64_of(copy, "held_events"),
+            held_bytes: i64_of(copy, "held_bytes"),
+            held_peak_bytes: i64_of(copy, "held_peak_bytes"),
         },
         events_applied: i64_of(st, "events_applied"),
         direction: if reversed {
@@ -213,6 +226,13 @@ impl StatusView {
             self.collection_copy.estimated_total_bytes,
             self.collection_copy.copied_documents
         ));
+        let c = &self.collection_copy;
+        if c.events_applied > 0 || c.held_events > 0 || c.held_peak_bytes > 0 {
+            s.push_str(&format!(
+                "  during copy   {} events applied, {} seen by the copy's reads; {} held ({} bytes, peak {} bytes)\n",
+                c.events_applied, c.events_dropped, c.held_events, c.held_bytes, c.held_peak_bytes
+            ));
+        }
         s.push_str(&format!(
             "  replication   {} events applied, lag {}\n",
             self.events_applied,
@@ -381,6 +401,13 @@ pub async fn load_view(
                     .estimated_total_bytes
                     .max(get("estimated_total_bytes").unwrap_or(b));
             }
+            let c = &mut view.collection_copy;
+            c.events_applied = c
+                .events_applied
+                .max(get("events_applied_during_copy").unwrap_or(0));
+            c.held_peak_bytes = c.held_peak_bytes.max(get("held_peak_bytes").unwrap_or(0));
+            c.held_events = 0;
+            c.held_bytes = 0;
         }
     }
     if rec.state == RunState::Committed {

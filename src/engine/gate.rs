@@ -242,7 +242,8 @@ impl Gate {
             return Route::Apply;
         };
         if !coll.planned {
-            return Route::Apply;
+            // Not planned yet, so never read: its ranges open later, after this event.
+            return Route::Drop;
         }
         let id = ev
             .get_document("documentKey")
@@ -593,10 +594,13 @@ mod tests {
     }
 
     #[test]
-    fn unplanned_collections_apply() {
+    fn unplanned_collections_are_not_read_yet() {
         let ns = Namespace::new("d", "c");
         let g = Gate::new([ns.clone()], ts(10), None, Arc::new(Progress::new()));
-        assert_eq!(g.route(Some(&ns), &ev(Bson::Int32(1), 11)), Route::Apply);
+        assert_eq!(g.route(Some(&ns), &ev(Bson::Int32(1), 11)), Route::Drop);
+        // Planned with no range (dropped before planning): a new collection's events apply.
+        g.plan(&ns, &[]);
+        assert_eq!(g.route(Some(&ns), &ev(Bson::Int32(1), 12)), Route::Apply);
     }
 
     #[test]

@@ -146,7 +146,7 @@ async fn oldest_oplog_ts(c: &Client) -> mongodb::bson::Timestamp {
 async fn a_copy_longer_than_the_oplog_window_needs_no_restart() {
     let (src, dst) = tokio::join!(
         ReplicaSet::start_with(RsOptions {
-            oplog_mb: 4,
+            oplog_mb: 6,
             cache_gb: 0.5,
             syncdelay: Some(1),
             ..Default::default()
@@ -229,6 +229,106 @@ async fn a_copy_longer_than_the_oplog_window_needs_no_restart() {
         "can-commit came {since_copy} ms after the copy's end"
     );
 
+    app.stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = run_cutover(&["run", &plan], &env_refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_same_data(&s, &d, STATE_DB).await;
+    assert_same_catalog(&s, &d, STATE_DB).await;
+}
+
+/// kill -9 of the runner at seeded moments of a copy under churn (a rename and an index
+/// build among the writes): each time the same command resumes (ranges from their
+/// checkpoints, held events replayed from the lane's stored point), and the commit is
+/// byte-identical. `DURING_COPY_SEED` replays a seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_copy_under_churn_resumes_to_the_same_result() {
+    let run_seed: u64 = std::env::var("DURING_COPY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {run_seed} (DURING_COPY_SEED={run_seed} replays it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(run_seed);
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    const N: i64 = 200_000;
+    seed(&s, "big", "items", 0, N, 400).await;
+    seed(&s, "big", "small", 0, 3_000, 100).await;
+    let (_dir, plan) = write_plan(&plan_text("dkill", SYNC_COMMIT));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let app = churn(s.clone(), "big", "items", N, 1.0, run_seed);
+    let args = [
+        "run",
+        plan.as_str(),
+        "--max-steps",
+        "1",
+        "--docs-per-range",
+        "2000",
+        "--copy-concurrency",
+        "1",
+    ];
+    let parts = d.database(STATE_DB).collection::<Document>("partitions");
+    // Kill points: seeded numbers of finished ranges (of about 100), increasing.
+    let mut targets: Vec<u64> = (0..3).map(|_| rng.random_range(3..90)).collect();
+    targets.sort();
+    let mut kills = 0;
+    for (round, target) in targets.iter().enumerate() {
+        let mut child = spawn_cutover(&args, &env_refs(&env));
+        let started = Instant::now();
+        loop {
+            let done = parts
+                .count_documents(doc! {"ns": {"$exists": true}, "done": true})
+                .await
+                .unwrap();
+            if done >= *target || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the copy stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if round == 1 {
+            s.database("admin")
+                .run_command(doc! {"renameCollection": "big.small", "to": "big.moved"})
+                .await
+                .unwrap();
+            s.database("big")
+                .run_command(doc! {"createIndexes": "items", "indexes": [
+                {"key": {"n": 1}, "name": "n_1"}]})
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        }
+        let killed = child.try_wait().unwrap().is_none();
+        if killed {
+            // SAFETY: kill(2) on a child this test spawned.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGKILL);
+            }
+            kills += 1;
+        }
+        let _ = child.wait();
+        let (done, total) = (
+            parts
+                .count_documents(doc! {"ns": {"$exists": true}, "done": true})
+                .await
+                .unwrap(),
+            parts
+                .count_documents(doc! {"ns": {"$exists": true}})
+                .await
+                .unwrap(),
+        );
+        println!("round {round}: target {target}, killed {killed}; {done} of {total} ranges done");
+    }
+    assert!(kills >= 2, "only {kills} kill(s) landed during the copy");
+    let o = run_cutover(&args, &env_refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let l = lane(&d, "dkill").await;
+    println!("lane: {l}");
     app.stop.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let o = run_cutover(&["run", &plan], &env_refs(&env));
