@@ -1,5 +1,7 @@
-//! The source's oplog window against a rough copy-time estimate. Change replication starts
-//! when the copy starts; if the oplog rolls over before the copy is done, the sync must restart.
+//! The source's oplog window against what must fit in it. With change events applied during
+//! the copy (`apply_during_copy`, the default) the window only has to hold the replication
+//! lag and any time the runner is stopped or paused; with copy-then-apply it must hold the
+//! whole copy (a rough estimate), or the sync must restart.
 
 use mongodb::bson::{doc, Document};
 
@@ -11,6 +13,9 @@ use crate::report::Check;
 pub const ASSUMED_BYTES_PER_SEC: i64 = 10 * 1024 * 1024;
 /// Margin on top of twice the estimated copy time.
 pub const MARGIN_SECS: u64 = 15 * 60;
+/// With events applied during the copy: a window shorter than this leaves little time to
+/// restart a stopped runner (a host reboot, a deploy, a paused run).
+pub const DOWNTIME_SECS: u64 = 3600;
 
 /// Whether `window_secs` is tight for copying `bytes`: less than twice the estimate plus a margin.
 pub fn is_tight(window_secs: u64, bytes: i64) -> bool {
@@ -21,16 +26,45 @@ pub fn estimate_secs(bytes: i64) -> u64 {
     (bytes.max(0) / ASSUMED_BYTES_PER_SEC) as u64 + 1
 }
 
-pub async fn check(c: &Cluster, bytes: i64) -> Check {
+pub async fn check(c: &Cluster, bytes: i64, apply_during_copy: bool) -> Check {
     match window(c).await {
         Ok((window, used, max)) => {
             let est = estimate_secs(bytes);
             let full = max > 0 && used * 10 >= max * 9;
-            let msg = format!(
-                "oplog window {} ({} of {} used); copying {} at an assumed {}/s takes about {}",
+            let head = format!(
+                "oplog window {} ({} of {} used)",
                 human_secs(window),
                 human_bytes(used),
                 human_bytes(max),
+            );
+            if apply_during_copy {
+                let msg = format!(
+                    "{head}; change events are applied while the copy runs, so the copy's \
+                     length (about {} for {}) does not need to fit in it: what is at risk is \
+                     a runner stopped or paused for longer than the window",
+                    human_secs(est),
+                    human_bytes(bytes)
+                );
+                return if full && window < DOWNTIME_SECS {
+                    Check::warn(
+                        "oplog-window",
+                        c.scope,
+                        format!("{msg}: that leaves little time to restart a stopped runner"),
+                        "grow the oplog (`replSetResizeOplog`, or `minRetentionHours`) so that a stopped `cutover run` can be restarted within the window",
+                    )
+                } else if !full {
+                    Check::pass(
+                        "oplog-window",
+                        c.scope,
+                        format!("{msg}; the oplog is not full yet, so the window is still growing"),
+                    )
+                } else {
+                    Check::pass("oplog-window", c.scope, msg)
+                };
+            }
+            let msg = format!(
+                "{head}; copying {} at an assumed {}/s takes about {} and, with \
+                 `apply_during_copy = false`, must fit in the window",
                 human_bytes(bytes),
                 human_bytes(ASSUMED_BYTES_PER_SEC),
                 human_secs(est)
@@ -46,7 +80,7 @@ pub async fn check(c: &Cluster, bytes: i64) -> Check {
                     "oplog-window",
                     c.scope,
                     format!("{msg}: the window is tight, the copy may outlast it"),
-                    "grow the oplog (`replSetResizeOplog`, or `minRetentionHours`) to more than twice the copy time before `run`",
+                    "apply change events during the copy (`apply_during_copy = true`, the default), or grow the oplog (`replSetResizeOplog`, or `minRetentionHours`) to more than twice the copy time before `run`",
                 )
             } else {
                 Check::pass("oplog-window", c.scope, msg)
