@@ -5,6 +5,9 @@
 #   ./scripts/bench.sh --quick         # 100,000 documents, smaller backlog: a smoke run
 #   ./scripts/bench.sh --docs 500000   # any size
 #   ./scripts/bench.sh --no-rss-check  # skip the sync of 2x the documents (RSS flatness)
+#   ./scripts/bench.sh --copy-under-churn --docs 500000 --churn-rate 2000
+#                                      # the copy under churn: change events applied during it
+#                                      # vs copy-then-apply, interleaved rounds (issue 20)
 #   ./scripts/bench.sh --cutover-arg --copy-concurrency --cutover-arg 4   # tune `cutover run`
 #
 # Other flags: --rounds N (3 interleaved rounds of backlogs: bulk insert, bulk update, bulk

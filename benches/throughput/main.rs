@@ -46,6 +46,7 @@ mod commit;
 mod copy;
 mod data;
 mod drain;
+mod during;
 mod load;
 mod procs;
 mod report;
@@ -71,6 +72,7 @@ struct Opts {
     quick: bool,
     rss_check: bool,
     only_sync: bool,
+    copy_under_churn: bool,
     rounds: usize,
     backlog: u64,
     churn_secs: u64,
@@ -90,6 +92,7 @@ fn parse_opts() -> Opts {
         quick: false,
         rss_check: true,
         only_sync: false,
+        copy_under_churn: false,
         rounds: 3,
         backlog: 200_000,
         churn_secs: 30,
@@ -123,6 +126,7 @@ fn parse_opts() -> Opts {
             "--no-rss-check" => o.rss_check = false,
             "--rounds" => o.rounds = val(&mut i).parse().expect("--rounds N"),
             "--only-sync" => o.only_sync = true,
+            "--copy-under-churn" => o.copy_under_churn = true,
             "--backlog" => {
                 o.backlog = val(&mut i).parse().expect("--backlog N");
                 backlog_set = true;
@@ -180,6 +184,17 @@ async fn main() {
         "{} documents (~1 KB, {COLLECTIONS} collections, one secondary index each); machine: {machine_start}",
         opts.docs
     ));
+
+    if opts.copy_under_churn {
+        // (h) alone: the copy with change events applied during it, against copy-then-apply.
+        during::copy_under_churn(&opts, dir, &mut rep).await;
+        if let Some(parent) = opts.out.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        std::fs::write(&opts.out, &rep.text).expect("write summary");
+        println!("(written to {})", opts.out.display());
+        return;
+    }
 
     // ---- the copy: (a) naive, (b) ceiling, (c) cutover's sync
     let (seeded, data) = copy::seed(&opts).await;
