@@ -28,7 +28,15 @@ async fn oplog_bytes(c: &Client) -> i64 {
     }
 }
 
-async fn one(opts: &Opts, dir: &Path, src: &ReplicaSet, app: &Client, per_coll: i64, during: bool, round: usize) -> Round {
+async fn one(
+    opts: &Opts,
+    dir: &Path,
+    src: &ReplicaSet,
+    app: &Client,
+    per_coll: i64,
+    during: bool,
+    round: usize,
+) -> Round {
     let dst = start_rs(opts, 4096).await;
     let name = format!("bench-dc-{}-{round}", if during { "on" } else { "off" });
     let plan = plan_file(
@@ -40,7 +48,12 @@ async fn one(opts: &Opts, dir: &Path, src: &ReplicaSet, app: &Client, per_coll: 
     );
     let sc = src.root_client().await;
     let before = oplog_bytes(&sc).await;
-    let churn = start_churn(app.clone(), per_coll, opts.churn_rate, 1_000_000_000 + round as i64 * 100_000_000 + i64::from(during) * 50_000_000);
+    let churn = start_churn(
+        app.clone(),
+        per_coll,
+        opts.churn_rate,
+        1_000_000_000 + round as i64 * 100_000_000 + i64::from(during) * 50_000_000,
+    );
     let env = env_for(src, &dst);
     let args = run_args(opts, &plan, &["--max-steps", "1"]);
     let p = spawn_cutover(opts, &args, &env_refs(&env), dir, &name);
@@ -117,7 +130,10 @@ pub async fn copy_under_churn(opts: &Opts, dir: &Path, rep: &mut Report) {
         opts.churn_rate,
         opts.rounds
     ));
-    for (label, v) in [("events applied during the copy", &on), ("copy, then apply (baseline)", &off)] {
+    for (label, v) in [
+        ("events applied during the copy", &on),
+        ("copy, then apply (baseline)", &off),
+    ] {
         rep.line(format!(
             "  {label:<32} start → can-commit {:>6.1}s   last range → can-commit {:>6.2}s   applied during copy {:>8.0}   held peak {:>6.1} MB   churn {:.0} writes/s, oplog ≥ {:.2} MB/s",
             med(v, |r| r.wall),

@@ -566,7 +566,7 @@ mod tests {
         g.finish(&ns, "r1");
         g.release();
         g.collection_ready(&ns);
-        assert!(g.ddl_ready(&[ns.clone()]));
+        assert!(g.ddl_ready(std::slice::from_ref(&ns)));
         assert!(g.drained());
         // Outside the copy: applied.
         assert_eq!(

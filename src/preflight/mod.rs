@@ -87,7 +87,14 @@ pub async fn run(plan: &Plan, opts: &PreflightOptions) -> PreflightOutcome {
     checks.push(write_block::check(&source).await);
     checks.push(write_block::check(&dest).await);
     let inventory = data::inventory_checks(plan, &source, &dest, opts.deep, &mut checks).await;
-    checks.push(oplog::check(&source, inventory.total_bytes, plan.options.apply_during_copy).await);
+    checks.push(
+        oplog::check(
+            &source,
+            inventory.total_bytes,
+            plan.options.apply_during_copy,
+        )
+        .await,
+    );
     checks.push(connection::disk_check(&dest, inventory.total_bytes).await);
     if plan.options.reversible || plan.has_reverse() {
         checks.extend(data::unique_index_checks(plan, &source, &dest).await);
