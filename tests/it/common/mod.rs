@@ -58,6 +58,9 @@ pub struct RsOptions {
     /// `--oplogSize` accepts smaller values for tests).
     pub oplog_mb: u32,
     pub cache_gb: f64,
+    /// Each member's dbpath on its own tmpfs of this many MB (a small disk that can fill up;
+    /// mounting needs root). Unmounted when the set is dropped.
+    pub tmpfs_mb: Option<u32>,
 }
 
 impl Default for RsOptions {
@@ -66,6 +69,7 @@ impl Default for RsOptions {
             members: 1,
             oplog_mb: 256,
             cache_gb: 0.25,
+            tmpfs_mb: None,
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct ReplicaSet {
     pub name: String,
     pub members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// The members' dbpaths are tmpfs mounts (unmounted on drop).
+    tmpfs: bool,
 }
 
 impl ReplicaSet {
@@ -108,6 +114,18 @@ impl ReplicaSet {
         for i in 0..opts.members {
             let dbpath = dir.path().join(format!("m{i}"));
             std::fs::create_dir_all(&dbpath).expect("dbpath");
+            if let Some(mb) = opts.tmpfs_mb {
+                let st = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+                    .arg(&dbpath)
+                    .status()
+                    .expect("run mount");
+                assert!(
+                    st.success(),
+                    "mounting a {mb} MB tmpfs on {} failed (this test needs root)",
+                    dbpath.display()
+                );
+            }
             members.push(Member {
                 port: 0,
                 dbpath,
@@ -115,7 +133,12 @@ impl ReplicaSet {
                 args: Vec::new(),
             });
         }
-        let mut rs = ReplicaSet { name, members, dir };
+        let mut rs = ReplicaSet {
+            name,
+            members,
+            dir,
+            tmpfs: opts.tmpfs_mb.is_some(),
+        };
         for i in 0..opts.members {
             rs.spawn_member(i, &mongod, &keyfile, &opts);
         }
@@ -323,6 +346,9 @@ impl Drop for ReplicaSet {
             if let Some(mut c) = m.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
+            }
+            if self.tmpfs {
+                let _ = Command::new("umount").arg(&m.dbpath).status();
             }
         }
     }
