@@ -316,6 +316,7 @@ async fn a_runner_that_lost_its_lease_stops_at_once() {
         "the runner that lost its lease",
     )
     .await;
+    eprintln!("the first runner: {}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{}", show(&o));
     assert!(err.contains("lost its lease"), "{}", show(&o));
@@ -748,6 +749,7 @@ async fn a_destination_outage_in_the_window_is_waited_out() {
         "the runner after the outage",
     )
     .await;
+    eprintln!("the runner after the outage: {}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(err.contains("Lease unconfirmed"), "{}", show(&o));
@@ -805,7 +807,9 @@ async fn a_runner_cut_off_in_the_window_yields_to_one_that_took_over() {
             ),
         ],
     );
-    let mut second = spawn_cutover(&["run", &plan], &refs(&env2));
+    // Its destination URI differs from the first runner's (direct, not through the proxy),
+    // which changes the plan's fingerprint: accepted, as an operator on another machine would.
+    let mut second = spawn_cutover(&["run", &plan, "--accept-changed-plan"], &refs(&env2));
     let second_pid = second.id();
     wait_pause_file(&pause2.path().join("commit.blocked.reached"), &mut second).await;
     let run_before = run_doc(&d, "unconfirmed-two").await;
@@ -820,6 +824,7 @@ async fn a_runner_cut_off_in_the_window_yields_to_one_that_took_over() {
         "the first runner after the outage",
     )
     .await;
+    eprintln!("the first runner: {}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{}", show(&o));
     assert!(err.contains("lost its lease"), "{}", show(&o));
