@@ -7,7 +7,7 @@ use mongodb::error::ErrorKind;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 
-use crate::mongo_error::{self, code, short_message, Backoff, Failure};
+use crate::mongo_error::{self, code, Backoff, Failure};
 use crate::redact;
 use crate::report::Scope;
 use crate::uri::ClusterUri;
@@ -147,7 +147,7 @@ pub fn scope_name(scope: Scope) -> &'static str {
 
 /// Sorts a driver error into unreachable / authentication / other, by kind and code.
 pub fn classify(cluster: &'static str, hosts: &str, e: &mongodb::error::Error) -> ClusterError {
-    let detail = redact::scrub(&short_message(e));
+    let detail = redact::scrub(&crate::mongo_error::with_cause(e));
     let hosts = hosts.to_string();
     match e.kind.as_ref() {
         _ if crate::mongo_error::is_unreachable(e) => ClusterError::Unreachable {

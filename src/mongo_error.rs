@@ -72,6 +72,10 @@ const RETRYABLE: &[i32] = &[
     // large-document write under cache pressure, as a command error or a write error). Nothing
     // was written; the same write succeeds once the cache has evicted.
     TRANSACTION_TOO_LARGE_FOR_CACHE,
+    // Not in the specifications: mongod refuses writes while its disk is short of space
+    // (OutOfDiskSpace). Nothing was written; the same write succeeds once space is freed, so
+    // a run waits for it (within `--retry-timeout`) and names the cause meanwhile.
+    OUT_OF_DISK_SPACE,
 ];
 
 /// Codes that mean "the cursor this read was using is gone" (a failover, a rename or drop of

@@ -117,6 +117,7 @@ pub async fn start_rs(opts: &Opts, oplog_mb: u32) -> ReplicaSet {
         members: 1,
         oplog_mb,
         cache_gb: opts.cache_gb,
+        tmpfs_mb: None,
     })
     .await
 }
