@@ -667,6 +667,16 @@ async fn runner_paused_in_the_window(
     dst: &ReplicaSet,
     plan: &str,
 ) -> (Child, tempfile::TempDir, crate::outage::Proxy) {
+    runner_paused_in_the_window_with(src, dst, plan, "120s").await
+}
+
+/// [`runner_paused_in_the_window`] with another `--retry-timeout`.
+async fn runner_paused_in_the_window_with(
+    src: &ReplicaSet,
+    dst: &ReplicaSet,
+    plan: &str,
+    retry_timeout: &str,
+) -> (Child, tempfile::TempDir, crate::outage::Proxy) {
     let proxy = crate::outage::Proxy::start(dst.members[0].port).await;
     let pause = tempfile::tempdir().unwrap();
     let env: Vec<(&'static str, String)> = vec![
@@ -681,7 +691,7 @@ async fn runner_paused_in_the_window(
             "run",
             plan,
             "--retry-timeout",
-            "120s",
+            retry_timeout,
             "--connect-timeout",
             "2s",
         ],
@@ -863,5 +873,87 @@ async fn a_runner_cut_off_in_the_window_yields_to_one_that_took_over() {
     let v = status_json(&plan, &env_of(&src, &dst, &[]), &[]).await;
     assert_eq!(v["state"], "COMMITTED", "{v}");
     assert_eq!(v["epoch"], second_epoch, "{v}");
+    assert_same_data(&s, &d, STATE_DB).await;
+}
+
+/// Issue #23, the other end: the destination stays unreachable past the lease TTL plus
+/// `--retry-timeout` (4 s + 5 s) inside the write-blocked window. The runner stops for good
+/// with exit 3 (not 4: no other runner took the plan), saying it could not confirm its
+/// lease, why (the destination cannot be reached), which clusters stay user-write-blocked
+/// and the one command that continues; once the destination is back, `cutover status` says
+/// the same (no runner is working to release the blocks), and that command finishes the
+/// commit with identical data. Before, the runner exited 4 after one TTL ("lost its lease"),
+/// naming neither the blocked clusters nor the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_gives_up_waiting_names_the_blocked_clusters_and_the_command() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    let (_p, plan) = write_plan(&plan_text("gave-up", AUTO));
+    let plan = plan.to_str().unwrap().to_string();
+    let (runner, pause, proxy) = runner_paused_in_the_window_with(&src, &dst, &plan, "5s").await;
+    cut_and_go(&proxy, pause.path()).await;
+    let o = wait_exit(
+        runner,
+        Duration::from_secs(90),
+        "the runner in the long outage",
+    )
+    .await;
+    eprintln!("the runner in the long outage: {}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert!(err.contains("could not confirm its lease"), "{}", show(&o));
+    assert!(err.contains("cannot be reached"), "{}", show(&o));
+    assert!(!err.contains("lost its lease"), "{}", show(&o));
+    assert!(
+        err.contains("user writes stay blocked on the destination and the source clusters"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        err.contains(&format!("`cutover run {plan}`")),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        !app_insert(&src, 20).await,
+        "the source must still be blocked"
+    );
+    assert!(
+        !app_insert(&dst, 21).await,
+        "the destination must still be blocked"
+    );
+
+    // The destination is back: status names the blocks and the command that continues.
+    proxy.set(crate::outage::Mode::Up);
+    let env: Vec<(&'static str, String)> = vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", proxy.uri()),
+    ];
+    let v = wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(60),
+        "status to show the blocks with no runner",
+        |v| v["runner"].is_null() && v["blocked"].as_array().is_some_and(|b| b.len() == 2),
+    )
+    .await;
+    for b in v["blocked"].as_array().unwrap() {
+        assert_eq!(
+            b["continue_with"].as_str(),
+            Some(format!("cutover run {plan}").as_str()),
+            "{v}"
+        );
+    }
+    let o = run_cutover(&["run", &plan], &refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        app_insert(&dst, 22).await,
+        "the destination must be writable"
+    );
+    d.database("scratch").drop().await.unwrap();
+    s.database("scratch").drop().await.unwrap();
     assert_same_data(&s, &d, STATE_DB).await;
 }
