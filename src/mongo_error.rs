@@ -214,6 +214,9 @@ pub fn cause_of(codes: &[i32], message: &str, unreachable: bool) -> Option<&'sta
         || m.contains("enospc")
     {
         Some("the server is out of disk space")
+    } else if unreachable && message.contains("ReplicaSetNoPrimary") {
+        // The driver saw the members but none is primary (server selection for a write).
+        Some("the replica set has no primary (an election, or no majority of members up)")
     } else if unreachable {
         Some("the server cannot be reached")
     } else if codes.iter().any(|c| {
@@ -583,6 +586,13 @@ mod tests {
         )))
         .into();
         assert!(with_cause(&io).starts_with("the server cannot be reached: "));
+        assert!(cause_of(
+            &[],
+            "Server selection timeout: No available servers. Topology: { Type: ReplicaSetNoPrimary, Servers: [] }",
+            true
+        )
+        .unwrap()
+        .contains("no primary"));
         assert_eq!(cause(&command(DUPLICATE_KEY)), None);
     }
 
