@@ -496,15 +496,15 @@ impl Fence {
     /// The wait for an unconfirmed lease is over: stop for good (no other runner is known to
     /// hold the plan).
     fn give_up(&self) -> LeaseLost {
-        let (waited, last) = match self.inner.trouble.lock().ok().and_then(|t| t.clone()) {
-            Some(t) => (t.since.elapsed(), t.last),
-            None => (self.since_renewed(), "no answer".to_string()),
+        let last = match self.inner.trouble.lock().ok().and_then(|t| t.clone()) {
+            Some(t) => t.last,
+            None => "no answer".to_string(),
         };
         self.lose_to(
             format!(
-                "the state store on the destination did not confirm it for {} (TTL {} plus \
-                 --retry-timeout {}); last error: {last}",
-                humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                "the state store on the destination did not confirm it for {} since its last \
+                 renewal (TTL {} plus --retry-timeout {}); last error: {last}",
+                humantime::format_duration(Duration::from_secs(self.since_renewed().as_secs())),
                 humantime::format_duration(self.inner.ttl),
                 humantime::format_duration(self.inner.patience),
             ),

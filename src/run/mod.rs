@@ -85,8 +85,9 @@ impl RunError {
                     .into(),
             }),
             RunError::LeaseLost(_) => Some(
-                "no other runner holds this plan: this one waited for the state store (the destination) \
-                 for `--retry-timeout` and stopped; run the same command again to continue once the \
+                "no other runner held this plan as far as this one knows (the error says whether the \
+                 state store confirmed it): this one waited for the state store (the destination) for \
+                 `--retry-timeout` and stopped; run the same command again to continue once the \
                  destination answers"
                     .into(),
             ),
