@@ -452,6 +452,11 @@ pub async fn run_majority(
     db: &mongodb::Database,
     mut cmd: Document,
 ) -> Result<Document, mongodb::error::Error> {
+    // Inside `cutover run`, no command while the runner's lease is unconfirmed; none once
+    // it is lost (the run then ends).
+    crate::fence::process_ready()
+        .await
+        .map_err(mongodb::error::Error::custom)?;
     cmd.insert("writeConcern", doc! {"w": "majority"});
     let reply = db.run_command(cmd).await?;
     if let Ok(wce) = reply.get_document("writeConcernError") {

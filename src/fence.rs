@@ -766,6 +766,30 @@ impl Fence {
     }
 }
 
+fn process_fence() -> &'static Mutex<Option<Fence>> {
+    static FENCE: std::sync::OnceLock<Mutex<Option<Fence>>> = std::sync::OnceLock::new();
+    FENCE.get_or_init(|| Mutex::new(None))
+}
+
+/// Makes `fence` the fence of this process's runner (one runner per process), for the
+/// cluster commands that have no handle on it ([`crate::cluster::run_majority`]: catalog
+/// DDL, relaxations, views): they wait while its lease is unconfirmed. `None` removes it.
+pub fn install(fence: Option<&Fence>) {
+    if let Ok(mut g) = process_fence().lock() {
+        *g = fence.cloned();
+    }
+}
+
+/// Waits until this process's runner may act on a cluster ([`Fence::ready`]); at once when
+/// no runner holds a lease in this process (`check`, `verify`, …).
+pub async fn process_ready() -> Result<(), LeaseLost> {
+    let fence = process_fence().lock().ok().and_then(|g| g.clone());
+    match fence {
+        Some(f) => f.ready().await,
+        None => Ok(()),
+    }
+}
+
 fn process_alive(pid: i64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

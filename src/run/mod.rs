@@ -274,6 +274,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     let ttl = crate::fence::lease_ttl().map_err(RunError::Refused)?;
     let fence = store.take_lease(Holder::mine(), ttl).await?;
     let store = store.with_fence(fence.clone());
+    crate::fence::install(Some(&fence));
     let renewal = fence.spawn_renewal();
     let opened = async {
         if opts.restart {
@@ -287,6 +288,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     .await;
     if let Err(e) = opened {
         renewal.abort();
+        crate::fence::install(None);
         fence.release().await;
         source.client.clone().shutdown().await;
         destination.client.clone().shutdown().await;
@@ -340,6 +342,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     };
     renewal.abort();
     disk_watch.abort();
+    crate::fence::install(None);
 
     if let Some(lost) = fence.lost_error() {
         // Another runner owns the plan: no graceful stop (it would write a checkpoint), no
