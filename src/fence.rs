@@ -11,9 +11,14 @@
 //!   on `epoch <= mine` and sets `epoch = mine`; writes to the run document filter on
 //!   `epoch == mine` and `lease.id == mine`. Once a newer runner has taken the plan, a stale
 //!   runner's write matches nothing: [`LeaseLost`], fatal.
-//! - **Self-fencing.** A runner that could not renew for a whole TTL (measured on its own
-//!   monotonic clock: intervals only, no cross-host comparison) counts the lease as lost
-//!   before anyone else can take it, and stops.
+//! - **Self-fencing, then waiting.** A runner that could not renew for a whole TTL (measured
+//!   on its own monotonic clock: intervals only, no cross-host comparison) counts its lease
+//!   as *unconfirmed* before anyone else can take it: every write to a cluster or to the
+//!   state store waits ([`Fence::ready`]) while renewals go on. A renewal is conditional on
+//!   this runner's own epoch and lease id, so one that matches after any gap proves nobody
+//!   took the plan meanwhile: the writes carry on. One that matches nothing means another
+//!   runner took it: [`LeaseLost`] ([`Loss::TakenOver`]). After the TTL plus
+//!   `--retry-timeout` without confirmation the runner stops for good ([`Loss::Unconfirmed`]).
 //! - Before a transition that changes a cluster (user write blocking, restoring the
 //!   relaxations) the runner renews, which proves it still holds the epoch.
 //!
