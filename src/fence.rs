@@ -473,13 +473,16 @@ impl Fence {
         if self.inner.said_unconfirmed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let last = self
+        let mut last = self
             .inner
             .trouble
             .lock()
             .ok()
             .and_then(|t| t.as_ref().map(|t| t.last.clone()))
             .unwrap_or_else(|| "no answer".into());
+        if let Some(why) = crate::pause::disk_low() {
+            last.push_str(&format!("; at its last sample, {why}"));
+        }
         tracing::warn!(
             plan = %self.inner.plan,
             epoch = self.inner.epoch,
@@ -501,10 +504,15 @@ impl Fence {
     /// The wait for an unconfirmed lease is over: stop for good (no other runner is known to
     /// hold the plan).
     fn give_up(&self) -> LeaseLost {
-        let last = match self.inner.trouble.lock().ok().and_then(|t| t.clone()) {
+        let mut last = match self.inner.trouble.lock().ok().and_then(|t| t.clone()) {
             Some(t) => t.last,
             None => "no answer".to_string(),
         };
+        // A full disk stops mongod (WiredTiger error 28 is fatal): the driver sees only a
+        // dropped connection, so say what the disk watch saw last.
+        if let Some(why) = crate::pause::disk_low() {
+            last.push_str(&format!("; at its last sample, {why}"));
+        }
         self.lose_to(
             format!(
                 "the state store on the destination did not confirm it for {} since its last \
