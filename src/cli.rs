@@ -524,9 +524,19 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
             if let Some(h) = e.hint() {
                 err(&format!("hint: {h}"));
             }
+            if !report.blocked.is_empty() {
+                err(&format!(
+                    "blocked: user writes stay blocked on the {} cluster{} until the migration \
+                     continues: run `cutover run {}` (the one command that continues it)",
+                    report.blocked.join(" and the "),
+                    if report.blocked.len() > 1 { "s" } else { "" },
+                    args.plan.plan.display()
+                ));
+            }
             match e {
                 crate::run::RunError::Cluster(c) if c.is_connectivity() => Exit::Unreachable,
                 crate::run::RunError::Interrupted => Exit::Interrupted,
+                crate::run::RunError::LeaseLost(l) if !l.taken_over() => Exit::Unreachable,
                 crate::run::RunError::LeaseLost(_)
                 | crate::run::RunError::State(crate::state::StateError::Leased { .. }) => {
                     Exit::Refused

@@ -7,7 +7,7 @@ use mongodb::error::ErrorKind;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 
-use crate::mongo_error::{self, code, short_message, Backoff, Failure};
+use crate::mongo_error::{self, code, Backoff, Failure};
 use crate::redact;
 use crate::report::Scope;
 use crate::uri::ClusterUri;
@@ -147,7 +147,7 @@ pub fn scope_name(scope: Scope) -> &'static str {
 
 /// Sorts a driver error into unreachable / authentication / other, by kind and code.
 pub fn classify(cluster: &'static str, hosts: &str, e: &mongodb::error::Error) -> ClusterError {
-    let detail = redact::scrub(&short_message(e));
+    let detail = redact::scrub(&crate::mongo_error::with_cause(e));
     let hosts = hosts.to_string();
     match e.kind.as_ref() {
         _ if crate::mongo_error::is_unreachable(e) => ClusterError::Unreachable {
@@ -452,6 +452,11 @@ pub async fn run_majority(
     db: &mongodb::Database,
     mut cmd: Document,
 ) -> Result<Document, mongodb::error::Error> {
+    // Inside `cutover run`, no command while the runner's lease is unconfirmed; none once
+    // it is lost (the run then ends).
+    crate::fence::process_ready()
+        .await
+        .map_err(mongodb::error::Error::custom)?;
     cmd.insert("writeConcern", doc! {"w": "majority"});
     let reply = db.run_command(cmd).await?;
     if let Ok(wce) = reply.get_document("writeConcernError") {

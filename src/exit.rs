@@ -9,7 +9,9 @@ pub enum Exit {
     Failed = 1,
     /// The plan or the command line is invalid; nothing was written anywhere.
     Invalid = 2,
-    /// A cluster is unreachable or authentication failed.
+    /// A cluster is unreachable or authentication failed; for `cutover run`, also: the
+    /// state store could not confirm the runner's lease for the TTL plus `--retry-timeout`
+    /// (no other runner took the plan; run it again to continue).
     Unreachable = 3,
     /// Refused: the migration's state does not allow this command now (`verify --repair`
     /// or `resync` after the commit, `resync` with no runner live or outside the plan's
@@ -51,7 +53,8 @@ Exit codes:
   0    ok (warnings allowed)
   1    a check, step or comparison failed
   2    the plan or the command line is invalid (nothing was written anywhere)
-  3    a cluster is unreachable or authentication failed
+  3    a cluster is unreachable or authentication failed; run: the destination (state store)
+       could not confirm the lease for --retry-timeout; run the same command again
   4    refused: verify --repair or resync after the commit, resync with no runner live or
        outside the plan's filter (nothing written); run: another `cutover run` holds the
        plan, or this runner lost its lease to one and stopped

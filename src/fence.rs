@@ -11,14 +11,20 @@
 //!   on `epoch <= mine` and sets `epoch = mine`; writes to the run document filter on
 //!   `epoch == mine` and `lease.id == mine`. Once a newer runner has taken the plan, a stale
 //!   runner's write matches nothing: [`LeaseLost`], fatal.
-//! - **Self-fencing.** A runner that could not renew for a whole TTL (measured on its own
-//!   monotonic clock: intervals only, no cross-host comparison) counts the lease as lost
-//!   before anyone else can take it, and stops.
+//! - **Self-fencing, then waiting.** A runner that could not renew for a whole TTL (measured
+//!   on its own monotonic clock: intervals only, no cross-host comparison) counts its lease
+//!   as *unconfirmed* before anyone else can take it: every write to a cluster or to the
+//!   state store waits ([`Fence::ready`]) while renewals go on. A renewal is conditional on
+//!   this runner's own epoch and lease id, so one that matches after any gap proves nobody
+//!   took the plan meanwhile: the writes carry on. One that matches nothing means another
+//!   runner took it: [`LeaseLost`] ([`Loss::TakenOver`]). After the TTL plus
+//!   `--retry-timeout` without confirmation the runner stops for good ([`Loss::Unconfirmed`]).
 //! - Before a transition that changes a cluster (user write blocking, restoring the
 //!   relaxations) the runner renews, which proves it still holds the epoch.
 //!
 //! [`Fence`] is the small handle passed to writers; everything else asks it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -105,20 +111,60 @@ pub fn stored_epoch(run: &Document) -> i64 {
     int(run.get(EPOCH)).unwrap_or(0)
 }
 
-/// This runner lost the plan: another runner took it over, or it could not renew for a
-/// whole TTL. Fatal; the runner stops without writing further.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error(
-    "this runner lost its lease on plan `{plan}` (its epoch {epoch}): {reason}{}; it stopped \
-     without writing further",
-    holder.as_ref().map_or(String::new(), |h| format!("; the plan is now held by {h}"))
-)]
+/// Why a runner stopped holding its plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Another runner took the plan (a newer epoch, another holder, or the lease released
+    /// by a newer runner): this runner must never write again.
+    TakenOver,
+    /// The state store could not confirm the lease for a whole TTL plus `--retry-timeout`:
+    /// this runner stopped for good, but as far as it knows no other runner took the plan;
+    /// running the plan again continues it.
+    Unconfirmed,
+}
+
+/// This runner lost the plan (another runner took it over), or gave up confirming it (the
+/// state store did not answer, or refused its writes, for the TTL plus `--retry-timeout`).
+/// Fatal; the runner stops without writing further.
+#[derive(Clone, Debug)]
 pub struct LeaseLost {
     pub plan: String,
     pub epoch: i64,
     pub reason: String,
     /// The runner that holds the plan now (`host H pid P, epoch E`), when known.
     pub holder: Option<String>,
+    pub kind: Loss,
+}
+
+impl std::fmt::Display for LeaseLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            Loss::TakenOver => write!(
+                f,
+                "this runner lost its lease on plan `{}` (its epoch {}): {}",
+                self.plan, self.epoch, self.reason
+            )?,
+            Loss::Unconfirmed => write!(
+                f,
+                "this runner could not confirm its lease on plan `{}` (its epoch {}) and gave up \
+                 waiting: {}",
+                self.plan, self.epoch, self.reason
+            )?,
+        }
+        if let Some(h) = &self.holder {
+            write!(f, "; the plan is now held by {h}")?;
+        }
+        write!(f, "; it stopped without writing further")
+    }
+}
+
+impl std::error::Error for LeaseLost {}
+
+impl LeaseLost {
+    /// Another runner holds (or held) the plan: this one must not be run again while it lives.
+    pub fn taken_over(&self) -> bool {
+        self.kind == Loss::TakenOver
+    }
 }
 
 /// Adds the epoch condition to a filter: matches records stamped with `epoch` or older (or
@@ -200,12 +246,36 @@ struct Inner {
     holder: Holder,
     epoch: i64,
     ttl: Duration,
+    /// How long the runner keeps trying to confirm an unconfirmed lease (no renewal for a
+    /// TTL) before it stops for good: `--retry-timeout`.
+    patience: Duration,
     /// When the last successful renewal was *sent* (the server's `until` is later).
     renewed: Mutex<Instant>,
+    /// Renewals failing since (the first failure), and the last failure: for messages.
+    trouble: Mutex<Option<Trouble>>,
+    /// Whether the current stretch without confirmation was logged.
+    said_unconfirmed: AtomicBool,
     lost: watch::Sender<Option<LeaseLost>>,
 }
 
+/// Renewals that fail: since when, and why (the real cause when the server gave one).
+#[derive(Clone, Debug)]
+struct Trouble {
+    since: Instant,
+    last: String,
+}
+
 /// A held lease at one epoch: cheap to clone, passed to every state writer.
+///
+/// Three states, by this process's knowledge:
+/// - **confirmed**: renewed within the TTL; writes go ahead;
+/// - **unconfirmed**: no renewal for a whole TTL (the state store unreachable, or refusing
+///   writes): another runner *may* have taken the plan by now, so every write to a cluster
+///   or to the state store waits ([`Fence::ready`], [`crate::state::StateStore::write_budget`])
+///   while the renewal task keeps trying, for up to `--retry-timeout`. When the store answers
+///   and the conditional renewal (same epoch, same lease id) matches, no other runner took
+///   the plan: the writes carry on where they stopped;
+/// - **lost**: another epoch or holder (the renewal matches nothing), or the wait gave up.
 #[derive(Clone)]
 pub struct Fence {
     inner: Arc<Inner>,
@@ -236,15 +306,20 @@ impl From<mongodb::error::Error> for AcquireError {
     }
 }
 
+/// How often a waiting writer looks at the lease again.
+const POLL: Duration = Duration::from_millis(50);
+
 impl Fence {
     /// Takes the plan's lease (the run document must exist), incrementing the epoch and
     /// stamping the plan's records in `collections` (each with a `plan` field) with it.
+    /// `patience`: how long an unconfirmed lease is waited for (see [`Fence`]).
     pub async fn acquire(
         runs: Collection<Document>,
         records: &[Collection<Document>],
         plan: &str,
         holder: Holder,
         ttl: Duration,
+        patience: Duration,
     ) -> Result<Fence, AcquireError> {
         let sent = Instant::now();
         let current = runs.find_one(doc! {"_id": plan}).await?;
@@ -300,7 +375,10 @@ impl Fence {
                 holder,
                 epoch,
                 ttl,
+                patience,
                 renewed: Mutex::new(sent),
+                trouble: Mutex::new(None),
+                said_unconfirmed: AtomicBool::new(false),
                 lost,
             }),
         })
@@ -314,18 +392,26 @@ impl Fence {
         self.inner.ttl
     }
 
-    /// How long the lease is certainly still this runner's on the server: the TTL from when
-    /// the last successful renewal was *sent* (the server's `until` counts from its arrival,
-    /// later). Err once lost.
-    pub fn time_left(&self) -> Result<Duration, LeaseLost> {
-        self.check()?;
-        let since = self
-            .inner
+    /// Time since the last successful renewal was sent (this process's monotonic clock).
+    fn since_renewed(&self) -> Duration {
+        self.inner
             .renewed
             .lock()
             .map(|r| r.elapsed())
-            .unwrap_or_default();
-        Ok(self.inner.ttl.saturating_sub(since))
+            .unwrap_or_default()
+    }
+
+    /// Whether the lease is unconfirmed now: no renewal for a whole TTL (and not lost).
+    pub fn unconfirmed(&self) -> bool {
+        self.lost_error().is_none() && self.since_renewed() >= self.inner.ttl
+    }
+
+    /// How long the lease is certainly still this runner's on the server: the TTL from when
+    /// the last successful renewal was *sent* (the server's `until` counts from its arrival,
+    /// later); zero while unconfirmed. Err once lost.
+    pub fn time_left(&self) -> Result<Duration, LeaseLost> {
+        self.check()?;
+        Ok(self.inner.ttl.saturating_sub(self.since_renewed()))
     }
 
     pub fn holder(&self) -> &Holder {
@@ -354,33 +440,93 @@ impl Fence {
         self.inner.lost.borrow().clone()
     }
 
-    /// The local check, before any write: not lost, and renewed within the TTL.
+    /// The local check, without waiting: Err once lost (or once the wait for an unconfirmed
+    /// lease gave up). `Ok` while unconfirmed: a caller about to write must wait with
+    /// [`Fence::ready`] (or send its write with [`crate::state::StateStore::write_budget`]'s
+    /// deadline, which waits too).
     pub fn check(&self) -> Result<(), LeaseLost> {
         if let Some(l) = self.lost_error() {
             return Err(l);
         }
-        let since = self
-            .inner
-            .renewed
-            .lock()
-            .map(|r| r.elapsed())
-            .unwrap_or_default();
-        if since >= self.inner.ttl {
-            return Err(self.lose(format!(
-                "it could not renew its lease for {} (TTL {}), so another runner may hold the plan",
-                humantime::format_duration(Duration::from_secs(since.as_secs())),
-                humantime::format_duration(self.inner.ttl)
-            )));
+        if self.since_renewed() >= self.inner.ttl + self.inner.patience {
+            return Err(self.give_up());
         }
         Ok(())
     }
 
-    /// Records the loss (first reason wins) and wakes [`Fence::lost`] waiters.
-    pub fn lose(&self, reason: String) -> LeaseLost {
-        self.lose_to(reason, None)
+    /// Waits until this runner may write: at once while the lease is confirmed; while it is
+    /// unconfirmed, until the renewal task confirms it again. Err once lost, or once it was
+    /// unconfirmed for `--retry-timeout` (the runner then stops for good).
+    pub async fn ready(&self) -> Result<(), LeaseLost> {
+        loop {
+            self.check()?;
+            if self.since_renewed() < self.inner.ttl {
+                return Ok(());
+            }
+            self.note_unconfirmed();
+            tokio::time::sleep(POLL).await;
+        }
     }
 
-    fn lose_to(&self, reason: String, holder: Option<String>) -> LeaseLost {
+    /// Logs, once per stretch, that the lease is unconfirmed and every write waits.
+    fn note_unconfirmed(&self) {
+        if self.inner.said_unconfirmed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut last = self
+            .inner
+            .trouble
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|t| t.last.clone()))
+            .unwrap_or_else(|| "no answer".into());
+        if let Some(why) = crate::pause::disk_low() {
+            last.push_str(&format!("; at its last sample, {why}"));
+        }
+        tracing::warn!(
+            plan = %self.inner.plan,
+            epoch = self.inner.epoch,
+            error = %last,
+            "Lease unconfirmed: no renewal for {} (the TTL). Every write to the clusters and to the \
+             state store waits until the state store confirms this runner still holds the plan \
+             (for up to {}, --retry-timeout). No other runner holds this plan as far as this one knows: \
+             it continues when the destination answers.",
+            humantime::format_duration(self.inner.ttl),
+            humantime::format_duration(self.inner.patience)
+        );
+    }
+
+    /// Records the loss (first reason wins) and wakes [`Fence::lost`] waiters.
+    pub fn lose(&self, reason: String) -> LeaseLost {
+        self.lose_to(reason, None, Loss::TakenOver)
+    }
+
+    /// The wait for an unconfirmed lease is over: stop for good (no other runner is known to
+    /// hold the plan).
+    fn give_up(&self) -> LeaseLost {
+        let mut last = match self.inner.trouble.lock().ok().and_then(|t| t.clone()) {
+            Some(t) => t.last,
+            None => "no answer".to_string(),
+        };
+        // A full disk stops mongod (WiredTiger error 28 is fatal): the driver sees only a
+        // dropped connection, so say what the disk watch saw last.
+        if let Some(why) = crate::pause::disk_low() {
+            last.push_str(&format!("; at its last sample, {why}"));
+        }
+        self.lose_to(
+            format!(
+                "the state store on the destination did not confirm it for {} since its last \
+                 renewal (TTL {} plus --retry-timeout {}); last error: {last}",
+                humantime::format_duration(Duration::from_secs(self.since_renewed().as_secs())),
+                humantime::format_duration(self.inner.ttl),
+                humantime::format_duration(self.inner.patience),
+            ),
+            None,
+            Loss::Unconfirmed,
+        )
+    }
+
+    fn lose_to(&self, reason: String, holder: Option<String>, kind: Loss) -> LeaseLost {
         let mut out = None;
         self.inner.lost.send_if_modified(|cur| {
             let changed = cur.is_none();
@@ -390,6 +536,7 @@ impl Fence {
                     epoch: self.inner.epoch,
                     reason: reason.clone(),
                     holder: holder.clone(),
+                    kind,
                 });
             }
             out = cur.clone();
@@ -398,8 +545,9 @@ impl Fence {
         out.expect("set above")
     }
 
-    /// Completes a loss found locally (no renewal for a TTL) with who holds the plan now:
-    /// one read of the run document, bounded in time. Writes nothing.
+    /// Completes a loss with who holds the plan now: one read of the run document, bounded
+    /// in time. Writes nothing. A runner that gave up waiting learns here whether another
+    /// runner took the plan meanwhile (then it is a takeover).
     pub async fn explain(&self, l: LeaseLost) -> LeaseLost {
         if l.holder.is_some() {
             return l;
@@ -407,11 +555,20 @@ impl Fence {
         let read = self.inner.runs.find_one(doc! {"_id": &self.inner.plan});
         match tokio::time::timeout(Duration::from_secs(3), read).await {
             Ok(Ok(Some(run))) if stored_epoch(&run) != self.inner.epoch => LeaseLost {
-                holder: Some(describe_holder(&run)),
+                holder: run
+                    .get_document("lease")
+                    .is_ok()
+                    .then(|| describe_holder(&run)),
+                kind: Loss::TakenOver,
+                reason: format!(
+                    "{}; meanwhile another runner took the plan (now at epoch {})",
+                    l.reason,
+                    stored_epoch(&run)
+                ),
                 ..l
             },
             Ok(Ok(Some(_))) => LeaseLost {
-                reason: format!("{}; no other runner has taken the plan yet", l.reason),
+                reason: format!("{}; no other runner has taken the plan", l.reason),
                 ..l
             },
             _ => l,
@@ -431,10 +588,17 @@ impl Fence {
         }
     }
 
-    /// Renews the lease on the server. `Err(Some)`: lost (another epoch or holder); `Err(None)`
-    /// after a database error (the caller retries; [`Fence::check`] gives up after the TTL).
+    /// Renews the lease on the server, conditionally: only this runner's own epoch and lease
+    /// id match. `Err(Some)`: lost (another epoch or holder, or unconfirmed past the wait);
+    /// `Err(None)` after a database error (the caller retries).
+    ///
+    /// A renewal that matches after any gap proves that no other runner took the plan
+    /// meanwhile: a takeover increments the epoch and replaces the lease id, and a release
+    /// removes the lease; and this runner wrote nothing while unconfirmed.
     pub async fn renew(&self) -> Result<(), Option<LeaseLost>> {
-        self.check().map_err(Some)?;
+        if let Some(l) = self.lost_error() {
+            return Err(Some(l));
+        }
         let sent = Instant::now();
         match self
             .inner
@@ -443,17 +607,53 @@ impl Fence {
             .await
         {
             Ok(r) if r.matched_count == 1 => {
+                let gap = self.since_renewed();
                 if let Ok(mut g) = self.inner.renewed.lock() {
                     if sent > *g {
                         *g = sent;
                     }
                 }
-                // A reply that came back after a whole TTL proves nothing about the gap.
-                self.check().map_err(Some)
+                let trouble = self.inner.trouble.lock().ok().and_then(|mut t| t.take());
+                if self.inner.said_unconfirmed.swap(false, Ordering::SeqCst) {
+                    tracing::info!(
+                        plan = %self.inner.plan,
+                        epoch = self.inner.epoch,
+                        waited = %humantime::format_duration(Duration::from_secs(
+                            gap.saturating_sub(self.inner.ttl).as_secs()
+                        )),
+                        "Lease confirmed again: the state store answers and no other runner took \
+                         the plan; writes carry on where they stopped (waited {}s without a \
+                         confirmed lease, {}s since the last renewal).",
+                        gap.saturating_sub(self.inner.ttl).as_secs(),
+                        gap.as_secs()
+                    );
+                } else if let Some(t) = trouble {
+                    tracing::info!(
+                        failing_for = t.since.elapsed().as_secs(),
+                        "Lease renewed again."
+                    );
+                }
+                Ok(())
             }
             Ok(_) => Err(Some(self.taken_over().await)),
             Err(e) => {
-                tracing::warn!(error = %crate::mongo_error::short_message(&e), "Could not renew the plan's lease; retrying.");
+                let last = crate::mongo_error::with_cause(&e);
+                if let Ok(mut t) = self.inner.trouble.lock() {
+                    match t.as_mut() {
+                        // Once per stretch of failures: they repeat every few hundred ms.
+                        Some(t) => {
+                            tracing::debug!(error = %last, "Could not renew the plan's lease; retrying.");
+                            t.last = last;
+                        }
+                        None => {
+                            tracing::warn!(error = %last, "Could not renew the plan's lease; retrying.");
+                            *t = Some(Trouble {
+                                since: Instant::now(),
+                                last,
+                            })
+                        }
+                    }
+                }
                 self.check().map_err(Some)?;
                 Err(None)
             }
@@ -461,20 +661,18 @@ impl Fence {
     }
 
     /// Proves, on the server, that this runner still holds the plan (renewing it): before a
-    /// transition that changes a cluster.
+    /// transition that changes a cluster. Waits through an unconfirmed lease (see
+    /// [`Fence`]).
     pub async fn verify(&self) -> Result<(), LeaseLost> {
-        let started = Instant::now();
         loop {
             match self.renew().await {
                 Ok(()) => return Ok(()),
                 Err(Some(l)) => return Err(l),
-                Err(None) if started.elapsed() < self.inner.ttl => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
                 Err(None) => {
-                    return Err(
-                        self.lose("it could not confirm its lease with the state store".into())
-                    )
+                    if self.since_renewed() >= self.inner.ttl {
+                        self.note_unconfirmed();
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
@@ -484,7 +682,7 @@ impl Fence {
     /// holder (then the error names it); `Ok` if this runner still holds the plan (the record
     /// simply did not exist).
     pub async fn confirm(&self) -> Result<(), LeaseLost> {
-        self.check()?;
+        self.ready().await?;
         match self
             .inner
             .runs
@@ -502,7 +700,7 @@ impl Fence {
                 Ok(())
             }
             Ok(run) => Err(self.lost_to(run.as_ref())),
-            // Unknown: the local check above still bounds it by the TTL.
+            // Unknown: the next write waits for the lease to be confirmed again.
             Err(_) => Ok(()),
         }
     }
@@ -528,11 +726,14 @@ impl Fence {
             Some(r) => self.lose_to(
                 "another runner took the plan over".to_string(),
                 Some(describe_holder(r)),
+                Loss::TakenOver,
             ),
         }
     }
 
     /// Runs renewals every TTL/4 until the lease is lost or the returned handle is aborted.
+    /// Renewals go on while the lease is unconfirmed (every write waits meanwhile), until one
+    /// matches (carry on) or matches nothing (lost), or `--retry-timeout` is spent.
     pub fn spawn_renewal(&self) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
@@ -545,10 +746,21 @@ impl Fence {
             let mut wait = every;
             loop {
                 tokio::time::sleep(wait).await;
-                wait = match me.renew().await {
-                    Ok(()) => every,
-                    Err(None) => soon,
-                    Err(Some(_)) => return,
+                // A renewal that hangs (an unanswered connection) must not hold the others
+                // back: each attempt is bounded by the TTL.
+                let attempt = tokio::time::timeout(me.inner.ttl, me.renew()).await;
+                wait = match attempt {
+                    Ok(Ok(())) => every,
+                    Ok(Err(None)) | Err(_) => {
+                        if me.since_renewed() >= me.inner.ttl {
+                            me.note_unconfirmed();
+                        }
+                        if let Err(_lost) = me.check() {
+                            return;
+                        }
+                        soon
+                    }
+                    Ok(Err(Some(_))) => return,
                 };
             }
         })
@@ -564,6 +776,30 @@ impl Fence {
             .runs
             .update_one(self.run_filter(), doc! {"$unset": {"lease": ""}})
             .await;
+    }
+}
+
+fn process_fence() -> &'static Mutex<Option<Fence>> {
+    static FENCE: std::sync::OnceLock<Mutex<Option<Fence>>> = std::sync::OnceLock::new();
+    FENCE.get_or_init(|| Mutex::new(None))
+}
+
+/// Makes `fence` the fence of this process's runner (one runner per process), for the
+/// cluster commands that have no handle on it ([`crate::cluster::run_majority`]: catalog
+/// DDL, relaxations, views): they wait while its lease is unconfirmed. `None` removes it.
+pub fn install(fence: Option<&Fence>) {
+    if let Ok(mut g) = process_fence().lock() {
+        *g = fence.cloned();
+    }
+}
+
+/// Waits until this process's runner may act on a cluster ([`Fence::ready`]); at once when
+/// no runner holds a lease in this process (`check`, `verify`, …).
+pub async fn process_ready() -> Result<(), LeaseLost> {
+    let fence = process_fence().lock().ok().and_then(|g| g.clone());
+    match fence {
+        Some(f) => f.ready().await,
+        None => Ok(()),
     }
 }
 

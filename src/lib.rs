@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod crashpoint;
+pub mod diskwatch;
 pub mod engine;
 pub mod exit;
 pub mod fence;

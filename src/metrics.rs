@@ -69,6 +69,8 @@ pub struct Metrics {
     namespace_rate: FGauge<NamespaceLabels>,
     catch_up: FGauge<LaneLabels>,
     oplog_remaining: FGauge<LaneLabels>,
+    disk_low: Family<PlanLabels, Gauge>,
+    disk_free: FGauge<PlanLabels>,
     /// Counter values already exported, per lane instance and counter.
     seen: HashMap<(usize, &'static str), u64>,
 }
@@ -102,6 +104,8 @@ impl Metrics {
             namespace_rate: Default::default(),
             catch_up: Default::default(),
             oplog_remaining: Default::default(),
+            disk_low: Default::default(),
+            disk_free: Default::default(),
             seen: HashMap::new(),
             registry: Registry::default(),
         };
@@ -201,6 +205,16 @@ impl Metrics {
             "Time before the source's oplog rolls past the lane's resume point",
             m.oplog_remaining.clone(),
         );
+        r.register(
+            "cutover_destination_disk_low",
+            "1 while the copy holds because the destination is short of disk space",
+            m.disk_low.clone(),
+        );
+        r.register(
+            "cutover_destination_free_bytes",
+            "Free bytes on the destination's data filesystem at the disk watch's last sample",
+            m.disk_free.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -269,6 +283,13 @@ impl Metrics {
             // No lane replicates (e.g. after the commit): nothing can commit, no lag.
             self.can_commit.get_or_create(&lane_l).set(0);
             self.lag.remove(&lane_l);
+        }
+        // The disk watch runs in this process (see `crate::diskwatch`).
+        self.disk_low
+            .get_or_create(&plan_l)
+            .set(i64::from(crate::pause::disk_low().is_some()));
+        if let Some(free) = crate::diskwatch::last_free() {
+            self.disk_free.get_or_create(&plan_l).set(free as f64);
         }
         if let Some(run) = run {
             self.paused

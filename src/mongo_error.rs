@@ -42,6 +42,9 @@ pub mod code {
     pub const INTERRUPTED_DUE_TO_REPL_STATE_CHANGE: i32 = 11602;
     pub const NOT_PRIMARY_NO_SECONDARY_OK: i32 = 13435;
     pub const NOT_PRIMARY_OR_SECONDARY: i32 = 13436;
+    pub const USER_WRITES_BLOCKED: i32 = 371;
+    /// mongod refuses writes when its dbpath's free space is below its floor.
+    pub const OUT_OF_DISK_SPACE: i32 = 14031;
 }
 
 use code::*;
@@ -69,6 +72,10 @@ const RETRYABLE: &[i32] = &[
     // large-document write under cache pressure, as a command error or a write error). Nothing
     // was written; the same write succeeds once the cache has evicted.
     TRANSACTION_TOO_LARGE_FOR_CACHE,
+    // Not in the specifications: mongod refuses writes while its disk is short of space
+    // (OutOfDiskSpace). Nothing was written; the same write succeeds once space is freed, so
+    // a run waits for it (within `--retry-timeout`) and names the cause meanwhile.
+    OUT_OF_DISK_SPACE,
 ];
 
 /// Codes that mean "the cursor this read was using is gone" (a failover, a rename or drop of
@@ -175,6 +182,69 @@ pub fn is_unreachable(e: &Error) -> bool {
             | ErrorKind::Io(_)
             | ErrorKind::ConnectionPoolCleared { .. }
     )
+}
+
+/// What is wrong, in a few words, when the server or the driver says it: a full disk, a
+/// server that cannot be reached, no primary, user writes blocked. `None`: the message says
+/// it best.
+pub fn cause(e: &Error) -> Option<&'static str> {
+    let codes: Vec<i32> = match e.kind.as_ref() {
+        ErrorKind::Command(c) => vec![c.code],
+        ErrorKind::Write(WriteFailure::WriteError(w)) => vec![w.code],
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => vec![w.code],
+        ErrorKind::InsertMany(im) => im
+            .write_errors
+            .iter()
+            .flatten()
+            .map(|w| w.code)
+            .chain(im.write_concern_error.iter().map(|w| w.code))
+            .collect(),
+        _ => Vec::new(),
+    };
+    cause_of(&codes, &e.to_string(), is_unreachable(e))
+}
+
+/// [`cause`] from server codes and the message text (a write error reported inside a reply
+/// document, or a driver error).
+pub fn cause_of(codes: &[i32], message: &str, unreachable: bool) -> Option<&'static str> {
+    let m = message.to_ascii_lowercase();
+    if codes.contains(&OUT_OF_DISK_SPACE)
+        || m.contains("no space left on device")
+        || m.contains("outofdiskspace")
+        || m.contains("enospc")
+    {
+        Some("the server is out of disk space")
+    } else if unreachable && message.contains("ReplicaSetNoPrimary") {
+        // The driver saw the members but none is primary (server selection for a write).
+        Some("the replica set has no primary (an election, or no majority of members up)")
+    } else if unreachable {
+        Some("the server cannot be reached")
+    } else if codes.iter().any(|c| {
+        [
+            NOT_WRITABLE_PRIMARY,
+            NOT_PRIMARY_NO_SECONDARY_OK,
+            NOT_PRIMARY_OR_SECONDARY,
+            PRIMARY_STEPPED_DOWN,
+            INTERRUPTED_DUE_TO_REPL_STATE_CHANGE,
+        ]
+        .contains(c)
+    }) {
+        Some("the server is not primary (an election, or no majority)")
+    } else if codes.contains(&USER_WRITES_BLOCKED) {
+        Some("user writes are blocked on the server, and not by this runner's user")
+    } else if codes.contains(&SHUTDOWN_IN_PROGRESS) || codes.contains(&INTERRUPTED_AT_SHUTDOWN) {
+        Some("the server is shutting down")
+    } else {
+        None
+    }
+}
+
+/// [`short_message`], led by its [`cause`] when there is one.
+pub fn with_cause(e: &Error) -> String {
+    match cause(e) {
+        Some(c) => format!("{c}: {}", short_message(e)),
+        None => short_message(e),
+    }
 }
 
 /// The driver's message without its debug dump of the topology and labels.
@@ -490,6 +560,40 @@ mod tests {
             let t = transience(&command(c));
             assert!(!t.for_read() && !t.for_write(), "{c}");
         }
+    }
+
+    #[test]
+    fn causes_are_named_from_codes_and_messages() {
+        let disk = cause(&command(OUT_OF_DISK_SPACE)).unwrap();
+        assert!(disk.contains("out of disk space"), "{disk}");
+        // WiredTiger's ENOSPC, as mongod reports it in a message.
+        assert_eq!(
+            cause_of(
+                &[8],
+                "pwrite: failed to write: No space left on device",
+                false
+            ),
+            Some(disk)
+        );
+        assert!(cause(&command(NOT_WRITABLE_PRIMARY))
+            .unwrap()
+            .contains("not primary"));
+        assert!(cause(&command(USER_WRITES_BLOCKED))
+            .unwrap()
+            .contains("user writes are blocked"));
+        let io: Error = ErrorKind::Io(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+        .into();
+        assert!(with_cause(&io).starts_with("the server cannot be reached: "));
+        assert!(cause_of(
+            &[],
+            "Server selection timeout: No available servers. Topology: { Type: ReplicaSetNoPrimary, Servers: [] }",
+            true
+        )
+        .unwrap()
+        .contains("no primary"));
+        assert_eq!(cause(&command(DUPLICATE_KEY)), None);
     }
 
     #[test]

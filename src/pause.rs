@@ -13,28 +13,64 @@ use tokio::sync::watch;
 use crate::engine::control::Control;
 use crate::progress::Progress;
 
-fn gate() -> &'static watch::Sender<bool> {
-    static GATE: OnceLock<watch::Sender<bool>> = OnceLock::new();
-    GATE.get_or_init(|| watch::channel(false).0)
+/// What holds the run: an operator's pause, and the disk watch (the destination's free
+/// space below its margin: see [`crate::diskwatch`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Gate {
+    operator: bool,
+    /// Why the disk watch holds the copy, while it does.
+    disk: Option<String>,
 }
 
-/// Closes (`true`) or opens (`false`) the gate.
+impl Gate {
+    fn closed(&self) -> bool {
+        self.operator || self.disk.is_some()
+    }
+}
+
+fn gate() -> &'static watch::Sender<Gate> {
+    static GATE: OnceLock<watch::Sender<Gate>> = OnceLock::new();
+    GATE.get_or_init(|| watch::channel(Gate::default()).0)
+}
+
+/// Closes (`true`) or opens (`false`) the operator's gate (`cutover pause` / `resume`).
 pub fn set_paused(paused: bool) {
-    gate().send_if_modified(|v| {
-        let changed = *v != paused;
-        *v = paused;
+    gate().send_if_modified(|g| {
+        let changed = g.operator != paused;
+        g.operator = paused;
         changed
     });
 }
 
-pub fn is_paused() -> bool {
-    *gate().borrow()
+/// Holds the copy (and change application) while the destination's disk is short of space
+/// (`Some(why)`), or lets it go on (`None`).
+pub fn set_disk_low(why: Option<String>) {
+    gate().send_if_modified(|g| {
+        let changed = g.disk != why;
+        g.disk = why;
+        changed
+    });
 }
 
-/// Returns at once when not paused, else when resumed.
+/// Why the disk watch holds the run now, if it does.
+pub fn disk_low() -> Option<String> {
+    gate().borrow().disk.clone()
+}
+
+/// Whether the run is held: an operator's pause or the disk watch.
+pub fn is_paused() -> bool {
+    gate().borrow().closed()
+}
+
+/// Whether an operator paused the run (`cutover pause`).
+pub fn operator_paused() -> bool {
+    gate().borrow().operator
+}
+
+/// Returns at once when not paused, else when resumed (and the disk has room again).
 pub async fn wait_resumed() {
     let mut rx = gate().subscribe();
-    let _ = rx.wait_for(|p| !*p).await;
+    let _ = rx.wait_for(|g| !g.closed()).await;
 }
 
 /// Change application's safe boundary (the last round is applied and its resume token
@@ -71,9 +107,14 @@ pub async fn hold_copy(progress: &Progress) {
         return;
     }
     let before = progress.phase();
-    progress.set_phase("paused");
+    let phase = if operator_paused() {
+        "paused".to_string()
+    } else {
+        "paused: the destination is short of disk space".to_string()
+    };
+    progress.set_phase(&phase);
     wait_resumed().await;
-    if progress.phase() == "paused" {
+    if progress.phase() == phase {
         progress.set_phase(&before);
     }
 }

@@ -99,7 +99,7 @@ async fn service_loop(
     let mut oplog_remaining: Option<f64> = None;
     // The previous oplog sample and the lane it was taken for (the source changes with it).
     let mut oplog_prev: Option<(Direction, crate::stats::OplogSample)> = None;
-    let mut was_paused = crate::pause::is_paused();
+    let mut was_paused = crate::pause::operator_paused();
     loop {
         let run = live.store.record().await.ok();
         if let Some(run) = &run {

@@ -19,7 +19,7 @@ use mongodb::{Client, Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use crate::fence::{AcquireError, Fence, Holder, LeaseLost};
-use crate::mongo_error::{self, short_message, Backoff, Failure};
+use crate::mongo_error::{self, Backoff, Failure};
 use crate::record::{Direction, RunRecord, RunState, StepStatus, RECORD_VERSION};
 
 pub const RUNS: &str = "runs";
@@ -85,7 +85,7 @@ impl mongo_error::Retryable for Attempt {
     }
     fn describe(&self) -> String {
         match self {
-            Attempt::Db(e) => short_message(e),
+            Attempt::Db(e) => mongo_error::with_cause(e),
             Attempt::Lost(l) => l.to_string(),
         }
     }
@@ -147,17 +147,15 @@ impl StateStore {
         let what = format!("{what} (state database `{}`)", self.db.name());
         let fence = self.fence.clone();
         let attempt = |n: u32| {
-            // A runner stops retrying once its lease has run out by its own clock.
-            let lost = match (&fence, n) {
-                (Some(f), 2..) => f.check().err(),
-                _ => None,
-            };
             let fut = op(n);
+            let fence = fence.clone();
             async move {
-                match lost {
-                    Some(l) => Err(Attempt::Lost(l)),
-                    None => fut.await.map_err(Attempt::Db),
+                // While the lease is unconfirmed every attempt waits (it is sent once this
+                // runner is known to still hold the plan); a lost lease ends the retries.
+                if let Some(f) = &fence {
+                    f.ready().await.map_err(Attempt::Lost)?;
                 }
+                fut.await.map_err(Attempt::Db)
             }
         };
         match mongo_error::retry(&mut backoff, "destination", &what, attempt).await {
@@ -267,7 +265,7 @@ impl StateStore {
     pub fn err(&self, e: &mongodb::error::Error) -> StateError {
         StateError::Db {
             db: self.db.name().to_string(),
-            detail: short_message(e),
+            detail: mongo_error::with_cause(e),
             transient: mongo_error::is_transient(e),
         }
     }
@@ -476,6 +474,8 @@ impl StateStore {
         .await?;
         let records: Vec<Collection<Document>> =
             FENCED_RECORDS.iter().map(|c| self.coll(c)).collect();
+        // How long an unconfirmed lease is waited for: the store's retry budget.
+        let patience = self.retry;
         // Taking the lease is retried like any write: an attempt whose reply was lost left the
         // lease with this holder, and the next attempt takes it again from itself (see
         // [`crate::fence::takeover_filter`]).
@@ -484,7 +484,7 @@ impl StateStore {
                 let (runs, records, holder) = (self.coll(RUNS), records.clone(), holder.clone());
                 let plan = self.plan.clone();
                 async move {
-                    match Fence::acquire(runs, &records, &plan, holder, ttl).await {
+                    match Fence::acquire(runs, &records, &plan, holder, ttl, patience).await {
                         Ok(f) => Ok(Ok(f)),
                         Err(AcquireError::Held { holder, until }) => Ok(Err((holder, until))),
                         Err(AcquireError::Db(e)) => Err(e),
@@ -514,14 +514,16 @@ impl StateStore {
     /// land after another runner took the plan over: the server stops a command at its
     /// deadline, and the deadline falls before this runner's lease can have expired (its time
     /// left less a quarter of the TTL for the command's transit). With too little time left
-    /// it waits for the next renewal (the renewal task runs meanwhile); fails once the lease
-    /// is lost. `None` without a lease (no limit).
+    /// it waits for the next renewal (the renewal task runs meanwhile), also through an
+    /// unconfirmed lease (the state store unreachable: see [`Fence`]); fails once the lease
+    /// is lost or the wait gave up. `None` without a lease (no limit).
     pub async fn write_budget(&self) -> Result<Option<Duration>, StateError> {
         let Some(f) = &self.fence else {
             return Ok(None);
         };
         let margin = f.ttl() / 4;
         loop {
+            f.ready().await.map_err(StateError::LeaseLost)?;
             let left = f.time_left().map_err(StateError::LeaseLost)?;
             if left >= margin + Duration::from_millis(500) {
                 return Ok(Some(left - margin));
@@ -530,10 +532,21 @@ impl StateStore {
         }
     }
 
-    /// The local fence check (no I/O): call before acting on a cluster.
+    /// The local fence check (no I/O, no wait): Err once the lease is lost. A write sent
+    /// after it must carry [`StateStore::write_budget`]'s deadline (which waits while the
+    /// lease is unconfirmed); otherwise use [`StateStore::fence_ready`].
     pub fn check_fence(&self) -> Result<(), StateError> {
         match &self.fence {
             Some(f) => f.check().map_err(StateError::LeaseLost),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until this runner may act on a cluster: at once while its lease is confirmed,
+    /// until it is confirmed again while unconfirmed (see [`Fence::ready`]). Err once lost.
+    pub async fn fence_ready(&self) -> Result<(), StateError> {
+        match &self.fence {
+            Some(f) => f.ready().await.map_err(StateError::LeaseLost),
             None => Ok(()),
         }
     }

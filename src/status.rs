@@ -79,6 +79,10 @@ pub struct DirectionView {
 pub struct BlockedView {
     pub cluster: String,
     pub release: String,
+    /// Set when no runner holds the plan (so none is working to release the block): the
+    /// one command that continues the migration, and releases the block when it is done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continue_with: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +121,8 @@ pub fn view(
         .map(|c| BlockedView {
             cluster: c.to_string(),
             release: format!("cutover unblock {plan_file} --cluster {c} --yes"),
+            continue_with: (rec.lease_live != Some(true))
+                .then(|| format!("cutover run {plan_file}")),
         })
         .collect();
     let steps = rec
@@ -290,6 +296,11 @@ impl StatusView {
                 "  BLOCKED       user writes on the {} cluster are blocked by cutover; release: `{}`\n",
                 b.cluster, b.release
             ));
+            if let Some(c) = &b.continue_with {
+                s.push_str(&format!(
+                    "                no runner is working to release it: `{c}` continues the migration\n"
+                ));
+            }
         }
         if let Some(e) = &self.last_error {
             s.push_str(&format!("  last error    {e}\n"));

@@ -172,7 +172,8 @@ pub fn cluster_err(
     EngineError::Cluster {
         cluster,
         doing: doing.into(),
-        detail: short_message(e),
+        // Led by what is wrong when the server says it (out of disk space, not primary…).
+        detail: crate::mongo_error::with_cause(e),
         transient: crate::mongo_error::transience(e).for_write(),
     }
 }

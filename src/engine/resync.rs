@@ -446,7 +446,7 @@ fn take(lane: &str) -> Option<Active> {
 
 /// The copy is complete: move it in place of the original, then replay the held events.
 async fn swap(ctx: &ApplyCtx, a: Active, position: Timestamp) -> Result<(), EngineError> {
-    ctx.store.check_fence()?;
+    ctx.store.fence_ready().await?;
     let held = a.held.len() as i64;
     update(
         ctx,
@@ -517,7 +517,7 @@ async fn replay(
 }
 
 async fn drop_temp(ctx: &ApplyCtx, temp: &Namespace) -> Result<(), EngineError> {
-    ctx.store.check_fence()?;
+    ctx.store.fence_ready().await?;
     let r =
         crate::cluster::run_majority(&ctx.dest.database(&temp.db), doc! {"drop": &temp.coll}).await;
     match r {

@@ -1163,7 +1163,7 @@ async fn send(
 }
 
 pub(crate) async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), EngineError> {
-    ctx.store.check_fence()?;
+    ctx.store.fence_ready().await?;
     if let Ok(mut m) = ctx.keying.lock() {
         m.clear();
     }

@@ -30,6 +30,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "CUTOVER_LOG_FORMAT",
     "CUTOVER_NO_PROGRESS",
     crate::fence::LEASE_TTL_ENV,
+    crate::diskwatch::EVERY_ENV,
 ];
 
 /// Whether `k` configures the program rather than the plan.

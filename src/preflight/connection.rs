@@ -60,24 +60,29 @@ pub fn describe(uri: &ClusterUri) -> String {
     format!("{tls}, {auth}, {compression}")
 }
 
-/// The destination's free disk space (of the filesystem holding its data) against the size
-/// of the selected data on the source: a warning below 1.5×, a failure below 1×.
-pub async fn disk_check(dest: &Cluster, selected_bytes: i64) -> Check {
-    let stats = dest
-        .client
+/// Free and total bytes of the filesystem holding a server's data (`dbStats` with
+/// `freeStorage`: `fsTotalSize - fsUsedSize`, and `fsTotalSize`), as `cutover check` reads
+/// them; `None` when the server does not say.
+pub async fn free_space(client: &mongodb::Client) -> Option<(i64, i64)> {
+    let stats = client
         .database("admin")
         .run_command(doc! {"dbStats": 1, "freeStorage": 1})
-        .await;
-    let num = |d: &mongodb::bson::Document, k: &str| match d.get(k) {
+        .await
+        .ok()?;
+    let num = |k: &str| match stats.get(k) {
         Some(Bson::Int32(v)) => Some(i64::from(*v)),
         Some(Bson::Int64(v)) => Some(*v),
         Some(Bson::Double(v)) => Some(*v as i64),
         _ => None,
     };
-    let free = stats
-        .as_ref()
-        .ok()
-        .and_then(|s| Some(num(s, "fsTotalSize")? - num(s, "fsUsedSize")?));
+    let total = num("fsTotalSize")?;
+    Some((total - num("fsUsedSize")?, total))
+}
+
+/// The destination's free disk space (of the filesystem holding its data) against the size
+/// of the selected data on the source: a warning below 1.5×, a failure below 1×.
+pub async fn disk_check(dest: &Cluster, selected_bytes: i64) -> Check {
+    let free = free_space(&dest.client).await.map(|(free, _)| free);
     let Some(free) = free else {
         return Check::warn(
             "disk-space",

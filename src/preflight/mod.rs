@@ -2,7 +2,7 @@
 //! sends is a read (`hello`, `buildInfo`, `connectionStatus`, `listDatabases`,
 //! `listCollections`, `listIndexes`, `$collStats`, `$sample`/`find`, `replSetGetConfig`).
 
-mod connection;
+pub mod connection;
 mod data;
 mod oplog;
 pub mod privileges;

@@ -86,6 +86,8 @@ pub async fn commit(
                     );
                 }
                 crate::crashpoint::hit("commit.blocked", Some(i));
+                // Tests act here, inside the write-blocked window (tests/it/lease.rs).
+                crate::crashpoint::pause("commit.blocked").await;
                 // Every user write the source accepted has a time at or before this point.
                 let block_ts = cluster_time(ctx, &src).await.map_err(fail)?;
                 ctx.store

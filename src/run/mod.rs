@@ -75,9 +75,20 @@ impl RunError {
         match self {
             RunError::Cluster(c) => Some(c.hint().to_string()),
             RunError::Step { source, .. } => source.hint().map(str::to_string),
+            RunError::LeaseLost(l) if l.taken_over() => Some(match &l.holder {
+                Some(h) => format!(
+                    "the runner {h} holds this plan now and drives it; `cutover status PLAN` shows it. \
+                     Run this one again only if that runner is gone"
+                ),
+                None => "another `cutover run` took this plan; `cutover status PLAN` names the one that \
+                         holds it now. Run this one again only if that runner is gone"
+                    .into(),
+            }),
             RunError::LeaseLost(_) => Some(
-                "another `cutover run` now drives this plan; `cutover status PLAN` names it. Run this one \
-                 again only if that runner is gone"
+                "no other runner held this plan as far as this one knows (the error says whether the \
+                 state store confirmed it): this one waited for the state store (the destination) for \
+                 `--retry-timeout` and stopped; run the same command again to continue once the \
+                 destination answers"
                     .into(),
             ),
             RunError::State(StateError::Leased { .. }) => Some(
@@ -103,6 +114,10 @@ pub struct RunReport {
     pub write_blocked_window_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The clusters whose user writes this run left blocked when it stopped with an error
+    /// (by its own knowledge: the blocks it set and those recorded when it started).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -127,6 +142,9 @@ pub struct Ctx {
     pub lane: Option<Lane>,
     /// The progress the status reporter publishes (the current lane's).
     pub current: Arc<Mutex<Option<Arc<Progress>>>>,
+    /// The clusters (plan roles) whose user writes are blocked, by this runner's knowledge:
+    /// recorded at start, then every block it sets or lifts. Named when the run stops.
+    pub blocked: std::collections::BTreeSet<&'static str>,
 }
 
 impl Ctx {
@@ -189,8 +207,9 @@ impl Ctx {
     }
 
     /// Records the intent, then blocks or unblocks user writes on `which` (a plan role).
-    pub async fn set_block(&self, which: Scope, on: bool) -> Result<(), RunError> {
-        let key = format!("blocks.{}", crate::cluster::scope_name(which));
+    pub async fn set_block(&mut self, which: Scope, on: bool) -> Result<(), RunError> {
+        let name = crate::cluster::scope_name(which);
+        let key = format!("blocks.{name}");
         let cluster = if which == Scope::Source {
             &self.source
         } else {
@@ -203,6 +222,7 @@ impl Ctx {
         if on {
             // Intent first: status must never miss a block that may have happened.
             self.store.set(doc! {key.clone(): true}).await?;
+            self.blocked.insert(name);
             set_user_write_block(cluster, true).await?;
             tracing::info!(
                 cluster = crate::cluster::scope_name(which),
@@ -210,6 +230,7 @@ impl Ctx {
             );
         } else {
             set_user_write_block(cluster, false).await?;
+            self.blocked.remove(name);
             self.store.set(doc! {key: false}).await?;
             tracing::info!(
                 cluster = crate::cluster::scope_name(which),
@@ -254,6 +275,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     let ttl = crate::fence::lease_ttl().map_err(RunError::Refused)?;
     let fence = store.take_lease(Holder::mine(), ttl).await?;
     let store = store.with_fence(fence.clone());
+    crate::fence::install(Some(&fence));
     let renewal = fence.spawn_renewal();
     let opened = async {
         if opts.restart {
@@ -267,6 +289,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     .await;
     if let Err(e) = opened {
         renewal.abort();
+        crate::fence::install(None);
         fence.release().await;
         source.client.clone().shutdown().await;
         destination.client.clone().shutdown().await;
@@ -283,6 +306,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         plan.destination.hosts_display(),
         opts.progress_bars,
     );
+    let disk_watch = crate::diskwatch::spawn(destination.client.clone(), current.clone());
     let mut service = crate::service::start(
         plan.clone(),
         store.clone().with_retry(Duration::ZERO),
@@ -294,6 +318,14 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     if let Some(bound) = api {
         service.attach(|live, stop| crate::api::serve(bound, live, stop));
     }
+    // The blocks a previous runner left (status must never miss one).
+    let blocked = match store.record().await {
+        Ok(rec) => ["source", "destination"]
+            .into_iter()
+            .filter(|c| rec.blocks.get(*c).copied().unwrap_or(false))
+            .collect(),
+        Err(_) => Default::default(),
+    };
     let mut ctx = Ctx {
         plan,
         source,
@@ -302,6 +334,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         opts,
         lane: None,
         current,
+        blocked,
     };
     // A lost lease ends the run at once, wherever it is.
     let result = tokio::select! {
@@ -309,6 +342,8 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         l = fence.lost() => Err(RunError::LeaseLost(l)),
     };
     renewal.abort();
+    disk_watch.abort();
+    crate::fence::install(None);
 
     if let Some(lost) = fence.lost_error() {
         // Another runner owns the plan: no graceful stop (it would write a checkpoint), no
@@ -319,6 +354,10 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         reporter.abort();
         let lost = fence.explain(lost).await;
         tracing::error!("{lost}");
+        if !lost.taken_over() {
+            // Stopped for good with no other runner known: name what stays blocked.
+            report.blocked = ctx.blocked.iter().map(|c| c.to_string()).collect();
+        }
         return Err(RunError::LeaseLost(lost));
     }
     // Stop replication at a safe point (the current round is finished and checkpointed).
@@ -336,6 +375,9 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
             .await;
     }
     let result = result.map_err(|e| fenced_error(&fence, e));
+    if result.is_err() {
+        report.blocked = ctx.blocked.iter().map(|c| c.to_string()).collect();
+    }
     fence.release().await;
     ctx.source.client.clone().shutdown().await;
     ctx.destination.client.clone().shutdown().await;

@@ -101,7 +101,9 @@ impl StateStore {
         }
         if running {
             runs.update_one(
-                store.filter(doc! {"_id": {"plan": plan, "run": last_run}})?,
+                store
+                    .filter(doc! {"_id": {"plan": plan, "run": last_run}})
+                    .await?,
                 store.stamp(doc! {"$set": {"status": "abandoned"}}),
             )
             .await
@@ -119,10 +121,11 @@ impl StateStore {
     }
 
     /// The fence's epoch condition on a write's filter (inside `cutover run`).
-    fn filter(&self, f: Document) -> Result<Document, VerifyError> {
+    /// Waits while the lease is unconfirmed (see [`Fence`]).
+    async fn filter(&self, f: Document) -> Result<Document, VerifyError> {
         match &self.fence {
             Some(fence) => {
-                fence.check()?;
+                fence.ready().await?;
                 Ok(fence.filter(f))
             }
             None => Ok(f),
@@ -154,7 +157,8 @@ impl StateStore {
     pub async fn finish(&self) -> Result<(), VerifyError> {
         self.coll(RUNS)
             .update_one(
-                self.filter(doc! {"_id": {"plan": &self.plan, "run": self.run}})?,
+                self.filter(doc! {"_id": {"plan": &self.plan, "run": self.run}})
+                    .await?,
                 self.stamp(doc! {"$set": {"status": "finished", "finished_at": DateTime::now()}}),
             )
             .await
@@ -186,7 +190,8 @@ impl StateStore {
             .replace_one(
                 self.filter(
                     doc! {"_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()}},
-                )?,
+                )
+                .await?,
                 self.stamp_doc(doc! {
                     "_id": {"plan": &self.plan, "run": self.run, "ns": ns.to_string()},
                     "plan": &self.plan,
@@ -245,7 +250,7 @@ impl StateStore {
             "finished_at": DateTime::now(),
         };
         self.coll(RANGES)
-            .replace_one(self.filter(doc! {"_id": id})?, self.stamp_doc(body))
+            .replace_one(self.filter(doc! {"_id": id}).await?, self.stamp_doc(body))
             .upsert(true)
             .await
             .map_err(|e| err("saving a verify range", &e))?;

@@ -316,6 +316,7 @@ async fn a_runner_that_lost_its_lease_stops_at_once() {
         "the runner that lost its lease",
     )
     .await;
+    eprintln!("the first runner: {}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{}", show(&o));
     assert!(err.contains("lost its lease"), "{}", show(&o));
@@ -642,5 +643,317 @@ async fn shutdown_errors_on_data_writes_do_not_cost_the_lease() {
         before,
         "the lease changed hands during the storm"
     );
+    assert_same_data(&s, &d, STATE_DB).await;
+}
+
+const AUTO: &str = r#"
+[options]
+write_blocking = "source-and-destination"
+max_lag = "2s"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+timeout = "5m"
+"#;
+
+/// A runner whose destination (the state store) goes through a loopback proxy, paused inside
+/// the commit's write-blocked window (`commit.blocked`: both clusters user-write-blocked)
+/// with a 4 s lease TTL. Returns the runner, its pause directory and the proxy.
+async fn runner_paused_in_the_window(
+    src: &ReplicaSet,
+    dst: &ReplicaSet,
+    plan: &str,
+) -> (Child, tempfile::TempDir, crate::outage::Proxy) {
+    runner_paused_in_the_window_with(src, dst, plan, "120s").await
+}
+
+/// [`runner_paused_in_the_window`] with another `--retry-timeout`.
+async fn runner_paused_in_the_window_with(
+    src: &ReplicaSet,
+    dst: &ReplicaSet,
+    plan: &str,
+    retry_timeout: &str,
+) -> (Child, tempfile::TempDir, crate::outage::Proxy) {
+    let proxy = crate::outage::Proxy::start(dst.members[0].port).await;
+    let pause = tempfile::tempdir().unwrap();
+    let env: Vec<(&'static str, String)> = vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", proxy.uri()),
+        ("CUTOVER_LEASE_TTL", "4s".into()),
+        ("CUTOVER_TEST_PAUSE_AT", "commit.blocked".into()),
+        ("CUTOVER_TEST_PAUSE_DIR", pause.path().display().to_string()),
+    ];
+    let mut runner = spawn_cutover(
+        &[
+            "run",
+            plan,
+            "--retry-timeout",
+            retry_timeout,
+            "--connect-timeout",
+            "2s",
+        ],
+        &refs(&env),
+    );
+    wait_pause_file(&pause.path().join("commit.blocked.reached"), &mut runner).await;
+    assert!(
+        !app_insert(src, 10).await,
+        "the source must be write-blocked inside the window"
+    );
+    assert!(
+        !app_insert(dst, 11).await,
+        "the destination must be write-blocked inside the window"
+    );
+    (runner, pause, proxy)
+}
+
+/// Cuts the destination off (connections dropped, then refused) and lets the paused runner
+/// go on into the cut: its next writes (the commit's record, the drain) meet an unreachable
+/// state store.
+async fn cut_and_go(proxy: &crate::outage::Proxy, pause: &std::path::Path) {
+    proxy.set(crate::outage::Mode::Drop);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.set(crate::outage::Mode::Refuse);
+    std::fs::write(pause.join("commit.blocked.go"), b"").unwrap();
+}
+
+/// Issue #23 (a): the destination, which holds the state store and the lease, unreachable
+/// for 12 s (three lease TTLs) inside the commit's write-blocked window. The runner stops
+/// writing when its lease is unconfirmed, waits, renews its own epoch when the destination
+/// answers (no other runner took the plan) and finishes the commit in the same run: exit 0,
+/// identical data, the epoch unchanged. Before, it exited 4 ("lost its lease") and left
+/// both clusters blocked until someone ran it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_outage_in_the_window_is_waited_out() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    let (_p, plan) = write_plan(&plan_text("unconfirmed", AUTO));
+    let plan = plan.to_str().unwrap().to_string();
+    let (runner, pause, proxy) = runner_paused_in_the_window(&src, &dst, &plan).await;
+    let epoch = epoch_of(&run_doc(&d, "unconfirmed").await);
+
+    cut_and_go(&proxy, pause.path()).await;
+    let cut = Instant::now();
+    let mut runner = runner;
+    while cut.elapsed() < Duration::from_secs(12) {
+        if let Some(st) = runner.try_wait().unwrap() {
+            let o = finish_child(runner).await;
+            panic!(
+                "the runner stopped ({st}) while the destination was unreachable: {}",
+                show(&o)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Still inside the window, with no runner able to reach the destination: both blocked.
+    assert!(!app_insert(&dst, 12).await, "the destination was unblocked");
+    proxy.set(crate::outage::Mode::Up);
+
+    let o = wait_exit(
+        runner,
+        Duration::from_secs(120),
+        "the runner after the outage",
+    )
+    .await;
+    eprintln!("the runner after the outage: {}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(err.contains("Lease unconfirmed"), "{}", show(&o));
+    assert!(err.contains("Lease confirmed again"), "{}", show(&o));
+    assert!(!err.contains("lost its lease"), "{}", show(&o));
+    assert_eq!(
+        epoch_of(&run_doc(&d, "unconfirmed").await),
+        epoch,
+        "the plan changed hands"
+    );
+    let direct = env_of(&src, &dst, &[]);
+    let v = status_json(&plan, &direct, &[]).await;
+    assert_eq!(v["state"], "COMMITTED", "{v}");
+    assert!(
+        app_insert(&dst, 13).await,
+        "the destination must be writable after the commit"
+    );
+    d.database("scratch").drop().await.unwrap();
+    s.database("scratch").drop().await.unwrap();
+    assert_same_data(&s, &d, STATE_DB).await;
+}
+
+/// Issue #23 (b): the same outage, and a second runner (which reaches the destination) is
+/// started during it, after the first one's lease expired by the state store's clock. The
+/// second takes the plan (a newer epoch); when the destination answers the first runner
+/// again, its conditional renewal matches nothing: it exits 4 naming the second runner and
+/// writes nothing, and the second finishes the commit. Exactly one runner finishes. Before,
+/// the first runner gave up on its own after one TTL, naming nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_cut_off_in_the_window_yields_to_one_that_took_over() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    let (_p, plan) = write_plan(&plan_text("unconfirmed-two", AUTO));
+    let plan = plan.to_str().unwrap().to_string();
+    let (first, pause, proxy) = runner_paused_in_the_window(&src, &dst, &plan).await;
+    let first_epoch = epoch_of(&run_doc(&d, "unconfirmed-two").await);
+
+    cut_and_go(&proxy, pause.path()).await;
+    // Past the first runner's TTL (4 s), by the state store's clock too.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The second runner reaches the destination directly; it pauses at the same point so
+    // that it still holds the plan when the first one hears from the destination again.
+    let pause2 = tempfile::tempdir().unwrap();
+    let env2 = env_of(
+        &src,
+        &dst,
+        &[
+            ("CUTOVER_LEASE_TTL", "4s".into()),
+            ("CUTOVER_TEST_PAUSE_AT", "commit.blocked".into()),
+            (
+                "CUTOVER_TEST_PAUSE_DIR",
+                pause2.path().display().to_string(),
+            ),
+        ],
+    );
+    // Its destination URI differs from the first runner's (direct, not through the proxy),
+    // which changes the plan's fingerprint: accepted, as an operator on another machine would.
+    let mut second = spawn_cutover(&["run", &plan, "--accept-changed-plan"], &refs(&env2));
+    let second_pid = second.id();
+    wait_pause_file(&pause2.path().join("commit.blocked.reached"), &mut second).await;
+    let run_before = run_doc(&d, "unconfirmed-two").await;
+    let second_epoch = epoch_of(&run_before);
+    assert!(second_epoch > first_epoch, "{run_before}");
+
+    // The destination answers the first runner again: it must stop, naming the second.
+    proxy.set(crate::outage::Mode::Up);
+    let o = wait_exit(
+        first,
+        Duration::from_secs(60),
+        "the first runner after the outage",
+    )
+    .await;
+    eprintln!("the first runner: {}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(err.contains("lost its lease"), "{}", show(&o));
+    assert!(
+        err.contains(&format!("pid {second_pid}")),
+        "names the runner that holds the plan: {}",
+        show(&o)
+    );
+    // It wrote nothing once the second runner held the plan: the commit's record, the
+    // blocks, the steps and the lease are the second runner's, as they were.
+    let run_after = run_doc(&d, "unconfirmed-two").await;
+    for k in ["commits", "blocks", "steps", "epoch", "state"] {
+        assert_eq!(
+            run_after.get(k),
+            run_before.get(k),
+            "the first runner wrote `{k}` of the run document"
+        );
+    }
+    let id = |r: &Document| {
+        r.get_document("lease")
+            .unwrap()
+            .get_str("id")
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(id(&run_after), id(&run_before));
+    assert!(
+        !app_insert(&dst, 14).await,
+        "the destination must still be write-blocked (the second runner is paused)"
+    );
+
+    // The second runner finishes the commit.
+    std::fs::write(pause2.path().join("commit.blocked.go"), b"").unwrap();
+    let o = wait_exit(second, Duration::from_secs(120), "the second runner").await;
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let v = status_json(&plan, &env_of(&src, &dst, &[]), &[]).await;
+    assert_eq!(v["state"], "COMMITTED", "{v}");
+    assert_eq!(v["epoch"], second_epoch, "{v}");
+    assert_same_data(&s, &d, STATE_DB).await;
+}
+
+/// Issue #23, the other end: the destination stays unreachable past the lease TTL plus
+/// `--retry-timeout` (4 s + 5 s) inside the write-blocked window. The runner stops for good
+/// with exit 3 (not 4: no other runner took the plan), saying it could not confirm its
+/// lease, why (the destination cannot be reached), which clusters stay user-write-blocked
+/// and the one command that continues; once the destination is back, `cutover status` says
+/// the same (no runner is working to release the blocks), and that command finishes the
+/// commit with identical data. Before, the runner exited 4 after one TTL ("lost its lease"),
+/// naming neither the blocked clusters nor the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_gives_up_waiting_names_the_blocked_clusters_and_the_command() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed(&s).await;
+    let (_p, plan) = write_plan(&plan_text("gave-up", AUTO));
+    let plan = plan.to_str().unwrap().to_string();
+    let (runner, pause, proxy) = runner_paused_in_the_window_with(&src, &dst, &plan, "5s").await;
+    cut_and_go(&proxy, pause.path()).await;
+    let o = wait_exit(
+        runner,
+        Duration::from_secs(90),
+        "the runner in the long outage",
+    )
+    .await;
+    eprintln!("the runner in the long outage: {}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert!(err.contains("could not confirm its lease"), "{}", show(&o));
+    assert!(err.contains("cannot be reached"), "{}", show(&o));
+    assert!(!err.contains("lost its lease"), "{}", show(&o));
+    assert!(
+        err.contains("user writes stay blocked on the destination and the source clusters"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        err.contains(&format!("`cutover run {plan}`")),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        !app_insert(&src, 20).await,
+        "the source must still be blocked"
+    );
+    assert!(
+        !app_insert(&dst, 21).await,
+        "the destination must still be blocked"
+    );
+
+    // The destination is back: status names the blocks and the command that continues.
+    proxy.set(crate::outage::Mode::Up);
+    let env: Vec<(&'static str, String)> = vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", proxy.uri()),
+    ];
+    let v = wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(60),
+        "status to show the blocks with no runner",
+        |v| v["runner"].is_null() && v["blocked"].as_array().is_some_and(|b| b.len() == 2),
+    )
+    .await;
+    for b in v["blocked"].as_array().unwrap() {
+        assert_eq!(
+            b["continue_with"].as_str(),
+            Some(format!("cutover run {plan}").as_str()),
+            "{v}"
+        );
+    }
+    let o = run_cutover(&["run", &plan], &refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        app_insert(&dst, 22).await,
+        "the destination must be writable"
+    );
+    d.database("scratch").drop().await.unwrap();
+    s.database("scratch").drop().await.unwrap();
     assert_same_data(&s, &d, STATE_DB).await;
 }

@@ -18,7 +18,7 @@ static FORWARDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 static CLOSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Forward connections.
     Up,
     /// Close every open connection and every new one at once.
@@ -28,14 +28,14 @@ enum Mode {
 }
 
 /// A loopback TCP proxy to one mongod, whose behaviour the test switches.
-struct Proxy {
+pub(crate) struct Proxy {
     port: u16,
     mode: watch::Sender<Mode>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
+    pub(crate) async fn start(upstream: u16) -> Proxy {
         let first = bind(0).expect("bind the proxy");
         let port = first.local_addr().unwrap().port();
         let (mode, rx) = watch::channel(Mode::Up);
@@ -93,13 +93,13 @@ impl Proxy {
         Proxy { port, mode, task }
     }
 
-    fn set(&self, m: Mode) {
+    pub(crate) fn set(&self, m: Mode) {
         self.mode.send_replace(m);
     }
 
     /// A root URI through the proxy. `directConnection=true`: a replica-set URI would make
     /// the driver connect to the members' advertised hosts, around the proxy.
-    fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         format!(
             "mongodb://{ROOT_USER}:{ROOT_PASSWORD}@127.0.0.1:{}/?directConnection=true",
             self.port
@@ -478,4 +478,136 @@ async fn destination_outage_is_retried() {
             "acknowledged write {n} is missing on the destination"
         );
     }
+}
+
+/// Free bytes of the filesystem holding `path` (`df`).
+fn avail_bytes(path: &std::path::Path) -> u64 {
+    let o = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df printed no free space for {}", path.display()))
+}
+
+/// Issue #23 (c): the destination's disk is nearly full during the copy (its dbpath on a
+/// 600 MB tmpfs, a ballast file leaving about 20 MB free: less than the 30 MB left to copy
+/// and less than 5% of the filesystem). The disk watch holds the copy with a message naming
+/// the destination's disk space (log and status); when the space comes back (the ballast
+/// removed) the copy goes on by itself and the same run commits with identical data. Before,
+/// the copy filled the disk and the run ended with an error that did not say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_short_of_disk_space_holds_the_copy_until_space_returns() {
+    let (src, dst) = tokio::join!(
+        ReplicaSet::start(),
+        ReplicaSet::start_with(RsOptions {
+            tmpfs_mb: Some(600),
+            oplog_mb: 64,
+            ..Default::default()
+        })
+    );
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    let orders = s.database("shop").collection::<Document>("orders");
+    for chunk in 0..30 {
+        orders
+            .insert_many((0..1000).map(|i| doc! {"_id": chunk * 1000 + i, "pad": "p".repeat(1000)}))
+            .await
+            .unwrap();
+    }
+    // Leave about 20 MB free on the destination's data filesystem.
+    let dbpath = dst.members[0].dbpath.clone();
+    let ballast = dbpath.join("ballast");
+    let fill = avail_bytes(&dbpath).saturating_sub(20 << 20);
+    let st = std::process::Command::new("fallocate")
+        .args(["-l", &fill.to_string()])
+        .arg(&ballast)
+        .status()
+        .expect("fallocate");
+    assert!(st.success(), "fallocate the ballast");
+    let free = avail_bytes(&dbpath);
+    assert!(free < 25 << 20, "{free} bytes free after the ballast");
+
+    let (_d, plan) = write_plan(&plan_text(
+        "disk-low",
+        r#"
+[options]
+write_blocking = "source-and-destination"
+max_lag = "2s"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+timeout = "5m"
+"#,
+    ));
+    let plan = plan.to_str().unwrap().to_string();
+    let env: Vec<(&'static str, String)> = vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", dst.root_uri()),
+        ("CUTOVER_DISK_WATCH_EVERY", "1s".into()),
+    ];
+    let run = tokio::task::spawn_blocking({
+        let (plan, env) = (plan.clone(), env.clone());
+        move || run_cutover(&["run", &plan, "--docs-per-range", "1000"], &refs(&env))
+    });
+    let v = wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(120),
+        "the copy to hold for disk space",
+        |v| {
+            v["phase"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("short of disk space")
+        },
+    )
+    .await;
+    // Held: nothing more is copied while the space is short.
+    let copied = v["collection_copy"]["copied_documents"]
+        .as_i64()
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!run.is_finished(), "the run ended while the disk was short");
+    let v = status_json(&plan, &env, &[]).await;
+    assert!(
+        v["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("short of disk space"),
+        "{v}"
+    );
+    assert_eq!(
+        v["collection_copy"]["copied_documents"]
+            .as_i64()
+            .unwrap_or(0),
+        copied,
+        "the copy went on while the disk was short: {v}"
+    );
+    assert!(copied < 30_000, "the copy was done before it held: {v}");
+
+    // Space comes back: the same run goes on and commits.
+    std::fs::remove_file(&ballast).unwrap();
+    let o = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the run did not finish after the space came back")
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(err.contains("Copy held"), "{}", show(&o));
+    assert!(
+        err.contains("destination's data filesystem has"),
+        "{}",
+        show(&o)
+    );
+    assert!(err.contains("room again"), "{}", show(&o));
+    assert_same_data(&s, &d, "__cutover").await;
 }

@@ -139,10 +139,11 @@ impl RelaxationStore {
     }
 
     /// Applies the fence to a write's filter (`None`: unfenced).
-    fn fenced(&self, filter: Document) -> Result<Document, CatalogError> {
+    /// Waits while the lease is unconfirmed (see [`Fence`]).
+    async fn fenced(&self, filter: Document) -> Result<Document, CatalogError> {
         match &self.fence {
             Some(f) => {
-                f.check()?;
+                f.ready().await?;
                 Ok(f.filter(filter))
             }
             None => Ok(filter),
@@ -204,7 +205,9 @@ impl RelaxationStore {
             f.confirm().await?;
             body = f.stamp_doc(body);
         }
-        let filter = self.fenced(doc! {"_id": body.get("_id").cloned().unwrap_or(Bson::Null)})?;
+        let filter = self
+            .fenced(doc! {"_id": body.get("_id").cloned().unwrap_or(Bson::Null)})
+            .await?;
         match self.coll.replace_one(filter, body).upsert(true).await {
             Ok(_) => Ok(()),
             // A record of a newer runner's epoch exists: the upsert collided with it.
@@ -262,7 +265,7 @@ impl RelaxationStore {
     ) -> Result<(), CatalogError> {
         let r = self
             .coll
-            .delete_one(self.fenced(doc! {"_id": self.id(ns, index, kind)})?)
+            .delete_one(self.fenced(doc! {"_id": self.id(ns, index, kind)}).await?)
             .await
             .map_err(|e| self.err("delete", e))?;
         if r.deleted_count == 0 {
@@ -277,7 +280,7 @@ impl RelaxationStore {
         f.insert("index", index);
         let r = self
             .coll
-            .delete_many(self.fenced(f)?)
+            .delete_many(self.fenced(f).await?)
             .await
             .map_err(|e| self.err("delete", e))?;
         if r.deleted_count == 0 {
@@ -290,7 +293,7 @@ impl RelaxationStore {
     pub async fn forget_namespace(&self, ns: &Namespace) -> Result<(), CatalogError> {
         let r = self
             .coll
-            .delete_many(self.fenced(self.ns_filter(ns))?)
+            .delete_many(self.fenced(self.ns_filter(ns)).await?)
             .await
             .map_err(|e| self.err("delete", e))?;
         if r.deleted_count == 0 {

@@ -61,6 +61,9 @@ pub struct RsOptions {
     /// `--syncdelay` (seconds between checkpoints; mongod truncates its oplog only up to the
     /// last checkpoint, so a small oplog needs frequent ones to truncate promptly).
     pub syncdelay: Option<u32>,
+    /// Each member's dbpath on its own tmpfs of this many MB (a small disk that can fill up;
+    /// mounting needs root). Unmounted when the set is dropped.
+    pub tmpfs_mb: Option<u32>,
 }
 
 impl Default for RsOptions {
@@ -70,6 +73,7 @@ impl Default for RsOptions {
             oplog_mb: 256,
             cache_gb: 0.25,
             syncdelay: None,
+            tmpfs_mb: None,
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct ReplicaSet {
     pub name: String,
     pub members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// The members' dbpaths are tmpfs mounts (unmounted on drop).
+    tmpfs: bool,
 }
 
 impl ReplicaSet {
@@ -112,6 +118,18 @@ impl ReplicaSet {
         for i in 0..opts.members {
             let dbpath = dir.path().join(format!("m{i}"));
             std::fs::create_dir_all(&dbpath).expect("dbpath");
+            if let Some(mb) = opts.tmpfs_mb {
+                let st = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+                    .arg(&dbpath)
+                    .status()
+                    .expect("run mount");
+                assert!(
+                    st.success(),
+                    "mounting a {mb} MB tmpfs on {} failed (this test needs root)",
+                    dbpath.display()
+                );
+            }
             members.push(Member {
                 port: 0,
                 dbpath,
@@ -119,7 +137,12 @@ impl ReplicaSet {
                 args: Vec::new(),
             });
         }
-        let mut rs = ReplicaSet { name, members, dir };
+        let mut rs = ReplicaSet {
+            name,
+            members,
+            dir,
+            tmpfs: opts.tmpfs_mb.is_some(),
+        };
         for i in 0..opts.members {
             rs.spawn_member(i, &mongod, &keyfile, &opts);
         }
@@ -330,6 +353,9 @@ impl Drop for ReplicaSet {
             if let Some(mut c) = m.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
+            }
+            if self.tmpfs {
+                let _ = Command::new("umount").arg(&m.dbpath).status();
             }
         }
     }
