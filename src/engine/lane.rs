@@ -294,30 +294,7 @@ async fn lane_main(
             .collections_total
             .store(specs.len() as u64, Ordering::Relaxed);
         copy::estimate(&env.source, &specs, &progress).await;
-        // Catalog operations are idempotent: a transient failure runs one again.
-        for s in &specs {
-            let what = format!("creating `{}`", s.ns);
-            env.retry
-                .run(&progress, &what, || async {
-                    if resumed {
-                        catalog::create_on_destination_resumed(&env.destination, s, &relax)
-                            .await
-                            .map_err(on(direction.destination_name()))?
-                    } else {
-                        catalog::create_on_destination(&env.destination, s, &relax)
-                            .await
-                            .map_err(on(direction.destination_name()))?
-                    }
-                    Ok(())
-                })
-                .await?;
-        }
-        if env.build_indexes == BuildIndexes::BeforeCopy {
-            progress.set_phase("building indexes");
-            for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-                build_indexes(&env, direction, &progress, s, &relax).await?;
-            }
-        }
+        create_catalog(&env, direction, &specs, resumed, &progress, &relax).await?;
         progress.set_phase("copying");
         copy::copy_all(&copy_ctx, &specs).await?;
         if env.build_indexes == BuildIndexes::AfterCopy {
@@ -396,29 +373,7 @@ async fn copy_with_events(
         .store(specs.len() as u64, Ordering::Relaxed);
     copy::estimate(&env.source, &specs, &progress).await;
     if !record.get_bool("catalog_done").unwrap_or(false) {
-        for s in &specs {
-            let what = format!("creating `{}`", s.ns);
-            env.retry
-                .run(&progress, &what, || async {
-                    if resumed {
-                        catalog::create_on_destination_resumed(&env.destination, s, &relax)
-                            .await
-                            .map_err(on(direction.destination_name()))?
-                    } else {
-                        catalog::create_on_destination(&env.destination, s, &relax)
-                            .await
-                            .map_err(on(direction.destination_name()))?
-                    }
-                    Ok(())
-                })
-                .await?;
-        }
-        if env.build_indexes == BuildIndexes::BeforeCopy {
-            progress.set_phase("building indexes");
-            for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-                build_indexes(env, direction, &progress, s, &relax).await?;
-            }
-        }
+        create_catalog(env, direction, &specs, resumed, &progress, &relax).await?;
         store
             .update_one(
                 LANES,
@@ -510,6 +465,42 @@ async fn copy_with_events(
     // Stopped or failed: the copy stops too (its ranges resume from their checkpoints).
     copy_task.abort();
     result
+}
+
+/// Creates the copy's collections on the destination (and, with `before-copy`, their
+/// indexes). Catalog operations are idempotent: a transient failure runs one again.
+async fn create_catalog(
+    env: &LaneEnv,
+    direction: Direction,
+    specs: &[catalog::NsSpec],
+    resumed: bool,
+    progress: &Progress,
+    relax: &RelaxationStore,
+) -> Result<(), EngineError> {
+    for s in specs {
+        let what = format!("creating `{}`", s.ns);
+        env.retry
+            .run(progress, &what, || async {
+                if resumed {
+                    catalog::create_on_destination_resumed(&env.destination, s, relax)
+                        .await
+                        .map_err(on(direction.destination_name()))?
+                } else {
+                    catalog::create_on_destination(&env.destination, s, relax)
+                        .await
+                        .map_err(on(direction.destination_name()))?
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    if env.build_indexes == BuildIndexes::BeforeCopy {
+        progress.set_phase("building indexes");
+        for s in specs.iter().filter(|s| s.kind != NsKind::View) {
+            build_indexes(env, direction, progress, s, relax).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Builds a collection's indexes on the destination, retrying transient failures.
