@@ -443,7 +443,7 @@ async fn process(
             unpersisted += 1;
             if let Some(tok) = event_token(ev) {
                 if let (Some(g), Ok(ts)) = (gate, ev.get_timestamp("clusterTime")) {
-                    g.advance(ts, tok.clone());
+                    g.advance(ts, &tok);
                 }
                 persist(ctx, &tok, None, unpersisted).await?;
                 *start = StartPoint::Token(tok);
@@ -462,7 +462,7 @@ async fn process(
         .to_document()
         .map_err(|e| EngineError::Event(e.to_string()))?;
     if let (Some(g), Some(p)) = (gate, pos) {
-        g.advance(p, token.clone());
+        g.advance(p, &token);
     }
     let persisting = Instant::now();
     let pos = persist(ctx, &token, pos, unpersisted).await?;

@@ -47,7 +47,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use mongodb::bson::{Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::bson::{Bson, Document, RawBson, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp};
 
 use crate::engine::error::EngineError;
 use crate::namespace::Namespace;
@@ -67,40 +67,41 @@ pub enum Route {
 #[derive(Debug)]
 enum SlotState {
     Pending,
-    /// Being copied: events held since `since` (the token of the last event routed before
-    /// it opened; resuming after it replays all of them).
+    /// Being copied, its events held (its opening is in `Inner::holding`).
     Open {
-        since: Since,
         held: Vec<RawDocumentBuf>,
         bytes: u64,
     },
+    /// Every write durable; events still held until the change application releases them.
     Finished {
-        since: Since,
         held: Vec<RawDocumentBuf>,
         bytes: u64,
     },
     Done,
 }
 
+/// A point of the change stream: a range's opening (resuming after `token` replays every
+/// event it held).
 #[derive(Clone, Debug)]
 struct Since {
     time: Timestamp,
-    token: Option<Document>,
+    /// Raw: routing records it for every event; only a checkpoint decodes it.
+    token: Option<RawDocumentBuf>,
 }
 
 #[derive(Debug)]
 struct Slot {
     id: String,
-    min: Option<Bson>,
-    max: Option<Bson>,
+    /// `[min, max)` as raw BSON (compared for every routed event); `None`: open-ended.
+    min: Option<RawBson>,
+    max: Option<RawBson>,
     state: SlotState,
 }
 
 #[derive(Debug, Default)]
 struct Coll {
     planned: bool,
-    /// Ranges in `_id` order (as planned: `[min, max)`, the first without `min`, the last
-    /// without `max`).
+    /// Ranges in `_id` order (as planned: the first without `min`, the last without `max`).
     slots: Vec<Slot>,
     /// Every range copied and its indexes built: DDL on it may be applied.
     ready: bool,
@@ -116,6 +117,9 @@ pub struct RangeInfo {
     pub done: bool,
 }
 
+/// A range of a collection: (namespace, slot index).
+type SlotKey = (Namespace, usize);
+
 #[derive(Debug)]
 struct Inner {
     /// The time and token of the last event routed (or the last batch end): the stream's
@@ -125,11 +129,16 @@ struct Inner {
     read_after: Timestamp,
     /// The copy's namespaces (destination names as planned).
     colls: HashMap<Namespace, Coll>,
+    /// Ranges holding events (Open or Finished) with their openings: `clamp` reads these,
+    /// never every range of every collection.
+    holding: HashMap<SlotKey, Since>,
+    /// Finished ranges not released yet.
+    finished: Vec<SlotKey>,
     /// Namespaces a deferred DDL event waits for: copied first.
     wanted: HashSet<Namespace>,
     /// The copy failed: the change application stops with this.
     failed: Option<EngineError>,
-    /// Every range is Done and every collection ready: the gate routes everything to Apply.
+    /// Every range Done and every collection ready: the gate routes everything to Apply.
     complete: bool,
 }
 
@@ -165,9 +174,14 @@ impl Gate {
             .collect();
         Arc::new(Self {
             inner: Mutex::new(Inner {
-                at: Since { time: start, token },
+                at: Since {
+                    time: start,
+                    token: token.and_then(|t| RawDocumentBuf::from_document(&t).ok()),
+                },
                 read_after: start,
                 colls,
+                holding: HashMap::new(),
+                finished: Vec::new(),
                 wanted: HashSet::new(),
                 failed: None,
                 complete: false,
@@ -194,17 +208,17 @@ impl Gate {
             return;
         }
         coll.planned = true;
+        let raw = |b: &Option<Bson>| b.clone().and_then(|b| RawBson::try_from(b).ok());
         coll.slots = ranges
             .iter()
             .map(|r| Slot {
                 id: r.id.clone(),
-                min: r.min.clone(),
-                max: r.max.clone(),
+                min: raw(&r.min),
+                max: raw(&r.max),
                 state: if r.done {
                     SlotState::Done
                 } else if r.started {
                     SlotState::Open {
-                        since: at.clone(),
                         held: Vec::new(),
                         bytes: 0,
                     }
@@ -213,11 +227,15 @@ impl Gate {
                 },
             })
             .collect();
-    }
-
-    /// Whether `ns`'s ranges are registered.
-    pub fn planned(&self, ns: &Namespace) -> bool {
-        self.lock().colls.get(ns).is_some_and(|c| c.planned)
+        let open: Vec<usize> = ranges
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.started && !r.done)
+            .map(|(i, _)| i)
+            .collect();
+        for i in open {
+            g.holding.insert((ns.clone(), i), at.clone());
+        }
     }
 
     /// Routes one CRUD event of `ns` (its `documentKey._id`), and moves the gate's position
@@ -228,10 +246,7 @@ impl Gate {
             g.read_after = g.read_after.max(ts);
             g.at = Since {
                 time: ts,
-                token: ev
-                    .get_document("_id")
-                    .ok()
-                    .and_then(|t| Document::try_from(t).ok()),
+                token: ev.get_document("_id").ok().map(|t| t.to_raw_document_buf()),
             };
         }
         if g.complete {
@@ -250,13 +265,13 @@ impl Gate {
             .ok()
             .and_then(|k| k.get("_id").ok().flatten());
         let Some(id) = id else { return Route::Apply };
-        let Some(slot) = slot_of(&mut coll.slots, id) else {
+        let Some(i) = slot_of(&coll.slots, id) else {
             return Route::Apply;
         };
-        match &mut slot.state {
+        match &mut coll.slots[i].state {
             SlotState::Pending => Route::Drop,
             SlotState::Done => Route::Apply,
-            SlotState::Open { held, bytes, .. } | SlotState::Finished { held, bytes, .. } => {
+            SlotState::Open { held, bytes } | SlotState::Finished { held, bytes } => {
                 let n = ev.as_bytes().len() as u64;
                 held.push(ev.to_raw_document_buf());
                 *bytes += n;
@@ -271,12 +286,12 @@ impl Gate {
     }
 
     /// Moves the position to a batch's end (its `postBatchResumeToken` and time).
-    pub fn advance(&self, time: Timestamp, token: Document) {
+    pub fn advance(&self, time: Timestamp, token: &Document) {
         let mut g = self.lock();
         g.read_after = g.read_after.max(time);
         g.at = Since {
             time,
-            token: Some(token),
+            token: RawDocumentBuf::from_document(token).ok(),
         };
     }
 
@@ -285,44 +300,47 @@ impl Gate {
     pub fn open(&self, ns: &Namespace, range: &str) -> Timestamp {
         let mut g = self.lock();
         let at = g.at.clone();
-        if let Some(slot) = g
-            .colls
-            .get_mut(ns)
-            .and_then(|c| c.slots.iter_mut().find(|s| s.id == range))
-        {
-            if matches!(slot.state, SlotState::Pending) {
-                slot.state = SlotState::Open {
-                    since: at,
-                    held: Vec::new(),
-                    bytes: 0,
-                };
-            }
+        let read_after = g.read_after;
+        let Some(i) = slot_index(&g, ns, range) else {
+            return read_after;
+        };
+        let slot = &mut g.colls.get_mut(ns).expect("found").slots[i];
+        if matches!(slot.state, SlotState::Pending) {
+            slot.state = SlotState::Open {
+                held: Vec::new(),
+                bytes: 0,
+            };
+            g.holding.insert((ns.clone(), i), at);
         }
-        g.read_after
+        read_after
     }
 
     /// A range's writes are durable: its held events may be released.
     pub fn finish(&self, ns: &Namespace, range: &str) {
         let mut g = self.lock();
         let at = g.at.clone();
-        if let Some(slot) = g
-            .colls
-            .get_mut(ns)
-            .and_then(|c| c.slots.iter_mut().find(|s| s.id == range))
-        {
-            let state = std::mem::replace(&mut slot.state, SlotState::Done);
-            slot.state = match state {
-                SlotState::Open { since, held, bytes } => {
-                    SlotState::Finished { since, held, bytes }
-                }
-                SlotState::Pending => SlotState::Finished {
-                    since: at,
+        let Some(i) = slot_index(&g, ns, range) else {
+            return;
+        };
+        let slot = &mut g.colls.get_mut(ns).expect("found").slots[i];
+        let (next, newly) = match std::mem::replace(&mut slot.state, SlotState::Done) {
+            SlotState::Open { held, bytes } => (SlotState::Finished { held, bytes }, true),
+            // Finished without opening (its collection was gone): nothing held.
+            SlotState::Pending => (
+                SlotState::Finished {
                     held: Vec::new(),
                     bytes: 0,
                 },
-                other => other,
-            };
+                true,
+            ),
+            other => (other, false),
+        };
+        slot.state = next;
+        if !newly {
+            return;
         }
+        g.holding.entry((ns.clone(), i)).or_insert(at);
+        g.finished.push((ns.clone(), i));
     }
 
     /// A collection's copy is complete (every range finished, indexes built).
@@ -341,24 +359,21 @@ impl Gate {
     pub fn release(&self) -> Release {
         let mut g = self.lock();
         let mut events = Vec::new();
-        let mut ranges = 0;
-        let mut freed = 0u64;
-        let mut count = 0u64;
-        for c in g.colls.values_mut() {
-            for s in &mut c.slots {
-                if let SlotState::Finished { .. } = s.state {
-                    if let SlotState::Finished { held, bytes, .. } =
-                        std::mem::replace(&mut s.state, SlotState::Done)
-                    {
-                        freed += bytes;
-                        count += held.len() as u64;
-                        events.extend(held);
-                        ranges += 1;
-                    }
-                }
+        let (mut freed, mut count) = (0u64, 0u64);
+        let finished = std::mem::take(&mut g.finished);
+        let ranges = finished.len();
+        for key in finished {
+            g.holding.remove(&key);
+            let slot = &mut g.colls.get_mut(&key.0).expect("planned").slots[key.1];
+            if let SlotState::Finished { held, bytes } =
+                std::mem::replace(&mut slot.state, SlotState::Done)
+            {
+                freed += bytes;
+                count += held.len() as u64;
+                events.extend(held);
             }
         }
-        if freed > 0 || count > 0 {
+        if count > 0 {
             self.progress.held_bytes.fetch_sub(freed, Ordering::Relaxed);
             self.progress
                 .held_events
@@ -371,18 +386,11 @@ impl Gate {
     /// events are held (None: nothing held, the caller's own position stands).
     pub fn clamp(&self) -> Option<(Timestamp, Option<Document>)> {
         let g = self.lock();
-        let mut oldest: Option<&Since> = None;
-        for c in g.colls.values() {
-            for s in &c.slots {
-                if let SlotState::Open { since, .. } | SlotState::Finished { since, .. } = &s.state
-                {
-                    if oldest.is_none_or(|o| since.time < o.time) {
-                        oldest = Some(since);
-                    }
-                }
-            }
-        }
-        oldest.map(|s| (s.time, s.token.clone()))
+        let oldest = g.holding.values().min_by_key(|s| s.time)?;
+        Some((
+            oldest.time,
+            oldest.token.as_ref().and_then(|t| t.to_document().ok()),
+        ))
     }
 
     /// Whether a DDL event on `namespaces` may be applied now (each collection of the copy
@@ -392,7 +400,6 @@ impl Gate {
         if g.complete {
             return true;
         }
-        let mut ready = true;
         let waiting: Vec<Namespace> = g
             .colls
             .iter()
@@ -404,10 +411,8 @@ impl Gate {
             })
             .map(|(ns, _)| ns.clone())
             .collect();
-        for ns in waiting {
-            ready = false;
-            g.wanted.insert(ns);
-        }
+        let ready = waiting.is_empty();
+        g.wanted.extend(waiting);
         ready
     }
 
@@ -422,13 +427,11 @@ impl Gate {
         if g.complete {
             return true;
         }
-        let done = g
-            .colls
-            .values()
-            .all(|c| c.ready && c.slots.iter().all(|s| matches!(s.state, SlotState::Done)));
-        if done {
-            g.complete = true;
-        }
+        let done = g.holding.is_empty()
+            && g.colls
+                .values()
+                .all(|c| c.ready && c.slots.iter().all(|s| matches!(s.state, SlotState::Done)));
+        g.complete = done;
         done
     }
 
@@ -440,42 +443,25 @@ impl Gate {
     pub fn take_failure(&self) -> Option<EngineError> {
         self.lock().failed.take()
     }
-
-    /// Held events and their bytes (also in `Progress`).
-    pub fn held(&self) -> (u64, u64) {
-        (
-            self.progress.held_events.load(Ordering::Relaxed),
-            self.progress.held_bytes.load(Ordering::Relaxed),
-        )
-    }
 }
 
-/// The range holding `id`: the last one whose `min` is ≤ `id` (ranges are in order and
-/// cover everything, MinKey to MaxKey).
-fn slot_of<'a>(slots: &'a mut [Slot], id: RawBsonRef<'_>) -> Option<&'a mut Slot> {
-    let mut found = None;
-    for (i, s) in slots.iter().enumerate() {
-        let above_min = match &s.min {
-            None => true,
-            Some(min) => raw_cmp(id, min) != CmpOrdering::Less,
-        };
-        let below_max = match &s.max {
-            None => true,
-            Some(max) => raw_cmp(id, max) == CmpOrdering::Less,
-        };
-        if above_min && below_max {
-            found = Some(i);
-            break;
-        }
-    }
-    found.map(move |i| &mut slots[i])
+fn slot_index(g: &Inner, ns: &Namespace, range: &str) -> Option<usize> {
+    g.colls.get(ns)?.slots.iter().position(|s| s.id == range)
 }
 
-fn raw_cmp(a: RawBsonRef<'_>, b: &Bson) -> CmpOrdering {
-    match mongodb::bson::RawBson::try_from(b.clone()) {
-        Ok(rb) => cmp_values(a, rb.as_raw_bson_ref()),
-        Err(_) => CmpOrdering::Equal,
-    }
+/// The range holding `id`: ranges are in `_id` order and cover MinKey to MaxKey, so it is
+/// the last one whose `min` is ≤ `id` (binary search), checked against its `max`.
+fn slot_of(slots: &[Slot], id: RawBsonRef<'_>) -> Option<usize> {
+    let after = slots.partition_point(|s| match &s.min {
+        None => true,
+        Some(min) => cmp_values(min.as_raw_bson_ref(), id) != CmpOrdering::Greater,
+    });
+    let i = after.checked_sub(1)?;
+    let below_max = match &slots[i].max {
+        None => true,
+        Some(max) => cmp_values(id, max.as_raw_bson_ref()) == CmpOrdering::Less,
+    };
+    below_max.then_some(i)
 }
 
 /// Whether a value holds a double or a decimal at any depth: such values do not make range

@@ -310,34 +310,16 @@ async fn lane_main(
             .update_one(
                 LANES,
                 doc! {"_id": &id},
-                doc! {"$set": {"copy_done": true, "copy_finished": mongodb::bson::DateTime::now(),
-                    // What the copy copied, for `status` after the copy and the commit.
-                    "copied_bytes": progress.copied_bytes.load(Ordering::Relaxed) as i64,
-                    "copied_documents": progress.copied_docs.load(Ordering::Relaxed) as i64,
-                    "estimated_total_bytes": progress.estimated_total_bytes.load(Ordering::Relaxed) as i64}},
+                doc! {"$set": copy_done_fields(&progress)},
             )
             .await?;
         tracing::info!(lane = %id, "Copy finished; applying change events.");
     }
     progress.copy_done.store(true, Ordering::Relaxed);
     progress.set_phase("applying change events");
-    let ctx = ApplyCtx {
-        direction,
-        source: env.source.clone(),
-        dest: env.destination.clone(),
-        store: store.clone(),
-        lane: id.clone(),
-        selector: env.selector.clone(),
-        relax,
-        progress,
-        retry: env.retry,
-        workers: env.apply_workers,
-        copy: copy_ctx,
-        max_lag: env.max_lag,
-        position,
-        keying: Default::default(),
-        gate: None,
-    };
+    let ctx = apply_ctx(
+        &env, direction, &id, relax, progress, copy_ctx, position, None,
+    );
     apply::run(ctx, start, control).await
 }
 
@@ -417,12 +399,7 @@ async fn copy_with_events(
                         .update_one(
                             LANES,
                             doc! {"_id": &id},
-                            doc! {"$set": {"copy_done": true, "copy_finished": mongodb::bson::DateTime::now(),
-                                "copied_bytes": progress.copied_bytes.load(Ordering::Relaxed) as i64,
-                                "copied_documents": progress.copied_docs.load(Ordering::Relaxed) as i64,
-                                "estimated_total_bytes": progress.estimated_total_bytes.load(Ordering::Relaxed) as i64,
-                                "events_applied_during_copy": progress.events_applied_during_copy.load(Ordering::Relaxed) as i64,
-                                "held_peak_bytes": progress.held_peak_bytes.load(Ordering::Relaxed) as i64}},
+                            doc! {"$set": copy_done_fields(&progress)},
                         )
                         .await?;
                     progress.copy_done.store(true, Ordering::Relaxed);
@@ -430,8 +407,10 @@ async fn copy_with_events(
                     tracing::info!(
                         events_applied_during_copy =
                             progress.events_applied_during_copy.load(Ordering::Relaxed),
-                        events_dropped = progress.events_dropped_during_copy.load(Ordering::Relaxed),
-                        held_peak_mb = progress.held_peak_bytes.load(Ordering::Relaxed) / (1024 * 1024),
+                        events_dropped =
+                            progress.events_dropped_during_copy.load(Ordering::Relaxed),
+                        held_peak_mb =
+                            progress.held_peak_bytes.load(Ordering::Relaxed) / (1024 * 1024),
                         "Copy finished; change events were applied during it."
                     );
                     Ok::<(), EngineError>(())
@@ -444,27 +423,65 @@ async fn copy_with_events(
             .in_current_span(),
         )
     };
-    let ctx = ApplyCtx {
+    let ctx = apply_ctx(
+        &env,
+        direction,
+        &id,
+        relax,
+        progress,
+        copy_ctx,
+        position,
+        Some(gate),
+    );
+    let result = apply::run(ctx, start, control).await;
+    // Stopped or failed: the copy stops too (its ranges resume from their checkpoints).
+    copy_task.abort();
+    result
+}
+
+/// What the lane record keeps of the copy once it is done (for `status` after the copy and
+/// the commit).
+fn copy_done_fields(progress: &Progress) -> Document {
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
+    doc! {
+        "copy_done": true, "copy_finished": mongodb::bson::DateTime::now(),
+        "copied_bytes": n(&progress.copied_bytes),
+        "copied_documents": n(&progress.copied_docs),
+        "estimated_total_bytes": n(&progress.estimated_total_bytes),
+        "events_applied_during_copy": n(&progress.events_applied_during_copy),
+        "held_peak_bytes": n(&progress.held_peak_bytes),
+    }
+}
+
+/// The change application's context for this lane (`gate`: while the copy runs).
+#[allow(clippy::too_many_arguments)]
+fn apply_ctx(
+    env: &LaneEnv,
+    direction: Direction,
+    id: &str,
+    relax: Arc<RelaxationStore>,
+    progress: Arc<Progress>,
+    copy: CopyCtx,
+    position: watch::Sender<Option<Timestamp>>,
+    gate: Option<Arc<Gate>>,
+) -> ApplyCtx {
+    ApplyCtx {
         direction,
         source: env.source.clone(),
         dest: env.destination.clone(),
-        store: store.clone(),
-        lane: id.clone(),
+        store: env.store.clone(),
+        lane: id.to_string(),
         selector: env.selector.clone(),
         relax,
         progress,
         retry: env.retry,
         workers: env.apply_workers,
-        copy: copy_ctx,
+        copy,
         max_lag: env.max_lag,
         position,
         keying: Default::default(),
-        gate: Some(gate),
-    };
-    let result = apply::run(ctx, start, control).await;
-    // Stopped or failed: the copy stops too (its ranges resume from their checkpoints).
-    copy_task.abort();
-    result
+        gate,
+    }
 }
 
 /// Creates the copy's collections on the destination (and, with `before-copy`, their
