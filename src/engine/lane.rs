@@ -424,7 +424,7 @@ async fn copy_with_events(
         )
     };
     let ctx = apply_ctx(
-        &env,
+        env,
         direction,
         &id,
         relax,
