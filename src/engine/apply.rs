@@ -171,12 +171,24 @@ const HELD_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 fn ddl_waits_for(ev: &RawDocument) -> Option<Vec<crate::namespace::Namespace>> {
     use crate::namespace::Namespace;
     let op = ev.get_str("operationType").ok()?;
-    if !matches!(op, "rename" | "drop" | "dropDatabase") {
+    // `dropIndexes` and `modify` (collMod: a TTL, hidden or unique index, a validator) wait
+    // too: a collection's after-copy build reads the source's indexes once, and index DDL made
+    // after that reading but applied before the build would be a no-op on a destination that
+    // has no index yet, then undone by the build (found by torture seed 19).
+    if !matches!(
+        op,
+        "rename" | "drop" | "dropDatabase" | "dropIndexes" | "modify"
+    ) {
         return None;
     }
     let ns = ev.get_document("ns").ok()?;
     let db = ns.get_str("db").ok()?;
-    let mut out = vec![Namespace::new(db, ns.get_str("coll").unwrap_or(""))];
+    let coll = ns.get_str("coll").unwrap_or("");
+    let mut out = vec![Namespace::new(db, coll)];
+    if !coll.is_empty() && !coll.starts_with("system.") {
+        // A time-series collection's index DDL names the view; its copy is of the buckets.
+        out.push(Namespace::new(db, format!("system.buckets.{coll}")));
+    }
     if let Ok(to) = ev.get_document("to") {
         if let Some(t) = Namespace::from_event_ns(to) {
             out.push(t);

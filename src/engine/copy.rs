@@ -351,6 +351,7 @@ async fn collection_copied(ctx: &CopyCtx, left: &CollectionLeft) -> Result<(), E
         ctx.retry
             .run(&ctx.progress, &what, || async {
                 let spec = current_spec(ctx, &left.spec).await?;
+                crate::crashpoint::pause("copy.indexes-listed").await;
                 if let Some(spec) = spec {
                     catalog::build_indexes(&ctx.dest, &spec, relax)
                         .await

@@ -35,12 +35,13 @@
 //!
 //! ## DDL
 //!
-//! A rename or a drop of a collection whose copy is not complete (ranges left, or its indexes
-//! not yet built) waits: the DDL event and everything after it are deferred (still read, so
-//! the oplog only has to hold the lane's lag) until the collection is ready; its ranges are
-//! copied first. Other DDL (indexes, `collMod`, `create`) is applied at once; indexes built
-//! after a collection's copy are read from the source's current catalog, so an index dropped
-//! during the copy is not built again.
+//! A rename, a drop, a `dropIndexes` or a `collMod` of a collection whose copy is not complete
+//! (ranges left, or its indexes not yet built) waits: the DDL event and everything after it
+//! are deferred (still read, so the oplog only has to hold the lane's lag) until the
+//! collection is ready; its ranges are copied first. `createIndexes` and `create` are applied
+//! at once. Indexes built after a collection's copy are read from the source's catalog at
+//! that moment; an index DDL event made after that reading is applied after the build (it
+//! was deferred), one made before it is already in the reading.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{HashMap, HashSet};

@@ -380,3 +380,58 @@ async fn refetch_after_rename_reads_the_renamed_collection() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_same(&s, &d).await;
 }
+
+/// Found by torture seed 19 under load: index DDL on a collection whose after-copy indexes
+/// were listed from the source but not built yet. The `dropIndexes` and the `collMod` of a
+/// TTL index happen after the listing and reach the lane before the build: applied at once
+/// they were no-ops (no index yet), and the build then created the dropped index and the old
+/// TTL. They now wait, like a rename, until the collection's indexes are built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_ddl_between_the_listing_and_the_build_is_not_lost() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed_big(&s, "bulk", "c1", 3_000).await;
+    run(
+        &s,
+        "bulk",
+        doc! {"createIndexes": "c1", "indexes": [
+        {"key": {"exp": 1}, "name": "exp_ttl", "expireAfterSeconds": 3600},
+        {"key": {"v": 1}, "name": "v_1"}]},
+    )
+    .await;
+    let (dir, plan) = write_plan(&plan_text("rename", AUTO));
+    let plan = plan.to_str().unwrap().to_string();
+    let mut env = root_env(&src, &dst);
+    env.push(("CUTOVER_TEST_PAUSE_AT", "copy.indexes-listed@1".into()));
+    env.push(("CUTOVER_TEST_PAUSE_DIR", dir.path().display().to_string()));
+    let mut child = spawn_cutover(&["run", plan.as_str()], &env_refs(&env));
+    wait_pause_file(&dir.path().join("copy.indexes-listed.reached"), &mut child).await;
+
+    run(&s, "bulk", doc! {"dropIndexes": "c1", "index": "k_1"}).await;
+    run(
+        &s,
+        "bulk",
+        doc! {"collMod": "c1", "index": {"name": "exp_ttl", "expireAfterSeconds": 7711}},
+    )
+    .await;
+    s.database("bulk")
+        .collection::<Document>("c1")
+        .insert_one(doc! {"_id": 100_000, "k": 1, "v": "after"})
+        .await
+        .unwrap();
+    // The lane reads the change stream while the build waits; give it time to reach the DDL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::write(dir.path().join("copy.indexes-listed.go"), b"").unwrap();
+
+    let out = finish_child(child).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_same(&s, &d).await;
+    let names: Vec<String> = d
+        .database("bulk")
+        .collection::<Document>("c1")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(!names.contains(&"k_1".to_string()), "{names:?}");
+}
