@@ -32,6 +32,8 @@ pub struct Progress {
     pub reconnecting: Mutex<Option<String>>,
     /// Events read, stage busy time, events per namespace (lag explained).
     pub stats: crate::stats::LaneStats,
+    /// Ranges compared and rewritten after a lost resume point.
+    pub recovery: crate::engine::recover::RecoveryStats,
 }
 
 impl Progress {

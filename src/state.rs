@@ -586,6 +586,32 @@ impl StateStore {
         Ok(r.matched_count)
     }
 
+    /// `update_many` on a record collection, fenced (as [`Self::update_one`]).
+    pub async fn update_many(
+        &self,
+        coll: &str,
+        filter: Document,
+        update: Document,
+    ) -> Result<u64, StateError> {
+        let (filter, update) = match &self.fence {
+            Some(f) => {
+                f.check().map_err(StateError::LeaseLost)?;
+                (f.filter(filter), f.stamp(update))
+            }
+            None => (filter, update),
+        };
+        let r = self
+            .retrying(&format!("writing `{coll}` records"), |_| {
+                let (c, q, u) = (self.coll(coll), filter.clone(), update.clone());
+                async move { c.update_many(q, u).await }
+            })
+            .await?;
+        if r.matched_count == 0 {
+            self.confirm().await?;
+        }
+        Ok(r.matched_count)
+    }
+
     /// `delete_many` on a record collection, fenced.
     pub async fn delete_many(&self, coll: &str, filter: Document) -> Result<u64, StateError> {
         let filter = match &self.fence {

@@ -44,6 +44,55 @@ pub struct StatusView {
     /// `cutover resync` requests: unfinished ones and the last few finished, newest first,
     /// with their progress (documents copied, events held and replayed).
     pub resyncs: Vec<crate::resync::ResyncView>,
+    /// Lost resume points the forward lane recovered from (oldest first), and one in
+    /// progress (`finished: null`): ranges compared, and what was rewritten.
+    pub recoveries: Vec<RecoveryView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecoveryView {
+    pub lost_at: String,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub ranges_compared: i64,
+    pub ranges_differing: i64,
+    pub documents_rewritten: i64,
+    pub documents_deleted: i64,
+    pub bytes_rewritten: i64,
+    /// Collections dropped on the destination and copied again in full (renamed, dropped,
+    /// changed options, or read in natural order).
+    pub collections_copied_again: Vec<String>,
+    pub source_bytes: i64,
+}
+
+impl RecoveryView {
+    fn from_doc(d: &Document) -> Self {
+        let n = |k: &str| d.get_i64(k).unwrap_or(0);
+        let t = |k: &str| {
+            d.get_datetime(k)
+                .ok()
+                .and_then(|t| t.try_to_rfc3339_string().ok())
+        };
+        Self {
+            lost_at: d.get_str("lost_at").unwrap_or_default().to_string(),
+            started: t("started"),
+            finished: t("finished"),
+            ranges_compared: n("ranges_compared").max(n("ranges")),
+            ranges_differing: n("ranges_differing"),
+            documents_rewritten: n("documents_rewritten"),
+            documents_deleted: n("documents_deleted"),
+            bytes_rewritten: n("bytes_rewritten"),
+            collections_copied_again: d
+                .get_array("recopied")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            source_bytes: n("source_bytes"),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -203,6 +252,7 @@ pub fn view(
             .and_then(|d| d.try_to_rfc3339_string().ok()),
         last_repair: None,
         resyncs: Vec::new(),
+        recoveries: Vec::new(),
     };
     // Replication runs inside `cutover run`: without a runner, nothing is replicating, so
     // the last stored can-commit and lag no longer hold.
@@ -245,6 +295,27 @@ impl StatusView {
             self.lag_seconds
                 .map_or("unknown".into(), |l| format!("{l:.1}s"))
         ));
+        for r in &self.recoveries {
+            match &r.finished {
+                Some(_) => s.push_str(&format!(
+                    "  recovered     a lost resume point ({}): {} of {} ranges differed; {} documents \
+                     ({} bytes) rewritten, {} deleted; {} collections copied again; source {} bytes\n",
+                    r.lost_at,
+                    r.ranges_differing,
+                    r.ranges_compared,
+                    r.documents_rewritten,
+                    r.bytes_rewritten,
+                    r.documents_deleted,
+                    r.collections_copied_again.len(),
+                    r.source_bytes
+                )),
+                None => s.push_str(&format!(
+                    "  recovering    a lost resume point ({}): comparing {} copied ranges with the \
+                     source, rewriting only what differs\n",
+                    r.lost_at, r.ranges_compared
+                )),
+            }
+        }
         if let Some(i) = &self.insight {
             s.push_str(&insight_text(i));
         }
@@ -402,6 +473,18 @@ pub async fn load_view(
     }
     // The copy happens once, forward: its record keeps the figures.
     if let Ok(Some(lane)) = store.lane_doc(Direction::Forward).await {
+        if let Ok(done) = lane.get_array("recoveries") {
+            view.recoveries = done
+                .iter()
+                .filter_map(Bson::as_document)
+                .map(RecoveryView::from_doc)
+                .collect();
+        }
+        if let Ok(r) = lane.get_document("recovering") {
+            let mut r = RecoveryView::from_doc(r);
+            r.finished = None;
+            view.recoveries.push(r);
+        }
         if lane.get_bool("copy_done").unwrap_or(false) {
             let get = |k: &str| lane.get_i64(k).ok();
             if let (Some(b), Some(d)) = (get("copied_bytes"), get("copied_documents")) {

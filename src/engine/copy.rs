@@ -80,6 +80,9 @@ struct Partition {
     last_id: Option<Bson>,
     /// Recorded before the range's first read: on restart its held events start over.
     started: bool,
+    /// Copied before a lost resume point (see [`crate::engine::recover`]): compared with the
+    /// source and only its differences rewritten.
+    reconcile: bool,
 }
 
 /// How one pass over a range ended.
@@ -526,7 +529,11 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Option<Planned>, 
     for d in records {
         let id = d.get_str("_id").unwrap_or_default().to_string();
         let done = d.get_bool("done").unwrap_or(false);
-        let started = d.get_bool("started").unwrap_or(false) || d.get("last_id").is_some();
+        let reconcile = d.get_bool("reconcile").unwrap_or(false);
+        // A range to reconcile is Pending for the gate until it opens: its comparison reads
+        // the source after every event the gate dropped, and rewrites every difference.
+        let started =
+            !reconcile && (d.get_bool("started").unwrap_or(false) || d.get("last_id").is_some());
         ranges.push(RangeInfo {
             id: id.clone(),
             min: d.get("min").cloned(),
@@ -544,6 +551,7 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Option<Planned>, 
                 max: d.get("max").cloned(),
                 last_id: d.get("last_id").cloned(),
                 started,
+                reconcile,
             });
         }
     }
@@ -609,6 +617,9 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
 }
 
 async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineError> {
+    if p.reconcile {
+        return reconcile_partition(ctx, p).await;
+    }
     let mut backoff = ctx.retry.backoff();
     let mut moves = 0u32;
     if ctx.gate.is_some() && !p.started {
@@ -671,6 +682,85 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
             PARTITIONS,
             doc! {"_id": &p.id},
             doc! {"$set": {"done": true}},
+        )
+        .await?;
+    if let Some(g) = &ctx.gate {
+        g.finish(&p.write_ns, &p.id);
+    }
+    Ok(())
+}
+
+/// A range copied before the resume point was lost: compared with the source (after every
+/// event the gate dropped for it) and only its differences rewritten, retried as a copy is.
+async fn reconcile_partition(ctx: &CopyCtx, p: Partition) -> Result<(), EngineError> {
+    let mut backoff = ctx.retry.backoff();
+    let found = loop {
+        let read_ns = match &p.uuid {
+            Some(u) => match catalog::name_of_uuid(&ctx.source, &p.write_ns.db, u).await {
+                Ok(Some(name)) => Some(Namespace::new(p.write_ns.db.clone(), name)),
+                Ok(None) => None,
+                Err(e) => {
+                    let e = on(ctx.direction.source_name())(e);
+                    if !e.is_transient() {
+                        return Err(e);
+                    }
+                    ctx.retry
+                        .wait(
+                            &ctx.progress,
+                            "finding a collection to compare",
+                            &e,
+                            &mut backoff,
+                        )
+                        .await?;
+                    continue;
+                }
+            },
+            None => Some(p.write_ns.clone()),
+        };
+        let Some(read_ns) = read_ns else {
+            // Dropped since: its drop event follows.
+            break crate::engine::recover::Reconciled::default();
+        };
+        let after = match &ctx.gate {
+            Some(g) => g.open(&p.write_ns, &p.id),
+            None => crate::engine::clock::cluster_time(&ctx.source, "source").await?,
+        };
+        let range = crate::engine::recover::RangeToCompare {
+            source_ns: &read_ns,
+            dest_ns: &p.write_ns,
+            min: p.min.clone(),
+            max: p.max.clone(),
+            after,
+        };
+        match crate::engine::recover::reconcile_range(
+            ctx.direction,
+            &ctx.source,
+            &ctx.dest,
+            &ctx.store,
+            range,
+        )
+        .await
+        {
+            Ok(r) => break r,
+            Err(e) if e.is_transient() => {
+                ctx.retry
+                    .wait(
+                        &ctx.progress,
+                        &format!("comparing `{}`", p.write_ns),
+                        &e,
+                        &mut backoff,
+                    )
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    ctx.progress.recovery.add(&found);
+    ctx.store
+        .update_one(
+            PARTITIONS,
+            doc! {"_id": &p.id},
+            doc! {"$set": {"done": true, "reconciled": found.to_doc()}},
         )
         .await?;
     if let Some(g) = &ctx.gate {

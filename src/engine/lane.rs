@@ -205,6 +205,8 @@ impl Drop for Lane {
     }
 }
 
+/// Runs the lane; a forward lane whose resume point left the source's oplog recovers (see
+/// [`recover`](crate::engine::recover)) and runs on from a new start point.
 async fn lane_main(
     env: LaneEnv,
     direction: Direction,
@@ -214,6 +216,143 @@ async fn lane_main(
     control: watch::Receiver<Control>,
     position: watch::Sender<Option<Timestamp>>,
 ) -> Result<(), EngineError> {
+    let mut recoveries = 0;
+    loop {
+        let result = lane_run(
+            &env,
+            direction,
+            &id,
+            start_at,
+            progress.clone(),
+            control.clone(),
+            position.clone(),
+        )
+        .await;
+        match result {
+            // A reverse lane has no copy to compare: its lost point stays an error.
+            Err(EngineError::HistoryLost { at, .. })
+                if direction == Direction::Forward && recoveries < 3 =>
+            {
+                recoveries += 1;
+                recover_lost_point(&env, direction, &id, &progress, &at).await?;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The first half of a recovery: a new start point, the catalog and range records (see
+/// [`recover`](crate::engine::recover)); the lane then runs its copy, which compares and
+/// rewrites the ranges marked to reconcile.
+async fn recover_lost_point(
+    env: &LaneEnv,
+    direction: Direction,
+    id: &str,
+    progress: &Arc<Progress>,
+    lost_at: &str,
+) -> Result<(), EngineError> {
+    use crate::engine::recover;
+    let store = env.store.clone();
+    progress.set_phase("recovering a lost resume point");
+    tracing::warn!(
+        lane = %id, lost_at,
+        "The source's oplog no longer holds the lane's resume point (the runner was stopped \
+         for longer than the oplog window). Recovering: a new start point, then every range \
+         copied so far is compared with the source and only what differs is rewritten."
+    );
+    let relax = RelaxationStore::new(store.database().clone(), store.plan(), direction)
+        .with_fence(store.fence().cloned());
+    let copy_ctx = CopyCtx {
+        source: env.source.clone(),
+        dest: env.destination.clone(),
+        store: store.clone(),
+        lane: id.to_string(),
+        progress: progress.clone(),
+        concurrency: env.copy_concurrency,
+        docs_per_range: env.docs_per_range,
+        retry: env.retry,
+        direction,
+        gate: None,
+        after_copy: None,
+    };
+    let start = cluster_time(&env.source, "source").await?;
+    // The copy set is listed again: collections created meanwhile are copied.
+    store
+        .delete_many(
+            crate::state::PARTITIONS,
+            doc! {"_id": {"$regex": format!("^{}", regex::escape(&format!("{id}/#specs")))}},
+        )
+        .await?;
+    let specs = env
+        .retry
+        .run(progress, "listing the collections to copy", || {
+            copy::copy_set(&copy_ctx, &env.selector)
+        })
+        .await?;
+    let prepared = env
+        .retry
+        .run(
+            progress,
+            "comparing the catalog after a lost resume point",
+            || {
+                recover::prepare(
+                    &env.source,
+                    &env.destination,
+                    &store,
+                    direction,
+                    id,
+                    &env.selector,
+                    &specs,
+                    &relax,
+                )
+            },
+        )
+        .await?;
+    create_catalog(env, direction, &specs, true, progress, &relax).await?;
+    // A crash here finds the old point lost again and prepares again (idempotent).
+    crate::crashpoint::hit("recover.prepared", None);
+    store
+        .update_one(
+            LANES,
+            doc! {"_id": id},
+            doc! {
+                "$set": {
+                    "start_ts": start, "copy_done": false, "apply_during_copy": true,
+                    "catalog_done": true,
+                    "recovering": {
+                        "lost_at": lost_at, "started": mongodb::bson::DateTime::now(),
+                        "start_ts": start, "ranges": prepared.ranges as i64,
+                        "recopied": &prepared.recopied, "dropped": &prepared.dropped,
+                        "indexes_dropped": prepared.indexes_dropped as i64,
+                    },
+                },
+                "$unset": {"resume_token": ""},
+            },
+        )
+        .await?;
+    tracing::info!(
+        lane = %id,
+        ranges_to_compare = prepared.ranges,
+        collections_copied_again = prepared.recopied.len(),
+        namespaces_dropped = prepared.dropped.len(),
+        indexes_dropped = prepared.indexes_dropped,
+        start = %format!("{}.{}", start.time, start.increment),
+        "Recovery prepared: replication restarts at a new start point while the copied ranges are compared."
+    );
+    Ok(())
+}
+
+async fn lane_run(
+    env: &LaneEnv,
+    direction: Direction,
+    id: &str,
+    start_at: Option<Timestamp>,
+    progress: Arc<Progress>,
+    control: watch::Receiver<Control>,
+    position: watch::Sender<Option<Timestamp>>,
+) -> Result<(), EngineError> {
+    let id = id.to_string();
+    let env = env.clone();
     let store = env.store.clone();
     let relax = Arc::new(
         RelaxationStore::new(store.database().clone(), store.plan(), direction)
@@ -382,6 +521,7 @@ async fn copy_with_events(
         after_copy: (env.build_indexes == BuildIndexes::AfterCopy).then(|| relax.clone()),
         ..copy_ctx.clone()
     };
+    let recovering = record.get_document("recovering").ok().cloned();
     let copy_task = {
         let gate = gate.clone();
         let store = store.clone();
@@ -395,12 +535,24 @@ async fn copy_with_events(
                     while !gate.drained() {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
+                    let mut update = doc! {"$set": copy_done_fields(&progress)};
+                    if let Some(r) = &recovering {
+                        let report =
+                            crate::engine::recover::report(&store, &id, r, &progress).await?;
+                        tracing::info!(
+                            ranges_compared = report.get_i64("ranges_compared").unwrap_or(0),
+                            ranges_differing = report.get_i64("ranges_differing").unwrap_or(0),
+                            documents_rewritten = report.get_i64("documents_rewritten").unwrap_or(0),
+                            bytes_rewritten = report.get_i64("bytes_rewritten").unwrap_or(0),
+                            collections_copied_again = report.get_array("recopied").map(|a| a.len()).unwrap_or(0),
+                            source_bytes = report.get_i64("source_bytes").unwrap_or(0),
+                            "Recovered from the lost resume point: only what differed was rewritten."
+                        );
+                        update.insert("$push", doc! {"recoveries": report});
+                        update.insert("$unset", doc! {"recovering": ""});
+                    }
                     store
-                        .update_one(
-                            LANES,
-                            doc! {"_id": &id},
-                            doc! {"$set": copy_done_fields(&progress)},
-                        )
+                        .update_one(LANES, doc! {"_id": &id}, update)
                         .await?;
                     progress.copy_done.store(true, Ordering::Relaxed);
                     progress.set_phase("applying change events");

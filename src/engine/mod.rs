@@ -11,6 +11,7 @@ pub mod events;
 pub mod gate;
 pub mod identity;
 pub mod lane;
+pub mod recover;
 pub mod repair;
 pub mod resync;
 pub mod retry;

@@ -61,6 +61,9 @@ pub struct Rewritten {
     pub written: u64,
     /// Documents deleted (gone from the source).
     pub deleted: u64,
+    /// Bytes of the documents written.
+    #[serde(skip)]
+    pub bytes: u64,
     /// True when the source was read at a snapshot time (the lane's position).
     pub snapshot: bool,
 }
@@ -121,26 +124,40 @@ pub async fn rewrite(
     ids: &[Bson],
     at: ReadAt,
 ) -> Result<Rewritten, EngineError> {
+    rewrite_between(direction, source, ns, dest, ns, ids, at).await
+}
+
+/// [`rewrite`] from the source collection `source_ns` into `ns` on the destination (a lane
+/// writes a renamed collection under the name it planned).
+pub async fn rewrite_between(
+    direction: Direction,
+    source: &Client,
+    source_ns: &Namespace,
+    dest: &Client,
+    ns: &Namespace,
+    ids: &[Bson],
+    at: ReadAt,
+) -> Result<Rewritten, EngineError> {
     let mut out = Rewritten::default();
     if ids.is_empty() {
         return Ok(out);
     }
     let reading = format!("reading `{ns}` to repair it");
     let found = match at {
-        ReadAt::Snapshot(ts) => match read_source(source, ns, ids, Some(ts)).await {
+        ReadAt::Snapshot(ts) => match read_source(source, source_ns, ids, Some(ts)).await {
             Ok(d) => {
                 out.snapshot = true;
                 d
             }
             Err(e) if snapshot_gone(&e) => {
                 tracing::info!(%ns, "The lane's position left the snapshot window; repairing from the current majority read (replayed over like the copy).");
-                read_source(source, ns, ids, None)
+                read_source(source, source_ns, ids, None)
                     .await
                     .map_err(|e| cluster_err(direction.source_name(), reading.clone(), &e))?
             }
             Err(e) => return Err(cluster_err(direction.source_name(), reading, &e)),
         },
-        ReadAt::Majority => read_source(source, ns, ids, None)
+        ReadAt::Majority => read_source(source, source_ns, ids, None)
             .await
             .map_err(|e| cluster_err(direction.source_name(), reading, &e))?,
     };
@@ -166,6 +183,7 @@ pub async fn rewrite(
                     Ok(Stmt::Update(s)) => {
                         updates.push(s);
                         n_updates += 1;
+                        out.bytes += d.as_bytes().len() as u64;
                     }
                     Ok(_) => {}
                     Err(why) => return Err(EngineError::Event(format!("`{ns}`: {why}"))),

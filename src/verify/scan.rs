@@ -276,13 +276,46 @@ pub async fn diff_range(
     dest_exists: bool,
     limit: usize,
 ) -> Result<RangeDiff, VerifyError> {
-    match merge_range(source, dest, ns, range, source_exists, dest_exists, limit).await {
+    let both = Pair {
+        source: ns,
+        dest: ns,
+    };
+    match merge_range(source, dest, both, range, source_exists, dest_exists, limit).await {
         Err(VerifyError::Order { .. }) => {
             tracing::debug!(%ns, range = range.index, "`_id` order is collated; comparing by hash join");
-            join_range(source, dest, ns, range, source_exists, dest_exists, limit).await
+            join_range(source, dest, both, range, source_exists, dest_exists, limit).await
         }
         other => other,
     }
+}
+
+/// [`diff_range`] between a source collection and a destination collection of another name
+/// (a lane copies a renamed collection under the name it planned).
+pub async fn diff_range_between(
+    source: &Client,
+    source_ns: &Namespace,
+    dest: &Client,
+    dest_ns: &Namespace,
+    range: &Range,
+    limit: usize,
+) -> Result<RangeDiff, VerifyError> {
+    let both = Pair {
+        source: source_ns,
+        dest: dest_ns,
+    };
+    match merge_range(source, dest, both, range, true, true, limit).await {
+        Err(VerifyError::Order { .. }) => {
+            join_range(source, dest, both, range, true, true, limit).await
+        }
+        other => other,
+    }
+}
+
+/// The namespace read on each side.
+#[derive(Clone, Copy)]
+struct Pair<'a> {
+    source: &'a Namespace,
+    dest: &'a Namespace,
 }
 
 /// At most this many source `_id`s are held by a hash join (about 100 bytes each, so about
@@ -309,14 +342,16 @@ fn key_id(key: &[u8]) -> Option<Bson> {
 async fn join_range(
     source: &Client,
     dest: &Client,
-    ns: &Namespace,
+    pair: Pair<'_>,
     range: &Range,
     source_exists: bool,
     dest_exists: bool,
     limit: usize,
 ) -> Result<RangeDiff, VerifyError> {
     let mut seen: std::collections::HashMap<Vec<u8>, (u64, bool)> = Default::default();
-    let mut src = Side1::open_unchecked(Side::Source, source, ns, range, source_exists).await?;
+    let ns = pair.source;
+    let mut src =
+        Side1::open_unchecked(Side::Source, source, pair.source, range, source_exists).await?;
     while let Some(doc) = src.current.take() {
         seen.insert(
             id_key(&doc),
@@ -332,7 +367,8 @@ async fn join_range(
     }
     drop(src);
     let mut out = RangeDiff::default();
-    let mut dst = Side1::open_unchecked(Side::Destination, dest, ns, range, dest_exists).await?;
+    let mut dst =
+        Side1::open_unchecked(Side::Destination, dest, pair.dest, range, dest_exists).await?;
     while let Some(doc) = dst.current.take() {
         let key = id_key(&doc);
         match seen.get_mut(&key) {
@@ -362,15 +398,15 @@ async fn join_range(
 async fn merge_range(
     source: &Client,
     dest: &Client,
-    ns: &Namespace,
+    pair: Pair<'_>,
     range: &Range,
     source_exists: bool,
     dest_exists: bool,
     limit: usize,
 ) -> Result<RangeDiff, VerifyError> {
     let (a, b) = tokio::join!(
-        Side1::open(Side::Source, source, ns, range, source_exists),
-        Side1::open(Side::Destination, dest, ns, range, dest_exists)
+        Side1::open(Side::Source, source, pair.source, range, source_exists),
+        Side1::open(Side::Destination, dest, pair.dest, range, dest_exists)
     );
     let (mut a, mut b) = (a?, b?);
     let mut out = RangeDiff::default();

@@ -336,3 +336,202 @@ async fn kill_9_during_a_copy_under_churn_resumes_to_the_same_result() {
     assert_same_data(&s, &d, STATE_DB).await;
     assert_same_catalog(&s, &d, STATE_DB).await;
 }
+
+const SYNC_COMMIT_NO_FILLER: &str = r#"
+[options]
+max_lag = "2s"
+
+[[options.exclude]]
+database = "filler"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+timeout = "3m"
+"#;
+
+/// The runner stopped (kill -9) in the middle of the copy and kept down until the source's
+/// oplog no longer holds its resume point, while about 5% of the documents are updated,
+/// some inserted and deleted, an index dropped and one created, a collection created and one
+/// dropped. The same `cutover run` recovers: it compares the ranges copied so far, rewrites
+/// only what differs (under 25% of the bytes), copies the rest, and ends byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_resume_point_re_copies_only_what_changed() {
+    let (src, dst) = tokio::join!(
+        ReplicaSet::start_with(RsOptions {
+            oplog_mb: 2,
+            syncdelay: Some(1),
+            ..Default::default()
+        }),
+        ReplicaSet::start()
+    );
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    const N: i64 = 100_000;
+    seed(&s, "big", "items", 0, N, 500).await;
+    seed(&s, "big", "gone", 0, 500, 100).await;
+    s.database("big")
+        .run_command(doc! {"createIndexes": "items", "indexes": [
+        {"key": {"v": 1}, "name": "v_1"}, {"key": {"pad": 1, "v": 1}, "name": "pad_v"}]})
+        .await
+        .unwrap();
+    let (dir, plan) = write_plan(&plan_text("lost", SYNC_COMMIT_NO_FILLER));
+    let plan = plan.to_str().unwrap().to_string();
+    let env = root_env(&src, &dst);
+    let args = [
+        "run",
+        plan.as_str(),
+        "--docs-per-range",
+        "5000",
+        "--copy-concurrency",
+        "1",
+    ];
+    // Stop in the middle of the copy: paused at the 60th read batch (of about 100), killed there.
+    let mut paused = env.clone();
+    paused.push(("CUTOVER_TEST_PAUSE_AT", "copy.reading@60".into()));
+    paused.push(("CUTOVER_TEST_PAUSE_DIR", dir.path().display().to_string()));
+    let mut child = spawn_cutover(&args, &env_refs(&paused));
+    wait_pause_file(&dir.path().join("copy.reading.reached"), &mut child).await;
+    // SAFETY: kill(2) on a child this test spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let _ = child.wait();
+    let parts = d.database(STATE_DB).collection::<Document>("partitions");
+    let done = parts
+        .count_documents(doc! {"ns": "big.items", "done": true})
+        .await
+        .unwrap();
+    println!("killed with {done} of 20 ranges of big.items copied");
+    assert!(done >= 3, "the kill came too early: {done} ranges done");
+    let l = lane(&d, "lost").await;
+    let stored = l
+        .get_document("resume_token")
+        .ok()
+        .and_then(|t| t.get_str("_data").ok().map(str::to_string));
+    // The stored point: the lane's position (its resume token's time), else its start.
+    let start = l
+        .get_timestamp("position")
+        .or_else(|_| l.get_timestamp("start_ts"))
+        .unwrap();
+
+    // While it is down: ~5% of the documents change, some come and go, and the catalog moves.
+    let items = s.database("big").collection::<Document>("items");
+    items
+        .update_many(
+            doc! {"_id": {"$mod": [20, 7]}},
+            doc! {"$set": {"v": -1, "changed": true}},
+        )
+        .await
+        .unwrap();
+    items
+        .delete_many(doc! {"_id": {"$gte": 40_000, "$lt": 40_500}})
+        .await
+        .unwrap();
+    items
+        .insert_many((N..N + 500).map(|k| doc! {"_id": k, "v": k, "new": true}))
+        .await
+        .unwrap();
+    s.database("big")
+        .run_command(doc! {"dropIndexes": "items", "index": "pad_v"})
+        .await
+        .unwrap();
+    s.database("big")
+        .run_command(doc! {"createIndexes": "items", "indexes": [
+        {"key": {"changed": 1}, "name": "changed_1", "sparse": true}]})
+        .await
+        .unwrap();
+    s.database("big")
+        .collection::<Document>("gone")
+        .drop()
+        .await
+        .unwrap();
+    seed(&s, "big", "fresh", 0, 300, 100).await;
+    // ... and the oplog rolls past the stored point (writes outside the plan).
+    let filler = s.database("filler").collection::<Document>("f");
+    filler.insert_one(doc! {"_id": 0}).await.unwrap();
+    let t0 = Instant::now();
+    let mut writes = 0u64;
+    while oldest_oplog_ts(&s).await <= start {
+        assert!(
+            t0.elapsed() < Duration::from_secs(150),
+            "the oplog did not roll over"
+        );
+        for _ in 0..10 {
+            writes += 1;
+            filler
+                .update_one(
+                    doc! {"_id": 0},
+                    doc! {"$set": {"blob": format!("{writes:06}").repeat(5_000)}},
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "oplog rolled past the start point after {writes} writes in {:?} (stored token: {})",
+        t0.elapsed(),
+        stored.is_some()
+    );
+
+    // A crash once the recovery has prepared the catalog and the ranges, before it moved the
+    // lane to its new start point: the same command prepares again.
+    let mut crash = env.clone();
+    crash.push(("CUTOVER_TEST_CRASH_AT", "recover.prepared".into()));
+    let o = run_cutover(&args, &env_refs(&crash));
+    assert!(
+        o.status.code() != Some(0) && show(&o).contains("crash point `recover.prepared`"),
+        "{}",
+        show(&o)
+    );
+    let o = run_cutover(&args, &env_refs(&env));
+    let text = show(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("Recovered from the lost resume point"),
+        "the run must say what it did: {text}"
+    );
+    // The filler database is outside the plan.
+    s.database("filler").drop().await.unwrap();
+    assert_same_data(&s, &d, STATE_DB).await;
+    assert_same_catalog(&s, &d, STATE_DB).await;
+    let l = lane(&d, "lost").await;
+    let r = l
+        .get_array("recoveries")
+        .expect("a recovery report")
+        .first()
+        .and_then(|r| r.as_document())
+        .expect("one recovery")
+        .clone();
+    println!("recovery: {r}");
+    let rewritten = r.get_i64("bytes_rewritten").unwrap();
+    let source = r.get_i64("source_bytes").unwrap();
+    let compared = r.get_i64("ranges_compared").unwrap();
+    assert!(compared >= done as i64, "{r}");
+    assert!(r.get_i64("ranges_differing").unwrap() > 0, "{r}");
+    assert!(
+        r.get_i64("documents_deleted").unwrap() > 0,
+        "the documents deleted meanwhile are deleted: {r}"
+    );
+    assert!(
+        (rewritten as f64) < 0.25 * source as f64,
+        "re-copied {rewritten} of {source} bytes: {r}"
+    );
+    let recopied: Vec<&str> = r
+        .get_array("recopied")
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(!recopied.contains(&"big.items"), "{r}");
+    println!(
+        "re-copied {rewritten} of {source} bytes ({:.1}%)",
+        100.0 * rewritten as f64 / source as f64
+    );
+    let st = run_cutover(&["status", plan.as_str()], &env_refs(&env));
+    let st_text = String::from_utf8_lossy(&st.stdout).to_string();
+    assert!(st_text.contains("recovered"), "{st_text}");
+}

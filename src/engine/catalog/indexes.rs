@@ -170,6 +170,17 @@ pub(crate) fn relax_index(
     (strip(source), relaxations)
 }
 
+/// Whether a source index spec and a destination one are the same but for what the sync
+/// relaxes (unique, prepareUnique, TTL), which the relaxation records carry.
+pub(crate) fn same_relaxed_index(source: &Document, dest: &Document) -> bool {
+    bson_eq(&Bson::Document(strip(source)), &Bson::Document(strip(dest)))
+}
+
+/// The relaxations a source index spec implies (its current unique/TTL values).
+pub(crate) fn index_relaxations(ns: &Namespace, name: &str, source: &Document) -> Vec<Relaxation> {
+    relax_index(ns, name, source).1
+}
+
 fn strip(d: &Document) -> Document {
     let mut d = d.clone();
     for k in RELAXED_FIELDS {

@@ -43,10 +43,11 @@ pub use create::{create_on_destination, create_on_destination_resumed};
 pub use ddl::{apply_ddl, DdlOutcome};
 pub use error::CatalogError;
 pub use indexes::build_indexes;
-pub(crate) use indexes::create_indexes;
+pub(crate) use indexes::{create_indexes, index_relaxations, same_relaxed_index};
 pub use list::{entry_uuid, list_selected, list_selected_views, name_of_uuid, spec_of, uuid_of};
 pub use relax::{
     restore_relaxations, Relaxation, RelaxationKind, RelaxationStore, RestoreReport,
     RELAXATIONS_COLLECTION, RELAXED_CAPPED_SIZE,
 };
-pub use spec::{buckets_of, compare_specs, copy_target, NsKind, NsSpec};
+pub(crate) use spec::bson_eq;
+pub use spec::{buckets_of, compare_specs, copy_target, NsKind, NsSpec, BUCKETS_PREFIX};
