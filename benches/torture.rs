@@ -11,7 +11,8 @@
 //! with `stepdown` on every fourth seed), `--features LIST` (ddl, rename-in-copy, txn,
 //! txn-large, dotted, big, unique, filter, all, none; `-name` turns one off; default all),
 //! `--apply-secs S` (generator time before each approval, default 15), `--seed-docs N`
-//! (default 20000), `--logs DIR` (keep every runner log under DIR/seed-N).
+//! (default 20000), `--bulk-writes` (the generator also writes into `ta.bulk` while it is
+//! copied), `--logs DIR` (keep every runner log under DIR/seed-N).
 
 #[cfg(not(feature = "test-hooks"))]
 compile_error!(
@@ -37,6 +38,8 @@ fn main() {
     let mut features = Features::ALL;
     let mut apply_secs = 15;
     let mut seed_docs = 20_000;
+    // The generator also writes into `ta.bulk` while it is copied (issue 20).
+    let mut bulk_writes = false;
     let mut logs: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     let fail = |m: String| -> ! {
@@ -84,6 +87,7 @@ fn main() {
                     .unwrap_or_else(|e| fail(format!("--seed-docs: {e}")))
             }
             "--logs" => logs = Some(val().into()),
+            "--bulk-writes" => bulk_writes = true,
             other => fail(format!("unknown flag {other}")),
         }
     }
@@ -109,6 +113,7 @@ fn main() {
         let mut cfg = Config::new(s, reversible, f, features);
         cfg.apply_secs = apply_secs;
         cfg.seed_docs = seed_docs;
+        cfg.bulk_writes = bulk_writes;
         cfg.pre_ops = 1000;
         cfg.limit = Duration::from_secs(900);
         cfg.log_dir = logs.as_ref().map(|d| d.join(format!("seed-{s}")));

@@ -53,8 +53,9 @@ impl EngineError {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             EngineError::HistoryLost { .. } => Some(
-                "run `cutover run PLAN --restart` to start the copy over, and give the source a larger oplog \
-                 (replSetResizeOplog) or run cutover without long pauses",
+                "a forward lane recovers by itself (it compares what was copied with the source); this \
+                 one cannot: run `cutover run PLAN --restart` to start over, and give the cluster it reads a \
+                 larger oplog (replSetResizeOplog) or run cutover without long pauses",
             ),
             EngineError::Write { .. } => Some(
                 "fix the cause on the destination (privileges, validator, disk), then run the same \

@@ -41,7 +41,8 @@ pub async fn check(c: &Cluster, bytes: i64, apply_during_copy: bool) -> Check {
                 let msg = format!(
                     "{head}; change events are applied while the copy runs, so the copy's \
                      length (about {} for {}) does not need to fit in it: what is at risk is \
-                     a runner stopped or paused for longer than the window",
+                     a runner stopped or paused for longer than the window (then the next run \
+                     compares what was copied with the source and rewrites what differs)",
                     human_secs(est),
                     human_bytes(bytes)
                 );
@@ -50,7 +51,7 @@ pub async fn check(c: &Cluster, bytes: i64, apply_during_copy: bool) -> Check {
                         "oplog-window",
                         c.scope,
                         format!("{msg}: that leaves little time to restart a stopped runner"),
-                        "grow the oplog (`replSetResizeOplog`, or `minRetentionHours`) so that a stopped `cutover run` can be restarted within the window",
+                        "grow the oplog (`replSetResizeOplog`, or `minRetentionHours`) so that a stopped `cutover run` can be restarted within the window (past it, the run recovers by comparing every copied range with the source, a read of both sides)",
                     )
                 } else if !full {
                     Check::pass(

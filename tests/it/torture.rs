@@ -62,6 +62,33 @@ async fn seed(seed: u64, reversible: bool, faults: Faults) {
     );
 }
 
+/// A seed whose copy lasts several seconds (40,000 documents in `ta.bulk`, copied in ranges
+/// of 250) while the generator writes into it throughout (issue 20: events applied during the
+/// copy): kills and crashes land during the copy.
+async fn long_copy_seed(seed: u64, reversible: bool, faults: Faults) {
+    let mut cfg = Config::new(seed, reversible, faults, ci_features());
+    cfg.seed_docs = 40_000;
+    cfg.bulk_writes = true;
+    let report = workload::run(&cfg).await;
+    println!("{}", report.summary());
+    assert!(report.passed(), "{}", report.summary());
+    assert!(
+        report.ops.ok_total() > 100,
+        "the generator did too little: {}",
+        report.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_copy_forward_22() {
+    long_copy_seed(22, false, KILL_CRASH_FAIL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_copy_reversible_23() {
+    long_copy_seed(23, true, KILL).await;
+}
+
 macro_rules! seeds {
     ($($name:ident: $seed:expr, $rev:expr, $faults:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,6 +241,10 @@ pub struct Config {
     pub features: Features,
     /// Documents in `ta.bulk` before the run (the copy must last a while).
     pub seed_docs: usize,
+    /// The generator also writes to `ta.bulk` (updates, deletes, inserts of its `_id`s; 40%
+    /// of its data operations while the copy runs, 10% after): writes land in ranges not
+    /// read yet, being read and read, for as long as the copy lasts.
+    pub bulk_writes: bool,
     /// Generator operations before the run starts (a deterministic prefix: the initial shapes).
     pub pre_ops: usize,
     /// How long the generator writes during change application before each commit is approved.
@@ -263,6 +267,7 @@ impl Config {
             faults,
             features,
             seed_docs: 3000,
+            bulk_writes: false,
             pre_ops: 400,
             apply_secs: 4,
             fault_every: Duration::from_millis(3000),
@@ -653,6 +658,8 @@ pub struct Generator {
     n: u64,
     /// The last step's dice roll and target, to name an operation that hangs.
     last: String,
+    /// `ta.bulk`'s seeded document count when the generator writes to it too.
+    bulk: Option<usize>,
 }
 
 /// Refused by user write blocking (code 371). By name, not by number: "371" also appears in
@@ -682,6 +689,7 @@ impl Generator {
             dbs,
             n: 0,
             last: String::new(),
+            bulk: cfg.bulk_writes.then_some(cfg.seed_docs),
         }
     }
 
@@ -712,9 +720,22 @@ impl Generator {
     pub async fn step(&mut self, c: &Client, st: &GenState) -> (&'static str, bool, R) {
         self.n += 1;
         let dice = self.rng.random_range(0..1000);
-        let db = self.db();
-        let coll_name = self.coll();
-        let id = self.id();
+        let mut db = self.db();
+        let mut coll_name = self.coll();
+        let mut id = self.id();
+        if let Some(n) = self.bulk {
+            // Data operations only (DDL on `ta.bulk` would end its copy early).
+            let share = if st.copy_done.load(Ordering::Relaxed) {
+                0.1
+            } else {
+                0.4
+            };
+            if self.rng.random_bool(share) && dice < 875 {
+                db = "ta";
+                coll_name = "bulk";
+                id = Bson::Int32(self.rng.random_range(0..(n + n / 20) as i32));
+            }
+        }
         let coll = c.database(db).collection::<Document>(coll_name);
         self.last = format!("op {} (dice {dice}) on {db}.{coll_name} _id {id}", self.n);
         if coll_name == "ts0" && dice < 900 {
