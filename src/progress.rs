@@ -33,7 +33,7 @@ pub struct Progress {
     /// Events read, stage busy time, events per namespace (lag explained).
     pub stats: crate::stats::LaneStats,
     /// Ranges compared and rewritten after a lost resume point.
-    pub recovery: crate::engine::recover::RecoveryStats,
+    pub recovery: RecoveryStats,
 }
 
 impl Progress {
@@ -88,5 +88,28 @@ impl Progress {
             lag: self.lag_seconds(),
         };
         (self as *const Progress as usize, now)
+    }
+}
+
+/// Live counters of a recovery from a lost resume point (see `engine::recover`).
+#[derive(Debug, Default)]
+pub struct RecoveryStats {
+    pub ranges: AtomicU64,
+    pub ranges_differing: AtomicU64,
+    pub documents_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub documents_deleted: AtomicU64,
+}
+
+impl RecoveryStats {
+    /// One range compared: whether it differed, what was written and deleted.
+    pub fn add_range(&self, differs: bool, written: u64, bytes: u64, deleted: u64) {
+        self.ranges.fetch_add(1, Ordering::Relaxed);
+        if differs {
+            self.ranges_differing.fetch_add(1, Ordering::Relaxed);
+        }
+        self.documents_written.fetch_add(written, Ordering::Relaxed);
+        self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        self.documents_deleted.fetch_add(deleted, Ordering::Relaxed);
     }
 }

@@ -755,7 +755,9 @@ async fn reconcile_partition(ctx: &CopyCtx, p: Partition) -> Result<(), EngineEr
             Err(e) => return Err(e),
         }
     };
-    ctx.progress.recovery.add(&found);
+    ctx.progress
+        .recovery
+        .add_range(found.differs(), found.written, found.bytes, found.deleted);
     ctx.store
         .update_one(
             PARTITIONS,

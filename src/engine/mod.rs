@@ -15,4 +15,5 @@ pub mod recover;
 pub mod repair;
 pub mod resync;
 pub mod retry;
+pub mod rewrite;
 pub mod write;

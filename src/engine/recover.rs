@@ -29,7 +29,7 @@
 //! (the replay-over-later-state property). A document that changed between the old point
 //! and `P` differs, so it is rewritten.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::engine::catalog::{self, NsKind, NsSpec, RelaxationStore};
 use crate::engine::error::{cluster_err, on, EngineError};
-use crate::engine::repair::{self, ReadAt};
+use crate::engine::rewrite::{self as repair, ReadAt};
 use crate::namespace::Namespace;
 use crate::record::Direction;
 use crate::state::StateStore;
@@ -71,32 +71,8 @@ impl Reconciled {
         }
     }
 
-    fn differs(&self) -> bool {
+    pub fn differs(&self) -> bool {
         self.missing + self.extra + self.different > 0
-    }
-}
-
-/// Live counters of a recovery (in [`crate::progress::Progress`]).
-#[derive(Debug, Default)]
-pub struct RecoveryStats {
-    pub ranges: AtomicU64,
-    pub ranges_differing: AtomicU64,
-    pub documents_written: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub documents_deleted: AtomicU64,
-}
-
-impl RecoveryStats {
-    pub fn add(&self, r: &Reconciled) {
-        self.ranges.fetch_add(1, Ordering::Relaxed);
-        if r.differs() {
-            self.ranges_differing.fetch_add(1, Ordering::Relaxed);
-        }
-        self.documents_written
-            .fetch_add(r.written, Ordering::Relaxed);
-        self.bytes_written.fetch_add(r.bytes, Ordering::Relaxed);
-        self.documents_deleted
-            .fetch_add(r.deleted, Ordering::Relaxed);
     }
 }
 

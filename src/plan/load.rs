@@ -23,6 +23,9 @@ use super::model::{
 /// The prefix of environment variables that override plan keys.
 pub const ENV_PREFIX: &str = "CUTOVER_";
 
+/// The plan's top-level keys.
+const TOP_KEYS: &[&str] = &["name", "clusters", "options", "state", "steps"];
+
 /// `CUTOVER_*` variables that configure the program, not the plan.
 pub const RESERVED_ENV: &[&str] = &[
     "CUTOVER_LOG",
@@ -277,6 +280,13 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
             if rest.is_empty() || reserved(k) {
                 continue;
             }
+            // A single word that names no top-level plan key (`CUTOVER_BIN`, set by some CI
+            // for its own use) is not a plan override; a path (`CUTOVER_OPTIONZ__MAX_LAG`) is,
+            // and an unknown one is reported.
+            if !rest.contains("__") && !TOP_KEYS.contains(&rest.to_lowercase().as_str()) {
+                tracing::debug!(variable = %k, "not a plan key (no `__` path, not a top-level key): ignored");
+                continue;
+            }
             let path = rest
                 .split("__")
                 .map(str::to_lowercase)
@@ -321,7 +331,7 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
     };
 
     // Top-level keys.
-    const TOP: &[&str] = &["name", "clusters", "options", "state", "steps"];
+    const TOP: &[&str] = TOP_KEYS;
     for key in data.keys() {
         if !TOP.contains(&key.as_str()) {
             errors.push(unknown_key(&spans, "", key, TOP));
@@ -914,6 +924,41 @@ mod tests {
             display_path("options.include.0.database"),
             "options.include[0].database"
         );
+    }
+
+    const PLAN: &str = "name = \"p\"\n[clusters.source]\nuri = \"mongodb://127.0.0.1:1\"\n\
+        [clusters.destination]\nuri = \"mongodb://127.0.0.1:2\"\n[[steps]]\nkind = \"sync\"\n";
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<(), Vec<Diagnostic>> {
+        let ov = Overrides {
+            sets: Vec::new(),
+            env: env(pairs),
+        };
+        crate::plan::load_plan_str("plan.toml", PLAN, &ov).map(|_| ())
+    }
+
+    /// A CI environment that sets `CUTOVER_BIN` (tried) failed every plan with "unknown key
+    /// `bin`": a single-word variable that names no plan key is not a plan override.
+    #[test]
+    fn other_cutover_variables_are_not_plan_keys() {
+        for var in ["CUTOVER_BIN", "CUTOVER_VERSION"] {
+            if let Err(e) = load_env(&[(var, "/usr/local/bin/cutover")]) {
+                panic!("{var}: {e:?}");
+            }
+        }
+        // A path with an unknown first key is still an error that names the variable.
+        let Err(errs) = load_env(&[("CUTOVER_OPTIONZ__MAX_LAG", "3s")]) else {
+            panic!("an unknown plan path is an error");
+        };
+        let text = format!("{errs:?}");
+        assert!(text.contains("optionz"), "{text}");
+        // Plan keys still override.
+        if let Err(e) = load_env(&[
+            ("CUTOVER_NAME", "renamed"),
+            ("CUTOVER_OPTIONS__MAX_LAG", "7s"),
+        ]) {
+            panic!("{e:?}");
+        }
     }
 
     #[test]
