@@ -262,19 +262,7 @@ async fn recover_lost_point(
     );
     let relax = RelaxationStore::new(store.database().clone(), store.plan(), direction)
         .with_fence(store.fence().cloned());
-    let copy_ctx = CopyCtx {
-        source: env.source.clone(),
-        dest: env.destination.clone(),
-        store: store.clone(),
-        lane: id.to_string(),
-        progress: progress.clone(),
-        concurrency: env.copy_concurrency,
-        docs_per_range: env.docs_per_range,
-        retry: env.retry,
-        direction,
-        gate: None,
-        after_copy: None,
-    };
+    let copy_ctx = copy_ctx(env, direction, id, progress);
     let start = cluster_time(&env.source, "source").await?;
     // The copy set is listed again: collections created meanwhile are copied.
     store
@@ -342,6 +330,23 @@ async fn recover_lost_point(
     Ok(())
 }
 
+/// The copy's context for this lane, without a gate (the copy with events adds one).
+fn copy_ctx(env: &LaneEnv, direction: Direction, id: &str, progress: &Arc<Progress>) -> CopyCtx {
+    CopyCtx {
+        source: env.source.clone(),
+        dest: env.destination.clone(),
+        store: env.store.clone(),
+        lane: id.to_string(),
+        progress: progress.clone(),
+        concurrency: env.copy_concurrency,
+        docs_per_range: env.docs_per_range,
+        retry: env.retry,
+        direction,
+        gate: None,
+        after_copy: None,
+    }
+}
+
 async fn lane_run(
     env: &LaneEnv,
     direction: Direction,
@@ -358,19 +363,7 @@ async fn lane_run(
         RelaxationStore::new(store.database().clone(), store.plan(), direction)
             .with_fence(store.fence().cloned()),
     );
-    let copy_ctx = CopyCtx {
-        source: env.source.clone(),
-        dest: env.destination.clone(),
-        store: store.clone(),
-        lane: id.clone(),
-        progress: progress.clone(),
-        concurrency: env.copy_concurrency,
-        docs_per_range: env.docs_per_range,
-        retry: env.retry,
-        direction,
-        gate: None,
-        after_copy: None,
-    };
+    let copy_ctx = copy_ctx(&env, direction, &id, &progress);
 
     let mut record = env
         .retry
