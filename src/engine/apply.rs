@@ -168,13 +168,22 @@ const HELD_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// The DDL events that move or remove a namespace: they wait until the copy of every
 /// collection they touch is complete (the copy writes under the names it planned).
+/// Whether a DDL event must wait for the copy (see [`crate::engine::gate`]).
+fn ddl_blocked(g: &crate::engine::gate::Gate, ev: &RawDocument) -> bool {
+    let Some(nss) = ddl_waits_for(ev) else {
+        return false;
+    };
+    match ev.get_str("operationType") {
+        // Index DDL waits only while the collection's after-copy build is between its reading
+        // of the source's indexes and its end (found by torture seed 19).
+        Ok("dropIndexes" | "modify") => !g.index_ddl_ready(&nss),
+        _ => !g.ddl_ready(&nss),
+    }
+}
+
 fn ddl_waits_for(ev: &RawDocument) -> Option<Vec<crate::namespace::Namespace>> {
     use crate::namespace::Namespace;
     let op = ev.get_str("operationType").ok()?;
-    // `dropIndexes` and `modify` (collMod: a TTL, hidden or unique index, a validator) wait
-    // too: a collection's after-copy build reads the source's indexes once, and index DDL made
-    // after that reading but applied before the build would be a no-op on a destination that
-    // has no index yet, then undone by the build (found by torture seed 19).
     if !matches!(
         op,
         "rename" | "drop" | "dropDatabase" | "dropIndexes" | "modify"
@@ -245,9 +254,8 @@ async fn run_stream(
         }
         let waiting = deferred.front().and_then(|b| {
             let ev = b.events.first()?;
-            let nss = ddl_waits_for(ev)?;
             let g = ctx.gate.as_ref()?;
-            (!g.ddl_ready(&nss)).then_some(())
+            ddl_blocked(g, ev).then_some(())
         });
         let held = ctx.progress.held_bytes.load(Ordering::Relaxed);
         let batch = if deferred.front().is_some() && waiting.is_none() {
@@ -367,8 +375,8 @@ async fn process(
     let mut last_event: Option<(RawDocumentBuf, Timestamp)> = None;
     let mut events = events.into_iter();
     while let Some(ev) = events.next() {
-        if let (Some(g), Some(nss)) = (gate, ddl_waits_for(&ev)) {
-            if !g.ddl_ready(&nss) {
+        if let Some(g) = gate {
+            if ddl_blocked(g, &ev) {
                 // Everything before it first, its checkpoint stored; the rest waits.
                 let before = round.last().and_then(|e| event_token(e));
                 apply_round(ctx, std::mem::take(&mut round)).await?;

@@ -350,6 +350,10 @@ async fn collection_copied(ctx: &CopyCtx, left: &CollectionLeft) -> Result<(), E
         return Ok(());
     };
     if let (Some(relax), false) = (&ctx.after_copy, left.indexed) {
+        if let Some(g) = &ctx.gate {
+            // Before the first reading of the source's indexes: index DDL waits from here.
+            g.start_indexing(&write_ns);
+        }
         let what = format!("building the indexes of `{}`", left.spec.ns);
         ctx.retry
             .run(&ctx.progress, &what, || async {

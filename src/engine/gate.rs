@@ -35,13 +35,14 @@
 //!
 //! ## DDL
 //!
-//! A rename, a drop, a `dropIndexes` or a `collMod` of a collection whose copy is not complete
-//! (ranges left, or its indexes not yet built) waits: the DDL event and everything after it
-//! are deferred (still read, so the oplog only has to hold the lane's lag) until the
-//! collection is ready; its ranges are copied first. `createIndexes` and `create` are applied
-//! at once. Indexes built after a collection's copy are read from the source's catalog at
-//! that moment; an index DDL event made after that reading is applied after the build (it
-//! was deferred), one made before it is already in the reading.
+//! A rename or a drop of a collection whose copy is not complete (ranges left, or its indexes
+//! not yet built) waits: the DDL event and everything after it are deferred (still read, so
+//! the oplog only has to hold the lane's lag) until the collection is ready; its ranges are
+//! copied first. Other DDL is applied at once, except a `dropIndexes` or `collMod` of a
+//! collection whose after-copy index build has read the source's indexes and not finished
+//! ([`Gate::start_indexing`]): applied then, it would find no index and be undone by the
+//! build, so it waits (deferred like a rename) until the build is done. One routed before the
+//! reading was committed before it, so the reading sees it.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{HashMap, HashSet};
@@ -137,6 +138,9 @@ struct Inner {
     finished: Vec<SlotKey>,
     /// Namespaces a deferred DDL event waits for: copied first.
     wanted: HashSet<Namespace>,
+    /// Collections whose after-copy index build has read the source's indexes and is not
+    /// done: their index DDL (`dropIndexes`, `collMod`) waits until it is.
+    indexing: HashSet<Namespace>,
     /// The copy failed: the change application stops with this.
     failed: Option<EngineError>,
     /// Every range Done and every collection ready: the gate routes everything to Apply.
@@ -184,6 +188,7 @@ impl Gate {
                 holding: HashMap::new(),
                 finished: Vec::new(),
                 wanted: HashSet::new(),
+                indexing: HashSet::new(),
                 failed: None,
                 complete: false,
             }),
@@ -353,6 +358,20 @@ impl Gate {
             c.planned = true;
         }
         g.wanted.remove(ns);
+        g.indexing.remove(ns);
+    }
+
+    /// A collection's after-copy index build is about to read the source's indexes: from now
+    /// until it is ready, its `dropIndexes` and `collMod` events wait (one routed before this
+    /// was committed before the reading, which sees it).
+    pub fn start_indexing(&self, ns: &Namespace) {
+        self.lock().indexing.insert(ns.clone());
+    }
+
+    /// Whether index DDL on these namespaces may be applied now (see [`Self::start_indexing`]).
+    pub fn index_ddl_ready(&self, namespaces: &[Namespace]) -> bool {
+        let g = self.lock();
+        g.complete || !namespaces.iter().any(|n| g.indexing.contains(n))
     }
 
     /// Takes the held events of every Finished range and marks those ranges Done. The caller

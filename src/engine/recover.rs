@@ -191,6 +191,8 @@ pub async fn prepare(
         )
         .await?;
     let prefix_len = lane.len() + 1;
+    // Destination names of the collections the lane planned.
+    let mut planned = std::collections::HashSet::new();
     for m in markers {
         let id = m.get_str("_id").unwrap_or_default();
         let Some(ns) = id
@@ -199,6 +201,7 @@ pub async fn prepare(
         else {
             continue;
         };
+        planned.insert(ns.to_string());
         let uuid = match m.get("uuid") {
             Some(Bson::Binary(b)) => Some(b.clone()),
             _ => None,
@@ -277,6 +280,27 @@ pub async fn prepare(
                 doc! {"$set": {"reconcile": true, "done": false}, "$unset": {"last_id": "", "reconciled": ""}},
             )
             .await?;
+    }
+    // Collections to copy that the lane never planned but the destination holds (created
+    // during the copy and filled by change events): their events since are lost, and a copy
+    // into them would keep documents deleted meanwhile. Dropped and copied in full.
+    for spec in specs {
+        let Some(target) = catalog::copy_target(spec) else {
+            continue;
+        };
+        if planned.contains(&target.to_string()) {
+            continue;
+        }
+        if catalog::spec_of(dest, &spec.ns)
+            .await
+            .map_err(on(direction.destination_name()))?
+            .is_some()
+        {
+            drop_on_destination(dest, &target, direction).await?;
+            relax.forget_namespace(&spec.ns).await?;
+            relax.forget_namespace(&target).await?;
+            out.recopied.push(spec.ns.to_string());
+        }
     }
     // Destination namespaces the source no longer has (dropped or renamed meanwhile), and
     // views whose definition changed.

@@ -394,6 +394,24 @@ async fn a_lost_resume_point_re_copies_only_what_changed() {
     paused.push(("CUTOVER_TEST_PAUSE_DIR", dir.path().display().to_string()));
     let mut child = spawn_cutover(&args, &env_refs(&paused));
     wait_pause_file(&dir.path().join("copy.reading.reached"), &mut child).await;
+    // A collection created during the copy (not in its copy set): its documents reach the
+    // destination as change events while the copy is paused.
+    seed(&s, "big", "early", 0, 200, 100).await;
+    let t0 = Instant::now();
+    while d
+        .database("big")
+        .collection::<Document>("early")
+        .count_documents(doc! {})
+        .await
+        .unwrap()
+        < 200
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "big.early not replicated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // SAFETY: kill(2) on a child this test spawned.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGKILL);
@@ -449,6 +467,14 @@ async fn a_lost_resume_point_re_copies_only_what_changed() {
         .await
         .unwrap();
     seed(&s, "big", "fresh", 0, 300, 100).await;
+    // The collection created during the copy loses documents while cutover is down: a copy
+    // into the destination's version would keep them.
+    let early = s.database("big").collection::<Document>("early");
+    early.delete_many(doc! {"_id": {"$lt": 50}}).await.unwrap();
+    early
+        .update_many(doc! {"_id": {"$gte": 190}}, doc! {"$set": {"v": -7}})
+        .await
+        .unwrap();
     // ... and the oplog rolls past the stored point (writes outside the plan).
     let filler = s.database("filler").collection::<Document>("f");
     filler.insert_one(doc! {"_id": 0}).await.unwrap();
@@ -527,6 +553,7 @@ async fn a_lost_resume_point_re_copies_only_what_changed() {
         .filter_map(|v| v.as_str())
         .collect();
     assert!(!recopied.contains(&"big.items"), "{r}");
+    assert!(recopied.contains(&"big.early"), "{r}");
     println!(
         "re-copied {rewritten} of {source} bytes ({:.1}%)",
         100.0 * rewritten as f64 / source as f64
