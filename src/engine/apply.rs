@@ -166,8 +166,6 @@ impl Batch {
 /// grows: `status` shows it).
 const HELD_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 
-/// The DDL events that move or remove a namespace: they wait until the copy of every
-/// collection they touch is complete (the copy writes under the names it planned).
 /// Whether a DDL event must wait for the copy (see [`crate::engine::gate`]).
 fn ddl_blocked(g: &crate::engine::gate::Gate, ev: &RawDocument) -> bool {
     let Some(nss) = ddl_waits_for(ev) else {
@@ -181,6 +179,9 @@ fn ddl_blocked(g: &crate::engine::gate::Gate, ev: &RawDocument) -> bool {
     }
 }
 
+/// The namespaces a DDL event that may wait concerns: the events that move or remove a
+/// namespace wait until the copy of every collection they touch is complete (the copy writes
+/// under the names it planned); index DDL waits during a collection's index build.
 fn ddl_waits_for(ev: &RawDocument) -> Option<Vec<crate::namespace::Namespace>> {
     use crate::namespace::Namespace;
     let op = ev.get_str("operationType").ok()?;
@@ -194,7 +195,7 @@ fn ddl_waits_for(ev: &RawDocument) -> Option<Vec<crate::namespace::Namespace>> {
     let db = ns.get_str("db").ok()?;
     let coll = ns.get_str("coll").unwrap_or("");
     let mut out = vec![Namespace::new(db, coll)];
-    if !coll.is_empty() && !coll.starts_with("system.") {
+    if matches!(op, "dropIndexes" | "modify") && !coll.is_empty() && !coll.starts_with("system.") {
         // A time-series collection's index DDL names the view; its copy is of the buckets.
         out.push(Namespace::new(db, format!("system.buckets.{coll}")));
     }
