@@ -1,33 +1,19 @@
 //! cutover: move live data between MongoDB clusters from a checked-in plan.
 //!
-//! The plan (TOML) is loaded and checked without I/O ([`plan`]); `cutover check` adds a
-//! read-only preflight of both clusters ([`preflight`]).
+//! Layers, lowest first (a folder depends only on folders before it; CI checks it with
+//! `scripts/import-cycles.py`): [`base`] (shared vocabulary), [`plan`] (the TOML plan),
+//! [`cluster`] (connections and server errors), [`state`] (store, run record, lease),
+//! [`verify`] (comparing clusters), [`engine`] (catalog, copy, change application, lanes),
+//! [`preflight`] (`cutover check`), [`ops`] (service, HTTP API, metrics, status), [`run`] (the
+//! step interpreter) and [`cli`].
 
-pub mod api;
+pub mod base;
 pub mod cli;
 pub mod cluster;
-pub mod crashpoint;
-pub mod diskwatch;
 pub mod engine;
-pub mod exit;
-pub mod fence;
-pub mod index_format;
-pub mod logging;
-pub mod metrics;
-pub mod mongo_error;
-pub mod namespace;
-pub mod pause;
+pub mod ops;
 pub mod plan;
 pub mod preflight;
-pub mod progress;
-pub mod record;
-pub mod redact;
-pub mod report;
-pub mod resync;
 pub mod run;
-pub mod service;
 pub mod state;
-pub mod stats;
-pub mod status;
-pub mod uri;
 pub mod verify;

@@ -20,11 +20,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::control::Control;
 use crate::engine::error::{read_err, EngineError};
+use crate::engine::progress::Progress;
+use crate::engine::stats::Stage;
 use crate::engine::write::{apply_ddl, apply_round, ApplyCtx};
 use crate::plan::NamespaceSelector;
-use crate::progress::Progress;
 use crate::state::LANES;
-use crate::stats::Stage;
 
 /// Events per change-stream batch (one round); the server also caps a batch at 16 MB.
 const ROUND_EVENTS: u32 = 5_000;
@@ -73,7 +73,7 @@ pub async fn run(
 /// token.
 fn pipeline(selector: &NamespaceSelector, start: &StartPoint) -> Vec<Document> {
     // `showRawUpdateDescription`: update events carry the oplog's delta, which names fields
-    // level by level (see events.rs: `updatedFields` cannot tell `{"a.b": 1}` from `{a: {b: 1}}`).
+    // level by level (see translate.rs: `updatedFields` cannot tell `{"a.b": 1}` from `{a: {b: 1}}`).
     let mut cs = doc! {"allChangesForCluster": true, "showExpandedEvents": true,
     "showSystemEvents": true, "showRawUpdateDescription": true};
     match start {
@@ -182,8 +182,8 @@ fn ddl_blocked(g: &crate::engine::gate::Gate, ev: &RawDocument) -> bool {
 /// The namespaces a DDL event that may wait concerns: the events that move or remove a
 /// namespace wait until the copy of every collection they touch is complete (the copy writes
 /// under the names it planned); index DDL waits during a collection's index build.
-fn ddl_waits_for(ev: &RawDocument) -> Option<Vec<crate::namespace::Namespace>> {
-    use crate::namespace::Namespace;
+fn ddl_waits_for(ev: &RawDocument) -> Option<Vec<crate::base::namespace::Namespace>> {
+    use crate::base::namespace::Namespace;
     let op = ev.get_str("operationType").ok()?;
     if !matches!(
         op,
@@ -238,14 +238,14 @@ async fn run_stream(
         // A safe boundary: the last round is applied and its resume token stored. A pause
         // stops reading (the read-ahead and deferred batches are dropped and read again from
         // the token).
-        if crate::pause::is_paused() && *control.borrow() == Control::Run {
+        if crate::base::pause_gate::is_paused() && *control.borrow() == Control::Run {
             drop(ahead);
             deferred.clear();
             ctx.progress
                 .held_bytes
                 .fetch_sub(deferred_bytes, Ordering::Relaxed);
             deferred_bytes = 0;
-            if !crate::pause::hold_apply(&ctx.progress, control).await {
+            if !crate::engine::control::hold_apply(&ctx.progress, control).await {
                 break Ok(());
             }
             ahead = match open(ctx, start).await {
@@ -423,7 +423,7 @@ async fn process(
                     Some(g) => g.route(
                         ev.get_document("ns")
                             .ok()
-                            .and_then(crate::namespace::Namespace::from_event_ns)
+                            .and_then(crate::base::namespace::Namespace::from_event_ns)
                             .as_ref(),
                         ev,
                     ),
@@ -460,7 +460,7 @@ async fn process(
             }
             crate::engine::resync::before_ddl(ctx, ev).await?;
             apply_ddl(ctx, ev).await?;
-            crate::crashpoint::hit("apply.ddl-applied", None);
+            crate::base::crashpoint::hit("apply.ddl-applied", None);
             unpersisted += 1;
             if let Some(tok) = event_token(ev) {
                 if let (Some(g), Ok(ts)) = (gate, ev.get_timestamp("clusterTime")) {
@@ -519,7 +519,7 @@ async fn process(
     }
     if let Control::DrainTo(target) = *control.borrow() {
         if applied > 0 {
-            crate::crashpoint::hit("apply.drain-round", None);
+            crate::base::crashpoint::hit("apply.drain-round", None);
         }
         if pos.is_some_and(|p| p >= target) {
             return Ok(Step::Drained);

@@ -1,7 +1,11 @@
-//! What a lane's owner asks of change application (a leaf: the lane, the loop, the resync
-//! hook and `pause` share it).
+//! What a lane's owner asks of change application, and holding the copy and the change
+//! application at a checkpoint while the pause gate ([`crate::base::pause_gate`]) is closed.
 
 use mongodb::bson::Timestamp;
+use tokio::sync::watch;
+
+use crate::base::pause_gate::{is_paused, operator_paused, wait_resumed};
+use crate::engine::progress::Progress;
 
 /// What the lane's owner asks of change application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,4 +16,50 @@ pub enum Control {
     DrainTo(Timestamp),
     /// Stop after the current round (shutdown).
     Stop,
+}
+
+/// Change application's safe boundary (the last round is applied and its resume token
+/// stored): waits while paused. Returns `false` if the lane was told to stop meanwhile; a
+/// drain (the commit) ends the pause, so a write-blocked window never waits on it.
+pub async fn hold_apply(progress: &Progress, control: &mut watch::Receiver<Control>) -> bool {
+    let before = progress.phase();
+    progress.set_phase("paused");
+    tracing::info!("Paused: change application stopped after a checkpoint.");
+    let go_on = loop {
+        if *control.borrow() == Control::Stop {
+            break false;
+        }
+        if matches!(*control.borrow(), Control::DrainTo(_)) || !is_paused() {
+            break true;
+        }
+        tokio::select! {
+            _ = wait_resumed() => {}
+            r = control.changed() => if r.is_err() { break false },
+        }
+    };
+    if go_on {
+        tracing::info!("Resumed: change application continues.");
+    }
+    if progress.phase() == "paused" {
+        progress.set_phase(&before);
+    }
+    go_on
+}
+
+/// The copy's safe boundary (in-flight inserts done, range checkpointed): waits while paused.
+pub async fn hold_copy(progress: &Progress) {
+    if !is_paused() {
+        return;
+    }
+    let before = progress.phase();
+    let phase = if operator_paused() {
+        "paused".to_string()
+    } else {
+        "paused: the destination is short of disk space".to_string()
+    };
+    progress.set_phase(&phase);
+    wait_resumed().await;
+    if progress.phase() == phase {
+        progress.set_phase(&before);
+    }
 }

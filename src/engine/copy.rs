@@ -22,13 +22,13 @@ use mongodb::Client;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::base::namespace::Namespace;
 use crate::engine::catalog::{self, NsKind, NsSpec, RelaxationStore};
 use crate::engine::error::{cluster_err, on, read_err, write_error, EngineError};
 use crate::engine::gate::{self, Gate, RangeInfo};
+use crate::engine::progress::Progress;
 use crate::engine::retry::RetryPolicy;
-use crate::namespace::Namespace;
-use crate::progress::Progress;
-use crate::record::Direction;
+use crate::state::record::Direction;
 use crate::state::{StateStore, PARTITIONS};
 
 /// Documents per range by default: big enough to amortise a range's setup, small enough
@@ -100,9 +100,9 @@ enum Pass {
 /// Errors of a source read that mean "the collection was renamed or dropped under the
 /// cursor": QueryPlanKilled, NamespaceNotFound, CursorKilled, CursorNotFound.
 fn moved_code(e: &mongodb::error::Error) -> bool {
-    use crate::mongo_error::code::*;
+    use crate::cluster::server_error::code::*;
     matches!(
-        crate::mongo_error::code_of(e),
+        crate::cluster::server_error::code_of(e),
         Some(QUERY_PLAN_KILLED | NAMESPACE_NOT_FOUND | CURSOR_KILLED | CURSOR_NOT_FOUND)
     )
 }
@@ -234,9 +234,9 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
     );
     loop {
         while running.len() < ctx.concurrency.max(1) {
-            if crate::pause::is_paused() && !queue.is_empty() {
+            if crate::base::pause_gate::is_paused() && !queue.is_empty() {
                 if running.is_empty() {
-                    crate::pause::hold_copy(&ctx.progress).await;
+                    crate::engine::control::hold_copy(&ctx.progress).await;
                 } else {
                     break; // no new range while paused; the running ones stop at a checkpoint
                 }
@@ -358,7 +358,7 @@ async fn collection_copied(ctx: &CopyCtx, left: &CollectionLeft) -> Result<(), E
         ctx.retry
             .run(&ctx.progress, &what, || async {
                 let spec = current_spec(ctx, &left.spec).await?;
-                crate::crashpoint::pause("copy.indexes-listed").await;
+                crate::base::crashpoint::pause("copy.indexes-listed").await;
                 if let Some(spec) = spec {
                     catalog::build_indexes(&ctx.dest, &spec, relax)
                         .await
@@ -645,7 +645,7 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
         match copy_partition_once(ctx, &mut p).await {
             Ok(Pass::Done) => break,
             // Paused at a checkpoint: continue from it once resumed.
-            Ok(Pass::Paused) => crate::pause::hold_copy(&ctx.progress).await,
+            Ok(Pass::Paused) => crate::engine::control::hold_copy(&ctx.progress).await,
             Ok(Pass::Gone) => {
                 tracing::info!(ns = %p.write_ns, "The collection was dropped or moved to another database during its copy; its change events carry it from here.");
                 break;
@@ -887,7 +887,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     };
 
     loop {
-        if crate::pause::is_paused() && !p.natural {
+        if crate::base::pause_gate::is_paused() && !p.natural {
             while let Some(h) = in_flight.pop_front() {
                 let (last, n, b) = join(h).await?;
                 ctx.progress.add_copied(n, b);
@@ -947,7 +947,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
                 }
             }
         }
-        crate::crashpoint::pause("copy.reading").await;
+        crate::base::crashpoint::pause("copy.reading").await;
     }
     if !moved && !p.natural && p.max.is_none() && (p.last_id.is_some() || p.min.is_some()) {
         // An index scan with `min` and no `max` stops before MaxKey (the implicit upper bound
@@ -1080,7 +1080,9 @@ async fn insert_command(
     ns: &str,
     batch: &[RawDocumentBuf],
 ) -> Result<(), EngineError> {
-    use crate::mongo_error::code::{MAX_TIME_MS_EXPIRED, TRANSACTION_TOO_LARGE_FOR_CACHE};
+    use crate::cluster::server_error::code::{
+        MAX_TIME_MS_EXPIRED, TRANSACTION_TOO_LARGE_FOR_CACHE,
+    };
     let one_by_one = || async {
         // mongod inserts a command's documents in shared storage transactions: several
         // large ones together can exceed what its cache admits although each fits alone.
@@ -1194,7 +1196,7 @@ async fn insert_command(
 
 /// TransactionTooLargeForCache (388), as a command error or a write error.
 fn too_large_for_cache(e: &mongodb::error::Error) -> bool {
-    use crate::mongo_error::code::TRANSACTION_TOO_LARGE_FOR_CACHE as C;
+    use crate::cluster::server_error::code::TRANSACTION_TOO_LARGE_FOR_CACHE as C;
     match e.kind.as_ref() {
         ErrorKind::Command(c) => c.code == C,
         ErrorKind::InsertMany(im) => im

@@ -1,7 +1,7 @@
 //! Engine errors: which cluster, which namespace, what cutover was doing, what to do next.
 
+use crate::cluster::server_error::short_message;
 use crate::engine::catalog::CatalogError;
-use crate::mongo_error::short_message;
 use crate::state::StateError;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ impl EngineError {
     }
 }
 
-impl crate::mongo_error::Retryable for EngineError {
+impl crate::cluster::server_error::Retryable for EngineError {
     fn is_transient(&self) -> bool {
         EngineError::is_transient(self)
     }
@@ -125,7 +125,7 @@ pub fn on(cluster: &'static str) -> impl FnOnce(CatalogError) -> EngineError {
             cluster,
             doing: format!("{what} for {ns}"),
             detail: short_message(&source),
-            transient: crate::mongo_error::is_transient(&source),
+            transient: crate::cluster::server_error::is_transient(&source),
         },
         other => EngineError::Catalog(other),
     }
@@ -144,8 +144,8 @@ pub fn write_error(
 ) -> EngineError {
     // MaxTimeMSExpired: stopped at this runner's lease deadline (see
     // `Store::write_budget`); sent again once the lease is renewed, or not at all if lost.
-    if crate::mongo_error::code_is_transient(code)
-        || code == crate::mongo_error::code::MAX_TIME_MS_EXPIRED
+    if crate::cluster::server_error::code_is_transient(code)
+        || code == crate::cluster::server_error::code::MAX_TIME_MS_EXPIRED
     {
         return EngineError::Cluster {
             cluster,
@@ -164,7 +164,7 @@ pub fn write_error(
 }
 
 /// A failed write or command on `cluster` while `doing`: transient when sending the same
-/// idempotent operation again can succeed (see [`crate::mongo_error::transience`]).
+/// idempotent operation again can succeed (see [`crate::cluster::server_error::transience`]).
 pub fn cluster_err(
     cluster: &'static str,
     doing: impl Into<String>,
@@ -174,8 +174,8 @@ pub fn cluster_err(
         cluster,
         doing: doing.into(),
         // Led by what is wrong when the server says it (out of disk space, not primary…).
-        detail: crate::mongo_error::with_cause(e),
-        transient: crate::mongo_error::transience(e).for_write(),
+        detail: crate::cluster::server_error::with_cause(e),
+        transient: crate::cluster::server_error::transience(e).for_write(),
     }
 }
 
@@ -190,6 +190,6 @@ pub fn read_err(
         cluster,
         doing: doing.into(),
         detail: short_message(e),
-        transient: crate::mongo_error::transience(e).for_read(),
+        transient: crate::cluster::server_error::transience(e).for_read(),
     }
 }

@@ -51,10 +51,10 @@ use std::sync::{Arc, Mutex};
 
 use mongodb::bson::{Bson, Document, RawBson, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp};
 
+use crate::base::bson_order::cmp_values;
+use crate::base::namespace::Namespace;
 use crate::engine::error::EngineError;
-use crate::namespace::Namespace;
-use crate::progress::Progress;
-use crate::verify::order::cmp_values;
+use crate::engine::progress::Progress;
 
 /// What the change application does with one event while the copy runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,13 +19,13 @@ use crate::engine::control::Control;
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, EngineError};
 use crate::engine::gate::Gate;
+use crate::engine::progress::Progress;
 use crate::engine::retry::RetryPolicy;
 use crate::engine::write::ApplyCtx;
 use crate::plan::{BuildIndexes, NamespaceSelector};
-use crate::progress::Progress;
 use crate::state::{StateStore, LANES};
 
-pub use crate::record::Direction;
+pub use crate::state::record::Direction;
 
 /// Everything a lane needs; `source`/`destination` are already swapped for `Reverse`.
 #[derive(Clone)]
@@ -55,7 +55,7 @@ pub struct Lane {
 
 impl Lane {
     pub fn lane_id(plan: &str, direction: Direction) -> String {
-        crate::record::lane_id(plan, direction)
+        crate::state::record::lane_id(plan, direction)
     }
 
     /// Starts or resumes a lane. `start_at` is the reverse lane's start point (the
@@ -298,7 +298,7 @@ async fn recover_lost_point(
         .await?;
     create_catalog(env, direction, &specs, true, progress, &relax).await?;
     // A crash here finds the old point lost again and prepares again (idempotent).
-    crate::crashpoint::hit("recover.prepared", None);
+    crate::base::crashpoint::hit("recover.prepared", None);
     store
         .update_one(
             LANES,

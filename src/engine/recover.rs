@@ -35,11 +35,11 @@ use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
 use serde::Serialize;
 
+use crate::base::namespace::Namespace;
 use crate::engine::catalog::{self, NsKind, NsSpec, RelaxationStore};
 use crate::engine::error::{cluster_err, on, EngineError};
 use crate::engine::rewrite::{self as repair, ReadAt};
-use crate::namespace::Namespace;
-use crate::record::Direction;
+use crate::state::record::Direction;
 use crate::state::StateStore;
 use crate::verify::ranges::Range;
 
@@ -339,8 +339,8 @@ async fn drop_on_destination(
     match dest.database(&ns.db).run_command(cmd).await {
         Ok(_) => Ok(()),
         Err(e)
-            if crate::mongo_error::code_of(&e)
-                == Some(crate::mongo_error::code::NAMESPACE_NOT_FOUND) =>
+            if crate::cluster::server_error::code_of(&e)
+                == Some(crate::cluster::server_error::code::NAMESPACE_NOT_FOUND) =>
         {
             Ok(())
         }
@@ -412,7 +412,7 @@ pub async fn report(
     store: &StateStore,
     lane: &str,
     recovering: &Document,
-    progress: &crate::progress::Progress,
+    progress: &crate::engine::progress::Progress,
 ) -> Result<Document, EngineError> {
     let ranges = store
         .find(

@@ -43,13 +43,13 @@ use mongodb::bson::Timestamp;
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawDocument, RawDocumentBuf};
 use tokio::task::JoinHandle;
 
+use crate::base::namespace::Namespace;
 use crate::engine::catalog::{self, NsKind};
 use crate::engine::control::Control;
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, EngineError};
+use crate::engine::progress::Progress;
 use crate::engine::write::{self, ApplyCtx};
-use crate::namespace::Namespace;
-use crate::progress::Progress;
 use crate::state::PARTITIONS;
 
 /// One record per requested resync (who, when, what, progress).
@@ -473,7 +473,7 @@ async fn swap(ctx: &ApplyCtx, a: Active, position: Timestamp) -> Result<(), Engi
     if let Ok(mut m) = ctx.keying.lock() {
         m.clear();
     }
-    crate::crashpoint::hit("resync.swapped", None);
+    crate::base::crashpoint::hit("resync.swapped", None);
     let replayed = replay(ctx, &a.ns, a.held).await?;
     update(
         ctx,

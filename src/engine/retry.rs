@@ -1,12 +1,12 @@
-//! Retrying through outages: [`crate::mongo_error::Backoff`] for transient errors, up to a
+//! Retrying through outages: [`crate::cluster::server_error::Backoff`] for transient errors, up to a
 //! configurable limit, with the reconnecting state visible in `cutover status`.
 
 use std::future::Future;
 use std::time::Duration;
 
+use crate::cluster::server_error::{Backoff, Retryable};
 use crate::engine::error::EngineError;
-use crate::mongo_error::{Backoff, Retryable};
-use crate::progress::Progress;
+use crate::engine::progress::Progress;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {

@@ -9,11 +9,11 @@ use mongodb::error::ErrorKind;
 use mongodb::Client;
 use serde::Serialize;
 
+use crate::base::bson_order::cmp_values;
+use crate::base::namespace::Namespace;
 use crate::engine::error::{cluster_err, write_error, EngineError};
-use crate::engine::events::{self, Stmt};
-use crate::namespace::Namespace;
-use crate::record::Direction;
-use crate::verify::order::cmp_values;
+use crate::engine::translate::{self, Stmt};
+use crate::state::record::Direction;
 
 /// How the source is read.
 #[derive(Clone, Copy, Debug)]
@@ -133,7 +133,7 @@ pub async fn rewrite_between(
                 if let Ok(Some(v)) = d.get("_id") {
                     key.append_ref("_id", v);
                 }
-                match events::upsert(&key, d) {
+                match translate::upsert(&key, d) {
                     Ok(Stmt::Update(s)) => {
                         updates.push(s);
                         n_updates += 1;

@@ -19,18 +19,18 @@ use mongodb::error::ErrorKind;
 use mongodb::Client;
 use tokio::sync::watch;
 
+use crate::base::namespace::Namespace;
 use crate::engine::catalog::{self, CatalogError, DdlOutcome, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, write_error, EngineError};
-use crate::engine::events::{self, Stmt};
 use crate::engine::identity::identity_key;
+use crate::engine::progress::Progress;
 use crate::engine::retry::RetryPolicy;
-use crate::namespace::Namespace;
+use crate::engine::stats::Stage;
+use crate::engine::translate::{self, Stmt};
 use crate::plan::NamespaceSelector;
-use crate::progress::Progress;
-use crate::record::Direction;
+use crate::state::record::Direction;
 use crate::state::StateStore;
-use crate::stats::Stage;
 
 const COMMAND_BYTES: usize = 8 * 1024 * 1024;
 const COMMAND_STMTS: usize = 1_000;
@@ -406,7 +406,8 @@ async fn apply_round_with(
             uuids.entry(ns.clone()).or_insert_with(|| b.to_binary());
         }
         *per_ns.entry(ns.to_string()).or_default() += 1;
-        let stmts = events::translate(ev).map_err(|why| EngineError::Event(describe(ev, &why)))?;
+        let stmts =
+            translate::translate(ev).map_err(|why| EngineError::Event(describe(ev, &why)))?;
         let mut h = DefaultHasher::new();
         ns.hash(&mut h);
         // A capped collection's natural order is insertion order: all its events share one
@@ -650,7 +651,7 @@ async fn refetch(
         }
     }
     match found {
-        Some(full) => match events::upsert(key, &full) {
+        Some(full) => match translate::upsert(key, &full) {
             Ok(Stmt::Update(d)) => Ok(Some(d)),
             Ok(_) => Ok(None),
             Err(why) => Err(EngineError::Event(format!("`{ns}`: {why}"))),
@@ -714,7 +715,7 @@ fn plain_update(stmt: &RawDocument) -> Option<RawBsonRef<'_>> {
 
 /// The `$set` document of an update statement that sets top-level fields only (`{q, u:
 /// {$set: {..}}}`, no dotted path, no `_id`), in an order `$set` itself applies them in (see
-/// [`events::set_keeps_order`]): such a statement has the same effect as merging the document
+/// [`translate::set_keeps_order`]): such a statement has the same effect as merging the document
 /// into the stored one, which an aggregation pipeline can do for many documents at once.
 fn top_level_set(stmt: &RawDocument) -> Option<&RawDocument> {
     let RawBsonRef::Document(u) = plain_update(stmt)? else {
@@ -735,7 +736,7 @@ fn top_level_set(stmt: &RawDocument) -> Option<&RawDocument> {
         }
         names.push(name);
     }
-    (!names.is_empty() && events::set_keeps_order(&names)).then_some(set)
+    (!names.is_empty() && translate::set_keeps_order(&names)).then_some(set)
 }
 
 /// An `_id` that `$in` and `$indexOfArray` find alike (no NaN, whose equality differs between
@@ -983,7 +984,9 @@ async fn send_merged(
     kind: Kind,
     merged: Vec<RawDocumentBuf>,
 ) -> Result<bool, EngineError> {
-    use crate::mongo_error::code::{MAX_TIME_MS_EXPIRED, TRANSACTION_TOO_LARGE_FOR_CACHE};
+    use crate::cluster::server_error::code::{
+        MAX_TIME_MS_EXPIRED, TRANSACTION_TOO_LARGE_FOR_CACHE,
+    };
     let mut arr = RawArrayBuf::new();
     for m in merged {
         arr.push(m);
@@ -1045,7 +1048,9 @@ async fn send(
             _ => arr.push(s.clone()),
         }
     }
-    use crate::mongo_error::code::{MAX_TIME_MS_EXPIRED, TRANSACTION_TOO_LARGE_FOR_CACHE};
+    use crate::cluster::server_error::code::{
+        MAX_TIME_MS_EXPIRED, TRANSACTION_TOO_LARGE_FOR_CACHE,
+    };
     // Inserts are of distinct documents: unordered, so duplicates do not stop the rest.
     let reply = match write_command(ctx, ns, kind, arr, kind != Kind::Insert).await? {
         Ok(r) => r,
@@ -1151,7 +1156,7 @@ async fn send(
                     "internal: insert statement without q/u".into(),
                 ));
             };
-            match events::upsert(q, u) {
+            match translate::upsert(q, u) {
                 Ok(Stmt::Update(d)) => upserts.push(d),
                 Ok(_) => {}
                 Err(why) => return Err(EngineError::Event(format!("`{ns}`: {why}"))),

@@ -32,17 +32,17 @@ pub const RESERVED_ENV: &[&str] = &[
     "CUTOVER_API_TOKEN",
     "CUTOVER_LOG_FORMAT",
     "CUTOVER_NO_PROGRESS",
-    crate::fence::LEASE_TTL_ENV,
-    crate::diskwatch::EVERY_ENV,
+    crate::state::lease::LEASE_TTL_ENV,
+    crate::ops::diskwatch::EVERY_ENV,
 ];
 
 /// Whether `k` configures the program rather than the plan.
 fn reserved(k: &str) -> bool {
     #[cfg(feature = "test-hooks")]
     if [
-        crate::crashpoint::ENV,
-        crate::crashpoint::PAUSE_ENV,
-        crate::crashpoint::PAUSE_DIR_ENV,
+        crate::base::crashpoint::ENV,
+        crate::base::crashpoint::PAUSE_ENV,
+        crate::base::crashpoint::PAUSE_DIR_ENV,
     ]
     .contains(&k)
     {

@@ -7,7 +7,7 @@ use super::diagnostic::{Diagnostic, Severity};
 use super::filter::{NamespaceSelector, SYSTEM_DATABASES};
 use super::load::{display_path, LoadedFile, SpanIndex};
 use super::model::{BuildIndexes, NamespaceFilter, Options, PlanFile, Step, WriteBlocking};
-use crate::uri::ClusterUri;
+use crate::base::uri::ClusterUri;
 
 /// A plan that passed static validation.
 #[derive(Clone, Debug)]

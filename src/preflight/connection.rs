@@ -4,9 +4,9 @@
 use mongodb::bson::{doc, Bson};
 use mongodb::options::{HostInfo, Tls};
 
+use crate::base::uri::ClusterUri;
 use crate::cluster::Cluster;
-use crate::report::{Check, Scope};
-use crate::uri::ClusterUri;
+use crate::preflight::checks::{Check, Scope};
 
 /// `TLS on (CA file, client certificate), auth MONGODB-X509, compression zstd`.
 pub fn describe(uri: &ClusterUri) -> String {

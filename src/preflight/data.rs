@@ -8,11 +8,11 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 
 use super::{human_bytes, SAMPLE_SIZE};
+use crate::base::namespace::Namespace;
 use crate::cluster::{get_i64, list_namespaces, Cluster};
-use crate::index_format::{self, FindingKind};
-use crate::namespace::Namespace;
+use crate::engine::catalog::index_format::{self, FindingKind};
 use crate::plan::Plan;
-use crate::report::{Check, Scope};
+use crate::preflight::checks::{Check, Scope};
 
 /// What later checks need from the inventory.
 #[derive(Debug, Default)]

@@ -2,6 +2,7 @@
 //! sends is a read (`hello`, `buildInfo`, `connectionStatus`, `listDatabases`,
 //! `listCollections`, `listIndexes`, `$collStats`, `$sample`/`find`, `replSetGetConfig`).
 
+pub mod checks;
 pub mod connection;
 mod data;
 mod oplog;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use crate::cluster::{Cluster, ServerInfo};
 use crate::plan::Plan;
-use crate::report::{Check, Scope};
+use crate::preflight::checks::{Check, Scope};
 
 pub struct PreflightOptions {
     /// Scan every document for `$`-prefixed field names instead of a sample.

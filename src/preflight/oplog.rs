@@ -7,7 +7,7 @@ use mongodb::bson::{doc, Document};
 
 use super::{human_bytes, human_secs};
 use crate::cluster::{get_i64, Cluster};
-use crate::report::Check;
+use crate::preflight::checks::Check;
 
 /// A deliberately conservative copy rate for the estimate (10 MiB/s).
 pub const ASSUMED_BYTES_PER_SEC: i64 = 10 * 1024 * 1024;

@@ -7,7 +7,7 @@ use mongodb::bson::{doc, Document};
 
 use crate::cluster::Cluster;
 use crate::plan::{Plan, Step, WriteBlocking};
-use crate::report::Scope;
+use crate::preflight::checks::Scope;
 
 /// What a privilege applies to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -208,8 +208,8 @@ impl Held {
 }
 
 /// The `privileges` check for one cluster.
-pub async fn check(c: &Cluster, plan: &Plan) -> crate::report::Check {
-    use crate::report::Check;
+pub async fn check(c: &Cluster, plan: &Plan) -> crate::preflight::checks::Check {
+    use crate::preflight::checks::Check;
     let status = match c
         .admin_command(doc! {"connectionStatus": 1, "showPrivileges": true})
         .await

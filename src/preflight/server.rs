@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use crate::cluster::{Cluster, ServerInfo, Topology};
 use crate::plan::Plan;
-use crate::report::{Check, Scope};
+use crate::preflight::checks::{Check, Scope};
 
 pub fn version_checks(plan: &Plan, source: &ServerInfo, dest: &ServerInfo) -> Vec<Check> {
     let mut out = Vec::new();
@@ -151,7 +151,7 @@ pub async fn same_deployment(
 mod tests {
     use super::*;
     use crate::plan::{load_plan_str, Overrides};
-    use crate::report::Status;
+    use crate::preflight::checks::Status;
 
     fn plan(reverse: bool) -> Plan {
         let steps = if reverse {

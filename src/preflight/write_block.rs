@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 
 use crate::cluster::Cluster;
-use crate::report::Check;
+use crate::preflight::checks::Check;
 
 pub const STATE_COLLECTION: &str = "user_writes_critical_sections";
 

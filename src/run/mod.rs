@@ -2,13 +2,11 @@
 //! is idempotent on re-entry after a crash: it records its intent in the state store before
 //! acting and checks the clusters' real state when re-entered.
 
-mod commit;
-mod reporter;
-mod reverse;
 mod roles;
-mod sync;
-mod validate_indexes;
-mod verify;
+mod status_writer;
+mod steps;
+
+use steps::{commit, reverse, sync, validate_indexes, verify};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,12 +19,12 @@ use crate::cluster::{set_user_write_block, Cluster, ClusterError};
 
 use crate::engine::error::EngineError;
 use crate::engine::lane::{Direction, Lane, LaneEnv};
+use crate::engine::progress::Progress;
 use crate::engine::retry::RetryPolicy;
-use crate::fence::{Holder, LeaseLost};
 use crate::plan::{Plan, Step};
-use crate::progress::Progress;
-use crate::record::{RunRecord, StepStatus};
-use crate::report::Scope;
+use crate::preflight::checks::Scope;
+use crate::state::lease::{Holder, LeaseLost};
+use crate::state::record::{RunRecord, StepStatus};
 use crate::state::{StateError, StateStore};
 
 /// Runtime knobs (command-line only; the plan describes the migration itself).
@@ -250,7 +248,7 @@ pub async fn run(plan: Plan, opts: RunOptions) -> (RunReport, Result<(), RunErro
     let result = run_inner(plan, opts, &mut report).await;
     report.ok = result.is_ok();
     if let Err(e) = &result {
-        report.error = Some(crate::redact::scrub(&e.to_string()));
+        report.error = Some(crate::base::redact::scrub(&e.to_string()));
     }
     (report, result)
 }
@@ -258,7 +256,7 @@ pub async fn run(plan: Plan, opts: RunOptions) -> (RunReport, Result<(), RunErro
 async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Result<(), RunError> {
     let api = match opts.listen {
         Some(addr) => Some(
-            crate::api::bind(addr, std::env::var(crate::api::TOKEN_ENV).ok())
+            crate::ops::http::bind(addr, std::env::var(crate::ops::http::TOKEN_ENV).ok())
                 .await
                 .map_err(RunError::Refused)?,
         ),
@@ -272,10 +270,10 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     let store = StateStore::new(&state_client, &plan.state_database, &plan.name)
         .with_retry(opts.retry_timeout);
     let kinds: Vec<&str> = plan.steps.iter().map(Step::kind).collect();
-    let ttl = crate::fence::lease_ttl().map_err(RunError::Refused)?;
+    let ttl = crate::state::lease::lease_ttl().map_err(RunError::Refused)?;
     let fence = store.take_lease(Holder::mine(), ttl).await?;
     let store = store.with_fence(fence.clone());
-    crate::fence::install(Some(&fence));
+    crate::state::lease::install(Some(&fence));
     let renewal = fence.spawn_renewal();
     let opened = async {
         if opts.restart {
@@ -289,7 +287,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     .await;
     if let Err(e) = opened {
         renewal.abort();
-        crate::fence::install(None);
+        crate::state::lease::install(None);
         fence.release().await;
         source.client.clone().shutdown().await;
         destination.client.clone().shutdown().await;
@@ -298,7 +296,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     }
 
     let current: Arc<Mutex<Option<Arc<Progress>>>> = Arc::new(Mutex::new(None));
-    let reporter = reporter::spawn_reporter(
+    let reporter = status_writer::spawn_reporter(
         // Status updates are best-effort: one that fails is replaced a second later.
         store.clone().with_retry(Duration::ZERO),
         current.clone(),
@@ -306,8 +304,8 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         plan.destination.hosts_display(),
         opts.progress_bars,
     );
-    let disk_watch = crate::diskwatch::spawn(destination.client.clone(), current.clone());
-    let mut service = crate::service::start(
+    let disk_watch = crate::ops::diskwatch::spawn(destination.client.clone(), current.clone());
+    let mut service = crate::ops::service::start(
         plan.clone(),
         store.clone().with_retry(Duration::ZERO),
         source.client.clone(),
@@ -316,7 +314,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     )
     .await;
     if let Some(bound) = api {
-        service.attach(|live, stop| crate::api::serve(bound, live, stop));
+        service.attach(|live, stop| crate::ops::http::serve(bound, live, stop));
     }
     // The blocks a previous runner left (status must never miss one).
     let blocked = match store.record().await {
@@ -343,7 +341,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     };
     renewal.abort();
     disk_watch.abort();
-    crate::fence::install(None);
+    crate::state::lease::install(None);
 
     if let Some(lost) = fence.lost_error() {
         // Another runner owns the plan: no graceful stop (it would write a checkpoint), no
@@ -371,7 +369,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     if let Err(e) = &result {
         let _ = ctx
             .store
-            .set(doc! {"last_error": crate::redact::scrub(&e.to_string())})
+            .set(doc! {"last_error": crate::base::redact::scrub(&e.to_string())})
             .await;
     }
     let result = result.map_err(|e| fenced_error(&fence, e));
@@ -386,7 +384,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
 }
 
 /// An error seen after the lease was lost is that loss, whatever surfaced first.
-fn fenced_error(fence: &crate::fence::Fence, e: RunError) -> RunError {
+fn fenced_error(fence: &crate::state::lease::Fence, e: RunError) -> RunError {
     match (fence.lost_error(), e) {
         (Some(l), _) => RunError::LeaseLost(l),
         (None, RunError::State(StateError::LeaseLost(l))) => RunError::LeaseLost(l),
@@ -487,7 +485,7 @@ async fn run_steps(ctx: &mut Ctx, report: &mut RunReport) -> Result<(), RunError
                 ran += 1;
             }
             Err(e) => {
-                let text = crate::redact::scrub(&e.to_string());
+                let text = crate::base::redact::scrub(&e.to_string());
                 if !matches!(e, RunError::Interrupted) {
                     ctx.store
                         .step_status(i, StepStatus::Failed, Some(&text))

@@ -4,7 +4,7 @@
 use super::Ctx;
 use crate::engine::lane::Direction;
 use crate::plan::Step;
-use crate::report::Scope;
+use crate::preflight::checks::Scope;
 
 /// The direction a commit at step `i` finishes: that of the last `sync`/`reverse` before it.
 pub(super) fn direction_of(ctx: &Ctx, i: usize) -> Direction {

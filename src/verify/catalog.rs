@@ -16,7 +16,7 @@ use mongodb::Client;
 use serde::Serialize;
 
 use super::error::{Side, VerifyError};
-use crate::namespace::Namespace;
+use crate::base::namespace::Namespace;
 use crate::plan::NamespaceSelector;
 
 /// What listCollections says about one namespace on one cluster.

@@ -4,9 +4,9 @@ use std::fmt;
 
 use mongodb::error::ErrorKind;
 
-use crate::mongo_error::{self, code, short_message};
-use crate::namespace::Namespace;
-use crate::redact;
+use crate::base::namespace::Namespace;
+use crate::base::redact;
+use crate::cluster::server_error::{self, code, short_message};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -27,7 +27,7 @@ impl fmt::Display for Side {
 pub enum VerifyError {
     /// Run inside `cutover run`: the runner lost its lease to another.
     #[error(transparent)]
-    Fenced(#[from] crate::fence::LeaseLost),
+    Fenced(#[from] crate::state::lease::LeaseLost),
 
     /// A cluster stopped answering (exit 3).
     #[error("{side} cluster is unreachable while {what}{}: {detail}\nhint: check the cluster and the network, then run the same command again; finished ranges are not checked again", ns_suffix(.ns))]
@@ -71,7 +71,7 @@ impl VerifyError {
         let ns = ns.cloned();
         let what = what.to_string();
         match e.kind.as_ref() {
-            _ if mongo_error::is_unreachable(e) => {
+            _ if server_error::is_unreachable(e) => {
                 VerifyError::Unreachable { side, ns, what, detail }
             }
             ErrorKind::Command(c) if c.code == code::UNAUTHORIZED => VerifyError::Server {
@@ -89,7 +89,7 @@ impl VerifyError {
                 detail,
                 hint: "see the server's message; run the same command again to continue",
                 // A verify only reads: a killed cursor is worth another read of the range.
-                transient: mongo_error::transience(e).for_read(),
+                transient: server_error::transience(e).for_read(),
             },
         }
     }

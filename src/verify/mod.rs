@@ -24,9 +24,7 @@
 
 pub mod catalog;
 pub mod error;
-pub mod order;
 pub mod ranges;
-pub mod repair;
 pub mod report;
 pub mod resume;
 pub mod scan;
@@ -44,7 +42,7 @@ use mongodb::Client;
 pub use error::{Side, VerifyError};
 pub use report::{Mismatch, NamespaceReport, Totals, VerifyReport};
 
-use crate::namespace::Namespace;
+use crate::base::namespace::Namespace;
 use crate::plan::Plan;
 use catalog::CollectionInfo;
 use ranges::{Range, Sizing};
@@ -94,7 +92,7 @@ pub struct VerifyOptions {
     pub collect_ids: usize,
     /// Inside `cutover run`: the runner's fence; verify's records are then written only
     /// while it holds the plan.
-    pub fence: Option<crate::fence::Fence>,
+    pub fence: Option<crate::state::lease::Fence>,
 }
 
 impl VerifyOptions {

@@ -14,8 +14,8 @@ use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Client;
 
 use super::error::{Side, VerifyError};
-use super::order::cmp_values;
-use crate::namespace::Namespace;
+use crate::base::bson_order::cmp_values;
+use crate::base::namespace::Namespace;
 
 /// One `_id` range of a namespace.
 #[derive(Clone, Debug)]

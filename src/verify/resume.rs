@@ -20,8 +20,8 @@ use mongodb::{Client, Collection};
 use super::error::{Side, VerifyError};
 use super::ranges::Partition;
 use super::scan::{Kind, RangeDiff};
-use crate::fence::Fence;
-use crate::namespace::Namespace;
+use crate::base::namespace::Namespace;
+use crate::state::lease::Fence;
 
 pub const RUNS: &str = "verify_runs";
 pub const PARTITIONS: &str = "verify_partitions";

@@ -11,9 +11,9 @@ use mongodb::{Client, Collection};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::error::{Side, VerifyError};
-use super::order::cmp_values;
 use super::ranges::Range;
-use crate::namespace::Namespace;
+use crate::base::bson_order::cmp_values;
+use crate::base::namespace::Namespace;
 
 /// What one side holds in a range: field order counts, since the bytes are hashed as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

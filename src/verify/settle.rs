@@ -16,10 +16,10 @@ use mongodb::bson::{doc, Bson, RawDocumentBuf};
 use mongodb::Client;
 
 use super::error::{Side, VerifyError};
-use super::order::cmp_values;
 use super::scan::{id_key, Kind, RangeDiff};
 use super::{operation_time, VerifyOptions};
-use crate::namespace::Namespace;
+use crate::base::bson_order::cmp_values;
+use crate::base::namespace::Namespace;
 
 /// At most this many differing documents are confirmed one by one; beyond it the range's
 /// differences are reported as found.

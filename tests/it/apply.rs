@@ -367,7 +367,7 @@ async fn catalog_commands_use_majority_write_concern() {
     let relax = RelaxationStore::new(
         d.database(STATE_DB),
         "wc",
-        cutover::record::Direction::Forward,
+        cutover::state::record::Direction::Forward,
     );
     restore_relaxations(&d, &relax).await.unwrap();
     let catalog = [
@@ -417,8 +417,8 @@ async fn write_blocking_waits_for_majority() {
     .await;
     let root = rs.root_client().await;
     let cluster = cutover::cluster::Cluster {
-        scope: cutover::report::Scope::Destination,
-        uri: cutover::uri::ClusterUri::parse(&rs.root_uri()).unwrap(),
+        scope: cutover::preflight::checks::Scope::Destination,
+        uri: cutover::base::uri::ClusterUri::parse(&rs.root_uri()).unwrap(),
         client: root.clone(),
     };
     // A write acknowledged by all three members: the users (made on the primary) have

@@ -2,11 +2,11 @@
 //! created relaxed on a destination, restored, and compared with the source.
 
 use crate::common::*;
+use cutover::base::namespace::Namespace;
 use cutover::engine::catalog::*;
-use cutover::namespace::Namespace;
 use cutover::plan::model::NamespaceFilter;
 use cutover::plan::NamespaceSelector;
-use cutover::record::Direction;
+use cutover::state::record::Direction;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Client;

@@ -530,11 +530,12 @@ async fn same_replica_set_through_different_members_and_formats_on_every_member(
     let hello = admin.run_command(doc! {"hello": 1}).await.unwrap();
     assert_eq!(hello.get_array("hosts").unwrap().len(), 2, "{hello}");
 
-    let uri = cutover::uri::ClusterUri::parse(&member_uri(0)).unwrap();
+    let uri = cutover::base::uri::ClusterUri::parse(&member_uri(0)).unwrap();
     let selector = cutover::plan::NamespaceSelector::new(&[], &[], "__cutover").unwrap();
-    let findings = cutover::index_format::check_unique_index_formats(&uri, &selector)
-        .await
-        .unwrap();
+    let findings =
+        cutover::engine::catalog::index_format::check_unique_index_formats(&uri, &selector)
+            .await
+            .unwrap();
     let members: std::collections::BTreeSet<_> =
         findings.iter().filter_map(|f| f.member.clone()).collect();
     assert_eq!(members.len(), 3, "one finding per member: {findings:?}");
@@ -543,7 +544,7 @@ async fn same_replica_set_through_different_members_and_formats_on_every_member(
         assert_eq!(f.namespace.to_string(), "shop.orders");
         assert_eq!(
             f.kind,
-            cutover::index_format::FindingKind::NewFormat { format_version: 14 },
+            cutover::engine::catalog::index_format::FindingKind::NewFormat { format_version: 14 },
             "{f}"
         );
         assert!(!f.is_problem());
@@ -552,7 +553,7 @@ async fn same_replica_set_through_different_members_and_formats_on_every_member(
 
 #[tokio::test]
 async fn unique_indexes_compared_with_the_destination() {
-    use cutover::index_format::{compare_unique_indexes, FindingKind};
+    use cutover::engine::catalog::index_format::{compare_unique_indexes, FindingKind};
     use mongodb::options::{Collation, IndexOptions};
     let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
     let (s, d) = (src.root_client().await, dst.root_client().await);

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use crate::common::*;
+use cutover::base::namespace::Namespace;
 use cutover::engine::catalog::*;
-use cutover::namespace::Namespace;
 use cutover::plan::model::NamespaceFilter;
 use cutover::plan::NamespaceSelector;
-use cutover::record::Direction;
+use cutover::state::record::Direction;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document, RawDocumentBuf};
 use mongodb::Client;

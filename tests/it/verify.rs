@@ -326,7 +326,7 @@ async fn clean_copy_passes_and_every_injected_difference_is_named() {
         lower: None,
         upper: None,
     };
-    let ns = cutover::namespace::Namespace::new("shop", "orders");
+    let ns = cutover::base::namespace::Namespace::new("shop", "orders");
     let diff = cutover::verify::scan::diff_range(&s, &d, &ns, &whole, true, true, 10)
         .await
         .expect("ordered merge");

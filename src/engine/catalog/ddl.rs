@@ -29,7 +29,7 @@ use super::indexes::create_indexes;
 use super::list::spec_of;
 use super::relax::{Relaxation, RelaxationKind, RelaxationStore};
 use super::spec::{as_i64, NsKind, NsSpec, BUCKETS_PREFIX};
-use crate::namespace::Namespace;
+use crate::base::namespace::Namespace;
 use crate::plan::NamespaceSelector;
 
 /// What [`apply_ddl`] did with an event.

@@ -2,13 +2,13 @@
 
 use mongodb::bson::Bson;
 
-use crate::namespace::Namespace;
+use crate::base::namespace::Namespace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// This runner lost its lease: another runner holds the plan.
     #[error(transparent)]
-    Fenced(#[from] crate::fence::LeaseLost),
+    Fenced(#[from] crate::state::lease::LeaseLost),
 
     /// A command the server refused or a network failure.
     #[error("{what} for {ns} failed: {source}")]
@@ -81,7 +81,9 @@ impl CatalogError {
     /// catalog operation (each is idempotent) can be run again.
     pub fn is_transient(&self) -> bool {
         match self {
-            CatalogError::Command { source, .. } => crate::mongo_error::is_transient(source),
+            CatalogError::Command { source, .. } => {
+                crate::cluster::server_error::is_transient(source)
+            }
             CatalogError::OnSource(e) => e.is_transient(),
             _ => false,
         }
@@ -103,8 +105,8 @@ impl CatalogError {
     }
 }
 
-pub(crate) use crate::mongo_error::code::{
+pub(crate) use crate::cluster::server_error::code::{
     CANNOT_CONVERT_INDEX_TO_UNIQUE, INDEX_KEY_SPECS_CONFLICT, INDEX_NOT_FOUND,
     INDEX_OPTIONS_CONFLICT, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND,
 };
-pub(crate) use crate::mongo_error::code_of;
+pub(crate) use crate::cluster::server_error::code_of;

@@ -7,7 +7,7 @@ use super::error::{code_of, CatalogError, INDEX_KEY_SPECS_CONFLICT, INDEX_OPTION
 use super::list::list_indexes;
 use super::relax::{Relaxation, RelaxationStore};
 use super::spec::{as_i64, bson_eq, NsKind, NsSpec};
-use crate::namespace::Namespace;
+use crate::base::namespace::Namespace;
 
 /// Fields an index loses while relaxed (and the server-side `ns` of old specs).
 const RELAXED_FIELDS: &[&str] = &["unique", "prepareUnique", "expireAfterSeconds", "ns"];

@@ -6,7 +6,7 @@ use mongodb::Client;
 
 use super::error::{code_of, CatalogError, NAMESPACE_NOT_FOUND};
 use super::spec::{NsKind, NsSpec};
-use crate::namespace::Namespace;
+use crate::base::namespace::Namespace;
 use crate::plan::NamespaceSelector;
 
 /// The databases of a cluster the selector may select from.

@@ -34,6 +34,7 @@
 mod create;
 mod ddl;
 mod error;
+pub mod index_format;
 mod indexes;
 mod list;
 mod relax;

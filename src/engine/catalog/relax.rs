@@ -19,8 +19,8 @@ use super::error::{
     code_of, CatalogError, CANNOT_CONVERT_INDEX_TO_UNIQUE, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND,
 };
 use super::list::list_indexes;
-use crate::fence::Fence;
-use crate::namespace::Namespace;
+use crate::base::namespace::Namespace;
+use crate::state::lease::Fence;
 
 /// The collection of the state database that holds relaxation records.
 pub const RELAXATIONS_COLLECTION: &str = "relaxations";
@@ -159,7 +159,7 @@ impl RelaxationStore {
     }
 
     /// The relaxations one lane (`direction`) made on its destination.
-    pub fn new(state_db: Database, plan: &str, direction: crate::record::Direction) -> Self {
+    pub fn new(state_db: Database, plan: &str, direction: crate::state::record::Direction) -> Self {
         let opts = CollectionOptions::builder()
             .write_concern(WriteConcern::majority())
             .build();
@@ -211,7 +211,9 @@ impl RelaxationStore {
         match self.coll.replace_one(filter, body).upsert(true).await {
             Ok(_) => Ok(()),
             // A record of a newer runner's epoch exists: the upsert collided with it.
-            Err(e) if crate::mongo_error::is_duplicate_key(&e) && self.fence.is_some() => {
+            Err(e)
+                if crate::cluster::server_error::is_duplicate_key(&e) && self.fence.is_some() =>
+            {
                 self.confirm().await?;
                 Err(self.err("write", e))
             }

@@ -2,7 +2,7 @@
 
 use mongodb::bson::{Bson, Document, RawDocumentBuf};
 
-use crate::namespace::Namespace;
+use crate::base::namespace::Namespace;
 
 /// What a `listCollections` entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

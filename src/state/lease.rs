@@ -480,7 +480,7 @@ impl Fence {
             .ok()
             .and_then(|t| t.as_ref().map(|t| t.last.clone()))
             .unwrap_or_else(|| "no answer".into());
-        if let Some(why) = crate::pause::disk_low() {
+        if let Some(why) = crate::base::pause_gate::disk_low() {
             last.push_str(&format!("; at its last sample, {why}"));
         }
         tracing::warn!(
@@ -510,7 +510,7 @@ impl Fence {
         };
         // A full disk stops mongod (WiredTiger error 28 is fatal): the driver sees only a
         // dropped connection, so say what the disk watch saw last.
-        if let Some(why) = crate::pause::disk_low() {
+        if let Some(why) = crate::base::pause_gate::disk_low() {
             last.push_str(&format!("; at its last sample, {why}"));
         }
         self.lose_to(
@@ -637,7 +637,7 @@ impl Fence {
             }
             Ok(_) => Err(Some(self.taken_over().await)),
             Err(e) => {
-                let last = crate::mongo_error::with_cause(&e);
+                let last = crate::cluster::server_error::with_cause(&e);
                 if let Ok(mut t) = self.inner.trouble.lock() {
                     match t.as_mut() {
                         // Once per stretch of failures: they repeat every few hundred ms.

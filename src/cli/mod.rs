@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::exit::{Exit, EXIT_CODES_HELP};
-use crate::logging::{self, LogFormat};
+use crate::base::exit::{Exit, EXIT_CODES_HELP};
+use crate::base::redact;
+use crate::ops::logging::{self, LogFormat};
 use crate::plan::{self, Diagnostic, Overrides, Plan};
+use crate::preflight::checks::{Check, CheckReport, Scope, Status};
 use crate::preflight::{self, PreflightOptions};
-use crate::record::{Direction, RunRecord, RunState};
-use crate::redact;
-use crate::report::{Check, CheckReport, Scope, Status};
+use crate::state::record::{Direction, RunRecord, RunState};
 
 /// Move live data between MongoDB clusters from a checked-in plan.
 #[derive(Debug, Parser)]
@@ -487,13 +487,13 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
         Err(e) => return e,
     };
     if let Some(addr) = args.listen {
-        let token = std::env::var(crate::api::TOKEN_ENV).unwrap_or_default();
+        let token = std::env::var(crate::ops::http::TOKEN_ENV).unwrap_or_default();
         if !addr.ip().is_loopback() && token.is_empty() {
             err(&format!(
                 "error: `--listen {addr}` is not a loopback address: the API can pause the migration and approve \
                  its commit, so other addresses need a bearer token\nhint: set `{}` (clients then send \
                  `Authorization: Bearer <token>`), or listen on 127.0.0.1",
-                crate::api::TOKEN_ENV
+                crate::ops::http::TOKEN_ENV
             ));
             return Exit::Invalid;
         }
@@ -608,7 +608,7 @@ async fn status(args: StatusArgs) -> Exit {
         Err(e) => return e,
     };
     let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
-    let view = match crate::status::load_view(&store, &plan).await {
+    let view = match crate::ops::status::load_view(&store, &plan).await {
         Ok(v) => v,
         Err(e) => {
             err(&format!("error: {e}"));
@@ -641,7 +641,7 @@ async fn approve(args: ApproveArgs) -> Exit {
         Err(e) => return e,
     };
     let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
-    match crate::service::approve(&plan, &store, args.step, &args.note).await {
+    match crate::ops::service::approve(&plan, &store, args.step, &args.note).await {
         Ok((_, message)) => {
             out(&message);
             Exit::Ok
@@ -663,7 +663,7 @@ async fn pause(args: StatusArgs, paused: bool) -> Exit {
         Err(e) => return e,
     };
     let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
-    match crate::service::set_pause(&store, paused).await {
+    match crate::ops::service::set_pause(&store, paused).await {
         Ok(message) => {
             out(&message);
             Exit::Ok
@@ -853,10 +853,10 @@ fn print_report(
     }
 }
 
-/// `resync` (see `crate::resync` and `engine::resync`).
+/// `resync` (see `crate::ops::resync_request` and `engine::resync`).
 async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
     use crate::cluster::Cluster;
-    use crate::resync::{self, ResyncReport, Waited};
+    use crate::ops::resync_request::{self, ResyncReport, Waited};
 
     let plan = match load(&args.plan) {
         Ok(p) => p,
@@ -902,16 +902,16 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
     let live = run.lease_live == Some(true);
     let run = raw.is_some().then_some(&run);
     let lane = store.lane_doc(Direction::Forward).await.ok().flatten();
-    let lane = match resync::gate(&plan.name, run, live, lane.as_ref()) {
+    let lane = match resync_request::gate(&plan.name, run, live, lane.as_ref()) {
         Ok(l) => l,
         Err(message) => return fail(Exit::Refused, message),
     };
     let namespaces =
-        match resync::resolve(&clusters[0].client, &plan, &args.ns, &args.ns_regex).await {
+        match resync_request::resolve(&clusters[0].client, &plan, &args.ns, &args.ns_regex).await {
             Ok(n) => n,
             Err((exit, message)) => return fail(exit, message),
         };
-    let batch = match resync::request(&store, &lane, &namespaces).await {
+    let batch = match resync_request::request(&store, &lane, &namespaces).await {
         Ok(b) => b,
         Err(e) => return fail(Exit::Failed, e.to_string()),
     };
@@ -925,7 +925,7 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
                 .join(", ")
         ));
     }
-    let waited = resync::wait(&store, &batch, args.timeout, |views| {
+    let waited = resync_request::wait(&store, &batch, args.timeout, |views| {
         if !quiet {
             for v in views {
                 err(&format!("  {}", v.to_text()));
@@ -979,7 +979,7 @@ async fn verify_repair(
     run: Option<&RunRecord>,
     opts: crate::verify::VerifyOptions,
 ) -> Exit {
-    use crate::verify::repair::{self, IndexPolicy, RepairOptions};
+    use crate::ops::repair::{self, IndexPolicy, RepairOptions};
     let fail =
         |exit: Exit, message: String| fail_report(args.plan.format, &plan.name, exit, message);
     let lane = store.lane_doc(Direction::Forward).await.ok().flatten();

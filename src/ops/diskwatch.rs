@@ -1,19 +1,19 @@
 //! The disk watch: while a run lasts, the destination's free disk space (as `cutover check`
 //! reads it: `dbStats` `fsTotalSize - fsUsedSize`) is sampled; below the margin — 5% of the
 //! filesystem or the bytes the copy has left to write, whichever is larger — the copy (and
-//! change application) hold at their next checkpoint (the pause gate, [`crate::pause`]),
+//! change application) hold at their next checkpoint (the pause gate, [`crate::base::pause_gate`]),
 //! with a warning in the log, the phase `paused: the destination is short of disk space`
 //! in `cutover status`, and the metric `cutover_destination_disk_low`. They go on by
 //! themselves once the space is back. A commit's drain is never held (see
-//! [`crate::pause::hold_apply`]).
+//! [`crate::engine::control::hold_apply`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::engine::progress::Progress;
 use crate::preflight::connection::free_space;
 use crate::preflight::human_bytes;
-use crate::progress::Progress;
 
 /// How often the watch samples, unless `CUTOVER_DISK_WATCH_EVERY` says otherwise.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(10);
@@ -82,7 +82,7 @@ pub fn spawn(
             if let Some((free, total)) = free_space(&destination).await {
                 FREE.store(free.max(0), Ordering::Relaxed);
                 let why = verdict(free, total, remaining);
-                match (&why, crate::pause::disk_low()) {
+                match (&why, crate::base::pause_gate::disk_low()) {
                     (Some(w), None) => tracing::warn!("Copy held: {w}."),
                     (None, Some(_)) => tracing::info!(
                         free = %human_bytes(free),
@@ -90,7 +90,7 @@ pub fn spawn(
                     ),
                     _ => {}
                 }
-                crate::pause::set_disk_low(why);
+                crate::base::pause_gate::set_disk_low(why);
             }
             tokio::time::sleep(every).await;
         }

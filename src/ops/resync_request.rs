@@ -8,13 +8,13 @@ use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 use mongodb::Client;
 use serde::Serialize;
 
+use crate::base::exit::Exit;
+use crate::base::namespace::Namespace;
 use crate::engine::catalog::{self, NsKind};
 use crate::engine::resync::{records, RESYNCS};
-use crate::exit::Exit;
-use crate::namespace::Namespace;
 use crate::plan::model::NamespaceFilter;
 use crate::plan::{NamespaceSelector, Plan};
-use crate::record::RunRecord;
+use crate::state::record::RunRecord;
 use crate::state::{StateError, StateStore};
 
 /// Whether a resync may be requested now; `Ok` is the lane that serves it, `Err` the
@@ -179,7 +179,7 @@ pub async fn request(
     namespaces: &[Namespace],
 ) -> Result<String, StateError> {
     let batch = ObjectId::new().to_hex();
-    let who = crate::verify::repair::who();
+    let who = crate::ops::repair::who();
     for ns in namespaces {
         let id = format!("{}/{}", store.plan(), ObjectId::new().to_hex());
         store

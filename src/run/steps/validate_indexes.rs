@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use mongodb::bson::Timestamp;
 
-use super::Ctx;
 use crate::engine::error::EngineError;
 use crate::engine::lane::Direction;
 use crate::plan::Step;
+use crate::run::Ctx;
 
 /// `validate-indexes` (mongosync's "Validate Unique Indexes", a prerequisite of reverse): no
 /// unique index on any member of the source may use the legacy (pre-4.2) format, and every
@@ -26,9 +26,12 @@ use crate::plan::Step;
 /// problems ends them.
 pub async fn validate_indexes(ctx: &mut Ctx, i: usize) -> Result<Option<String>, EngineError> {
     let selector = ctx.plan.selector.clone();
-    let formats = crate::index_format::check_unique_index_formats(&ctx.plan.source, &selector)
-        .await
-        .map_err(cluster_err)?;
+    let formats = crate::engine::catalog::index_format::check_unique_index_formats(
+        &ctx.plan.source,
+        &selector,
+    )
+    .await
+    .map_err(cluster_err)?;
     let mut persistent: Option<Vec<String>> = None;
     let mut compared = 0;
     for attempt in 1..=ATTEMPTS {
@@ -85,7 +88,7 @@ fn cluster_err(e: crate::cluster::ClusterError) -> EngineError {
 }
 
 /// The blocking findings, each with its fix.
-fn problems(findings: &[crate::index_format::IndexFinding]) -> Vec<String> {
+fn problems(findings: &[crate::engine::catalog::index_format::IndexFinding]) -> Vec<String> {
     findings
         .iter()
         .filter(|f| f.is_problem())
@@ -98,12 +101,14 @@ async fn compare_once(
     ctx: &mut Ctx,
     i: usize,
     selector: &crate::plan::NamespaceSelector,
-) -> Result<Vec<crate::index_format::IndexFinding>, EngineError> {
-    let source_indexes =
-        crate::index_format::SourceUniqueIndexes::list(&ctx.source.client, selector)
-            .await
-            .map_err(cluster_err)?;
-    crate::crashpoint::pause("validate-indexes.listed").await;
+) -> Result<Vec<crate::engine::catalog::index_format::IndexFinding>, EngineError> {
+    let source_indexes = crate::engine::catalog::index_format::SourceUniqueIndexes::list(
+        &ctx.source.client,
+        selector,
+    )
+    .await
+    .map_err(cluster_err)?;
+    crate::base::crashpoint::pause("validate-indexes.listed").await;
     if let Some(direction) = replicating_at(ctx, i) {
         let start_at = if direction == Direction::Reverse {
             ctx.store.record().await?.reverse_start()
@@ -127,7 +132,7 @@ const VALIDATE_WAIT: Duration = Duration::from_secs(600);
 
 /// The direction whose lane replicates when step `i` runs: that of the last `sync` or
 /// `reverse` before it when no `commit` lies between them.
-pub(super) fn replicating_at(ctx: &Ctx, i: usize) -> Option<Direction> {
+pub(crate) fn replicating_at(ctx: &Ctx, i: usize) -> Option<Direction> {
     ctx.plan.steps[..i].iter().rev().find_map(|s| match s {
         Step::Sync(_) => Some(Some(Direction::Forward)),
         Step::Reverse(_) => Some(Some(Direction::Reverse)),
@@ -138,7 +143,7 @@ pub(super) fn replicating_at(ctx: &Ctx, i: usize) -> Option<Direction> {
 
 /// Waits until the running lane has applied every event up to a source time (or gives up
 /// after a minute, so a stalled lane cannot hang verify; the range is then reported).
-pub(super) struct LaneWait(pub(super) tokio::sync::watch::Receiver<Option<Timestamp>>);
+pub(crate) struct LaneWait(pub(crate) tokio::sync::watch::Receiver<Option<Timestamp>>);
 
 impl crate::verify::ReplicationWait for LaneWait {
     fn wait_replicated(&self, read_at: Timestamp) -> futures::future::BoxFuture<'_, ()> {

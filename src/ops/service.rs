@@ -14,12 +14,12 @@ use mongodb::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::exit::Exit;
+use crate::base::exit::Exit;
+use crate::engine::progress::Progress;
+use crate::engine::stats::{Insight, Sampler};
 use crate::plan::{Approval, Plan, Step};
-use crate::progress::Progress;
-use crate::record::{Direction, StepStatus};
+use crate::state::record::{Direction, StepStatus};
 use crate::state::{StateError, StateStore};
-use crate::stats::{Insight, Sampler};
 
 /// What the runner shares with the HTTP API.
 pub struct Live {
@@ -76,7 +76,7 @@ pub async fn start(
         insight: Mutex::new(None),
     });
     if let Ok(run) = live.store.record().await {
-        crate::pause::set_paused(run.pause.paused);
+        crate::base::pause_gate::set_paused(run.pause.paused);
     }
     let (stop, stop_rx) = watch::channel(false);
     let tasks = vec![tokio::spawn(service_loop(
@@ -98,8 +98,8 @@ async fn service_loop(
     let mut last_oplog: Option<Instant> = None;
     let mut oplog_remaining: Option<f64> = None;
     // The previous oplog sample and the lane it was taken for (the source changes with it).
-    let mut oplog_prev: Option<(Direction, crate::stats::OplogSample)> = None;
-    let mut was_paused = crate::pause::operator_paused();
+    let mut oplog_prev: Option<(Direction, crate::engine::stats::OplogSample)> = None;
+    let mut was_paused = crate::base::pause_gate::operator_paused();
     loop {
         let run = live.store.record().await.ok();
         if let Some(run) = &run {
@@ -112,7 +112,7 @@ async fn service_loop(
                 }
                 was_paused = paused;
             }
-            crate::pause::set_paused(paused);
+            crate::base::pause_gate::set_paused(paused);
         }
         if let Some(p) = live.progress() {
             let direction = run.as_ref().map(|r| r.direction).unwrap_or_default();
@@ -130,7 +130,7 @@ async fn service_loop(
                     .map(|(_, s)| s);
                 oplog_remaining = sample
                     .as_ref()
-                    .and_then(|s| crate::stats::oplog_remaining(prev, s));
+                    .and_then(|s| crate::engine::stats::oplog_remaining(prev, s));
                 if let Some(s) = sample {
                     oplog_prev = Some((dir, s));
                 }
@@ -160,7 +160,7 @@ pub async fn oplog_sample(
     source: &Client,
     store: &StateStore,
     direction: Direction,
-) -> Option<crate::stats::OplogSample> {
+) -> Option<crate::engine::stats::OplogSample> {
     let lane = store.lane_doc(direction).await.ok()??;
     let resume = lane
         .get_timestamp("position")
@@ -194,7 +194,7 @@ pub async fn oplog_sample(
         Some(Bson::Double(v)) => Some(*v),
         _ => None,
     };
-    Some(crate::stats::OplogSample {
+    Some(crate::engine::stats::OplogSample {
         first: first.time,
         last: last.time,
         resume: resume.time,
@@ -220,7 +220,7 @@ pub async fn set_pause(store: &StateStore, paused: bool) -> Result<String, (Exit
                 ),
             )
         })?;
-    let run = crate::record::RunRecord::from_doc(store.plan(), &run)
+    let run = crate::state::record::RunRecord::from_doc(store.plan(), &run)
         .map_err(|e| (Exit::Failed, e.to_string()))?;
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
@@ -330,12 +330,12 @@ pub async fn approve(
 /// A commit approved (or automatic) while the run is paused waits for `cutover resume`
 /// before it blocks any write.
 pub async fn wait_resumed_before_commit(progress: Option<&Progress>) {
-    if !crate::pause::is_paused() {
+    if !crate::base::pause_gate::is_paused() {
         return;
     }
     tracing::info!("The run is paused: the commit starts after `cutover resume`.");
     match progress {
-        Some(p) => crate::pause::hold_copy(p).await,
-        None => crate::pause::wait_resumed().await,
+        Some(p) => crate::engine::control::hold_copy(p).await,
+        None => crate::base::pause_gate::wait_resumed().await,
     }
 }

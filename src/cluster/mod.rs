@@ -1,5 +1,7 @@
 //! A connected cluster: the driver client plus what cutover needs to know about it.
 
+pub mod server_error;
+
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
@@ -7,10 +9,10 @@ use mongodb::error::ErrorKind;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 
-use crate::mongo_error::{self, code, Backoff, Failure};
-use crate::redact;
-use crate::report::Scope;
-use crate::uri::ClusterUri;
+use crate::base::redact;
+use crate::base::uri::ClusterUri;
+use crate::preflight::checks::Scope;
+use server_error::{code, Backoff, Failure};
 
 /// Why a cluster could not be used. Messages name the cluster and never hold credentials.
 #[derive(Debug, thiserror::Error)]
@@ -147,10 +149,10 @@ pub fn scope_name(scope: Scope) -> &'static str {
 
 /// Sorts a driver error into unreachable / authentication / other, by kind and code.
 pub fn classify(cluster: &'static str, hosts: &str, e: &mongodb::error::Error) -> ClusterError {
-    let detail = redact::scrub(&crate::mongo_error::with_cause(e));
+    let detail = redact::scrub(&crate::cluster::server_error::with_cause(e));
     let hosts = hosts.to_string();
     match e.kind.as_ref() {
-        _ if crate::mongo_error::is_unreachable(e) => ClusterError::Unreachable {
+        _ if crate::cluster::server_error::is_unreachable(e) => ClusterError::Unreachable {
             cluster,
             hosts,
             detail,
@@ -319,11 +321,11 @@ pub fn get_i64(d: &Document, key: &str) -> i64 {
 #[derive(Debug, Default)]
 pub struct Listing {
     /// Collections the plan syncs.
-    pub selected: Vec<crate::namespace::Namespace>,
+    pub selected: Vec<crate::base::namespace::Namespace>,
     /// `system.*` collections in databases the plan looks at: never synced.
-    pub system: Vec<crate::namespace::Namespace>,
+    pub system: Vec<crate::base::namespace::Namespace>,
     /// Views in selected databases (their definitions live in `system.views`).
-    pub views: Vec<crate::namespace::Namespace>,
+    pub views: Vec<crate::base::namespace::Namespace>,
 }
 
 /// Lists the namespaces `selector` selects (read-only: `listDatabases`, `listCollections`).
@@ -331,7 +333,7 @@ pub async fn list_namespaces(
     client: &Client,
     selector: &crate::plan::NamespaceSelector,
 ) -> Result<Listing, mongodb::error::Error> {
-    use crate::namespace::Namespace;
+    use crate::base::namespace::Namespace;
     use futures::TryStreamExt;
     let mut out = Listing::default();
     let mut dbs = client.list_database_names().await?;
@@ -385,7 +387,7 @@ pub async fn set_user_write_block(cluster: &Cluster, on: bool) -> Result<(), Clu
     } else {
         "unblocking user writes"
     };
-    match mongo_error::retry(&mut backoff, cluster.name(), what, |_| {
+    match server_error::retry(&mut backoff, cluster.name(), what, |_| {
         set_block_majority(&cluster.client, on)
     })
     .await
@@ -454,7 +456,7 @@ pub async fn run_majority(
 ) -> Result<Document, mongodb::error::Error> {
     // Inside `cutover run`, no command while the runner's lease is unconfirmed; none once
     // it is lost (the run then ends).
-    crate::fence::process_ready()
+    crate::state::lease::process_ready()
         .await
         .map_err(mongodb::error::Error::custom)?;
     cmd.insert("writeConcern", doc! {"w": "majority"});

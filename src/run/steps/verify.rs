@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use super::Ctx;
 use crate::engine::catalog::RelaxationStore;
 use crate::engine::error::EngineError;
 use crate::plan::model::VerifyStep;
+use crate::run::Ctx;
 
 /// `verify`: compares source and destination. While replication still runs (before the
 /// commit), differing ranges are re-checked once the lane has applied past their read time;
@@ -38,7 +38,8 @@ pub async fn verify(ctx: &mut Ctx, step: &VerifyStep) -> Result<Option<String>, 
         ..VerifyOptions::default()
     };
     // After a reverse commit the data lives on the old source: compare in the current direction.
-    let (a, b) = if ctx.store.record().await?.direction == crate::record::Direction::Reverse {
+    let (a, b) = if ctx.store.record().await?.direction == crate::state::record::Direction::Reverse
+    {
         (&ctx.destination.client, &ctx.source.client)
     } else {
         (&ctx.source.client, &ctx.destination.client)

@@ -18,10 +18,10 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{ClientOptions, ServerAddress};
 use mongodb::Client;
 
+use crate::base::namespace::Namespace;
+use crate::base::uri::ClusterUri;
 use crate::cluster::{bson_i32, classify, list_namespaces, ClusterError};
-use crate::namespace::Namespace;
 use crate::plan::NamespaceSelector;
-use crate::uri::ClusterUri;
 
 /// What a unique index's `formatVersion` says about legacy keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,7 +268,7 @@ pub async fn check_unique_index_formats(
         let listing = list_namespaces(&direct, selector)
             .await
             .map_err(|e| classify("source", &member, &e))?;
-        crate::crashpoint::pause("index-formats.listed").await;
+        crate::base::crashpoint::pause("index-formats.listed").await;
         for ns in &listing.selected {
             match member_findings(&direct, &member, ns).await {
                 Ok(f) => findings.extend(f),

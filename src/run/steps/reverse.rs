@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
 
-use super::{Ctx, RunError};
 use crate::engine::error::EngineError;
 use crate::plan::WriteBlocking;
-use crate::record::{Direction, RunState};
-use crate::report::Scope;
+use crate::preflight::checks::Scope;
+use crate::run::{Ctx, RunError};
+use crate::state::record::{Direction, RunState};
 
 pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError> {
     let fail = |source: EngineError| RunError::Step {
@@ -36,7 +36,7 @@ pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError
     if ctx.plan.options.write_blocking == WriteBlocking::SourceAndDestination {
         ctx.set_block(Scope::Source, true).await?;
     }
-    crate::crashpoint::hit("reverse.starting", Some(i));
+    crate::base::crashpoint::hit("reverse.starting", Some(i));
     let store = ctx.store.clone();
     let lane = ctx.ensure_lane(Direction::Reverse, Some(start));
     // Started means the change stream opened at the start point (or failed: history lost).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, Document};
 use serde::Serialize;
 
-use crate::record::{Direction, RunRecord, RunState};
+use crate::state::record::{Direction, RunRecord, RunState};
 use crate::state::StateStore;
 /// What `cutover status --format json` prints. Field names follow mongosync's `/progress`.
 #[derive(Debug, Serialize)]
@@ -30,7 +30,7 @@ pub struct StatusView {
     /// Set while `cutover pause` holds the run.
     pub paused: Option<PausedView>,
     /// Why the lag is what it is (rates, stage busy time, bottleneck; see `stats.rs`).
-    pub insight: Option<crate::stats::Insight>,
+    pub insight: Option<crate::engine::stats::Insight>,
     /// The live lease's holder (`host H pid P`), by the state store's clock.
     pub runner: Option<String>,
     /// The plan's fencing epoch: goes up by one each time a runner takes the plan.
@@ -40,10 +40,10 @@ pub struct StatusView {
     pub last_error: Option<String>,
     pub updated: Option<String>,
     /// The last `verify --repair` (who, when, what it repaired).
-    pub last_repair: Option<crate::verify::repair::RepairSummary>,
+    pub last_repair: Option<crate::ops::repair::RepairSummary>,
     /// `cutover resync` requests: unfinished ones and the last few finished, newest first,
     /// with their progress (documents copied, events held and replayed).
-    pub resyncs: Vec<crate::resync::ResyncView>,
+    pub resyncs: Vec<crate::ops::resync_request::ResyncView>,
     /// Lost resume points the forward lane recovered from (oldest first), and one in
     /// progress (`finished: null`): ranges compared, and what was rewritten.
     pub recoveries: Vec<RecoveryView>,
@@ -202,8 +202,8 @@ pub fn view(
         .and_then(|l| l.get_datetime("until").ok())
         .and_then(|d| d.try_to_rfc3339_string().ok());
     let epoch = run
-        .contains_key(crate::fence::EPOCH)
-        .then(|| crate::fence::stored_epoch(run));
+        .contains_key(crate::state::lease::EPOCH)
+        .then(|| crate::state::lease::stored_epoch(run));
     let mut v = StatusView {
         plan: plan_name.to_string(),
         state: rec.state.as_str().to_string(),
@@ -410,7 +410,7 @@ fn secs_text(s: f64) -> String {
     humantime::format_duration(Duration::from_secs(s.max(0.0) as u64)).to_string()
 }
 
-fn insight_text(i: &crate::stats::Insight) -> String {
+fn insight_text(i: &crate::engine::stats::Insight) -> String {
     let mut s = format!(
         "  rates         {:.1} events/s read, {:.1} events/s applied (last {:.0}s)\n",
         i.events_read_per_second, i.events_applied_per_second, i.window_seconds
@@ -508,7 +508,7 @@ pub async fn load_view(
         view.lag_seconds = None; // nothing is replicating after a commit
         view.insight = None;
     }
-    view.last_repair = crate::verify::repair::last_repair(store).await;
-    view.resyncs = crate::resync::recent(store).await;
+    view.last_repair = crate::ops::repair::last_repair(store).await;
+    view.resyncs = crate::ops::resync_request::recent(store).await;
     Ok(view)
 }

@@ -18,9 +18,9 @@ use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use crate::fence::{AcquireError, Fence, Holder, LeaseLost};
-use crate::mongo_error::{self, Backoff, Failure};
-use crate::record::{Direction, RunRecord, RunState, StepStatus, RECORD_VERSION};
+use crate::cluster::server_error::{self, Backoff, Failure};
+use crate::state::lease::{AcquireError, Fence, Holder, LeaseLost};
+use crate::state::record::{Direction, RunRecord, RunState, StepStatus, RECORD_VERSION};
 
 pub const RUNS: &str = "runs";
 pub const LANES: &str = "lanes";
@@ -61,7 +61,7 @@ pub enum StateError {
     LeaseLost(#[from] LeaseLost),
     /// A run document this build cannot read (newer layout, unknown value).
     #[error(transparent)]
-    Record(#[from] crate::record::RecordError),
+    Record(#[from] crate::state::record::RecordError),
     #[error(
         "plan `{plan}` changed since its migration started (fingerprint {stored} → {current}): \
          clusters, options and steps must stay the same for the life of a migration"
@@ -79,13 +79,13 @@ enum Attempt {
     Lost(LeaseLost),
 }
 
-impl mongo_error::Retryable for Attempt {
+impl server_error::Retryable for Attempt {
     fn is_transient(&self) -> bool {
-        matches!(self, Attempt::Db(e) if mongo_error::is_transient(e))
+        matches!(self, Attempt::Db(e) if server_error::is_transient(e))
     }
     fn describe(&self) -> String {
         match self {
-            Attempt::Db(e) => mongo_error::with_cause(e),
+            Attempt::Db(e) => server_error::with_cause(e),
             Attempt::Lost(l) => l.to_string(),
         }
     }
@@ -132,7 +132,7 @@ impl StateStore {
     }
 
     /// Runs an idempotent operation (given the attempt number, from 1), retrying transient
-    /// failures with backoff for `self.retry` (see [`mongo_error::retry`]). Every read and
+    /// failures with backoff for `self.retry` (see [`server_error::retry`]). Every read and
     /// write of the store goes through it: a write is an upsert, a `$set` or a delete under
     /// the fencing condition, so sending it again after a lost reply changes nothing; an
     /// insert that finds its records already there after such a retry is told apart by
@@ -158,7 +158,7 @@ impl StateStore {
                 fut.await.map_err(Attempt::Db)
             }
         };
-        match mongo_error::retry(&mut backoff, "destination", &what, attempt).await {
+        match server_error::retry(&mut backoff, "destination", &what, attempt).await {
             Ok(v) => Ok(v),
             Err(Failure::Permanent(Attempt::Lost(l)) | Failure::GaveUp(Attempt::Lost(l), _)) => {
                 Err(StateError::LeaseLost(l))
@@ -265,8 +265,8 @@ impl StateStore {
     pub fn err(&self, e: &mongodb::error::Error) -> StateError {
         StateError::Db {
             db: self.db.name().to_string(),
-            detail: mongo_error::with_cause(e),
-            transient: mongo_error::is_transient(e),
+            detail: server_error::with_cause(e),
+            transient: server_error::is_transient(e),
         }
     }
 
@@ -301,7 +301,7 @@ impl StateStore {
 
     /// The record of the plan's lane in `direction` (its position, copy figures), if any.
     pub async fn lane_doc(&self, direction: Direction) -> Result<Option<Document>, StateError> {
-        let id = crate::record::lane_id(&self.plan, direction);
+        let id = crate::state::record::lane_id(&self.plan, direction);
         self.coll(LANES)
             .find_one(doc! {"_id": id})
             .await
@@ -478,7 +478,7 @@ impl StateStore {
         let patience = self.retry;
         // Taking the lease is retried like any write: an attempt whose reply was lost left the
         // lease with this holder, and the next attempt takes it again from itself (see
-        // [`crate::fence::takeover_filter`]).
+        // [`crate::state::lease::takeover_filter`]).
         let taken = self
             .retrying("taking the plan's lease", |_| {
                 let (runs, records, holder) = (self.coll(RUNS), records.clone(), holder.clone());
@@ -662,7 +662,7 @@ impl StateStore {
                             if im.write_concern_error.is_none()
                                 && im.write_errors.as_ref().is_some_and(|ws| {
                                     ws.iter()
-                                        .all(|w| w.code == mongo_error::code::DUPLICATE_KEY)
+                                        .all(|w| w.code == server_error::code::DUPLICATE_KEY)
                                 }) =>
                         {
                             let ids: Vec<Bson> = im
@@ -675,7 +675,7 @@ impl StateStore {
                                 .collect();
                             let mut q = doc! {"_id": {"$in": ids.clone()}};
                             if let Some(epoch) = epoch {
-                                q.insert(crate::fence::EPOCH, epoch);
+                                q.insert(crate::state::lease::EPOCH, epoch);
                             }
                             if c.count_documents(q).await? as usize == ids.len() {
                                 Ok(())

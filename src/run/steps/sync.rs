@@ -4,13 +4,13 @@
 
 use mongodb::bson::doc;
 
-use super::{Ctx, RunError};
 use crate::engine::error::EngineError;
 use crate::plan::WriteBlocking;
-use crate::record::{Direction, RunState};
-use crate::report::Scope;
+use crate::preflight::checks::Scope;
+use crate::run::{Ctx, RunError};
+use crate::state::record::{Direction, RunState};
 
-pub(super) async fn sync(
+pub(crate) async fn sync(
     ctx: &mut Ctx,
     fail: impl Fn(EngineError) -> RunError,
 ) -> Result<Option<String>, RunError> {

@@ -5,7 +5,7 @@ use std::fmt;
 
 use mongodb::options::{ConnectionString, HostInfo, ServerAddress};
 
-use crate::redact;
+use crate::base::redact;
 
 /// A MongoDB URI whose `Display` and `Debug` never show credentials.
 #[derive(Clone)]

@@ -5,15 +5,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::record::RunRecord;
+use crate::state::record::RunRecord;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::progress::Progress;
-use crate::stats::Insight;
+use crate::engine::progress::Progress;
+use crate::engine::stats::Insight;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PlanLabels {
@@ -284,11 +284,11 @@ impl Metrics {
             self.can_commit.get_or_create(&lane_l).set(0);
             self.lag.remove(&lane_l);
         }
-        // The disk watch runs in this process (see `crate::diskwatch`).
+        // The disk watch runs in this process (see `crate::ops::diskwatch`).
         self.disk_low
             .get_or_create(&plan_l)
-            .set(i64::from(crate::pause::disk_low().is_some()));
-        if let Some(free) = crate::diskwatch::last_free() {
+            .set(i64::from(crate::base::pause_gate::disk_low().is_some()));
+        if let Some(free) = crate::ops::diskwatch::last_free() {
             self.disk_free.get_or_create(&plan_l).set(free as f64);
         }
         if let Some(run) = run {

@@ -31,7 +31,7 @@ pub struct Progress {
     /// Set while the lane retries a lost connection.
     pub reconnecting: Mutex<Option<String>>,
     /// Events read, stage busy time, events per namespace (lag explained).
-    pub stats: crate::stats::LaneStats,
+    pub stats: crate::engine::stats::LaneStats,
     /// Ranges compared and rewritten after a lost resume point.
     pub recovery: RecoveryStats,
 }
@@ -76,14 +76,14 @@ impl Progress {
 
 impl Progress {
     /// This lane's counters now, with an identity for the lane (its address: a new lane's
-    /// progress is a new value), for [`crate::stats::Sampler::sample`].
-    pub fn sample(&self) -> (usize, crate::stats::Sample) {
+    /// progress is a new value), for [`crate::engine::stats::Sampler::sample`].
+    pub fn sample(&self) -> (usize, crate::engine::stats::Sample) {
         use std::sync::atomic::Ordering;
-        let now = crate::stats::Sample {
+        let now = crate::engine::stats::Sample {
             at: std::time::Instant::now(),
             read: self.stats.events_read.load(Ordering::Relaxed),
             applied: self.events_applied.load(Ordering::Relaxed),
-            busy: crate::stats::STAGES.map(|s| self.stats.busy(s)),
+            busy: crate::engine::stats::STAGES.map(|s| self.stats.busy(s)),
             namespaces: self.stats.namespaces(),
             lag: self.lag_seconds(),
         };

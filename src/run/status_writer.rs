@@ -11,7 +11,7 @@ use mongodb::bson::{doc, Bson, Document};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::progress::Progress;
+use crate::engine::progress::Progress;
 use crate::state::StateStore;
 
 pub struct Reporter {
@@ -62,7 +62,7 @@ pub fn spawn_reporter(
                     .await
                     .map(|r| r.direction)
                     .unwrap_or_default();
-                let (s, d) = if dir == crate::record::Direction::Reverse {
+                let (s, d) = if dir == crate::state::record::Direction::Reverse {
                     (destination_hosts.clone(), source_hosts.clone())
                 } else {
                     (source_hosts.clone(), destination_hosts.clone())

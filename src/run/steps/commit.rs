@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document, Timestamp};
 
-use super::roles::*;
-use super::{Ctx, RunError};
 use crate::cluster::scope_name;
 use crate::engine::catalog::{self, NsKind, RelaxationStore};
 use crate::engine::clock::cluster_time as read_cluster_time;
 use crate::engine::error::EngineError;
 use crate::plan::model::CommitStep;
 use crate::plan::{Approval, WriteBlocking};
-use crate::record::{CommitPhase, CommitRecord, Direction, RunState};
+use crate::run::roles::*;
+use crate::run::{Ctx, RunError};
+use crate::state::record::{CommitPhase, CommitRecord, Direction, RunState};
 
 pub async fn commit(
     ctx: &mut Ctx,
@@ -65,8 +65,10 @@ pub async fn commit(
                     }
                 }
                 // A paused run does not block writes: the commit starts once resumed.
-                crate::service::wait_resumed_before_commit(ctx.lane.as_ref().map(|l| &*l.progress))
-                    .await;
+                crate::ops::service::wait_resumed_before_commit(
+                    ctx.lane.as_ref().map(|l| &*l.progress),
+                )
+                .await;
                 let blocked_at = mongodb::bson::DateTime::now();
                 ctx.store
                     .set(doc! {format!("{key}.phase"): CommitPhase::Blocking, "state": RunState::Committing,
@@ -85,9 +87,9 @@ pub async fn commit(
                         match blocking { WriteBlocking::None => "none", _ => "destination-only" }
                     );
                 }
-                crate::crashpoint::hit("commit.blocked", Some(i));
+                crate::base::crashpoint::hit("commit.blocked", Some(i));
                 // Tests act here, inside the write-blocked window (tests/it/lease.rs).
-                crate::crashpoint::pause("commit.blocked").await;
+                crate::base::crashpoint::pause("commit.blocked").await;
                 // Every user write the source accepted has a time at or before this point.
                 let block_ts = cluster_time(ctx, &src).await.map_err(fail)?;
                 ctx.store
@@ -102,7 +104,7 @@ pub async fn commit(
                         "commit record without block point".into(),
                     ))
                 })?;
-                crate::crashpoint::hit("commit.draining", Some(i));
+                crate::base::crashpoint::hit("commit.draining", Some(i));
                 let lane = ctx.ensure_lane(direction, start_at);
                 if blocking == WriteBlocking::SourceAndDestination {
                     lane.drain_to(block_ts).await.map_err(fail)?;
@@ -132,7 +134,7 @@ pub async fn commit(
                 let policy = crate::engine::retry::RetryPolicy {
                     timeout: ctx.opts.retry_timeout,
                 };
-                let progress = crate::progress::Progress::new();
+                let progress = crate::engine::progress::Progress::new();
                 policy
                     .run(
                         &progress,
@@ -156,7 +158,7 @@ pub async fn commit(
                 ctx.store
                     .set(doc! {format!("{key}.phase"): CommitPhase::Committed, "state": RunState::Committed})
                     .await?;
-                crate::crashpoint::hit("commit.committed", Some(i));
+                crate::base::crashpoint::hit("commit.committed", Some(i));
                 CommitPhase::Committed
             }
             CommitPhase::Committed => return unblock(ctx, i, direction, &key, &rec).await,
@@ -199,7 +201,7 @@ async fn unblock(
             .set(doc! {format!("{key}.can_write_ts"): can_write_ts})
             .await?;
     }
-    crate::crashpoint::hit("commit.before-unblock", Some(i));
+    crate::base::crashpoint::hit("commit.before-unblock", Some(i));
     if blocking != WriteBlocking::None {
         ctx.set_block(dest_role(direction), false).await?;
     }
@@ -226,14 +228,14 @@ async fn unblock(
 /// [`read_cluster_time`] of a cluster, retried through transient failures (an election, a dropped
 /// connection) for `--retry-timeout`: inside the write-blocked window, giving up would
 /// leave the clusters blocked until a re-run.
-pub(super) async fn cluster_time(
+pub(crate) async fn cluster_time(
     ctx: &Ctx,
     cluster: &crate::cluster::Cluster,
 ) -> Result<Timestamp, EngineError> {
     let (client, name) = (&cluster.client, cluster.name());
     let progress = match &ctx.lane {
         Some(l) => l.progress.clone(),
-        None => std::sync::Arc::new(crate::progress::Progress::new()),
+        None => std::sync::Arc::new(crate::engine::progress::Progress::new()),
     };
     let policy = crate::engine::retry::RetryPolicy {
         timeout: ctx.opts.retry_timeout,
@@ -353,8 +355,8 @@ async fn drop_vanished_views(
         match crate::cluster::run_majority(&dst.database(&v.db), doc! {"drop": &v.coll}).await {
             Ok(_) => {}
             Err(e)
-                if crate::mongo_error::code_of(&e)
-                    == Some(crate::mongo_error::code::NAMESPACE_NOT_FOUND) => {}
+                if crate::cluster::server_error::code_of(&e)
+                    == Some(crate::cluster::server_error::code::NAMESPACE_NOT_FOUND) => {}
             Err(e) => {
                 return Err(crate::engine::error::cluster_err(
                     dst_name,

@@ -1,7 +1,7 @@
 //! `cutover run --listen ADDR`: an HTTP API while the run lasts (the shape of mongosync's).
 //!
 //! - `GET /api/v1/progress`: the document `cutover status PLAN --format json` prints;
-//! - `GET /metrics`: Prometheus/OpenMetrics text ([`crate::metrics`]);
+//! - `GET /metrics`: Prometheus/OpenMetrics text ([`crate::ops::metrics`]);
 //! - `POST /api/v1/pause`, `/api/v1/resume`, `/api/v1/approve` (optional JSON body
 //!   `{"step": N, "note": "..."}`): the same as `cutover pause|resume|approve PLAN`.
 //!
@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
-use crate::service::Live;
+use crate::ops::metrics::Metrics;
+use crate::ops::service::Live;
 
 /// The environment variable holding the API's bearer token.
 pub const TOKEN_ENV: &str = "CUTOVER_API_TOKEN";
@@ -50,7 +50,7 @@ pub async fn bind(addr: SocketAddr, token: Option<String>) -> Result<Bound, Stri
         ));
     }
     if let Some(t) = &token {
-        crate::redact::register_secret(t);
+        crate::base::redact::register_secret(t);
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -137,13 +137,13 @@ async fn not_found() -> Response {
 fn failure(status: StatusCode, message: &str) -> Response {
     (
         status,
-        Json(json!({"ok": false, "error": crate::redact::scrub(message)})),
+        Json(json!({"ok": false, "error": crate::base::redact::scrub(message)})),
     )
         .into_response()
 }
 
 async fn progress(State(api): State<Arc<Api>>) -> Response {
-    match crate::status::load_view(&api.live.store, &api.live.plan).await {
+    match crate::ops::status::load_view(&api.live.store, &api.live.plan).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => failure(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
@@ -171,11 +171,11 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
         .into_response()
 }
 
-fn op_result(r: Result<String, (crate::exit::Exit, String)>) -> Response {
+fn op_result(r: Result<String, (crate::base::exit::Exit, String)>) -> Response {
     match r {
         Ok(message) => Json(json!({"ok": true, "message": message})).into_response(),
         Err((exit, message)) => failure(
-            if exit == crate::exit::Exit::Invalid {
+            if exit == crate::base::exit::Exit::Invalid {
                 StatusCode::BAD_REQUEST
             } else {
                 StatusCode::CONFLICT
@@ -186,11 +186,11 @@ fn op_result(r: Result<String, (crate::exit::Exit, String)>) -> Response {
 }
 
 async fn pause(State(api): State<Arc<Api>>) -> Response {
-    op_result(crate::service::set_pause(&api.live.store, true).await)
+    op_result(crate::ops::service::set_pause(&api.live.store, true).await)
 }
 
 async fn resume(State(api): State<Arc<Api>>) -> Response {
-    op_result(crate::service::set_pause(&api.live.store, false).await)
+    op_result(crate::ops::service::set_pause(&api.live.store, false).await)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,7 +221,7 @@ async fn approve(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Respon
         body.note
     };
     op_result(
-        crate::service::approve(&api.live.plan, &api.live.store, body.step, &note)
+        crate::ops::service::approve(&api.live.plan, &api.live.store, body.step, &note)
             .await
             .map(|(_, m)| m),
     )

@@ -27,18 +27,18 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
 use mongodb::Client;
 use serde::Serialize;
 
-use super::catalog;
-use super::error::{Side, VerifyError};
-use super::report::VerifyReport;
-use super::scan::{Kind, RangeDiff};
-use super::{ReplicationWait, VerifyOptions};
+use crate::base::namespace::Namespace;
 use crate::engine::catalog::RelaxationStore;
 use crate::engine::error::EngineError;
 use crate::engine::repair::{self as engine_repair, ReadAt, REPAIRS, REQUESTS, REQUEST_IDS};
-use crate::namespace::Namespace;
 use crate::plan::Plan;
-use crate::record::RunRecord;
+use crate::state::record::RunRecord;
 use crate::state::{StateError, StateStore, LANES};
+use crate::verify::catalog;
+use crate::verify::error::{Side, VerifyError};
+use crate::verify::report::VerifyReport;
+use crate::verify::scan::{Kind, RangeDiff};
+use crate::verify::{ReplicationWait, VerifyOptions};
 
 /// What `--repair-indexes` allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,7 +358,7 @@ pub async fn run(
             Ok(report),
         ),
         Err(e) => (
-            doc! {"state": "failed", "error": crate::redact::scrub(&e.to_string()), "finished": DateTime::now()},
+            doc! {"state": "failed", "error": crate::base::redact::scrub(&e.to_string()), "finished": DateTime::now()},
             Err(e),
         ),
     };
@@ -387,7 +387,7 @@ async fn passes(
     let relax = RelaxationStore::new(
         state.database().clone(),
         &plan.name,
-        crate::record::Direction::Forward,
+        crate::state::record::Direction::Forward,
     );
     let mut opts = base;
     opts.collect_ids = ropts.max_ids.max(1);
@@ -407,7 +407,7 @@ async fn passes(
         if let Ok(list) = relax.list().await {
             opts.relaxed = list.into_iter().map(|r| (r.ns, r.index)).collect();
         }
-        let report = super::run(source, dest, plan, &opts).await?;
+        let report = crate::verify::run(source, dest, plan, &opts).await?;
         if report.ok || done_passes >= ropts.rounds {
             return Ok(RepairReport {
                 ok: report.ok,
@@ -452,7 +452,7 @@ async fn passes(
                 }
                 diff.samples.push((id.clone(), *k));
             }
-            let still = super::settle::settle(source, dest, ns, diff, &opts).await?;
+            let still = crate::verify::settle::settle(source, dest, ns, diff, &opts).await?;
             if let Some(e) = namespaces.get_mut(&ns.to_string()) {
                 e.documents_still_different = still.total();
             }
@@ -484,7 +484,7 @@ async fn repair_documents(
                 for chunk in ids.chunks(REQUEST_IDS) {
                     let ids: Vec<Bson> = chunk.iter().map(|(id, _)| id.clone()).collect();
                     let r = engine_repair::rewrite(
-                        crate::record::Direction::Forward,
+                        crate::state::record::Direction::Forward,
                         source,
                         dest,
                         ns,
@@ -569,7 +569,7 @@ async fn repair_documents(
                     continue;
                 };
                 let r = engine_repair::rewrite(
-                    crate::record::Direction::Forward,
+                    crate::state::record::Direction::Forward,
                     source,
                     dest,
                     &ns,
@@ -606,7 +606,7 @@ async fn repair_catalog(
     source: &Client,
     dest: &Client,
     ns: &Namespace,
-    n: &super::report::NamespaceReport,
+    n: &crate::verify::report::NamespaceReport,
     relax: &RelaxationStore,
     ropts: &RepairOptions,
     out: &mut NsRepair,

@@ -1,0 +1,12 @@
+//! Operating a run: the runner's service task and the operations `pause`, `resume`, `approve`,
+//! `resync` and `verify --repair` share with the HTTP API; the status document; metrics; the
+//! disk watch; logging.
+
+pub mod diskwatch;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod repair;
+pub mod resync_request;
+pub mod service;
+pub mod status;
