@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fails (exit 1) if two files under src/ import each other, directly or through others.
+"""Fails (exit 1) if two files under src/ import each other, directly or through others, or
+if two top-level folders (layers: `src/base/`, `src/plan/`, ...) do.
 
 Reads every `crate::...` path (including `use crate::a::{b, c}` groups) and every `super::x`
 path of each file, resolves it to the file that defines the module, and reports each strongly
@@ -71,6 +72,30 @@ for c in res:
         bad=True
         print('import cycle among src/ modules:', sorted(c))
         for a in sorted(c): print('  ',a,'->',sorted(x for x in g[a] if x in c))
+# Folder level: each module belongs to its top-level folder (`engine::catalog::list` to
+# `engine`); a dependency between two folders is an edge; any cycle among folders fails.
+def top(m): return m.split('::')[0]
+fg={}
+why={}
+for a,ds in g.items():
+    for b in ds:
+        if top(a)!=top(b):
+            fg.setdefault(top(a),set()).add(top(b))
+            why.setdefault((top(a),top(b)),[]).append('%s -> %s'%(a,b))
+index.clear();low.clear();stack.clear();on.clear();res.clear();i[0]=0
+g_saved=g
+g=fg
+for v in list(fg):
+    if v not in index: sc(v)
+for c in res:
+    if len(c)>1:
+        bad=True
+        print('import cycle among src/ folders:', sorted(c))
+        for a in sorted(c):
+            for b in sorted(fg[a]):
+                if b in c: print('   %s -> %s: %s'%(a,b,', '.join(sorted(why[(a,b)])[:4])))
+g=g_saved
 if bad:
     sys.exit(1)
-print('import-cycles: %d modules, no cycle' % len(g))
+folders=sorted(set(top(m) for m in g))
+print('import-cycles: %d modules in %d folders, no cycle between files or folders' % (len(g),len(folders)))

@@ -23,7 +23,7 @@ pub use hooks::*;
 mod hooks {
     use std::sync::OnceLock;
 
-    pub const ENV: &str = "CUTOVER_TEST_CRASH_AT";
+    pub use crate::base::env::TEST_CRASH_AT as ENV;
 
     fn points() -> &'static Vec<String> {
         static POINTS: OnceLock<Vec<String>> = OnceLock::new();
@@ -64,8 +64,7 @@ mod hooks {
     /// tasks go on) until the test creates `/some/dir/copy.reading.go`. Lets a test act at an
     /// exact moment (rename a collection while its copy cursor is open, or kill -9 the process
     /// there). Never set it outside tests.
-    pub const PAUSE_ENV: &str = "CUTOVER_TEST_PAUSE_AT";
-    pub const PAUSE_DIR_ENV: &str = "CUTOVER_TEST_PAUSE_DIR";
+    pub use crate::base::env::{TEST_PAUSE_AT as PAUSE_ENV, TEST_PAUSE_DIR as PAUSE_DIR_ENV};
 
     pub async fn pause(name: &str) {
         use std::collections::HashMap;

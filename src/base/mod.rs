@@ -4,8 +4,10 @@
 
 pub mod bson_order;
 pub mod crashpoint;
+pub mod env;
 pub mod exit;
 pub mod namespace;
 pub mod pause_gate;
 pub mod redact;
+pub mod role;
 pub mod uri;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::base::exit::{Exit, EXIT_CODES_HELP};
 use crate::base::redact;
+use crate::base::role::Role;
 use crate::ops::logging::{self, LogFormat};
 use crate::plan::{self, Diagnostic, Overrides, Plan};
 use crate::preflight::checks::{Check, CheckReport, Scope, Status};
@@ -22,7 +23,7 @@ pub struct Cli {
     pub command: Command,
 
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = crate::base::env::LOG_FORMAT)]
     pub log_format: LogFormat,
 
     /// More log detail (-v debug, -vv trace). `CUTOVER_LOG`/`RUST_LOG` take filter directives.
@@ -219,12 +220,6 @@ pub struct ApproveArgs {
     pub note: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Role {
-    Source,
-    Destination,
-}
-
 #[derive(Debug, Args)]
 pub struct UnblockArgs {
     #[command(flatten)]
@@ -360,7 +355,7 @@ pub fn err(text: &str) {
 }
 
 fn color_stdout() -> bool {
-    std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+    !crate::base::env::is_set(crate::base::env::NO_COLOR) && std::io::stdout().is_terminal()
 }
 
 /// Loads and validates the plan. On errors, prints them (text on stderr, or a JSON report on
@@ -487,13 +482,13 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
         Err(e) => return e,
     };
     if let Some(addr) = args.listen {
-        let token = std::env::var(crate::ops::http::TOKEN_ENV).unwrap_or_default();
+        let token = crate::base::env::get(crate::base::env::API_TOKEN).unwrap_or_default();
         if !addr.ip().is_loopback() && token.is_empty() {
             err(&format!(
                 "error: `--listen {addr}` is not a loopback address: the API can pause the migration and approve \
                  its commit, so other addresses need a bearer token\nhint: set `{}` (clients then send \
                  `Authorization: Bearer <token>`), or listen on 127.0.0.1",
-                crate::ops::http::TOKEN_ENV
+                crate::base::env::API_TOKEN
             ));
             return Exit::Invalid;
         }
@@ -510,7 +505,8 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
         listen: args.listen,
         progress_bars: !quiet
             && std::io::stderr().is_terminal()
-            && std::env::var_os("RUST_LOG").is_none(),
+            && std::env::var_os(crate::base::env::RUST_LOG).is_none()
+            && !crate::base::env::is_set(crate::base::env::NO_PROGRESS),
     };
     let (report, result) = crate::run::run(plan, opts).await;
     match args.plan.format {
@@ -580,7 +576,7 @@ async fn connect_destination(
     plan: &Plan,
 ) -> Result<crate::cluster::Cluster, Exit> {
     match crate::cluster::Cluster::connect(
-        Scope::Destination,
+        Role::Destination,
         &plan.destination,
         args.connect_timeout,
     )
@@ -685,8 +681,8 @@ async fn unblock(args: UnblockArgs) -> Exit {
         Err(e) => return e,
     };
     let (scope, uri) = match args.cluster {
-        Role::Source => (Scope::Source, &plan.source),
-        Role::Destination => (Scope::Destination, &plan.destination),
+        Role::Source => (Role::Source, &plan.source),
+        Role::Destination => (Role::Destination, &plan.destination),
     };
     let cluster =
         match crate::cluster::Cluster::connect(scope, uri, args.plan.connect_timeout).await {
@@ -700,7 +696,7 @@ async fn unblock(args: UnblockArgs) -> Exit {
                 };
             }
         };
-    let name = crate::cluster::scope_name(scope);
+    let name = scope.as_str();
     tracing::warn!(cluster = name, plan = %plan.name, "Releasing user write blocking on request (cutover unblock).");
     if let Err(e) = crate::cluster::set_user_write_block(&cluster, false).await {
         err(&format!("error: {e}"));
@@ -708,7 +704,7 @@ async fn unblock(args: UnblockArgs) -> Exit {
     }
     // Record it where `status` looks, if the state store is reachable.
     if let Ok(dest) = crate::cluster::Cluster::connect(
-        Scope::Destination,
+        Role::Destination,
         &plan.destination,
         args.plan.connect_timeout,
     )
@@ -737,8 +733,8 @@ async fn verify(args: VerifyArgs) -> Exit {
         |exit: Exit, message: String| fail_report(args.plan.format, &plan.name, exit, message);
     let mut clusters = Vec::new();
     for (scope, uri) in [
-        (Scope::Source, &plan.source),
-        (Scope::Destination, &plan.destination),
+        (Role::Source, &plan.source),
+        (Role::Destination, &plan.destination),
     ] {
         match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
             Ok(c) => clusters.push(c),
@@ -877,8 +873,8 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
     }
     let mut clusters = Vec::new();
     for (scope, uri) in [
-        (Scope::Source, &plan.source),
-        (Scope::Destination, &plan.destination),
+        (Role::Source, &plan.source),
+        (Role::Destination, &plan.destination),
     ] {
         match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
             Ok(c) => clusters.push(c),
@@ -1006,4 +1002,22 @@ async fn verify_repair(
             .map(|r| (r.ok, r.to_text(), r.to_json()))
             .map_err(|e| (e.is_connectivity(), e.to_string())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `CUTOVER_LOG_FORMAT` was documented as configuring the program but read nowhere.
+    #[test]
+    fn the_log_format_comes_from_the_environment_unless_the_flag_says_otherwise() {
+        std::env::set_var(crate::base::env::LOG_FORMAT, "json");
+        let env = Cli::try_parse_from(["cutover", "schema"]).unwrap();
+        let flag = Cli::try_parse_from(["cutover", "schema", "--log-format", "text"]).unwrap();
+        std::env::remove_var(crate::base::env::LOG_FORMAT);
+        assert!(matches!(env.log_format, LogFormat::Json));
+        assert!(matches!(flag.log_format, LogFormat::Text));
+    }
 }

@@ -10,8 +10,8 @@ use mongodb::options::ClientOptions;
 use mongodb::Client;
 
 use crate::base::redact;
+use crate::base::role::Role;
 use crate::base::uri::ClusterUri;
-use crate::preflight::checks::Scope;
 use server_error::{code, Backoff, Failure};
 
 /// Why a cluster could not be used. Messages name the cluster and never hold credentials.
@@ -62,7 +62,7 @@ impl ClusterError {
 /// A connected cluster.
 #[derive(Clone)]
 pub struct Cluster {
-    pub scope: Scope,
+    pub role: Role,
     pub uri: ClusterUri,
     pub client: Client,
 }
@@ -70,13 +70,13 @@ pub struct Cluster {
 impl Cluster {
     /// Connects and authenticates (a `ping` on `admin`), waiting at most `timeout` for a server.
     pub async fn connect(
-        scope: Scope,
+        role: Role,
         uri: &ClusterUri,
         timeout: Duration,
     ) -> Result<Self, ClusterError> {
-        let client = new_client(scope_name(scope), uri, timeout).await?;
+        let client = new_client(role.as_str(), uri, timeout).await?;
         Ok(Self {
-            scope,
+            role,
             uri: uri.clone(),
             client,
         })
@@ -91,7 +91,7 @@ impl Cluster {
     }
 
     pub fn name(&self) -> &'static str {
-        scope_name(self.scope)
+        self.role.as_str()
     }
 
     pub async fn admin_command(&self, cmd: Document) -> Result<Document, ClusterError> {
@@ -137,14 +137,6 @@ async fn new_client(
         .await
         .map_err(|e| classify(name, &hosts, &e))?;
     Ok(client)
-}
-
-pub fn scope_name(scope: Scope) -> &'static str {
-    match scope {
-        Scope::Source => "source",
-        Scope::Destination => "destination",
-        Scope::Plan => "plan",
-    }
 }
 
 /// Sorts a driver error into unreachable / authentication / other, by kind and code.

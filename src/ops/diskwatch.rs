@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::base::env;
 use crate::engine::progress::Progress;
 use crate::preflight::connection::free_space;
 use crate::preflight::human_bytes;
 
 /// How often the watch samples, unless `CUTOVER_DISK_WATCH_EVERY` says otherwise.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(10);
-/// Environment variable setting the sampling interval (a duration such as `10s`).
-pub const EVERY_ENV: &str = "CUTOVER_DISK_WATCH_EVERY";
 /// The smallest share of the filesystem kept free.
 pub const MIN_FREE_SHARE: f64 = 0.05;
 
@@ -52,7 +51,7 @@ pub fn verdict(free: i64, total: i64, remaining: i64) -> Option<String> {
 }
 
 fn every() -> Duration {
-    std::env::var(EVERY_ENV)
+    std::env::var(env::DISK_WATCH_EVERY)
         .ok()
         .and_then(|v| humantime::parse_duration(v.trim()).ok())
         .filter(|d| *d >= Duration::from_millis(100))

@@ -21,11 +21,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::base::env::API_TOKEN;
 use crate::ops::metrics::Metrics;
 use crate::ops::service::Live;
-
-/// The environment variable holding the API's bearer token.
-pub const TOKEN_ENV: &str = "CUTOVER_API_TOKEN";
 
 /// A listening socket, bound before the run starts (so a busy port fails at once).
 pub struct Bound {
@@ -45,7 +43,7 @@ pub async fn bind(addr: SocketAddr, token: Option<String>) -> Result<Bound, Stri
     if !addr.ip().is_loopback() && token.is_none() {
         return Err(format!(
             "`--listen {addr}` is not a loopback address: the API can pause the migration and approve its commit, \
-             so it is served on other addresses only with a bearer token; set `{TOKEN_ENV}` (clients send \
+             so it is served on other addresses only with a bearer token; set `{API_TOKEN}` (clients send \
              `Authorization: Bearer <token>`), or listen on 127.0.0.1"
         ));
     }
@@ -111,7 +109,7 @@ async fn auth(
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"ok": false, "error": format!("missing or wrong bearer token (`{TOKEN_ENV}`)")})),
+                Json(json!({"ok": false, "error": format!("missing or wrong bearer token (`{API_TOKEN}`)")})),
             )
                 .into_response();
         }

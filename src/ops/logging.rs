@@ -9,7 +9,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::base::redact;
+use crate::base::{env, redact};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -109,12 +109,11 @@ pub fn init_with_file(
         (false, 1) => "warn,cutover=debug",
         _ => "info,cutover=trace",
     };
-    let filter = std::env::var("CUTOVER_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
+    let filter = env::get(env::LOG)
+        .or_else(|| env::get(env::RUST_LOG))
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let ansi = std::env::var_os("NO_COLOR").is_none() && io::IsTerminal::is_terminal(&io::stderr());
+    let ansi = !env::is_set(env::NO_COLOR) && io::IsTerminal::is_terminal(&io::stderr());
     let stderr: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(ScrubbingStderr)

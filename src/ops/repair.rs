@@ -28,6 +28,7 @@ use mongodb::Client;
 use serde::Serialize;
 
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 use crate::engine::catalog::RelaxationStore;
 use crate::engine::error::EngineError;
 use crate::engine::repair::{self as engine_repair, ReadAt, REPAIRS, REQUESTS, REQUEST_IDS};
@@ -35,7 +36,7 @@ use crate::plan::Plan;
 use crate::state::record::RunRecord;
 use crate::state::{StateError, StateStore, LANES};
 use crate::verify::catalog;
-use crate::verify::error::{Side, VerifyError};
+use crate::verify::error::VerifyError;
 use crate::verify::report::VerifyReport;
 use crate::verify::scan::{Kind, RangeDiff};
 use crate::verify::{ReplicationWait, VerifyOptions};
@@ -299,8 +300,8 @@ pub(crate) fn who() -> Document {
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
+    let user = std::env::var(crate::base::env::USER)
+        .or_else(|_| std::env::var(crate::base::env::LOGNAME))
         .unwrap_or_else(|_| "unknown".into());
     doc! {"host": host, "user": user, "pid": i64::from(std::process::id())}
 }
@@ -637,7 +638,7 @@ async fn repair_catalog(
         _ => {}
     }
     if !n.index_differences.is_empty() {
-        let source_specs = catalog::list_indexes(Side::Source, source, ns).await?;
+        let source_specs = catalog::list_indexes(Role::Source, source, ns).await?;
         for d in &n.index_differences {
             let spec = source_specs
                 .iter()
@@ -744,11 +745,11 @@ async fn source_option(
         .list_collections()
         .filter(doc! {"name": &ns.coll})
         .await
-        .map_err(|e| VerifyError::driver(Side::Source, Some(ns), "listing collections", &e))?;
+        .map_err(|e| VerifyError::driver(Role::Source, Some(ns), "listing collections", &e))?;
     if let Some(spec) = cursor
         .try_next()
         .await
-        .map_err(|e| VerifyError::driver(Side::Source, Some(ns), "listing collections", &e))?
+        .map_err(|e| VerifyError::driver(Role::Source, Some(ns), "listing collections", &e))?
     {
         let opts = mongodb::bson::to_document(&spec.options).unwrap_or_default();
         return Ok(opts.get(name).cloned());

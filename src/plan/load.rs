@@ -14,42 +14,16 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::base::env;
+
 use super::diagnostic::{did_you_mean, one_of, Diagnostic, Location, Severity};
 use super::model::{
     ClusterSpec, CommitStep, NamespaceFilter, Options, PlanFile, ReverseStep, StateOptions, Step,
     SyncStep, ValidateIndexesStep, VerifyStep, STEP_KINDS,
 };
 
-/// The prefix of environment variables that override plan keys.
-pub const ENV_PREFIX: &str = "CUTOVER_";
-
 /// The plan's top-level keys.
 const TOP_KEYS: &[&str] = &["name", "clusters", "options", "state", "steps"];
-
-/// `CUTOVER_*` variables that configure the program, not the plan.
-pub const RESERVED_ENV: &[&str] = &[
-    "CUTOVER_LOG",
-    "CUTOVER_API_TOKEN",
-    "CUTOVER_LOG_FORMAT",
-    "CUTOVER_NO_PROGRESS",
-    crate::state::lease::LEASE_TTL_ENV,
-    crate::ops::diskwatch::EVERY_ENV,
-];
-
-/// Whether `k` configures the program rather than the plan.
-fn reserved(k: &str) -> bool {
-    #[cfg(feature = "test-hooks")]
-    if [
-        crate::base::crashpoint::ENV,
-        crate::base::crashpoint::PAUSE_ENV,
-        crate::base::crashpoint::PAUSE_DIR_ENV,
-    ]
-    .contains(&k)
-    {
-        return true;
-    }
-    RESERVED_ENV.contains(&k)
-}
 
 /// Where overrides come from; the process environment in production, a map in tests.
 pub struct Overrides {
@@ -272,29 +246,42 @@ pub fn load_str(file: &str, text: &str, ov: &Overrides) -> Result<LoadedFile, Ve
     let mut errors = Vec::new();
     let mut figment = Figment::from(Toml::string(text));
 
-    // Environment: CUTOVER_CLUSTERS__SOURCE__URI → clusters.source.uri. Values are read as
-    // TOML values when they parse as one (`true`, `10`), otherwise as strings — the same rule
-    // as figment's `Env` provider, applied to the map we were given so tests need no globals.
-    for (k, v) in &ov.env {
-        if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
-            if rest.is_empty() || reserved(k) {
-                continue;
-            }
-            // A single word that names no top-level plan key (`CUTOVER_BIN`, set by some CI
-            // for its own use) is not a plan override; a path (`CUTOVER_OPTIONZ__MAX_LAG`) is,
-            // and an unknown one is reported.
-            if !rest.contains("__") && !TOP_KEYS.contains(&rest.to_lowercase().as_str()) {
-                tracing::debug!(variable = %k, "not a plan key (no `__` path, not a top-level key): ignored");
-                continue;
-            }
-            let path = rest
-                .split("__")
-                .map(str::to_lowercase)
-                .collect::<Vec<_>>()
-                .join(".");
-            spans.env_keys.insert(path.clone(), k.clone());
-            figment = figment.merge(Serialized::default(&path, parse_set_value(v)));
+    // Environment: CUTOVER_PLAN__CLUSTERS__SOURCE__URI → clusters.source.uri (names in
+    // `base::env`). Values are read as TOML values when they parse as one (`true`, `10`),
+    // otherwise as strings — the same rule as figment's `Env` provider, applied to the map we
+    // were given so tests need no globals. The legacy spelling (`CUTOVER_OPTIONS__MAX_LAG`)
+    // is read first, so the new one wins, and warned about.
+    let legacy: Vec<(String, String, &String)> = ov
+        .env
+        .iter()
+        .filter_map(|(k, v)| env::legacy_plan_path(k, TOP_KEYS).map(|p| (k.clone(), p, v)))
+        .collect();
+    let current: Vec<(String, String, &String)> = ov
+        .env
+        .iter()
+        .filter_map(|(k, v)| env::plan_path(k).map(|p| (k.clone(), p, v)))
+        .collect();
+    let mut deprecated = Vec::new();
+    for (k, path, v) in legacy.into_iter().chain(current) {
+        if !k.starts_with(env::PLAN_PREFIX) {
+            deprecated.push((k.clone(), path.clone()));
         }
+        spans.env_keys.insert(path.clone(), k);
+        figment = figment.merge(Serialized::default(&path, parse_set_value(v)));
+    }
+    for (k, path) in deprecated {
+        let mut d = Diagnostic {
+            severity: Severity::Warning,
+            key: display_path(&path),
+            message: format!(
+                "`{k}` sets a plan key in the old spelling, which a later release will not read"
+            ),
+            allowed: None,
+            hint: Some(format!("rename it `{}`", env::plan_var(&path))),
+            location: Location::Env { variable: k },
+        };
+        d.message = d.message.replace('\n', " ");
+        errors.push(d);
     }
 
     for arg in &ov.sets {
@@ -777,13 +764,7 @@ fn interpolate_plan(
                     display_path(path)
                 ),
             );
-            let override_var = format!(
-                "{ENV_PREFIX}{}",
-                path.split('.')
-                    .map(str::to_uppercase)
-                    .collect::<Vec<_>>()
-                    .join("__")
-            );
+            let override_var = env::plan_var(path);
             d.hint = Some(format!(
                 "export {var}=..., or set {override_var} to the whole value"
             ));

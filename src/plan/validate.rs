@@ -60,7 +60,11 @@ pub fn validate(loaded: LoadedFile) -> Validated {
 
     // Semantic findings about a key that already failed to load would only echo that error
     // (or judge a default standing in for it): drop them.
-    let failed: Vec<String> = load_errors.iter().map(|d| d.key.clone()).collect();
+    let failed: Vec<String> = load_errors
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.key.clone())
+        .collect();
     let mut diagnostics = load_errors;
     diagnostics.extend(
         v.out

@@ -4,21 +4,33 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+use crate::base::role::Role;
+
+/// What a check is about: the plan itself, or one of its clusters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
     Plan,
-    Source,
-    Destination,
+    Cluster(Role),
 }
 
 impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Plan => "plan",
-            Scope::Source => "source",
-            Scope::Destination => "destination",
+            Scope::Cluster(r) => r.as_str(),
         }
+    }
+}
+
+impl From<Role> for Scope {
+    fn from(r: Role) -> Self {
+        Scope::Cluster(r)
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -43,10 +55,10 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn pass(id: &str, cluster: Scope, message: impl Into<String>) -> Self {
+    pub fn pass(id: &str, cluster: impl Into<Scope>, message: impl Into<String>) -> Self {
         Self {
             id: id.into(),
-            cluster,
+            cluster: cluster.into(),
             status: Status::Pass,
             message: message.into(),
             fix: None,
@@ -54,13 +66,13 @@ impl Check {
     }
     pub fn warn(
         id: &str,
-        cluster: Scope,
+        cluster: impl Into<Scope>,
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
         Self {
             id: id.into(),
-            cluster,
+            cluster: cluster.into(),
             status: Status::Warn,
             message: message.into(),
             fix: Some(fix.into()),
@@ -68,13 +80,13 @@ impl Check {
     }
     pub fn fail(
         id: &str,
-        cluster: Scope,
+        cluster: impl Into<Scope>,
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
         Self {
             id: id.into(),
-            cluster,
+            cluster: cluster.into(),
             status: Status::Fail,
             message: message.into(),
             fix: Some(fix.into()),

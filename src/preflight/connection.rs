@@ -4,9 +4,10 @@
 use mongodb::bson::{doc, Bson};
 use mongodb::options::{HostInfo, Tls};
 
+use crate::base::role::Role;
 use crate::base::uri::ClusterUri;
 use crate::cluster::Cluster;
-use crate::preflight::checks::{Check, Scope};
+use crate::preflight::checks::Check;
 
 /// `TLS on (CA file, client certificate), auth MONGODB-X509, compression zstd`.
 pub fn describe(uri: &ClusterUri) -> String {
@@ -86,7 +87,7 @@ pub async fn disk_check(dest: &Cluster, selected_bytes: i64) -> Check {
     let Some(free) = free else {
         return Check::warn(
             "disk-space",
-            Scope::Destination,
+            Role::Destination,
             "could not read the destination's free disk space (dbStats fsTotalSize/fsUsedSize)",
             "make sure the destination has more free space than the selected data's size",
         );
@@ -98,18 +99,18 @@ pub async fn disk_check(dest: &Cluster, selected_bytes: i64) -> Check {
     if free < selected_bytes {
         Check::fail(
             "disk-space",
-            Scope::Destination,
+            Role::Destination,
             message,
             "free space on the destination (or select less data): the copy would fill its disk",
         )
     } else if (free as f64) < selected_bytes as f64 * 1.5 {
         Check::warn(
             "disk-space",
-            Scope::Destination,
+            Role::Destination,
             message,
             "indexes and the oplog need room too: keep at least 1.5× the selected data free",
         )
     } else {
-        Check::pass("disk-space", Scope::Destination, message)
+        Check::pass("disk-space", Role::Destination, message)
     }
 }

@@ -9,10 +9,11 @@ use mongodb::bson::{doc, Bson, Document};
 
 use super::{human_bytes, SAMPLE_SIZE};
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 use crate::cluster::{get_i64, list_namespaces, Cluster};
 use crate::engine::catalog::index_format::{self, FindingKind};
 use crate::plan::Plan;
-use crate::preflight::checks::{Check, Scope};
+use crate::preflight::checks::Check;
 
 /// What later checks need from the inventory.
 #[derive(Debug, Default)]
@@ -49,7 +50,7 @@ pub async fn inventory_checks(
         Err(e) => {
             out.push(Check::fail(
                 "namespaces",
-                Scope::Source,
+                Role::Source,
                 format!("cannot list the source's namespaces: {}", source.error(&e)),
                 "grant `listDatabases` and `listCollections` (e.g. `readAnyDatabase`)",
             ));
@@ -74,7 +75,7 @@ pub async fn inventory_checks(
     if n == 0 {
         out.push(Check::warn(
             "namespaces",
-            Scope::Source,
+            Role::Source,
             "the plan's filters select no collection on the source".to_string(),
             "check `options.include`/`options.exclude` and that the source holds data",
         ));
@@ -86,7 +87,7 @@ pub async fn inventory_checks(
         };
         out.push(Check::pass(
             "namespaces",
-            Scope::Source,
+            Role::Source,
             format!(
                 "{n} collection{} selected, {total_docs} documents, {}: {}{views}",
                 if n == 1 { "" } else { "s" },
@@ -98,13 +99,13 @@ pub async fn inventory_checks(
     out.push(if listing.system.is_empty() {
         Check::pass(
             "namespaces.system",
-            Scope::Source,
+            Role::Source,
             "no `system.*` collections in the selected databases",
         )
     } else {
         Check::pass(
             "namespaces.system",
-            Scope::Source,
+            Role::Source,
             format!(
                 "excluded, never synced: {} (`system.*` collections are the server's own)",
                 list(&listing.system)
@@ -156,7 +157,7 @@ async fn destination_empty(dest: &Cluster, selected: &[Namespace]) -> Check {
             Err(e) => {
                 return Check::warn(
                     "namespaces.destination-empty",
-                    Scope::Destination,
+                    Role::Destination,
                     format!("cannot read `{ns}` on the destination: {}", dest.error(&e)),
                     "grant `find` on the selected databases",
                 )
@@ -166,13 +167,13 @@ async fn destination_empty(dest: &Cluster, selected: &[Namespace]) -> Check {
     if non_empty.is_empty() {
         Check::pass(
             "namespaces.destination-empty",
-            Scope::Destination,
+            Role::Destination,
             "no selected namespace holds documents on the destination",
         )
     } else {
         Check::fail(
             "namespaces.destination-empty",
-            Scope::Destination,
+            Role::Destination,
             format!("{} selected namespace{} already hold documents on the destination: {}", non_empty.len(), if non_empty.len() == 1 { "" } else { "s" }, list(&non_empty)),
             "drop these collections on the destination (if they are leftovers), or leave them out with `[[options.exclude]]`",
         )
@@ -188,7 +189,7 @@ async fn index_conflicts(source: &Cluster, selected: &[Namespace]) -> Check {
             Err(e) => {
                 return Check::warn(
                     "indexes.unique-conflict",
-                    Scope::Source,
+                    Role::Source,
                     format!("cannot list the indexes of `{ns}`: {}", source.error(&e)),
                     "grant `listIndexes`",
                 )
@@ -215,13 +216,13 @@ async fn index_conflicts(source: &Cluster, selected: &[Namespace]) -> Check {
     if conflicts.is_empty() {
         Check::pass(
             "indexes.unique-conflict",
-            Scope::Source,
+            Role::Source,
             "no key pattern has both a unique and a non-unique index",
         )
     } else {
         Check::fail(
             "indexes.unique-conflict",
-            Scope::Source,
+            Role::Source,
             format!("a unique and a non-unique index share a key pattern (not supported): {}", conflicts.join("; ")),
             "drop one of the two indexes on the source (usually the non-unique one: the unique index serves the same queries)",
         )
@@ -306,7 +307,7 @@ async fn dollar_fields_check(source: &Cluster, selected: &[Namespace], deep: boo
             Err(e) => {
                 return Check::warn(
                     "documents.dollar-fields",
-                    Scope::Source,
+                    Role::Source,
                     format!("cannot scan `{ns}`: {}", source.error(&e)),
                     "grant `find` on the selected databases",
                 )
@@ -321,13 +322,13 @@ async fn dollar_fields_check(source: &Cluster, selected: &[Namespace], deep: boo
     if found.is_empty() {
         Check::pass(
             "documents.dollar-fields",
-            Scope::Source,
+            Role::Source,
             format!("no `$`-prefixed field names in {scanned} documents ({how})"),
         )
     } else {
         Check::warn(
             "documents.dollar-fields",
-            Scope::Source,
+            Role::Source,
             format!(
                 "documents with `$`-prefixed field names in {how}: {}. MongoDB stores them since 5.0, but update operators cannot address them and mongosync does not support them",
                 found.join("; ")
@@ -358,7 +359,7 @@ pub async fn unique_index_checks(plan: &Plan, source: &Cluster, dest: &Cluster) 
             if bad.is_empty() {
                 out.push(Check::pass(
                     "indexes.unique-format",
-                    Scope::Source,
+                    Role::Source,
                     format!(
                         "{} unique index{} checked on {} member{}: none uses the legacy format",
                         indexes.len(),
@@ -375,7 +376,7 @@ pub async fn unique_index_checks(plan: &Plan, source: &Cluster, dest: &Cluster) 
                     .unwrap_or_default();
                 out.push(Check::fail(
                     "indexes.unique-format",
-                    Scope::Source,
+                    Role::Source,
                     format!(
                         "`reverse` needs unique indexes in the new format: {}",
                         bad.join("; ")
@@ -386,7 +387,7 @@ pub async fn unique_index_checks(plan: &Plan, source: &Cluster, dest: &Cluster) 
         }
         Err(e) => out.push(Check::fail(
             "indexes.unique-format",
-            Scope::Source,
+            Role::Source,
             e.to_string(),
             e.hint(),
         )),
@@ -405,7 +406,7 @@ pub async fn unique_index_checks(plan: &Plan, source: &Cluster, dest: &Cluster) 
             if different.is_empty() {
                 out.push(Check::pass(
                     "indexes.unique-on-destination",
-                    Scope::Destination,
+                    Role::Destination,
                     format!(
                         "{} source unique index{}: none conflicts with the destination ({to_build} to be built by `sync`)",
                         findings.len(),
@@ -415,7 +416,7 @@ pub async fn unique_index_checks(plan: &Plan, source: &Cluster, dest: &Cluster) 
             } else {
                 out.push(Check::fail(
                     "indexes.unique-on-destination",
-                    Scope::Destination,
+                    Role::Destination,
                     different.join("; "),
                     "drop the conflicting index on the destination and let `sync` build it as on the source",
                 ));
@@ -423,7 +424,7 @@ pub async fn unique_index_checks(plan: &Plan, source: &Cluster, dest: &Cluster) 
         }
         Err(e) => out.push(Check::fail(
             "indexes.unique-on-destination",
-            Scope::Destination,
+            Role::Destination,
             e.to_string(),
             e.hint(),
         )),

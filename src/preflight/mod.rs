@@ -12,9 +12,10 @@ mod write_block;
 
 use std::time::Duration;
 
+use crate::base::role::Role;
 use crate::cluster::{Cluster, ServerInfo};
 use crate::plan::Plan;
-use crate::preflight::checks::{Check, Scope};
+use crate::preflight::checks::Check;
 
 pub struct PreflightOptions {
     /// Scan every document for `$`-prefixed field names instead of a sample.
@@ -36,8 +37,8 @@ pub async fn run(plan: &Plan, opts: &PreflightOptions) -> PreflightOutcome {
     let mut unreachable = false;
     let mut connected: Vec<(Cluster, Option<ServerInfo>)> = Vec::new();
     for (scope, uri) in [
-        (Scope::Source, &plan.source),
-        (Scope::Destination, &plan.destination),
+        (Role::Source, &plan.source),
+        (Role::Destination, &plan.destination),
     ] {
         match Cluster::connect(scope, uri, opts.connect_timeout).await {
             Ok(c) => {

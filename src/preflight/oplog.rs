@@ -49,18 +49,18 @@ pub async fn check(c: &Cluster, bytes: i64, apply_during_copy: bool) -> Check {
                 return if full && window < DOWNTIME_SECS {
                     Check::warn(
                         "oplog-window",
-                        c.scope,
+                        c.role,
                         format!("{msg}: that leaves little time to restart a stopped runner"),
                         "grow the oplog (`replSetResizeOplog`, or `minRetentionHours`) so that a stopped `cutover run` can be restarted within the window (past it, the run recovers by comparing every copied range with the source, a read of both sides)",
                     )
                 } else if !full {
                     Check::pass(
                         "oplog-window",
-                        c.scope,
+                        c.role,
                         format!("{msg}; the oplog is not full yet, so the window is still growing"),
                     )
                 } else {
-                    Check::pass("oplog-window", c.scope, msg)
+                    Check::pass("oplog-window", c.role, msg)
                 };
             }
             let msg = format!(
@@ -73,23 +73,23 @@ pub async fn check(c: &Cluster, bytes: i64, apply_during_copy: bool) -> Check {
             if !full {
                 Check::pass(
                     "oplog-window",
-                    c.scope,
+                    c.role,
                     format!("{msg}; the oplog is not full yet, so the window is still growing"),
                 )
             } else if is_tight(window, bytes) {
                 Check::warn(
                     "oplog-window",
-                    c.scope,
+                    c.role,
                     format!("{msg}: the window is tight, the copy may outlast it"),
                     "apply change events during the copy (`apply_during_copy = true`, the default), or grow the oplog (`replSetResizeOplog`, or `minRetentionHours`) to more than twice the copy time before `run`",
                 )
             } else {
-                Check::pass("oplog-window", c.scope, msg)
+                Check::pass("oplog-window", c.role, msg)
             }
         }
         Err(e) => Check::warn(
             "oplog-window",
-            c.scope,
+            c.role,
             format!("cannot read the oplog window: {}", c.error(&e)),
             "grant `find` on `local.oplog.rs` (e.g. `clusterMonitor`/`root`) to get this estimate",
         ),

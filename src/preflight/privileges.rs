@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use mongodb::bson::{doc, Document};
 
+use crate::base::role::Role;
 use crate::cluster::Cluster;
 use crate::plan::{Plan, Step, WriteBlocking};
-use crate::preflight::checks::Scope;
 
 /// What a privilege applies to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,7 +65,7 @@ const STATE_ACTIONS: &[&str] = &[
 ];
 
 /// The privileges `cluster` needs for `plan`.
-pub fn needs(plan: &Plan, scope: Scope) -> Vec<Need> {
+pub fn needs(plan: &Plan, role: Role) -> Vec<Need> {
     let mut out = Vec::new();
     let mut add = |resource: Resource, actions: &[&'static str]| {
         for a in actions {
@@ -82,8 +82,8 @@ pub fn needs(plan: &Plan, scope: Scope) -> Vec<Need> {
     let reverse = plan.steps.iter().any(|s| matches!(s, Step::Reverse(_)));
     let wb = plan.options.write_blocking;
     add(Resource::Cluster, &["listDatabases"]);
-    match scope {
-        Scope::Source => {
+    match role {
+        Role::Source => {
             // A cluster-wide change stream needs `changeStream` and `find` on every database.
             add(any.clone(), READ_ACTIONS);
             if wb == WriteBlocking::SourceAndDestination {
@@ -97,7 +97,7 @@ pub fn needs(plan: &Plan, scope: Scope) -> Vec<Need> {
                 add(any, WRITE_ACTIONS);
             }
         }
-        Scope::Destination => {
+        Role::Destination => {
             add(any.clone(), WRITE_ACTIONS);
             if reverse {
                 add(any, READ_ACTIONS);
@@ -113,7 +113,6 @@ pub fn needs(plan: &Plan, scope: Scope) -> Vec<Need> {
                 STATE_ACTIONS,
             );
         }
-        Scope::Plan => {}
     }
     out
 }
@@ -218,7 +217,7 @@ pub async fn check(c: &Cluster, plan: &Plan) -> crate::preflight::checks::Check 
         Err(e) => {
             return Check::warn(
                 "privileges",
-                c.scope,
+                c.role,
                 format!("cannot list the user's privileges: {e}"),
                 "make sure `connectionStatus` works for this user",
             )
@@ -232,12 +231,12 @@ pub async fn check(c: &Cluster, plan: &Plan) -> crate::preflight::checks::Check 
     if anonymous {
         return Check::warn(
             "privileges",
-            c.scope,
+            c.role,
             "connected without a user: that works only when the server runs without access control, where every action is allowed",
             "create a user for cutover and put it in the URI; production clusters should require authentication",
         );
     }
-    let missing: Vec<Need> = needs(plan, c.scope)
+    let missing: Vec<Need> = needs(plan, c.role)
         .into_iter()
         .filter(|n| !held.has(n))
         .collect();
@@ -249,7 +248,7 @@ pub async fn check(c: &Cluster, plan: &Plan) -> crate::preflight::checks::Check 
     if missing.is_empty() {
         return Check::pass(
             "privileges",
-            c.scope,
+            c.role,
             format!("the user ({roles}) holds every privilege the plan needs"),
         );
     }
@@ -269,7 +268,7 @@ pub async fn check(c: &Cluster, plan: &Plan) -> crate::preflight::checks::Check 
     grant.dedup();
     Check::fail(
         "privileges",
-        c.scope,
+        c.role,
         format!(
             "the user ({roles}) lacks {} privilege{}: {}",
             missing.len(),

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeSet;
 
+use crate::base::role::Role;
 use crate::cluster::{Cluster, ServerInfo, Topology};
 use crate::plan::Plan;
 use crate::preflight::checks::{Check, Scope};
 
 pub fn version_checks(plan: &Plan, source: &ServerInfo, dest: &ServerInfo) -> Vec<Check> {
     let mut out = Vec::new();
-    for (scope, info) in [(Scope::Source, source), (Scope::Destination, dest)] {
+    for (scope, info) in [(Role::Source, source), (Role::Destination, dest)] {
         if info.at_least(6, 0) {
             out.push(Check::pass(
                 "version",
@@ -49,7 +50,7 @@ pub async fn topology_checks(
     di: &ServerInfo,
 ) -> Vec<Check> {
     let mut out = Vec::new();
-    for (scope, info) in [(Scope::Source, si), (Scope::Destination, di)] {
+    for (scope, info) in [(Role::Source, si), (Role::Destination, di)] {
         out.push(match &info.topology {
             Topology::Standalone => Check::fail(
                 "topology",
@@ -186,7 +187,10 @@ mod tests {
     #[test]
     fn old_versions_are_refused_plainly() {
         let checks = version_checks(&plan(false), &info("5.0.14", 5, 0), &info("6.0.5", 6, 0));
-        let src = checks.iter().find(|c| c.cluster == Scope::Source).unwrap();
+        let src = checks
+            .iter()
+            .find(|c| c.cluster == Role::Source.into())
+            .unwrap();
         assert_eq!(src.status, Status::Fail);
         assert!(
             src.message.contains("MongoDB 5.0.14 is too old"),
@@ -196,7 +200,7 @@ mod tests {
         assert!(src.message.contains("6.0 or later"));
         let dst = checks
             .iter()
-            .find(|c| c.cluster == Scope::Destination)
+            .find(|c| c.cluster == Role::Destination.into())
             .unwrap();
         assert_eq!(dst.status, Status::Pass);
         assert!(

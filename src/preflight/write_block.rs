@@ -30,16 +30,16 @@ pub async fn is_blocked(c: &Cluster) -> Result<bool, mongodb::error::Error> {
 
 pub async fn check(c: &Cluster) -> Check {
     match is_blocked(c).await {
-        Ok(false) => Check::pass("write-blocking", c.scope, "user writes are not blocked"),
+        Ok(false) => Check::pass("write-blocking", c.role, "user writes are not blocked"),
         Ok(true) => Check::warn(
             "write-blocking",
-            c.scope,
+            c.role,
             "user writes are BLOCKED on this cluster (setUserWriteBlockMode is on): applications without `bypassWriteBlockingMode` cannot write",
             "if no cutover is running, a previous run may have left it on: `db.adminCommand({setUserWriteBlockMode: 1, global: false})`",
         ),
         Err(e) => Check::warn(
             "write-blocking",
-            c.scope,
+            c.role,
             format!("cannot read the write-blocking state from `config.{STATE_COLLECTION}`: {}", c.error(&e)),
             "grant `find` on the `config` database (e.g. `clusterMonitor` or `root`) to see it",
         ),

@@ -15,6 +15,7 @@ use mongodb::bson::{doc, DateTime, Document};
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::base::role::Role;
 use crate::cluster::{set_user_write_block, Cluster, ClusterError};
 
 use crate::engine::error::EngineError;
@@ -22,7 +23,6 @@ use crate::engine::lane::{Direction, Lane, LaneEnv};
 use crate::engine::progress::Progress;
 use crate::engine::retry::RetryPolicy;
 use crate::plan::{Plan, Step};
-use crate::preflight::checks::Scope;
 use crate::state::lease::{Holder, LeaseLost};
 use crate::state::record::{RunRecord, StepStatus};
 use crate::state::{StateError, StateStore};
@@ -205,10 +205,10 @@ impl Ctx {
     }
 
     /// Records the intent, then blocks or unblocks user writes on `which` (a plan role).
-    pub async fn set_block(&mut self, which: Scope, on: bool) -> Result<(), RunError> {
-        let name = crate::cluster::scope_name(which);
+    pub async fn set_block(&mut self, which: Role, on: bool) -> Result<(), RunError> {
+        let name = which.as_str();
         let key = format!("blocks.{name}");
-        let cluster = if which == Scope::Source {
+        let cluster = if which == Role::Source {
             &self.source
         } else {
             &self.destination
@@ -222,18 +222,12 @@ impl Ctx {
             self.store.set(doc! {key.clone(): true}).await?;
             self.blocked.insert(name);
             set_user_write_block(cluster, true).await?;
-            tracing::info!(
-                cluster = crate::cluster::scope_name(which),
-                "User writes blocked."
-            );
+            tracing::info!(cluster = which.as_str(), "User writes blocked.");
         } else {
             set_user_write_block(cluster, false).await?;
             self.blocked.remove(name);
             self.store.set(doc! {key: false}).await?;
-            tracing::info!(
-                cluster = crate::cluster::scope_name(which),
-                "User writes unblocked."
-            );
+            tracing::info!(cluster = which.as_str(), "User writes unblocked.");
         }
         Ok(())
     }
@@ -256,15 +250,15 @@ pub async fn run(plan: Plan, opts: RunOptions) -> (RunReport, Result<(), RunErro
 async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Result<(), RunError> {
     let api = match opts.listen {
         Some(addr) => Some(
-            crate::ops::http::bind(addr, std::env::var(crate::ops::http::TOKEN_ENV).ok())
+            crate::ops::http::bind(addr, crate::base::env::get(crate::base::env::API_TOKEN))
                 .await
                 .map_err(RunError::Refused)?,
         ),
         None => None,
     };
-    let source = Cluster::connect(Scope::Source, &plan.source, opts.connect_timeout).await?;
+    let source = Cluster::connect(Role::Source, &plan.source, opts.connect_timeout).await?;
     let destination =
-        Cluster::connect(Scope::Destination, &plan.destination, opts.connect_timeout).await?;
+        Cluster::connect(Role::Destination, &plan.destination, opts.connect_timeout).await?;
     // The state store has its own client: see `Cluster::dedicated_client`.
     let state_client = destination.dedicated_client(opts.connect_timeout).await?;
     let store = StateStore::new(&state_client, &plan.state_database, &plan.name)

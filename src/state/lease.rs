@@ -33,24 +33,24 @@ use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 use tokio::sync::watch;
 
+use crate::base::env::{self, LEASE_TTL};
+
 /// How long a lease lasts without renewal, unless `CUTOVER_LEASE_TTL` says otherwise.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(20);
-/// Environment variable setting the lease TTL (a duration such as `20s`; at least 1s).
-pub const LEASE_TTL_ENV: &str = "CUTOVER_LEASE_TTL";
 /// The field every fenced record carries.
 pub const EPOCH: &str = "epoch";
 
 /// The lease TTL: `CUTOVER_LEASE_TTL` or [`DEFAULT_LEASE_TTL`].
 pub fn lease_ttl() -> Result<Duration, String> {
-    match std::env::var(LEASE_TTL_ENV) {
+    match std::env::var(env::LEASE_TTL) {
         Err(_) => Ok(DEFAULT_LEASE_TTL),
         Ok(v) => match humantime::parse_duration(v.trim()) {
             Ok(d) if d >= Duration::from_secs(1) => Ok(d),
             Ok(_) => Err(format!(
-                "{LEASE_TTL_ENV}=`{v}`: the lease TTL must be at least 1s"
+                "{LEASE_TTL}=`{v}`: the lease TTL must be at least 1s"
             )),
             Err(e) => Err(format!(
-                "{LEASE_TTL_ENV}=`{v}` is not a duration ({e}): write e.g. `20s`"
+                "{LEASE_TTL}=`{v}` is not a duration ({e}): write e.g. `20s`"
             )),
         },
     }
@@ -891,13 +891,13 @@ mod tests {
     #[test]
     fn lease_ttl_env_is_parsed_and_bounded() {
         // One test touches the variable (tests run in threads of one process).
-        std::env::set_var(LEASE_TTL_ENV, "3s");
+        std::env::set_var(env::LEASE_TTL, "3s");
         assert_eq!(lease_ttl(), Ok(Duration::from_secs(3)));
-        std::env::set_var(LEASE_TTL_ENV, "10ms");
+        std::env::set_var(env::LEASE_TTL, "10ms");
         assert!(lease_ttl().is_err());
-        std::env::set_var(LEASE_TTL_ENV, "soon");
+        std::env::set_var(env::LEASE_TTL, "soon");
         assert!(lease_ttl().is_err());
-        std::env::remove_var(LEASE_TTL_ENV);
+        std::env::remove_var(env::LEASE_TTL);
         assert_eq!(lease_ttl(), Ok(DEFAULT_LEASE_TTL));
     }
 }

@@ -119,41 +119,7 @@ impl CommitPhase {
     }
 }
 
-/// Which way a lane replicates: `Forward` from the plan's source to its destination, `Reverse`
-/// back (after a commit).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    #[default]
-    Forward,
-    Reverse,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Forward => "forward",
-            Direction::Reverse => "reverse",
-        }
-    }
-
-    /// The plan role (`source` / `destination`) of the cluster a lane of this direction reads
-    /// from: messages name clusters as the plan does, whatever the lane's direction.
-    pub fn source_name(self) -> &'static str {
-        match self {
-            Direction::Forward => "source",
-            Direction::Reverse => "destination",
-        }
-    }
-
-    /// The plan role of the cluster a lane of this direction writes to.
-    pub fn destination_name(self) -> &'static str {
-        match self {
-            Direction::Forward => "destination",
-            Direction::Reverse => "source",
-        }
-    }
-}
+pub use crate::base::role::Direction;
 
 /// The id of a plan's lane record (`lanes._id`): `plan/forward` or `plan/reverse`.
 pub fn lane_id(plan: &str, direction: Direction) -> String {

@@ -15,8 +15,9 @@ use mongodb::bson::{doc, Bson, RawDocument, RawDocumentBuf};
 use mongodb::Client;
 use serde::Serialize;
 
-use super::error::{Side, VerifyError};
+use super::error::VerifyError;
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 use crate::plan::NamespaceSelector;
 
 /// What listCollections says about one namespace on one cluster.
@@ -37,12 +38,12 @@ pub async fn list_selected(
     selector: &NamespaceSelector,
 ) -> Result<Catalog, VerifyError> {
     let mut out: Catalog = BTreeMap::new();
-    for (side, client) in [(Side::Source, source), (Side::Destination, dest)] {
+    for (side, client) in [(Role::Source, source), (Role::Destination, dest)] {
         for (ns, info) in list_side(side, client, selector).await? {
             let entry = out.entry(ns).or_insert((None, None));
             match side {
-                Side::Source => entry.0 = Some(info),
-                Side::Destination => entry.1 = Some(info),
+                Role::Source => entry.0 = Some(info),
+                Role::Destination => entry.1 = Some(info),
             }
         }
     }
@@ -50,7 +51,7 @@ pub async fn list_selected(
 }
 
 async fn list_side(
-    side: Side,
+    side: Role,
     client: &Client,
     selector: &NamespaceSelector,
 ) -> Result<Vec<(Namespace, CollectionInfo)>, VerifyError> {
@@ -220,7 +221,7 @@ fn only(d: &RawDocument, keep: &[&str]) -> RawDocumentBuf {
 
 /// Index specs by name, raw, minus `ns`. Empty when the collection does not exist.
 pub async fn list_indexes(
-    side: Side,
+    side: Role,
     client: &Client,
     ns: &Namespace,
 ) -> Result<Vec<(String, RawDocumentBuf)>, VerifyError> {

@@ -1,27 +1,11 @@
 //! Why a verify could not finish. A mismatch is not an error: it is a report.
 
-use std::fmt;
-
 use mongodb::error::ErrorKind;
 
 use crate::base::namespace::Namespace;
 use crate::base::redact;
+use crate::base::role::Role;
 use crate::cluster::server_error::{self, code, short_message};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Source,
-    Destination,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Source => "source",
-            Side::Destination => "destination",
-        })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -32,7 +16,7 @@ pub enum VerifyError {
     /// A cluster stopped answering (exit 3).
     #[error("{side} cluster is unreachable while {what}{}: {detail}\nhint: check the cluster and the network, then run the same command again; finished ranges are not checked again", ns_suffix(.ns))]
     Unreachable {
-        side: Side,
+        side: Role,
         ns: Option<Namespace>,
         what: String,
         detail: String,
@@ -40,7 +24,7 @@ pub enum VerifyError {
     /// The server refused an operation (exit 1).
     #[error("{side} cluster refused {what}{}: {detail}\nhint: {hint}", ns_suffix(.ns))]
     Server {
-        side: Side,
+        side: Role,
         ns: Option<Namespace>,
         what: String,
         detail: String,
@@ -51,7 +35,7 @@ pub enum VerifyError {
     /// The `_id` order is collated (not simple BSON order) and the range is too big to
     /// compare by hash join.
     #[error("{ns}: the {side} returns `_id`s in collated order (the collection has a non-simple default collation) and a differing range holds more than 250,000 documents, too many to compare in bounded memory\nhint: run again with a smaller `--range-docs` (and `--restart`)")]
-    Order { side: Side, ns: Namespace },
+    Order { side: Role, ns: Namespace },
 }
 
 fn ns_suffix(ns: &Option<Namespace>) -> String {
@@ -62,7 +46,7 @@ fn ns_suffix(ns: &Option<Namespace>) -> String {
 
 impl VerifyError {
     pub fn driver(
-        side: Side,
+        side: Role,
         ns: Option<&Namespace>,
         what: &str,
         e: &mongodb::error::Error,

@@ -39,10 +39,11 @@ use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Timestamp};
 use mongodb::Client;
 
-pub use error::{Side, VerifyError};
+pub use error::VerifyError;
 pub use report::{Mismatch, NamespaceReport, Totals, VerifyReport};
 
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 use crate::plan::Plan;
 use catalog::CollectionInfo;
 use ranges::{Range, Sizing};
@@ -166,9 +167,9 @@ pub async fn run(
             Some(b) => b,
             None => {
                 let (side, client) = if source_exists {
-                    (Side::Source, source)
+                    (Role::Source, source)
                 } else {
-                    (Side::Destination, dest)
+                    (Role::Destination, dest)
                 };
                 let b = ranges::split_points(side, client, ns, sizing).await?;
                 store.save_partition(ns, &b).await?;
@@ -260,8 +261,8 @@ async fn verify_range_once(
     opts: &VerifyOptions,
 ) -> Result<(), VerifyError> {
     let (s, d) = tokio::join!(
-        scan::digest(Side::Source, source, &w.ns, r, w.source_exists),
-        scan::digest(Side::Destination, dest, &w.ns, r, w.dest_exists)
+        scan::digest(Role::Source, source, &w.ns, r, w.source_exists),
+        scan::digest(Role::Destination, dest, &w.ns, r, w.dest_exists)
     );
     let (s, d) = (s?, d?);
     let mut rec = RangeRecord {
@@ -373,12 +374,12 @@ async fn namespace_report(
     let has_indexes = |i: &Option<CollectionInfo>| i.as_ref().is_some_and(|i| i.kind != "view");
     if has_indexes(s) || has_indexes(d) {
         let si = if has_indexes(s) {
-            catalog::list_indexes(Side::Source, source, ns).await?
+            catalog::list_indexes(Role::Source, source, ns).await?
         } else {
             Vec::new()
         };
         let di = if has_indexes(d) {
-            catalog::list_indexes(Side::Destination, dest, ns).await?
+            catalog::list_indexes(Role::Destination, dest, ns).await?
         } else {
             Vec::new()
         };

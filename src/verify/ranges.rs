@@ -13,9 +13,10 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Client;
 
-use super::error::{Side, VerifyError};
+use super::error::VerifyError;
 use crate::base::bson_order::cmp_values;
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 
 /// One `_id` range of a namespace.
 #[derive(Clone, Debug)]
@@ -78,7 +79,7 @@ fn batch_docs(count: u64, size: u64) -> u32 {
 
 /// Split points for `ns`, from the cluster that has it (the source when both).
 pub async fn split_points(
-    side: Side,
+    side: Role,
     client: &Client,
     ns: &Namespace,
     sizing: Sizing,

@@ -17,10 +17,11 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::{CollectionOptions, WriteConcern};
 use mongodb::{Client, Collection};
 
-use super::error::{Side, VerifyError};
+use super::error::VerifyError;
 use super::ranges::Partition;
 use super::scan::{Kind, RangeDiff};
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 use crate::state::lease::Fence;
 
 pub const RUNS: &str = "verify_runs";
@@ -48,7 +49,7 @@ pub struct StateStore {
 
 fn err(what: &str, e: &mongodb::error::Error) -> VerifyError {
     VerifyError::driver(
-        Side::Destination,
+        Role::Destination,
         None,
         &format!("{what} in the state database"),
         e,

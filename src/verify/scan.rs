@@ -10,10 +10,11 @@ use mongodb::options::Hint;
 use mongodb::{Client, Collection};
 use xxhash_rust::xxh3::Xxh3;
 
-use super::error::{Side, VerifyError};
+use super::error::VerifyError;
 use super::ranges::Range;
 use crate::base::bson_order::cmp_values;
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 
 /// What one side holds in a range: field order counts, since the bytes are hashed as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -58,7 +59,7 @@ fn range_reads<'a>(
 /// Hashes every document of `range` in `_id` order. `exists == false`: the collection is not
 /// on this side, which holds nothing.
 pub async fn digest(
-    side: Side,
+    side: Role,
     client: &Client,
     ns: &Namespace,
     range: &Range,
@@ -163,7 +164,7 @@ impl RangeDiff {
 }
 
 struct Side1 {
-    side: Side,
+    side: Role,
     ns: Namespace,
     /// The range's reads still to drain, in `_id` order.
     cursors: std::collections::VecDeque<mongodb::Cursor<RawDocumentBuf>>,
@@ -174,7 +175,7 @@ struct Side1 {
 
 impl Side1 {
     async fn open(
-        side: Side,
+        side: Role,
         client: &Client,
         ns: &Namespace,
         range: &Range,
@@ -184,7 +185,7 @@ impl Side1 {
     }
 
     async fn open_unchecked(
-        side: Side,
+        side: Role,
         client: &Client,
         ns: &Namespace,
         range: &Range,
@@ -194,7 +195,7 @@ impl Side1 {
     }
 
     async fn open_with(
-        side: Side,
+        side: Role,
         client: &Client,
         ns: &Namespace,
         range: &Range,
@@ -351,7 +352,7 @@ async fn join_range(
     let mut seen: std::collections::HashMap<Vec<u8>, (u64, bool)> = Default::default();
     let ns = pair.source;
     let mut src =
-        Side1::open_unchecked(Side::Source, source, pair.source, range, source_exists).await?;
+        Side1::open_unchecked(Role::Source, source, pair.source, range, source_exists).await?;
     while let Some(doc) = src.current.take() {
         seen.insert(
             id_key(&doc),
@@ -359,7 +360,7 @@ async fn join_range(
         );
         if seen.len() > JOIN_MAX_IDS {
             return Err(VerifyError::Order {
-                side: Side::Source,
+                side: Role::Source,
                 ns: ns.clone(),
             });
         }
@@ -368,7 +369,7 @@ async fn join_range(
     drop(src);
     let mut out = RangeDiff::default();
     let mut dst =
-        Side1::open_unchecked(Side::Destination, dest, pair.dest, range, dest_exists).await?;
+        Side1::open_unchecked(Role::Destination, dest, pair.dest, range, dest_exists).await?;
     while let Some(doc) = dst.current.take() {
         let key = id_key(&doc);
         match seen.get_mut(&key) {
@@ -405,8 +406,8 @@ async fn merge_range(
     limit: usize,
 ) -> Result<RangeDiff, VerifyError> {
     let (a, b) = tokio::join!(
-        Side1::open(Side::Source, source, pair.source, range, source_exists),
-        Side1::open(Side::Destination, dest, pair.dest, range, dest_exists)
+        Side1::open(Role::Source, source, pair.source, range, source_exists),
+        Side1::open(Role::Destination, dest, pair.dest, range, dest_exists)
     );
     let (mut a, mut b) = (a?, b?);
     let mut out = RangeDiff::default();

@@ -15,11 +15,12 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, RawDocumentBuf};
 use mongodb::Client;
 
-use super::error::{Side, VerifyError};
+use super::error::VerifyError;
 use super::scan::{id_key, Kind, RangeDiff};
 use super::{operation_time, VerifyOptions};
 use crate::base::bson_order::cmp_values;
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 
 /// At most this many differing documents are confirmed one by one; beyond it the range's
 /// differences are reported as found.
@@ -28,7 +29,7 @@ pub const MAX_SETTLE_IDS: usize = 10_000;
 type Docs = HashMap<Vec<u8>, RawDocumentBuf>;
 
 async fn read_ids(
-    side: Side,
+    side: Role,
     client: &Client,
     ns: &Namespace,
     ids: &[Bson],
@@ -86,7 +87,7 @@ pub async fn settle(
     opts: &VerifyOptions,
 ) -> Result<RangeDiff, VerifyError> {
     let mut pending: Vec<Bson> = diff.samples.iter().map(|(id, _)| id.clone()).collect();
-    let mut previous: Docs = read_ids(Side::Source, source, ns, &pending).await?;
+    let mut previous: Docs = read_ids(Role::Source, source, ns, &pending).await?;
     let mut confirmed: Vec<(Bson, Kind)> = Vec::new();
     let rounds = opts.rechecks.max(1) + 2;
     for round in 0..rounds {
@@ -96,8 +97,8 @@ pub async fn settle(
         let t = operation_time(source).await;
         opts.replication.wait_replicated(t).await;
         let (s, d) = tokio::join!(
-            read_ids(Side::Source, source, ns, &pending),
-            read_ids(Side::Destination, dest, ns, &pending)
+            read_ids(Role::Source, source, ns, &pending),
+            read_ids(Role::Destination, dest, ns, &pending)
         );
         let (s, d) = (s?, d?);
         let last = round + 1 == rounds;

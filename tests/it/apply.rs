@@ -417,7 +417,7 @@ async fn write_blocking_waits_for_majority() {
     .await;
     let root = rs.root_client().await;
     let cluster = cutover::cluster::Cluster {
-        scope: cutover::preflight::checks::Scope::Destination,
+        role: cutover::base::role::Role::Destination,
         uri: cutover::base::uri::ClusterUri::parse(&rs.root_uri()).unwrap(),
         client: root.clone(),
     };

@@ -174,12 +174,30 @@ fn invalid_overrides_from_the_environment_and_the_command_line() {
     );
 
     let mut env2 = env.to_vec();
-    env2.push(("CUTOVER_OPTIONS__WRITE_BLOCKING", "sideways"));
+    env2.push(("CUTOVER_PLAN__OPTIONS__WRITE_BLOCKING", "sideways"));
     let out = cutover(&["check", example, "--no-connect"], &env2);
     assert_eq!(out.status.code(), Some(2));
     insta::assert_snapshot!(
         "override__env_write_blocking",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The spelling before `CUTOVER_PLAN__` is still read, with a warning naming the new one;
+    // the new spelling wins when both are set; a CI's own `CUTOVER_BIN` is not a plan key.
+    let mut env3 = env.to_vec();
+    env3.push(("CUTOVER_OPTIONS__MAX_LAG", "not a duration"));
+    env3.push(("CUTOVER_BIN", "/usr/local/bin/cutover"));
+    let out = cutover(&["check", example, "--no-connect"], &env3);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("CUTOVER_OPTIONS__MAX_LAG"), "{err}");
+    env3.push(("CUTOVER_PLAN__OPTIONS__MAX_LAG", "7s"));
+    let out = cutover(&["check", example, "--no-connect"], &env3);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("old spelling") && err.contains("rename it `CUTOVER_PLAN__OPTIONS__MAX_LAG`"),
+        "{err}"
     );
 
     let out = cutover(&["check", "tests/plans/does-not-exist.toml"], &env);

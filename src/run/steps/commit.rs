@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document, Timestamp};
 
-use crate::cluster::scope_name;
 use crate::engine::catalog::{self, NsKind, RelaxationStore};
 use crate::engine::clock::cluster_time as read_cluster_time;
 use crate::engine::error::EngineError;
@@ -41,10 +40,7 @@ pub async fn commit(
     };
     // The plan roles of this commit's two sides (a reverse commit's source is the plan's
     // destination): errors name the cluster as the plan does.
-    let (src_name, dst_name) = (
-        scope_name(source_role(direction)),
-        scope_name(dest_role(direction)),
-    );
+    let (src_name, dst_name) = (direction.reads().as_str(), direction.writes().as_str());
 
     // Each arm does one phase's work and records the next phase before returning it: a
     // runner that stops anywhere resumes at the recorded phase, whose work is idempotent.
@@ -80,7 +76,7 @@ pub async fn commit(
             CommitPhase::Blocking => {
                 let src = ctx.roles(direction).0.clone();
                 if blocking == WriteBlocking::SourceAndDestination {
-                    ctx.set_block(source_role(direction), true).await?;
+                    ctx.set_block(direction.reads(), true).await?;
                 } else {
                     tracing::warn!(
                         "write_blocking is `{}`: cutover does not block the source; the application must have stopped writing to it",
@@ -203,7 +199,7 @@ async fn unblock(
     }
     crate::base::crashpoint::hit("commit.before-unblock", Some(i));
     if blocking != WriteBlocking::None {
-        ctx.set_block(dest_role(direction), false).await?;
+        ctx.set_block(direction.writes(), false).await?;
     }
     let now = mongodb::bson::DateTime::now();
     let blocked_at = rec.blocked_at.or(stored.blocked_at);

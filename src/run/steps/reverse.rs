@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
 
+use crate::base::role::Role;
 use crate::engine::error::EngineError;
 use crate::plan::WriteBlocking;
-use crate::preflight::checks::Scope;
 use crate::run::{Ctx, RunError};
 use crate::state::record::{Direction, RunState};
 
@@ -34,7 +34,7 @@ pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError
         .await?;
     // The old source stays user-write-blocked (since the commit) while it receives writes.
     if ctx.plan.options.write_blocking == WriteBlocking::SourceAndDestination {
-        ctx.set_block(Scope::Source, true).await?;
+        ctx.set_block(Role::Source, true).await?;
     }
     crate::base::crashpoint::hit("reverse.starting", Some(i));
     let store = ctx.store.clone();

@@ -4,9 +4,9 @@
 
 use mongodb::bson::doc;
 
+use crate::base::role::Role;
 use crate::engine::error::EngineError;
 use crate::plan::WriteBlocking;
-use crate::preflight::checks::Scope;
 use crate::run::{Ctx, RunError};
 use crate::state::record::{Direction, RunState};
 
@@ -15,7 +15,7 @@ pub(crate) async fn sync(
     fail: impl Fn(EngineError) -> RunError,
 ) -> Result<Option<String>, RunError> {
     if ctx.plan.options.write_blocking != WriteBlocking::None {
-        ctx.set_block(Scope::Destination, true).await?;
+        ctx.set_block(Role::Destination, true).await?;
     }
     ctx.store
         .set(doc! {"state": RunState::Running, "direction": Direction::Forward, "can_write": false})
