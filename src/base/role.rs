@@ -50,6 +50,11 @@ impl fmt::Display for Role {
     }
 }
 
+/// A cluster's role for messages, or `source or destination` when it is not known which.
+pub fn role_name(role: Option<Role>) -> &'static str {
+    role.map_or("source or destination", Role::as_str)
+}
+
 /// Which way a lane replicates: `Forward` from the plan's source to its destination, `Reverse`
 /// back (after a commit).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -103,6 +108,6 @@ mod tests {
         assert_eq!(Direction::Forward.writes(), Role::Destination);
         assert_eq!(Direction::Reverse.reads(), Role::Destination);
         assert_eq!(Direction::Reverse.writes(), Role::Source);
-        assert_eq!(Direction::Reverse.source_name(), "destination");
+        assert_eq!(Direction::Reverse.reads().as_str(), "destination");
     }
 }

@@ -19,19 +19,19 @@ use server_error::{code, Backoff, Failure};
 pub enum ClusterError {
     #[error("{cluster} cluster ({hosts}) is unreachable: {detail}")]
     Unreachable {
-        cluster: &'static str,
+        cluster: Role,
         hosts: String,
         detail: String,
     },
     #[error("{cluster} cluster ({hosts}): authentication failed: {detail}")]
     Auth {
-        cluster: &'static str,
+        cluster: Role,
         hosts: String,
         detail: String,
     },
     #[error("{cluster} cluster ({hosts}): {detail}")]
     Other {
-        cluster: &'static str,
+        cluster: Role,
         hosts: String,
         detail: String,
     },
@@ -74,7 +74,7 @@ impl Cluster {
         uri: &ClusterUri,
         timeout: Duration,
     ) -> Result<Self, ClusterError> {
-        let client = new_client(role.as_str(), uri, timeout).await?;
+        let client = new_client(role, uri, timeout).await?;
         Ok(Self {
             role,
             uri: uri.clone(),
@@ -90,8 +90,8 @@ impl Cluster {
         new_client(self.name(), &self.uri, timeout).await
     }
 
-    pub fn name(&self) -> &'static str {
-        self.role.as_str()
+    pub fn name(&self) -> Role {
+        self.role
     }
 
     pub async fn admin_command(&self, cmd: Document) -> Result<Document, ClusterError> {
@@ -107,7 +107,7 @@ impl Cluster {
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 async fn new_client(
-    name: &'static str,
+    name: Role,
     uri: &ClusterUri,
     timeout: Duration,
 ) -> Result<Client, ClusterError> {
@@ -140,7 +140,7 @@ async fn new_client(
 }
 
 /// Sorts a driver error into unreachable / authentication / other, by kind and code.
-pub fn classify(cluster: &'static str, hosts: &str, e: &mongodb::error::Error) -> ClusterError {
+pub fn classify(cluster: Role, hosts: &str, e: &mongodb::error::Error) -> ClusterError {
     let detail = redact::scrub(&crate::cluster::server_error::with_cause(e));
     let hosts = hosts.to_string();
     match e.kind.as_ref() {
@@ -379,7 +379,7 @@ pub async fn set_user_write_block(cluster: &Cluster, on: bool) -> Result<(), Clu
     } else {
         "unblocking user writes"
     };
-    match server_error::retry(&mut backoff, cluster.name(), what, |_| {
+    match server_error::retry(&mut backoff, cluster.name().as_str(), what, |_| {
         set_block_majority(&cluster.client, on)
     })
     .await

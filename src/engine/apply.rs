@@ -121,11 +121,11 @@ fn stream_error(ctx: &ApplyCtx, e: &mongodb::error::Error, start: &StartPoint) -
             },
         };
         return EngineError::HistoryLost {
-            cluster: ctx.direction.source_name(),
+            cluster: ctx.direction.reads(),
             at,
         };
     }
-    read_err(ctx.direction.source_name(), "reading the change stream", e)
+    read_err(ctx.direction.reads(), "reading the change stream", e)
 }
 
 /// A change-stream batch, owned: a batch read while a DDL event waits for a collection's

@@ -5,16 +5,14 @@ use std::time::Duration;
 use mongodb::bson::{doc, Timestamp};
 use mongodb::Client;
 
+use crate::base::role::Role;
 use crate::engine::error::{cluster_err, EngineError};
 
 /// A cluster's current majority-committed time (`cluster` names it in errors: `source` or
 /// `destination`, the plan's role). Read from the source it is the start point of a forward
 /// lane: every write after it appears in the change stream; every write before it is visible
 /// to the copy.
-pub async fn cluster_time(
-    source: &Client,
-    cluster: &'static str,
-) -> Result<Timestamp, EngineError> {
+pub async fn cluster_time(source: &Client, cluster: Role) -> Result<Timestamp, EngineError> {
     let hello = source
         .database("admin")
         .run_command(doc! {"hello": 1})

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 use crate::engine::catalog::{self, NsKind, NsSpec, RelaxationStore};
 use crate::engine::error::{cluster_err, on, read_err, write_error, EngineError};
 use crate::engine::gate::{self, Gate, RangeInfo};
@@ -150,7 +151,7 @@ pub async fn copy_set(
         .await?;
     let specs = catalog::list_selected(&ctx.source, selector)
         .await
-        .map_err(on(ctx.direction.source_name()))?;
+        .map_err(on(ctx.direction.reads()))?;
     let mut docs = Vec::new();
     for (i, s) in specs.iter().enumerate() {
         let info = s
@@ -362,7 +363,7 @@ async fn collection_copied(ctx: &CopyCtx, left: &CollectionLeft) -> Result<(), E
                 if let Some(spec) = spec {
                     catalog::build_indexes(&ctx.dest, &spec, relax)
                         .await
-                        .map_err(on(ctx.direction.destination_name()))?;
+                        .map_err(on(ctx.direction.writes()))?;
                 }
                 Ok(())
             })
@@ -395,7 +396,7 @@ async fn current_spec(ctx: &CopyCtx, spec: &NsSpec) -> Result<Option<NsSpec>, En
     let read_ns = match &uuid {
         Some(u) => match catalog::name_of_uuid(&ctx.source, &target.db, u)
             .await
-            .map_err(on(ctx.direction.source_name()))?
+            .map_err(on(ctx.direction.reads()))?
         {
             Some(n) => Namespace::new(target.db.clone(), n),
             None => return Ok(None),
@@ -409,7 +410,7 @@ async fn current_spec(ctx: &CopyCtx, spec: &NsSpec) -> Result<Option<NsSpec>, En
     let view_ns = read_ns;
     let now = catalog::spec_of(&ctx.source, &view_ns)
         .await
-        .map_err(on(ctx.direction.source_name()))?;
+        .map_err(on(ctx.direction.reads()))?;
     Ok(now.map(|n| NsSpec {
         ns: spec.ns.clone(),
         kind: spec.kind,
@@ -431,7 +432,7 @@ async fn source_uuid(
     }
     catalog::uuid_of(&ctx.source, target)
         .await
-        .map_err(on(ctx.direction.source_name()))
+        .map_err(on(ctx.direction.reads()))
 }
 
 /// A collection's copy plan: every range (for the gate), the ones still to copy, and
@@ -471,7 +472,7 @@ async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Option<Planned>, 
             let read_ns = match &uuid {
                 Some(u) => catalog::name_of_uuid(&ctx.source, &write_ns.db, u)
                     .await
-                    .map_err(on(ctx.direction.source_name()))?
+                    .map_err(on(ctx.direction.reads()))?
                     .map(|n| Namespace::new(write_ns.db.clone(), n)),
                 None => Some(write_ns.clone()),
             };
@@ -589,7 +590,7 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
     let count = coll
         .estimated_document_count()
         .await
-        .map_err(|e| cluster_err(ctx.direction.source_name(), format!("counting `{ns}`"), &e))?;
+        .map_err(|e| cluster_err(ctx.direction.reads(), format!("counting `{ns}`"), &e))?;
     let parts = (count / ctx.docs_per_range.max(1)).clamp(1, MAX_PARTITIONS);
     if parts <= 1 {
         return Ok(vec![None, None]);
@@ -602,10 +603,10 @@ async fn split_points(ctx: &CopyCtx, ns: &Namespace) -> Result<Vec<Option<Bson>>
             doc! {"$sort": {"_id": 1}},
         ])
         .await
-        .map_err(|e| cluster_err(ctx.direction.source_name(), format!("sampling `{ns}`"), &e))?
+        .map_err(|e| cluster_err(ctx.direction.reads(), format!("sampling `{ns}`"), &e))?
         .try_collect()
         .await
-        .map_err(|e| cluster_err(ctx.direction.source_name(), format!("sampling `{ns}`"), &e))?;
+        .map_err(|e| cluster_err(ctx.direction.reads(), format!("sampling `{ns}`"), &e))?;
     let mut bounds = vec![None];
     for (i, d) in sample.iter().enumerate() {
         if i > 0 && i % oversample as usize == 0 {
@@ -704,7 +705,7 @@ async fn reconcile_partition(ctx: &CopyCtx, p: Partition) -> Result<(), EngineEr
                 Ok(Some(name)) => Some(Namespace::new(p.write_ns.db.clone(), name)),
                 Ok(None) => None,
                 Err(e) => {
-                    let e = on(ctx.direction.source_name())(e);
+                    let e = on(ctx.direction.reads())(e);
                     if !e.is_transient() {
                         return Err(e);
                     }
@@ -727,7 +728,7 @@ async fn reconcile_partition(ctx: &CopyCtx, p: Partition) -> Result<(), EngineEr
         };
         let after = match &ctx.gate {
             Some(g) => g.open(&p.write_ns, &p.id),
-            None => crate::engine::clock::cluster_time(&ctx.source, "source").await?,
+            None => crate::engine::clock::cluster_time(&ctx.source, Role::Source).await?,
         };
         let range = crate::engine::recover::RangeToCompare {
             source_ns: &read_ns,
@@ -785,7 +786,7 @@ async fn still_is(
         None => Ok(true),
         Some(u) => Ok(catalog::uuid_of(&ctx.source, ns)
             .await
-            .map_err(on(ctx.direction.source_name()))?
+            .map_err(on(ctx.direction.reads()))?
             .as_ref()
             == Some(u)),
     }
@@ -798,7 +799,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     let read_ns = match &p.uuid {
         Some(u) => match catalog::name_of_uuid(&ctx.source, &p.write_ns.db, u)
             .await
-            .map_err(on(ctx.direction.source_name()))?
+            .map_err(on(ctx.direction.reads()))?
         {
             Some(name) => Namespace::new(p.write_ns.db.clone(), name),
             None => return Ok(Pass::Gone),
@@ -844,11 +845,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     }
     let ns_text = p.write_ns.to_string();
     let read_err = |e: &mongodb::error::Error| {
-        read_err(
-            ctx.direction.source_name(),
-            format!("reading `{read_ns}`"),
-            e,
-        )
+        read_err(ctx.direction.reads(), format!("reading `{read_ns}`"), e)
     };
     let mut cursor = match ctx
         .source
@@ -873,7 +870,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
     let mut pending_last: Option<Bson> = None;
     let mut moved = false;
 
-    let dst_name = ctx.direction.destination_name();
+    let dst_name = ctx.direction.writes();
     let flush = |batch: Vec<RawDocumentBuf>, bytes: usize| {
         let dst = dst.clone();
         let ns = ns_text.clone();
@@ -1047,7 +1044,7 @@ const COMMAND_BYTES: usize = 15 * 1024 * 1024;
 /// (a stalled runner, a blocked server) must not land after another runner took the plan
 /// over and applied a later delete of the same document, which would bring it back.
 pub async fn insert_batch(
-    cluster: &'static str,
+    cluster: Role,
     store: &StateStore,
     dst: &mongodb::Collection<RawDocumentBuf>,
     ns: &str,
@@ -1074,7 +1071,7 @@ pub async fn insert_batch(
 
 /// One `insert` command (see [`insert_batch`]).
 async fn insert_command(
-    cluster: &'static str,
+    cluster: Role,
     store: &StateStore,
     dst: &mongodb::Collection<RawDocumentBuf>,
     ns: &str,
@@ -1211,7 +1208,7 @@ fn too_large_for_cache(e: &mongodb::error::Error) -> bool {
 /// `_id`s exists on the destination (a re-copy), else a write error naming the first `_id`
 /// that is missing (another unique index rejected it).
 async fn check_duplicates(
-    cluster: &'static str,
+    cluster: Role,
     dst: &mongodb::Collection<RawDocumentBuf>,
     ns: &str,
     batch: &[RawDocumentBuf],

@@ -1,5 +1,6 @@
 //! Engine errors: which cluster, which namespace, what cutover was doing, what to do next.
 
+use crate::base::role::{role_name, Role};
 use crate::cluster::server_error::short_message;
 use crate::engine::catalog::CatalogError;
 use crate::state::StateError;
@@ -8,7 +9,7 @@ use crate::state::StateError;
 pub enum EngineError {
     #[error("{cluster} cluster: {doing}: {detail}")]
     Cluster {
-        cluster: &'static str,
+        cluster: Role,
         doing: String,
         detail: String,
         transient: bool,
@@ -16,7 +17,7 @@ pub enum EngineError {
     #[error("cannot write to `{ns}` on the {cluster} (document _id {id}): {detail} (code {code})")]
     Write {
         /// The plan role of the cluster written to (the reverse lane writes to the source).
-        cluster: &'static str,
+        cluster: Role,
         ns: String,
         id: String,
         code: i32,
@@ -28,7 +29,7 @@ pub enum EngineError {
     )]
     HistoryLost {
         /// The plan role of the cluster the lane reads (the reverse lane reads the destination).
-        cluster: &'static str,
+        cluster: Role,
         at: String,
     },
     /// A failure described in full by its message (a change event that cannot be applied
@@ -39,9 +40,10 @@ pub enum EngineError {
     State(#[from] StateError),
     #[error("{0}")]
     Catalog(#[from] CatalogError),
-    #[error("gave up after {secs}s of failed attempts to reach the {cluster} cluster: {last}")]
+    #[error("gave up after {secs}s of failed attempts to reach the {} cluster: {last}", role_name(*.cluster))]
     Outage {
-        cluster: &'static str,
+        /// `None` when the failed operation touched both clusters.
+        cluster: Option<Role>,
         secs: u64,
         last: String,
     },
@@ -91,15 +93,16 @@ impl EngineError {
         }
     }
 
-    /// The cluster an error is about, for messages (the state store is on the destination).
-    pub fn cluster(&self) -> &'static str {
+    /// The cluster an error is about, for messages (the state store is on the destination);
+    /// `None` when it is not about one cluster.
+    pub fn cluster(&self) -> Option<Role> {
         match self {
-            EngineError::Cluster { cluster, .. } | EngineError::Outage { cluster, .. } => cluster,
-            EngineError::State(_) => "destination",
-            EngineError::Write { cluster, .. } | EngineError::HistoryLost { cluster, .. } => {
-                cluster
-            }
-            _ => "source or destination",
+            EngineError::Outage { cluster, .. } => *cluster,
+            EngineError::Cluster { cluster, .. }
+            | EngineError::Write { cluster, .. }
+            | EngineError::HistoryLost { cluster, .. } => Some(*cluster),
+            EngineError::State(_) => Some(Role::Destination),
+            _ => None,
         }
     }
 }
@@ -119,7 +122,7 @@ impl crate::cluster::server_error::Retryable for EngineError {
 /// A catalog read or command that ran on `cluster`: a server or network failure becomes a
 /// [`EngineError::Cluster`] naming that cluster (so retries and `status` say which one is
 /// unavailable); the catalog's other errors keep their own message.
-pub fn on(cluster: &'static str) -> impl FnOnce(CatalogError) -> EngineError {
+pub fn on(cluster: Role) -> impl FnOnce(CatalogError) -> EngineError {
     move |e| match e {
         CatalogError::Command { what, ns, source } => EngineError::Cluster {
             cluster,
@@ -136,7 +139,7 @@ pub fn on(cluster: &'static str) -> impl FnOnce(CatalogError) -> EngineError {
 /// pressure, a stepdown mid-command), so the caller's retry sends it again; otherwise it
 /// stops the run naming the document.
 pub fn write_error(
-    cluster: &'static str,
+    cluster: Role,
     ns: impl ToString,
     id: impl Into<String>,
     code: i32,
@@ -166,7 +169,7 @@ pub fn write_error(
 /// A failed write or command on `cluster` while `doing`: transient when sending the same
 /// idempotent operation again can succeed (see [`crate::cluster::server_error::transience`]).
 pub fn cluster_err(
-    cluster: &'static str,
+    cluster: Role,
     doing: impl Into<String>,
     e: &mongodb::error::Error,
 ) -> EngineError {
@@ -181,11 +184,7 @@ pub fn cluster_err(
 
 /// A failed read on `cluster` while `doing`: also transient when only its cursor was lost
 /// (killed, or its plan killed by a rename): the read starts over from its checkpoint.
-pub fn read_err(
-    cluster: &'static str,
-    doing: impl Into<String>,
-    e: &mongodb::error::Error,
-) -> EngineError {
+pub fn read_err(cluster: Role, doing: impl Into<String>, e: &mongodb::error::Error) -> EngineError {
     EngineError::Cluster {
         cluster,
         doing: doing.into(),

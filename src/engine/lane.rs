@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::base::role::Role;
 use crate::engine::apply::{self, StartPoint};
 use crate::engine::catalog::{self, NsKind, RelaxationStore};
 use crate::engine::clock::cluster_time;
@@ -263,7 +264,7 @@ async fn recover_lost_point(
     let relax = RelaxationStore::new(store.database().clone(), store.plan(), direction)
         .with_fence(store.fence().cloned());
     let copy_ctx = copy_ctx(env, direction, id, progress);
-    let start = cluster_time(&env.source, "source").await?;
+    let start = cluster_time(&env.source, Role::Source).await?;
     // The copy set is listed again: collections created meanwhile are copied.
     store
         .delete_many(
@@ -377,7 +378,7 @@ async fn lane_run(
         progress.set_phase("starting");
         let (start_ts, copy_done) = match (direction, start_at) {
             (_, Some(ts)) => (ts, true),
-            (Direction::Forward, None) => (cluster_time(&env.source, "source").await?, false),
+            (Direction::Forward, None) => (cluster_time(&env.source, Role::Source).await?, false),
             (Direction::Reverse, None) => {
                 return Err(EngineError::Event(
                     "reverse lane started without a start point".into(),
@@ -646,11 +647,11 @@ async fn create_catalog(
                 if resumed {
                     catalog::create_on_destination_resumed(&env.destination, s, relax)
                         .await
-                        .map_err(on(direction.destination_name()))?
+                        .map_err(on(direction.writes()))?
                 } else {
                     catalog::create_on_destination(&env.destination, s, relax)
                         .await
-                        .map_err(on(direction.destination_name()))?
+                        .map_err(on(direction.writes()))?
                 }
                 Ok(())
             })
@@ -678,7 +679,7 @@ async fn build_indexes(
         .run(progress, &what, || async {
             catalog::build_indexes(&env.destination, s, relax)
                 .await
-                .map_err(on(direction.destination_name()))
+                .map_err(on(direction.writes()))
         })
         .await
 }
@@ -690,7 +691,7 @@ async fn refuse_non_empty_destination(
 ) -> Result<(), EngineError> {
     let specs = catalog::list_selected(&env.destination, &env.selector)
         .await
-        .map_err(on(direction.destination_name()))?;
+        .map_err(on(direction.writes()))?;
     let mut busy = Vec::new();
     for s in specs.iter().filter(|s| s.kind != NsKind::View) {
         let Some(ns) = catalog::copy_target(s) else {
@@ -702,9 +703,7 @@ async fn refuse_non_empty_destination(
             .collection::<Document>(&ns.coll)
             .estimated_document_count()
             .await
-            .map_err(|e| {
-                cluster_err(direction.destination_name(), format!("counting `{ns}`"), &e)
-            })?;
+            .map_err(|e| cluster_err(direction.writes(), format!("counting `{ns}`"), &e))?;
         if n > 0 {
             busy.push(format!("`{}` ({n} documents)", s.ns));
         }

@@ -105,13 +105,7 @@ pub async fn reconcile_range(
         .database(&r.source_ns.db)
         .run_command(barrier)
         .await
-        .map_err(|e| {
-            cluster_err(
-                direction.source_name(),
-                format!("reading `{}`", r.source_ns),
-                &e,
-            )
-        })?;
+        .map_err(|e| cluster_err(direction.reads(), format!("reading `{}`", r.source_ns), &e))?;
     let range = Range {
         index: 0,
         batch_docs: 1000,
@@ -222,17 +216,17 @@ pub async fn prepare(
         let current = match &uuid {
             Some(u) => catalog::name_of_uuid(source, &ns.db, u)
                 .await
-                .map_err(on(direction.source_name()))?,
+                .map_err(on(direction.reads()))?,
             None => Some(ns.coll.clone()),
         };
         let (src_spec, dst_spec) = if current.as_deref() == Some(ns.coll.as_str()) {
             (
                 catalog::spec_of(source, &ns)
                     .await
-                    .map_err(on(direction.source_name()))?,
+                    .map_err(on(direction.reads()))?,
                 catalog::spec_of(dest, &ns)
                     .await
-                    .map_err(on(direction.destination_name()))?,
+                    .map_err(on(direction.writes()))?,
             )
         } else {
             (None, None)
@@ -293,7 +287,7 @@ pub async fn prepare(
         }
         if catalog::spec_of(dest, &spec.ns)
             .await
-            .map_err(on(direction.destination_name()))?
+            .map_err(on(direction.writes()))?
             .is_some()
         {
             drop_on_destination(dest, &target, direction).await?;
@@ -306,7 +300,7 @@ pub async fn prepare(
     // views whose definition changed.
     let on_dest = catalog::list_selected(dest, selector)
         .await
-        .map_err(on(direction.destination_name()))?;
+        .map_err(on(direction.writes()))?;
     for d in on_dest {
         let same = specs.iter().find(|s| s.ns == d.ns);
         let stale = match same {
@@ -345,7 +339,7 @@ async fn drop_on_destination(
             Ok(())
         }
         Err(e) => Err(cluster_err(
-            direction.destination_name(),
+            direction.writes(),
             format!("dropping `{ns}` to copy it again"),
             &e,
         )),
@@ -380,7 +374,7 @@ async fn align_indexes(
                 doc! {"dropIndexes": &ns.coll, "index": &name, "writeConcern": {"w": "majority"}};
             dest.database(&ns.db).run_command(cmd).await.map_err(|e| {
                 cluster_err(
-                    direction.destination_name(),
+                    direction.writes(),
                     format!("dropping index {name} of `{ns}`"),
                     &e,
                 )
@@ -401,7 +395,7 @@ async fn align_indexes(
     if indexed {
         catalog::build_indexes(dest, source, relax)
             .await
-            .map_err(on(direction.destination_name()))?;
+            .map_err(on(direction.writes()))?;
     }
     Ok(dropped)
 }

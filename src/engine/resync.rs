@@ -288,7 +288,7 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
         .await?;
     let spec = match catalog::spec_of(&ctx.source, &ns)
         .await
-        .map_err(on(ctx.direction.source_name()))?
+        .map_err(on(ctx.direction.reads()))?
     {
         Some(s) => s,
         None => {
@@ -346,7 +346,7 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
     let mut temp_spec = spec;
     temp_spec.ns = temp.clone();
     let (dest, relax) = (ctx.dest.clone(), ctx.relax.clone());
-    let dest_name = ctx.direction.destination_name();
+    let dest_name = ctx.direction.writes();
     let task = tokio::spawn(async move {
         catalog::create_on_destination(&dest, &temp_spec, &relax)
             .await
@@ -465,7 +465,7 @@ async fn swap(ctx: &ApplyCtx, a: Active, position: Timestamp) -> Result<(), Engi
         .await
         .map_err(|e| {
             cluster_err(
-                ctx.direction.destination_name(),
+                ctx.direction.writes(),
                 format!("renaming `{}` to `{}`", a.temp, a.ns),
                 &e,
             )
@@ -526,7 +526,7 @@ async fn drop_temp(ctx: &ApplyCtx, temp: &Namespace) -> Result<(), EngineError> 
             {}
         Err(e) => {
             return Err(cluster_err(
-                ctx.direction.destination_name(),
+                ctx.direction.writes(),
                 format!("dropping the resync's temporary collection `{temp}`"),
                 &e,
             ))

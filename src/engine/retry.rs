@@ -32,10 +32,11 @@ impl RetryPolicy {
         backoff: &mut Backoff,
     ) -> Result<(), EngineError> {
         let cluster = e.cluster();
+        let name = crate::base::role::role_name(cluster);
         let last = e.describe();
         let Some(delay) = backoff.next_delay() else {
             progress.set_reconnecting(None);
-            tracing::warn!(what, cluster, attempts = backoff.attempts(), error = %last, "Giving up.");
+            tracing::warn!(what, cluster = name, attempts = backoff.attempts(), error = %last, "Giving up.");
             return Err(EngineError::Outage {
                 cluster,
                 secs: self.timeout.as_secs(),
@@ -43,11 +44,11 @@ impl RetryPolicy {
             });
         };
         progress.set_reconnecting(Some(format!(
-            "{what}: {cluster} cluster unavailable for {}s (attempt {}): {last}",
+            "{what}: {name} cluster unavailable for {}s (attempt {}): {last}",
             backoff.outage().unwrap_or_default().as_secs(),
             backoff.attempts()
         )));
-        tracing::warn!(what, cluster, attempt = backoff.attempts(), error = %last, "Transient failure; retrying.");
+        tracing::warn!(what, cluster = name, attempt = backoff.attempts(), error = %last, "Transient failure; retrying.");
         tokio::time::sleep(delay).await;
         Ok(())
     }

@@ -107,13 +107,13 @@ pub async fn rewrite_between(
                 tracing::info!(%ns, "The lane's position left the snapshot window; repairing from the current majority read (replayed over like the copy).");
                 read_source(source, source_ns, ids, None)
                     .await
-                    .map_err(|e| cluster_err(direction.source_name(), reading.clone(), &e))?
+                    .map_err(|e| cluster_err(direction.reads(), reading.clone(), &e))?
             }
-            Err(e) => return Err(cluster_err(direction.source_name(), reading, &e)),
+            Err(e) => return Err(cluster_err(direction.reads(), reading, &e)),
         },
         ReadAt::Majority => read_source(source, source_ns, ids, None)
             .await
-            .map_err(|e| cluster_err(direction.source_name(), reading, &e))?,
+            .map_err(|e| cluster_err(direction.reads(), reading, &e))?,
     };
     let mut updates = RawArrayBuf::new();
     let mut n_updates = 0u64;
@@ -188,11 +188,11 @@ async fn send(
         .database(&ns.db)
         .run_raw_command(cmd)
         .await
-        .map_err(|e| cluster_err(direction.destination_name(), doing.clone(), &e))?;
+        .map_err(|e| cluster_err(direction.writes(), doing.clone(), &e))?;
     if let Ok(errs) = reply.get_array("writeErrors") {
         if let Some(e) = errs.iter().find_map(Bson::as_document) {
             return Err(write_error(
-                direction.destination_name(),
+                direction.writes(),
                 ns,
                 format!("(statement {})", e.get_i32("index").unwrap_or(0)),
                 e.get_i32("code").unwrap_or(0),
@@ -202,7 +202,7 @@ async fn send(
     }
     if let Ok(wce) = reply.get_document("writeConcernError") {
         return Err(EngineError::Cluster {
-            cluster: direction.destination_name(),
+            cluster: direction.writes(),
             doing,
             detail: wce.get_str("errmsg").unwrap_or_default().to_string(),
             transient: true,

@@ -190,8 +190,7 @@ async fn repair_ns(
         let docs = match snapshot_read(ctx, ns, &keys, at).await? {
             Some(docs) => docs,
             None => {
-                at = crate::engine::clock::cluster_time(&ctx.source, ctx.direction.source_name())
-                    .await?;
+                at = crate::engine::clock::cluster_time(&ctx.source, ctx.direction.reads()).await?;
                 snapshot_read(ctx, ns, &keys, at).await?.ok_or_else(|| {
                     EngineError::Event(format!(
                         "`{ns}`: the source has no snapshot at its own majority time"
@@ -214,22 +213,10 @@ async fn repair_ns(
                 .find(value.clone())
                 .projection(doc! {"_id": 1})
                 .await
-                .map_err(|e| {
-                    cluster_err(
-                        ctx.direction.destination_name(),
-                        format!("reading `{ns}`"),
-                        &e,
-                    )
-                })?
+                .map_err(|e| cluster_err(ctx.direction.writes(), format!("reading `{ns}`"), &e))?
                 .try_collect()
                 .await
-                .map_err(|e| {
-                    cluster_err(
-                        ctx.direction.destination_name(),
-                        format!("reading `{ns}`"),
-                        &e,
-                    )
-                })?;
+                .map_err(|e| cluster_err(ctx.direction.writes(), format!("reading `{ns}`"), &e))?;
             for f in found {
                 if !keys.iter().any(|k| k.as_bytes() == f.as_bytes()) {
                     keys.push(f);
@@ -287,7 +274,7 @@ async fn snapshot_read(
             }
             Err(e) => {
                 return Err(cluster_err(
-                    ctx.direction.source_name(),
+                    ctx.direction.reads(),
                     format!("reading `{ns}` at its round's time"),
                     &e,
                 ))
@@ -306,11 +293,7 @@ async fn replace_in_transaction(
     docs: Vec<RawDocumentBuf>,
 ) -> Result<Vec<Document>, EngineError> {
     let dest_err = |e: mongodb::error::Error| {
-        cluster_err(
-            ctx.direction.destination_name(),
-            format!("writing `{ns}`"),
-            &e,
-        )
+        cluster_err(ctx.direction.writes(), format!("writing `{ns}`"), &e)
     };
     let db = ctx.dest.database(&ns.db);
     let mut session = ctx.dest.start_session().await.map_err(dest_err)?;
@@ -367,7 +350,7 @@ async fn replace_in_transaction(
                     _ => {
                         let _ = session.abort_transaction().await;
                         return Err(write_error(
-                            ctx.direction.destination_name(),
+                            ctx.direction.writes(),
                             ns,
                             "?",
                             code,
@@ -470,7 +453,7 @@ async fn dest_keying(ctx: &ApplyCtx, ns: &Namespace) -> Result<Option<Keying>, E
     }
     let spec = catalog::spec_of(&ctx.dest, ns)
         .await
-        .map_err(on(ctx.direction.destination_name()))?;
+        .map_err(on(ctx.direction.writes()))?;
     let keying = spec.map(|s| {
         let options = s.options();
         Keying {
@@ -616,7 +599,7 @@ async fn refetch(
         let name = match uuid {
             Some(u) => match catalog::name_of_uuid(&ctx.source, &ns.db, u)
                 .await
-                .map_err(on(ctx.direction.source_name()))?
+                .map_err(on(ctx.direction.reads()))?
             {
                 Some(n) => Namespace::new(ns.db.clone(), n),
                 None => return Ok(None),
@@ -629,15 +612,13 @@ async fn refetch(
             .collection::<RawDocumentBuf>(&name.coll)
             .find_one(filter.clone())
             .await
-            .map_err(|e| {
-                cluster_err(ctx.direction.source_name(), format!("reading `{name}`"), &e)
-            })?;
+            .map_err(|e| cluster_err(ctx.direction.reads(), format!("reading `{name}`"), &e))?;
         // Still the same collection under that name after the read: the read was of it.
         match uuid {
             Some(u)
                 if catalog::uuid_of(&ctx.source, &name)
                     .await
-                    .map_err(on(ctx.direction.source_name()))?
+                    .map_err(on(ctx.direction.reads()))?
                     .as_ref()
                     != Some(u) =>
             {
@@ -966,7 +947,7 @@ fn write_concern_error(
 ) -> Result<(), EngineError> {
     match reply.get_document("writeConcernError") {
         Ok(wce) => Err(EngineError::Cluster {
-            cluster: ctx.direction.destination_name(),
+            cluster: ctx.direction.writes(),
             doing: format!("writing `{ns}`"),
             detail: wce.get_str("errmsg").unwrap_or_default().to_string(),
             transient: true,
@@ -997,14 +978,14 @@ async fn send_merged(
             return match e.kind.as_ref() {
                 ErrorKind::Command(c) if c.code == TRANSACTION_TOO_LARGE_FOR_CACHE => Ok(false),
                 ErrorKind::Command(c) if c.code == MAX_TIME_MS_EXPIRED => Err(write_error(
-                    ctx.direction.destination_name(),
+                    ctx.direction.writes(),
                     ns,
                     "?",
                     c.code,
                     &c.message,
                 )),
                 _ => Err(cluster_err(
-                    ctx.direction.destination_name(),
+                    ctx.direction.writes(),
                     format!("writing `{ns}`"),
                     &e,
                 )),
@@ -1061,18 +1042,10 @@ async fn send(
                 {
                     return one_by_one(ctx, ns, kind, &stmts, uuid).await;
                 }
-                ErrorKind::Command(c) if c.code == MAX_TIME_MS_EXPIRED => write_error(
-                    ctx.direction.destination_name(),
-                    ns,
-                    "?",
-                    c.code,
-                    &c.message,
-                ),
-                _ => cluster_err(
-                    ctx.direction.destination_name(),
-                    format!("writing `{ns}`"),
-                    &e,
-                ),
+                ErrorKind::Command(c) if c.code == MAX_TIME_MS_EXPIRED => {
+                    write_error(ctx.direction.writes(), ns, "?", c.code, &c.message)
+                }
+                _ => cluster_err(ctx.direction.writes(), format!("writing `{ns}`"), &e),
             })
         }
     };
@@ -1121,7 +1094,7 @@ async fn send(
             // A transient code: the round is retried from the last checkpoint, as after any
             // transient error (statements before it are replayed over themselves).
             return Err(write_error(
-                ctx.direction.destination_name(),
+                ctx.direction.writes(),
                 ns,
                 id,
                 code,
@@ -1190,8 +1163,8 @@ pub(crate) async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), En
                     }
                     // A replay writes the destination; only its one source read says so.
                     match e {
-                        CatalogError::OnSource(e) => on(ctx.direction.source_name())(*e),
-                        e => on(ctx.direction.destination_name())(e),
+                        CatalogError::OnSource(e) => on(ctx.direction.reads())(*e),
+                        e => on(ctx.direction.writes())(e),
                     }
                 })
         })
@@ -1209,7 +1182,7 @@ pub(crate) async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), En
                     .run(&ctx.progress, &what, || async {
                         catalog::create_on_destination(&ctx.dest, &spec, &ctx.relax)
                             .await
-                            .map_err(on(ctx.direction.destination_name()))
+                            .map_err(on(ctx.direction.writes()))
                     })
                     .await?;
                 if let Some(target) = catalog::copy_target(&spec) {
@@ -1221,7 +1194,7 @@ pub(crate) async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), En
                     .run(&ctx.progress, &what, || async {
                         catalog::build_indexes(&ctx.dest, &spec, &ctx.relax)
                             .await
-                            .map_err(on(ctx.direction.destination_name()))
+                            .map_err(on(ctx.direction.writes()))
                     })
                     .await?;
             }
@@ -1245,20 +1218,20 @@ async fn renamed_spec(
         _ => {
             return catalog::spec_of(&ctx.source, ns)
                 .await
-                .map_err(on(ctx.direction.source_name()))
+                .map_err(on(ctx.direction.reads()))
         }
     };
     for _ in 0..100 {
         let Some(name) = catalog::name_of_uuid(&ctx.source, &ns.db, &uuid)
             .await
-            .map_err(on(ctx.direction.source_name()))?
+            .map_err(on(ctx.direction.reads()))?
         else {
             return Ok(None);
         };
         let current = Namespace::new(ns.db.clone(), name);
         match catalog::spec_of(&ctx.source, &current)
             .await
-            .map_err(on(ctx.direction.source_name()))?
+            .map_err(on(ctx.direction.reads()))?
         {
             Some(mut spec) if catalog::entry_uuid(&spec.info).as_ref() == Some(&uuid) => {
                 spec.ns = ns.clone();

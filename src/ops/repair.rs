@@ -650,7 +650,7 @@ async fn repair_catalog(
                     .await
                     .map_err(|e| {
                         RepairError::Engine(crate::engine::error::cluster_err(
-                            "destination",
+                            Role::Destination,
                             format!("dropping index `{name}` of `{ns}`"),
                             &e,
                         ))
@@ -720,7 +720,7 @@ async fn repair_catalog(
             .await
             .map_err(|e| {
                 RepairError::Engine(crate::engine::error::cluster_err(
-                    "destination",
+                    Role::Destination,
                     format!("setting the validation options of `{ns}`"),
                     &e,
                 ))

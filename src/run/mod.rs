@@ -418,7 +418,7 @@ async fn restart(plan: &Plan, store: &StateStore, destination: &Cluster) -> Resu
             .await
             .map_err(|e| {
                 RunError::Cluster(crate::cluster::classify(
-                    "destination",
+                    Role::Destination,
                     &plan.destination.hosts_display(),
                     &e,
                 ))

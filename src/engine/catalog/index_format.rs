@@ -19,6 +19,7 @@ use mongodb::options::{ClientOptions, ServerAddress};
 use mongodb::Client;
 
 use crate::base::namespace::Namespace;
+use crate::base::role::Role;
 use crate::base::uri::ClusterUri;
 use crate::cluster::{bson_i32, classify, list_namespaces, ClusterError};
 use crate::plan::NamespaceSelector;
@@ -243,13 +244,13 @@ pub async fn check_unique_index_formats(
 ) -> Result<Vec<IndexFinding>, ClusterError> {
     let hosts_display = source.hosts_display();
     let base = parse_options(source, &hosts_display).await?;
-    let client =
-        Client::with_options(base.clone()).map_err(|e| classify("source", &hosts_display, &e))?;
+    let client = Client::with_options(base.clone())
+        .map_err(|e| classify(Role::Source, &hosts_display, &e))?;
     let hello = client
         .database("admin")
         .run_command(doc! {"hello": 1})
         .await
-        .map_err(|e| classify("source", &hosts_display, &e))?;
+        .map_err(|e| classify(Role::Source, &hosts_display, &e))?;
     let members = member_hosts(&client, &hello).await;
     let members = if members.is_empty() {
         // A standalone (or mongos): the seed list is all we can reach.
@@ -259,22 +260,23 @@ pub async fn check_unique_index_formats(
     };
     let mut findings = Vec::new();
     for member in members {
-        let address = ServerAddress::parse(&member).map_err(|e| classify("source", &member, &e))?;
+        let address =
+            ServerAddress::parse(&member).map_err(|e| classify(Role::Source, &member, &e))?;
         let mut opts = base.clone();
         opts.hosts = vec![address];
         opts.direct_connection = Some(true);
         opts.repl_set_name = None;
-        let direct = Client::with_options(opts).map_err(|e| classify("source", &member, &e))?;
+        let direct = Client::with_options(opts).map_err(|e| classify(Role::Source, &member, &e))?;
         let listing = list_namespaces(&direct, selector)
             .await
-            .map_err(|e| classify("source", &member, &e))?;
+            .map_err(|e| classify(Role::Source, &member, &e))?;
         crate::base::crashpoint::pause("index-formats.listed").await;
         for ns in &listing.selected {
             match member_findings(&direct, &member, ns).await {
                 Ok(f) => findings.extend(f),
                 // Dropped or renamed away since the listing: no index left to classify.
                 Err(e) if is_namespace_not_found(&e) => {}
-                Err(e) => return Err(classify("source", &member, &e)),
+                Err(e) => return Err(classify(Role::Source, &member, &e)),
             }
         }
     }
@@ -316,7 +318,7 @@ async fn member_hosts(client: &Client, hello: &Document) -> Vec<String> {
 async fn parse_options(uri: &ClusterUri, hosts: &str) -> Result<ClientOptions, ClusterError> {
     let mut opts = ClientOptions::parse(uri.expose())
         .await
-        .map_err(|e| classify("source", hosts, &e))?;
+        .map_err(|e| classify(Role::Source, hosts, &e))?;
     opts.app_name = Some("cutover".into());
     if opts.server_selection_timeout.is_none() {
         opts.server_selection_timeout = Some(Duration::from_secs(10));
@@ -398,7 +400,7 @@ impl SourceUniqueIndexes {
     pub async fn list(source: &Client, selector: &NamespaceSelector) -> Result<Self, ClusterError> {
         let listing = list_namespaces(source, selector)
             .await
-            .map_err(|e| classify("source", "", &e))?;
+            .map_err(|e| classify(Role::Source, "", &e))?;
         let mut out = Vec::new();
         for ns in &listing.selected {
             let src = match list_indexes(source, ns).await {
@@ -407,7 +409,7 @@ impl SourceUniqueIndexes {
                 // listing, e.g. a `$out` or rename's temporary collection; replication drops it
                 // on the destination too, so there is nothing to compare.
                 Err(e) if is_namespace_not_found(&e) => continue,
-                Err(e) => return Err(classify("source", "", &e)),
+                Err(e) => return Err(classify(Role::Source, "", &e)),
             };
             let unique: Vec<IndexDef> =
                 src.into_iter().filter(|i| i.unique && !i.is_id()).collect();
@@ -428,7 +430,7 @@ impl SourceUniqueIndexes {
                 Ok(d) => d,
                 // 26 NamespaceNotFound: the collection does not exist on the destination.
                 Err(e) if is_namespace_not_found(&e) => Vec::new(),
-                Err(e) => return Err(classify("destination", "", &e)),
+                Err(e) => return Err(classify(Role::Destination, "", &e)),
             };
             for ix in unique {
                 out.push(IndexFinding {

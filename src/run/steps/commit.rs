@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document, Timestamp};
 
+use crate::base::role::Role;
 use crate::engine::catalog::{self, NsKind, RelaxationStore};
 use crate::engine::clock::cluster_time as read_cluster_time;
 use crate::engine::error::EngineError;
@@ -40,7 +41,7 @@ pub async fn commit(
     };
     // The plan roles of this commit's two sides (a reverse commit's source is the plan's
     // destination): errors name the cluster as the plan does.
-    let (src_name, dst_name) = (direction.reads().as_str(), direction.writes().as_str());
+    let (src_name, dst_name) = (direction.reads(), direction.writes());
 
     // Each arm does one phase's work and records the next phase before returning it: a
     // runner that stops anywhere resumes at the recorded phase, whose work is idempotent.
@@ -336,7 +337,7 @@ async fn drop_vanished_views(
     src: &mongodb::Client,
     dst: &mongodb::Client,
     selector: &crate::plan::NamespaceSelector,
-    (src_name, dst_name): (&'static str, &'static str),
+    (src_name, dst_name): (Role, Role),
 ) -> Result<(), EngineError> {
     use crate::engine::error::on;
     // Names only (no index reads): this runs inside the write-blocked window.
@@ -370,7 +371,7 @@ async fn count_check(
     src: &mongodb::Client,
     dst: &mongodb::Client,
     selector: &crate::plan::NamespaceSelector,
-    (src_name, dst_name): (&'static str, &'static str),
+    (src_name, dst_name): (Role, Role),
 ) -> Result<Vec<String>, EngineError> {
     let specs = catalog::list_selected(src, selector)
         .await
