@@ -12,7 +12,7 @@ use super::duration::HumanDuration;
 #[schemars(title = "cutover plan")]
 pub struct PlanFile {
     /// The plan's name. It keys the plan's records in the state database, so it must stay
-    /// the same for the life of a migration. Letters, digits, `.`, `_` and `-`.
+    /// the same for the life of a migration. 1 to 64 letters, digits, `.`, `_` and `-`.
     pub name: String,
     /// The two clusters: `source` and `destination`.
     pub clusters: Clusters,
@@ -42,7 +42,7 @@ pub struct Clusters {
 pub struct ClusterSpec {
     /// A MongoDB connection string (`mongodb://` or `mongodb+srv://`). Keep credentials out of
     /// the plan: write `"${SOURCE_URI}"` and set the variable, or set
-    /// `CUTOVER_CLUSTERS__SOURCE__URI`.
+    /// `CUTOVER_CLUSTERS__SOURCE__URI`. Source and destination must be different deployments.
     pub uri: String,
 }
 
@@ -95,13 +95,16 @@ pub struct Options {
     /// only has to hold the replication lag, not the copy's duration. `false` copies first
     /// and applies the events since the copy's start afterwards (the oplog must then hold
     /// the whole copy); kept as a fallback and as the benchmark's baseline. Read when the
-    /// sync starts; a resumed sync keeps the mode it started with.
+    /// sync starts; a resumed sync keeps the mode it started with. How:
+    /// `docs/copy-with-events.md`.
     #[serde(default = "default_true")]
     pub apply_during_copy: bool,
-    /// Namespaces to sync. Absent: every user namespace.
+    /// Namespaces to sync (`[[options.include]]`). Absent: every user namespace. `admin`,
+    /// `local`, `config`, the state database and `system.*` collections are never synced,
+    /// whatever the filters say.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<NamespaceFilter>,
-    /// Namespaces to leave out, applied after `include`.
+    /// Namespaces to leave out, applied after `include` (`[[options.exclude]]`). Absent: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<NamespaceFilter>,
 }
@@ -136,10 +139,10 @@ pub struct NamespaceFilter {
     /// A database name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// A regular expression matched against database names (Rust `regex` syntax).
+    /// A regular expression matched against database names (Rust `regex` syntax, like RE2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_regex: Option<String>,
-    /// Collection names in the selected databases.
+    /// Collection names in the selected databases. Absent: every collection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collections: Option<Vec<String>>,
     /// A regular expression matched against collection names.
@@ -173,17 +176,21 @@ impl Default for StateOptions {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Step {
     /// Copy every selected namespace and replicate changes until can-commit. Replication
-    /// keeps running through the following steps until a `commit`.
+    /// keeps running through the following steps until a `commit`. One per plan, first.
     Sync(SyncStep),
-    /// Check that no unique index on the source uses the legacy (pre-4.2) format and that
-    /// every unique index exists identically on the destination (needed for `reverse`).
+    /// Check that no unique index on the source uses the legacy (pre-4.2) format, on every
+    /// member, and that every source unique index exists identically on the destination.
+    /// Needed before `reverse`.
     ValidateIndexes(ValidateIndexesStep),
     /// The cutover: wait for can-commit (and approval), block source writes, drain, restore
-    /// unique/TTL/capped settings, then make the destination writable.
+    /// unique/TTL/capped settings, then make the destination writable. Follows `sync` or
+    /// `reverse`.
     Commit(CommitStep),
-    /// After a commit: replicate the new cluster's writes back to the old one.
+    /// After the commit: replicate the new cluster's writes back to the old one. Follows the
+    /// forward `commit`; needs `reversible = true`.
     Reverse(ReverseStep),
-    /// Compare source and destination: counts, document hashes, indexes, options.
+    /// Compare source and destination: counts, document hashes, indexes, options; list up to
+    /// `max_differences` differences per namespace. Follows `sync`.
     Verify(VerifyStep),
 }
 

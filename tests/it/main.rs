@@ -26,6 +26,7 @@ mod lease;
 mod operations;
 mod outage;
 mod plan_errors;
+mod reference;
 mod rename;
 mod repair;
 mod resync;

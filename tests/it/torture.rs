@@ -2,7 +2,7 @@
 //! reversible) on local replica sets while a seeded generator writes random documents,
 //! transactions and DDL and faults are injected; the clusters must end identical and
 //! `cutover verify` must agree. The generator and the harness are in `tests/it/torture/workload.rs`,
-//! shared with the soak (`cargo bench --bench torture --features test-hooks -- --seed N --minutes M`, see README).
+//! shared with the soak (`cargo bench --bench torture --features test-hooks -- --seed N --minutes M`, see docs/torture.md).
 //!
 //! A failing seed prints its report (seed, operations, DDL, faults, differences) and keeps the
 //! runner's logs in `$TMPDIR/cutover-torture-seed-N`. Replay one with
