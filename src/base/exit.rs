@@ -1,4 +1,4 @@
-//! Exit codes: stable, documented in the README and in `--help`.
+//! Exit codes: stable, documented in `docs/README.md#exit-codes` and in `--help`.
 
 /// What the process exit code means. The same codes for every command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -437,26 +437,3 @@ async fn set_block_majority(client: &Client, on: bool) -> Result<(), mongodb::er
         }
     }
 }
-
-/// Runs a command that changes the catalog (DDL, `create`) with majority write concern, so
-/// that a primary stepdown cannot roll it back after cutover has moved on. `run_command` sends the command as given and only
-/// fails on `ok: 0`: a `writeConcernError` in an `ok: 1` reply is turned into an error here
-/// (transient or not by its code, like any other).
-pub async fn run_majority(
-    db: &mongodb::Database,
-    mut cmd: Document,
-) -> Result<Document, mongodb::error::Error> {
-    // Inside `cutover run`, no command while the runner's lease is unconfirmed; none once
-    // it is lost (the run then ends).
-    crate::state::lease::process_ready()
-        .await
-        .map_err(mongodb::error::Error::custom)?;
-    cmd.insert("writeConcern", doc! {"w": "majority"});
-    let reply = db.run_command(cmd).await?;
-    if let Ok(wce) = reply.get_document("writeConcernError") {
-        let wce: mongodb::error::WriteConcernError =
-            mongodb::bson::from_document(wce.clone()).map_err(mongodb::error::Error::custom)?;
-        return Err(ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(wce)).into());
-    }
-    Ok(reply)
-}

@@ -461,7 +461,7 @@ async fn swap(ctx: &ApplyCtx, a: Active, position: Timestamp) -> Result<(), Engi
     let cmd = doc! {
         "renameCollection": a.temp.to_string(), "to": a.ns.to_string(), "dropTarget": true,
     };
-    crate::cluster::run_majority(&ctx.dest.database("admin"), cmd)
+    crate::state::lease::run_majority(&ctx.dest.database("admin"), cmd)
         .await
         .map_err(|e| {
             cluster_err(
@@ -519,7 +519,8 @@ async fn replay(
 async fn drop_temp(ctx: &ApplyCtx, temp: &Namespace) -> Result<(), EngineError> {
     ctx.store.fence_ready().await?;
     let r =
-        crate::cluster::run_majority(&ctx.dest.database(&temp.db), doc! {"drop": &temp.coll}).await;
+        crate::state::lease::run_majority(&ctx.dest.database(&temp.db), doc! {"drop": &temp.coll})
+            .await;
     match r {
         Ok(_) => {}
         Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) =>

@@ -594,7 +594,7 @@ fn value_hint(path: &str) -> String {
         "collections" => "write a list of names: `collections = [\"orders\", \"users\"]`".into(),
         "include" | "exclude" => format!("write each filter as a `[[options.{leaf}]]` table"),
         "uri" => "write the URI as one string in double quotes, e.g. `uri = \"${SOURCE_URI}\"`".into(),
-        _ => "see the plan reference in README.md; `cutover schema` prints every key and its type".into(),
+        _ => "see the plan reference (docs/reference/plan.md); `cutover schema` prints every key and its type".into(),
     }
 }
 

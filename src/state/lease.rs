@@ -785,7 +785,7 @@ fn process_fence() -> &'static Mutex<Option<Fence>> {
 }
 
 /// Makes `fence` the fence of this process's runner (one runner per process), for the
-/// cluster commands that have no handle on it ([`crate::cluster::run_majority`]: catalog
+/// cluster commands that have no handle on it ([`crate::state::lease::run_majority`]: catalog
 /// DDL, relaxations, views): they wait while its lease is unconfirmed. `None` removes it.
 pub fn install(fence: Option<&Fence>) {
     if let Ok(mut g) = process_fence().lock() {
@@ -805,6 +805,29 @@ pub async fn process_ready() -> Result<(), LeaseLost> {
 
 fn process_alive(pid: i64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Runs a command that changes the catalog (DDL, `create`) with majority write concern, so
+/// that a primary stepdown cannot roll it back after cutover has moved on. `run_command` sends the command as given and only
+/// fails on `ok: 0`: a `writeConcernError` in an `ok: 1` reply is turned into an error here
+/// (transient or not by its code, like any other).
+pub async fn run_majority(
+    db: &mongodb::Database,
+    mut cmd: Document,
+) -> Result<Document, mongodb::error::Error> {
+    // Inside `cutover run`, no command while the runner's lease is unconfirmed; none once
+    // it is lost (the run then ends).
+    process_ready()
+        .await
+        .map_err(mongodb::error::Error::custom)?;
+    cmd.insert("writeConcern", doc! {"w": "majority"});
+    let reply = db.run_command(cmd).await?;
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        let wce: mongodb::error::WriteConcernError =
+            mongodb::bson::from_document(wce.clone()).map_err(mongodb::error::Error::custom)?;
+        return Err(mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(wce)).into());
+    }
+    Ok(reply)
 }
 
 #[cfg(test)]

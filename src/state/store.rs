@@ -27,12 +27,16 @@ pub const LANES: &str = "lanes";
 pub const PARTITIONS: &str = "partitions";
 pub const APPROVALS: &str = "approvals";
 
+/// The destination's temporary relaxations (unique/TTL/capped, restored at commit), one
+/// record each ([`crate::engine::catalog::RelaxationStore`]).
+pub const RELAXATIONS: &str = "relaxations";
+
 /// The record collections a runner writes, each record with a `plan` field: stamped with
 /// the epoch when a runner takes the lease, and fenced on every write.
 pub const FENCED_RECORDS: [&str; 6] = [
     LANES,
     PARTITIONS,
-    crate::engine::catalog::RELAXATIONS_COLLECTION,
+    RELAXATIONS,
     "verify_runs",
     "verify_partitions",
     "verify_ranges",

@@ -69,7 +69,7 @@ pub(crate) async fn create_ns(
     }
     let mut cmd = doc! {"create": &spec.ns.coll};
     cmd.extend(create_opts);
-    match crate::cluster::run_majority(&dest.database(&spec.ns.db), cmd.clone()).await {
+    match crate::state::lease::run_majority(&dest.database(&spec.ns.db), cmd.clone()).await {
         Ok(_) => {
             tracing::debug!(ns = %spec.ns, kind = spec.kind.as_str(), "created on the destination");
             Ok(())

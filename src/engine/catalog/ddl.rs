@@ -298,7 +298,7 @@ async fn modify(
     if !apply.is_empty() {
         let mut cmd = doc! {"collMod": &target.coll};
         cmd.extend(apply);
-        match crate::cluster::run_majority(&dest.database(&target.db), cmd.clone()).await {
+        match crate::state::lease::run_majority(&dest.database(&target.db), cmd.clone()).await {
             Ok(_) => {}
             // Not (or no longer) on the destination: its drop event follows.
             Err(e)
@@ -455,7 +455,7 @@ async fn rename(
                 "to": to.to_string(),
                 "dropTarget": true,
             };
-            crate::cluster::run_majority(&dest.database("admin"), cmd)
+            crate::state::lease::run_majority(&dest.database("admin"), cmd)
                 .await
                 .map_err(|e| CatalogError::command(format!("renameCollection to {to}"), from, e))?;
             relax.rename_namespace(from, &to).await?;
@@ -493,7 +493,7 @@ async fn drop_database(
 
 /// Runs a command, treating "namespace/index not found" as done (idempotent replays).
 async fn run_tolerant(dest: &Client, ns: &Namespace, cmd: Document) -> Result<(), CatalogError> {
-    match crate::cluster::run_majority(&dest.database(&ns.db), cmd.clone()).await {
+    match crate::state::lease::run_majority(&dest.database(&ns.db), cmd.clone()).await {
         Ok(_) => Ok(()),
         Err(e)
             if matches!(

@@ -111,14 +111,14 @@ pub(crate) async fn create_indexes(
         .filter_map(|d| d.get_str("name").ok().map(String::from))
         .collect();
     let cmd = doc! {"createIndexes": &ns.coll, "indexes": to_build.clone()};
-    match crate::cluster::run_majority(&dest.database(&ns.db), cmd).await {
+    match crate::state::lease::run_majority(&dest.database(&ns.db), cmd).await {
         Ok(_) => {}
         Err(e) if replay && is_index_conflict(&e) => {
             // One spec collides with a later index of the same key: build the others.
             for spec in to_build {
                 let name = spec.get_str("name").unwrap_or_default().to_string();
                 let one = doc! {"createIndexes": &ns.coll, "indexes": [spec]};
-                match crate::cluster::run_majority(&dest.database(&ns.db), one).await {
+                match crate::state::lease::run_majority(&dest.database(&ns.db), one).await {
                     Ok(_) => {}
                     Err(e) if is_index_conflict(&e) => {
                         tracing::debug!(%ns, index = %name, "createIndexes skipped: an index with this key already exists (created later on the source)");

@@ -23,7 +23,7 @@ use crate::base::namespace::Namespace;
 use crate::state::lease::Fence;
 
 /// The collection of the state database that holds relaxation records.
-pub const RELAXATIONS_COLLECTION: &str = "relaxations";
+pub use crate::state::RELAXATIONS as RELAXATIONS_COLLECTION;
 
 /// Capped collections are created this large during sync (mongosync uses 1 PB too).
 pub const RELAXED_CAPPED_SIZE: i64 = 1 << 50;
@@ -407,7 +407,7 @@ async fn coll_mod(
 ) -> Result<Option<bool>, CatalogError> {
     let mut cmd = doc! {"collMod": &ns.coll};
     cmd.extend(body);
-    match crate::cluster::run_majority(&dest.database(&ns.db), cmd.clone()).await {
+    match crate::state::lease::run_majority(&dest.database(&ns.db), cmd.clone()).await {
         Ok(_) => Ok(Some(true)),
         Err(e)
             if matches!(
@@ -451,7 +451,7 @@ async fn restore_unique(dest: &Client, r: &Relaxation) -> Result<Option<bool>, C
         return Ok(None);
     }
     let cmd = doc! {"collMod": &r.ns.coll, "index": {"name": name, "unique": true}};
-    match crate::cluster::run_majority(&dest.database(&r.ns.db), cmd).await {
+    match crate::state::lease::run_majority(&dest.database(&r.ns.db), cmd).await {
         Ok(_) => Ok(Some(true)),
         Err(e) if code_of(&e) == Some(CANNOT_CONVERT_INDEX_TO_UNIQUE) => {
             let ids = duplicate_ids(dest, &r.ns, &spec).await?;

@@ -349,7 +349,8 @@ async fn drop_vanished_views(
         .map_err(on(dst_name))?;
     for v in at_destination.iter().filter(|v| !at_source.contains(v)) {
         tracing::warn!(view = %v, "The view is gone from the source without a change event (its database's drop failed after dropping the database's collections): dropping it on the destination.");
-        match crate::cluster::run_majority(&dst.database(&v.db), doc! {"drop": &v.coll}).await {
+        match crate::state::lease::run_majority(&dst.database(&v.db), doc! {"drop": &v.coll}).await
+        {
             Ok(_) => {}
             Err(e)
                 if crate::cluster::server_error::code_of(&e)
