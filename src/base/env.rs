@@ -7,8 +7,8 @@
 //!   (`CUTOVER_PLAN__CLUSTERS__SOURCE__URI` sets `clusters.source.uri`).
 //!
 //! Before this prefix, plan keys were read from `CUTOVER_` + the path
-//! (`CUTOVER_CLUSTERS__SOURCE__URI`). That spelling is still read when its first word is a
-//! top-level plan key ([`legacy_plan_path`]), with a warning that names the new spelling; it
+//! (`CUTOVER_CLUSTERS__SOURCE__URI`). That spelling is still read (a path with `__`, or a single word
+//! that is a top-level plan key: [`legacy_plan_path`]), with a warning that names the new spelling; it
 //! will be removed in a later release. Any other `CUTOVER_*` variable (a CI's `CUTOVER_BIN`)
 //! is not cutover's and is ignored.
 

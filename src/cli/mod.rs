@@ -247,7 +247,7 @@ pub struct PlanArgs {
     pub plan: PathBuf,
 
     /// Override a plan key: `--set options.max_lag=10s`. Repeatable; wins over the file and
-    /// over `CUTOVER_*` environment variables.
+    /// over `CUTOVER_PLAN__*` environment variables.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
 

@@ -26,7 +26,7 @@ pub enum Location {
         #[serde(skip)]
         width: usize,
     },
-    /// An environment variable such as `CUTOVER_CLUSTERS__SOURCE__URI`.
+    /// An environment variable such as `CUTOVER_PLAN__CLUSTERS__SOURCE__URI`.
     Env { variable: String },
     /// A `--set key=value` argument.
     Set { argument: String },

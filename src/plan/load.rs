@@ -1,5 +1,5 @@
 //! Reading a plan: the TOML file, layered with figment under the environment
-//! (`CUTOVER_CLUSTERS__SOURCE__URI`) and `--set key=value` (file < environment < `--set`),
+//! (`CUTOVER_PLAN__CLUSTERS__SOURCE__URI`, see [`crate::base::env`]) and `--set key=value` (file < environment < `--set`),
 //! then `${VAR}` interpolation. Every problem becomes a [`Diagnostic`] that points at the
 //! file, line and column (or at the variable or argument that supplied the value).
 
@@ -29,7 +29,7 @@ const TOP_KEYS: &[&str] = &["name", "clusters", "options", "state", "steps"];
 pub struct Overrides {
     /// `--set key=value` arguments, in order (later wins).
     pub sets: Vec<String>,
-    /// Variables for `${VAR}` and `CUTOVER_*` overrides.
+    /// Variables for `${VAR}` and `CUTOVER_PLAN__*` overrides.
     pub env: BTreeMap<String, String>,
 }
 

@@ -42,7 +42,7 @@ pub struct Clusters {
 pub struct ClusterSpec {
     /// A MongoDB connection string (`mongodb://` or `mongodb+srv://`). Keep credentials out of
     /// the plan: write `"${SOURCE_URI}"` and set the variable, or set
-    /// `CUTOVER_CLUSTERS__SOURCE__URI`. Source and destination must be different deployments.
+    /// `CUTOVER_PLAN__CLUSTERS__SOURCE__URI`. Source and destination must be different deployments.
     pub uri: String,
 }
 
