@@ -1,5 +1,7 @@
 //! The command line: clap types, dispatch, text/JSON output and exit codes.
 
+pub mod error;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::base::exit::{Exit, EXIT_CODES_HELP};
 use crate::base::redact;
 use crate::base::role::Role;
+use crate::cli::error::CliError;
 use crate::ops::logging::{self, LogFormat};
 use crate::plan::{self, Diagnostic, Overrides, Plan};
 use crate::preflight::checks::{Check, CheckReport, Scope, Status};
@@ -286,7 +289,7 @@ pub fn main() -> i32 {
             let _ = e.print();
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => Exit::Invalid.code(),
+                _ => CliError::Usage(e.to_string()).exit().code(),
             };
         }
     };
@@ -297,10 +300,7 @@ pub fn main() -> i32 {
         .transpose()
     {
         Ok(f) => f,
-        Err(e) => {
-            err(&format!("error: {e}"));
-            return Exit::Invalid.code();
-        }
+        Err(e) => return fail(CliError::Usage(e.to_string())).code(),
     };
     let _ = logging::init_with_file(cli.log_format, cli.verbose, cli.quiet, log_file);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -309,8 +309,10 @@ pub fn main() -> i32 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::Failed.code();
+            return fail(CliError::Failed(format!(
+                "cannot start the async runtime: {e}"
+            )))
+            .code()
         }
     };
     let exit = runtime.block_on(dispatch(cli));
@@ -359,7 +361,7 @@ fn color_stdout() -> bool {
 }
 
 /// Loads and validates the plan. On errors, prints them (text on stderr, or a JSON report on
-/// stdout) and returns `Err(Exit::Invalid)`. Warnings are printed to stderr.
+/// stdout) and returns the exit code of [`CliError::PlanInvalid`]. Warnings are printed to stderr.
 pub fn load(args: &PlanArgs) -> Result<Plan, Exit> {
     let overrides = Overrides::from_process(args.sets.clone());
     match plan::load_plan(&args.plan, &overrides) {
@@ -371,7 +373,7 @@ pub fn load(args: &PlanArgs) -> Result<Plan, Exit> {
         }
         Err(diags) => {
             report_plan_errors(args, &diags);
-            Err(Exit::Invalid)
+            Err(CliError::PlanInvalid.exit())
         }
     }
 }
@@ -430,7 +432,7 @@ async fn check(args: CheckArgs) -> Exit {
         Ok(ok) => ok,
         Err(diags) => {
             report_plan_errors(&args.plan, &diags);
-            return Exit::Invalid;
+            return CliError::PlanInvalid.exit();
         }
     };
     let mut checks: Vec<Check> = vec![Check::pass(
@@ -484,13 +486,12 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
     if let Some(addr) = args.listen {
         let token = crate::base::env::get(crate::base::env::API_TOKEN).unwrap_or_default();
         if !addr.ip().is_loopback() && token.is_empty() {
-            err(&format!(
-                "error: `--listen {addr}` is not a loopback address: the API can pause the migration and approve \
+            return fail(CliError::Usage(format!(
+                "`--listen {addr}` is not a loopback address: the API can pause the migration and approve \
                  its commit, so other addresses need a bearer token\nhint: set `{}` (clients then send \
                  `Authorization: Bearer <token>`), or listen on 127.0.0.1",
                 crate::base::env::API_TOKEN
-            ));
-            return Exit::Invalid;
+            )));
         }
     }
     let opts = crate::run::RunOptions {
@@ -529,16 +530,7 @@ async fn run(args: RunArgs, quiet: bool) -> Exit {
                     args.plan.plan.display()
                 ));
             }
-            match e {
-                crate::run::RunError::Cluster(c) if c.is_connectivity() => Exit::Unreachable,
-                crate::run::RunError::Interrupted => Exit::Interrupted,
-                crate::run::RunError::LeaseLost(l) if !l.taken_over() => Exit::Unreachable,
-                crate::run::RunError::LeaseLost(_)
-                | crate::run::RunError::State(crate::state::StateError::Leased { .. }) => {
-                    Exit::Refused
-                }
-                _ => Exit::Failed,
-            }
+            CliError::from(e).exit()
         }
     }
 }
@@ -575,23 +567,9 @@ async fn connect_destination(
     args: &PlanArgs,
     plan: &Plan,
 ) -> Result<crate::cluster::Cluster, Exit> {
-    match crate::cluster::Cluster::connect(
-        Role::Destination,
-        &plan.destination,
-        args.connect_timeout,
-    )
-    .await
-    {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            err(&format!("error: {e}\nhint: {}", e.hint()));
-            Err(if e.is_connectivity() {
-                Exit::Unreachable
-            } else {
-                Exit::Failed
-            })
-        }
-    }
+    crate::cluster::Cluster::connect(Role::Destination, &plan.destination, args.connect_timeout)
+        .await
+        .map_err(fail)
 }
 
 async fn status(args: StatusArgs) -> Exit {
@@ -606,10 +584,7 @@ async fn status(args: StatusArgs) -> Exit {
     let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
     let view = match crate::ops::status::load_view(&store, &plan).await {
         Ok(v) => v,
-        Err(e) => {
-            err(&format!("error: {e}"));
-            return Exit::Failed;
-        }
+        Err(e) => return fail(CliError::Failed(e.to_string())),
     };
     match args.plan.format {
         Format::Json => out(&serde_json::to_string_pretty(&view).unwrap_or_default()),
@@ -627,10 +602,9 @@ async fn approve(args: ApproveArgs) -> Exit {
         |s| matches!(s, crate::plan::Step::Commit(c) if c.approval == crate::plan::Approval::Manual),
     );
     if !has_manual {
-        err(
-            "error: the plan has no `commit` step with `approval = \"manual\"`; nothing to approve",
-        );
-        return Exit::Invalid;
+        return fail(CliError::Usage(
+            "the plan has no `commit` step with `approval = \"manual\"`; nothing to approve".into(),
+        ));
     }
     let dest = match connect_destination(&args.plan, &plan).await {
         Ok(c) => c,
@@ -642,10 +616,7 @@ async fn approve(args: ApproveArgs) -> Exit {
             out(&message);
             Exit::Ok
         }
-        Err((exit, message)) => {
-            err(&format!("error: {message}"));
-            exit
-        }
+        Err(e) => fail(e),
     }
 }
 
@@ -664,17 +635,13 @@ async fn pause(args: StatusArgs, paused: bool) -> Exit {
             out(&message);
             Exit::Ok
         }
-        Err((exit, message)) => {
-            err(&format!("error: {message}"));
-            exit
-        }
+        Err(e) => fail(e),
     }
 }
 
 async fn unblock(args: UnblockArgs) -> Exit {
     if !args.yes {
-        err("error: `cutover unblock` needs `--yes`: it lets applications write to that cluster again, even in the middle of a cutover");
-        return Exit::Invalid;
+        return fail(CliError::Usage("`cutover unblock` needs `--yes`: it lets applications write to that cluster again, even in the middle of a cutover".into()));
     }
     let plan = match load(&args.plan) {
         Ok(p) => p,
@@ -687,20 +654,12 @@ async fn unblock(args: UnblockArgs) -> Exit {
     let cluster =
         match crate::cluster::Cluster::connect(scope, uri, args.plan.connect_timeout).await {
             Ok(c) => c,
-            Err(e) => {
-                err(&format!("error: {e}\nhint: {}", e.hint()));
-                return if e.is_connectivity() {
-                    Exit::Unreachable
-                } else {
-                    Exit::Failed
-                };
-            }
+            Err(e) => return fail(e),
         };
     let name = scope.as_str();
     tracing::warn!(cluster = name, plan = %plan.name, "Releasing user write blocking on request (cutover unblock).");
     if let Err(e) = crate::cluster::set_user_write_block(&cluster, false).await {
-        err(&format!("error: {e}"));
-        return Exit::Failed;
+        return fail(CliError::Failed(e.to_string()));
     }
     // Record it where `status` looks, if the state store is reachable.
     if let Ok(dest) = crate::cluster::Cluster::connect(
@@ -729,8 +688,7 @@ async fn verify(args: VerifyArgs) -> Exit {
         Ok(p) => p,
         Err(e) => return e,
     };
-    let fail =
-        |exit: Exit, message: String| fail_report(args.plan.format, &plan.name, exit, message);
+    let fail = |e: CliError| fail_report(args.plan.format, &plan.name, e);
     let mut clusters = Vec::new();
     for (scope, uri) in [
         (Role::Source, &plan.source),
@@ -738,14 +696,7 @@ async fn verify(args: VerifyArgs) -> Exit {
     ] {
         match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
             Ok(c) => clusters.push(c),
-            Err(e) => {
-                let exit = if e.is_connectivity() {
-                    Exit::Unreachable
-                } else {
-                    Exit::Failed
-                };
-                return fail(exit, format!("{e}\nhint: {}", e.hint()));
-            }
+            Err(e) => return fail(e.into()),
         }
     }
     let max_differences = args.max_differences.unwrap_or_else(|| {
@@ -766,7 +717,7 @@ async fn verify(args: VerifyArgs) -> Exit {
     let (run, raw) = match store.record_live().await {
         Ok(r) => r,
         // `--repair` must know whether a runner writes: it refuses without the record.
-        Err(e) if args.repair => return fail(Exit::Failed, e.to_string()),
+        Err(e) if args.repair => return fail(e.into()),
         Err(e) => {
             tracing::warn!(error = %e, "The run record could not be read: comparing in the forward direction, without the sync's relaxations.");
             (RunRecord::default(), None)
@@ -809,25 +760,33 @@ async fn verify(args: VerifyArgs) -> Exit {
         &plan.name,
         outcome
             .map(|r| (r.ok, r.to_text(), r.to_json()))
-            .map_err(|e| (e.is_connectivity(), e.to_string())),
+            .map_err(CliError::from),
     )
 }
 
+/// Prints a failure on stderr and returns its exit code.
+fn fail(e: impl Into<CliError>) -> Exit {
+    let e = e.into();
+    err(&format!("error: {}", e.message()));
+    e.exit()
+}
+
 /// Prints a failure on stderr (and as `{"ok": false, ...}` on stdout with `--format json`).
-fn fail_report(format: Format, plan: &str, exit: Exit, message: String) -> Exit {
+fn fail_report(format: Format, plan: &str, e: CliError) -> Exit {
+    let message = e.message();
     err(&format!("error: {message}"));
     if format == Format::Json {
         out(&serde_json::json!({"ok": false, "plan": plan, "error": message}).to_string());
     }
-    exit
+    e.exit()
 }
 
-/// Prints a report (`Ok((ok, text, json))`) in the chosen format, or the error
-/// (`Err((is_connectivity, message))`), and maps it to the exit code.
+/// Prints a report (`Ok((ok, text, json))`) in the chosen format, or the error, and maps
+/// it to the exit code.
 fn print_report(
     format: Format,
     plan: &str,
-    outcome: Result<(bool, String, String), (bool, String)>,
+    outcome: Result<(bool, String, String), CliError>,
 ) -> Exit {
     match outcome {
         Ok((ok, text, json)) => {
@@ -838,14 +797,7 @@ fn print_report(
                 Exit::Failed
             }
         }
-        Err((connectivity, message)) => {
-            let exit = if connectivity {
-                Exit::Unreachable
-            } else {
-                Exit::Failed
-            };
-            fail_report(format, plan, exit, message)
-        }
+        Err(e) => fail_report(format, plan, e),
     }
 }
 
@@ -858,18 +810,11 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
         Ok(p) => p,
         Err(e) => return e,
     };
-    let fail = |exit: Exit, message: String| {
-        err(&format!("error: {message}"));
-        if args.plan.format == Format::Json {
-            out(&serde_json::json!({"ok": false, "plan": plan.name, "error": message}).to_string());
-        }
-        exit
-    };
+    let fail = |e: CliError| fail_report(args.plan.format, &plan.name, e);
     if args.ns.is_empty() && args.ns_regex.is_empty() {
-        return fail(
-            Exit::Invalid,
+        return fail(CliError::Usage(
             "name a collection with `--ns db.coll` or `--ns-regex DB.REGEX`".into(),
-        );
+        ));
     }
     let mut clusters = Vec::new();
     for (scope, uri) in [
@@ -878,14 +823,7 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
     ] {
         match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
             Ok(c) => clusters.push(c),
-            Err(e) => {
-                let exit = if e.is_connectivity() {
-                    Exit::Unreachable
-                } else {
-                    Exit::Failed
-                };
-                return fail(exit, format!("{e}\nhint: {}", e.hint()));
-            }
+            Err(e) => return fail(e.into()),
         }
     }
     let store =
@@ -893,23 +831,23 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
     // Whether a runner is live is decided by the state store's clock (`record_live`).
     let (run, raw) = match store.record_live().await {
         Ok(r) => r,
-        Err(e) => return fail(Exit::Failed, e.to_string()),
+        Err(e) => return fail(e.into()),
     };
     let live = run.lease_live == Some(true);
     let run = raw.is_some().then_some(&run);
     let lane = store.lane_doc(Direction::Forward).await.ok().flatten();
     let lane = match resync_request::gate(&plan.name, run, live, lane.as_ref()) {
         Ok(l) => l,
-        Err(message) => return fail(Exit::Refused, message),
+        Err(message) => return fail(CliError::Refused(message)),
     };
     let namespaces =
         match resync_request::resolve(&clusters[0].client, &plan, &args.ns, &args.ns_regex).await {
             Ok(n) => n,
-            Err((exit, message)) => return fail(exit, message),
+            Err(e) => return fail(e.into()),
         };
     let batch = match resync_request::request(&store, &lane, &namespaces).await {
         Ok(b) => b,
-        Err(e) => return fail(Exit::Failed, e.to_string()),
+        Err(e) => return fail(e.into()),
     };
     if !quiet {
         err(&format!(
@@ -945,7 +883,7 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
                 humantime::format_duration(args.timeout)
             )),
         ),
-        Err(e) => return fail(Exit::Failed, e.to_string()),
+        Err(e) => return fail(e.into()),
     };
     let report = ResyncReport {
         ok: problem.is_none() && views.iter().all(|v| v.state == "done"),
@@ -976,13 +914,12 @@ async fn verify_repair(
     opts: crate::verify::VerifyOptions,
 ) -> Exit {
     use crate::ops::repair::{self, IndexPolicy, RepairOptions};
-    let fail =
-        |exit: Exit, message: String| fail_report(args.plan.format, &plan.name, exit, message);
+    let fail = |e: CliError| fail_report(args.plan.format, &plan.name, e);
     let lane = store.lane_doc(Direction::Forward).await.ok().flatten();
     let live = run.is_some_and(|r| r.lease_live == Some(true));
     let mode = match repair::gate(&plan.name, run, live, lane.as_ref()) {
         Ok(m) => m,
-        Err(message) => return fail(Exit::Refused, message),
+        Err(message) => return fail(CliError::Refused(message)),
     };
     let ropts = RepairOptions {
         indexes: match args.repair_indexes {
@@ -1000,7 +937,7 @@ async fn verify_repair(
         &plan.name,
         outcome
             .map(|r| (r.ok, r.to_text(), r.to_json()))
-            .map_err(|e| (e.is_connectivity(), e.to_string())),
+            .map_err(CliError::from),
     )
 }
 

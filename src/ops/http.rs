@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::base::env::API_TOKEN;
+use crate::ops::error::OpError;
 use crate::ops::metrics::Metrics;
 use crate::ops::service::Live;
 
@@ -169,17 +170,23 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
         .into_response()
 }
 
-fn op_result(r: Result<String, (crate::base::exit::Exit, String)>) -> Response {
+fn op_result(r: Result<String, OpError>) -> Response {
     match r {
         Ok(message) => Json(json!({"ok": true, "message": message})).into_response(),
-        Err((exit, message)) => failure(
-            if exit == crate::base::exit::Exit::Invalid {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::CONFLICT
-            },
-            &message,
-        ),
+        Err(e) => failure(status_of(&e), &e.to_string()),
+    }
+}
+
+/// The HTTP status of an operation that did not happen: the one place that decides it. A
+/// wrong request is 400; anything the migration's state (or the store) did not allow, 409.
+fn status_of(e: &OpError) -> StatusCode {
+    match e {
+        OpError::Invalid(_) => StatusCode::BAD_REQUEST,
+        OpError::Refused(_)
+        | OpError::Failed(_)
+        | OpError::State(_)
+        | OpError::Record(_)
+        | OpError::Catalog(_) => StatusCode::CONFLICT,
     }
 }
 

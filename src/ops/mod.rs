@@ -3,6 +3,7 @@
 //! disk watch; logging.
 
 pub mod diskwatch;
+pub mod error;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -8,10 +8,10 @@ use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 use mongodb::Client;
 use serde::Serialize;
 
-use crate::base::exit::Exit;
 use crate::base::namespace::Namespace;
 use crate::engine::catalog::{self, NsKind};
 use crate::engine::resync::{records, RESYNCS};
+use crate::ops::error::OpError;
 use crate::plan::model::NamespaceFilter;
 use crate::plan::{NamespaceSelector, Plan};
 use crate::state::record::RunRecord;
@@ -60,8 +60,8 @@ pub fn gate(
     Ok(lane.get_str("_id").unwrap_or_default().to_string())
 }
 
-/// A namespace argument that cannot be resynced: the message and its exit code.
-pub type Refusal = (Exit, String);
+/// A namespace argument that cannot be resynced.
+pub type Refusal = OpError;
 
 /// The namespaces named by `--ns db.coll` (exact) and `--ns-regex DB.REGEX` (the part before
 /// the first dot is the database, the rest a regex on its collection names, as a plan filter
@@ -75,29 +75,27 @@ pub async fn resolve(
 ) -> Result<Vec<Namespace>, Refusal> {
     let mut out: Vec<Namespace> = Vec::new();
     let not_in_plan = |what: &str| {
-        (
-            Exit::Refused,
-            format!(
+        OpError::Refused(format!(
                 "`resync` is refused: {what} is not in plan `{}`'s filter (`options.include` / `options.exclude`); \
                  only namespaces the plan replicates can be resynced. Nothing was written",
                 plan.name
             ),
         )
     };
-    let catalog_err =
-        |e: catalog::CatalogError| (Exit::Failed, format!("reading the source's catalog: {e}"));
+    let catalog_err = OpError::Catalog;
     for s in exact {
         let Some(ns) = Namespace::parse(s) else {
-            return Err((
-                Exit::Invalid,
-                format!("`--ns {s}`: expected `database.collection`"),
-            ));
+            return Err(OpError::Invalid(format!(
+                "`--ns {s}`: expected `database.collection`"
+            )));
         };
         if !plan.selector.selects(&ns.db, &ns.coll) {
             return Err(not_in_plan(&format!("`{ns}`")));
         }
         let Some(spec) = catalog::spec_of(source, &ns).await.map_err(catalog_err)? else {
-            return Err((Exit::Failed, format!("`{ns}` does not exist on the source")));
+            return Err(OpError::Failed(format!(
+                "`{ns}` does not exist on the source"
+            )));
         };
         check_kind(&spec)?;
         if !out.contains(&ns) {
@@ -106,9 +104,7 @@ pub async fn resolve(
     }
     for r in regexes {
         let Some((db, re)) = r.split_once('.') else {
-            return Err((
-                Exit::Invalid,
-                format!("`--ns-regex {r}`: expected `DATABASE.REGEX` (a regex on the database's collection names)"),
+            return Err(OpError::Invalid(format!("`--ns-regex {r}`: expected `DATABASE.REGEX` (a regex on the database's collection names)"),
             ));
         };
         let filter = NamespaceFilter {
@@ -117,12 +113,8 @@ pub async fn resolve(
             collections: None,
             collections_regex: Some(re.to_string()),
         };
-        let sel = NamespaceSelector::new(&[filter], &[], &plan.state_database).map_err(|e| {
-            (
-                Exit::Invalid,
-                format!("`--ns-regex {r}`: invalid regex: {e}"),
-            )
-        })?;
+        let sel = NamespaceSelector::new(&[filter], &[], &plan.state_database)
+            .map_err(|e| OpError::Invalid(format!("`--ns-regex {r}`: invalid regex: {e}")))?;
         let specs = catalog::list_selected(source, &sel)
             .await
             .map_err(catalog_err)?;
@@ -146,8 +138,7 @@ pub async fn resolve(
         }
     }
     if out.is_empty() {
-        return Err((
-            Exit::Invalid,
+        return Err(OpError::Invalid(
             "name a collection with `--ns db.coll` or `--ns-regex DB.REGEX`".into(),
         ));
     }
@@ -157,13 +148,9 @@ pub async fn resolve(
 fn check_kind(spec: &catalog::NsSpec) -> Result<(), Refusal> {
     match spec.kind {
         NsKind::Collection => Ok(()),
-        NsKind::View => Err((
-            Exit::Refused,
-            format!("`resync` is refused: `{}` is a view (it holds no documents; its definition is replicated)", spec.ns),
+        NsKind::View => Err(OpError::Refused(format!("`resync` is refused: `{}` is a view (it holds no documents; its definition is replicated)", spec.ns),
         )),
-        NsKind::Timeseries => Err((
-            Exit::Refused,
-            format!(
+        NsKind::Timeseries => Err(OpError::Refused(format!(
                 "`resync` is refused: `{}` is a time-series collection, which cannot be renamed into place; use \
                  `cutover verify --repair` for its differences",
                 spec.ns

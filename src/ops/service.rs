@@ -14,12 +14,12 @@ use mongodb::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::base::exit::Exit;
 use crate::engine::progress::Progress;
 use crate::engine::stats::{Insight, Sampler};
+use crate::ops::error::OpError;
 use crate::plan::{Approval, Plan, Step};
 use crate::state::record::{Direction, StepStatus};
-use crate::state::{StateError, StateStore};
+use crate::state::StateStore;
 
 /// What the runner shares with the HTTP API.
 pub struct Live {
@@ -205,23 +205,15 @@ pub async fn oplog_sample(
 
 /// `cutover pause` / `resume`: records the request in the run document, where the runner
 /// (on any machine) follows it within a second.
-pub async fn set_pause(store: &StateStore, paused: bool) -> Result<String, (Exit, String)> {
-    let run = store
-        .run_doc()
-        .await
-        .map_err(|e| (Exit::Failed, e.to_string()))?
-        .ok_or_else(|| {
-            (
-                Exit::Failed,
-                format!(
-                    "plan `{}` has no migration recorded yet: nothing to {}",
-                    store.plan(),
-                    if paused { "pause" } else { "resume" }
-                ),
-            )
-        })?;
-    let run = crate::state::record::RunRecord::from_doc(store.plan(), &run)
-        .map_err(|e| (Exit::Failed, e.to_string()))?;
+pub async fn set_pause(store: &StateStore, paused: bool) -> Result<String, OpError> {
+    let run = store.run_doc().await?.ok_or_else(|| {
+        OpError::Failed(format!(
+            "plan `{}` has no migration recorded yet: nothing to {}",
+            store.plan(),
+            if paused { "pause" } else { "resume" }
+        ))
+    })?;
+    let run = crate::state::record::RunRecord::from_doc(store.plan(), &run)?;
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
@@ -242,10 +234,7 @@ pub async fn set_pause(store: &StateStore, paused: bool) -> Result<String, (Exit
     } else {
         doc! {"pause.paused": false, "pause.resumed": DateTime::now(), "pause.resumed_by": &host}
     };
-    store
-        .set(fields)
-        .await
-        .map_err(|e: StateError| (Exit::Failed, e.to_string()))?;
+    store.set(fields).await?;
     tracing::info!(plan = %store.plan(), host = %host, paused, "Pause state changed on request.");
     Ok(if paused {
         format!(
@@ -264,7 +253,7 @@ pub async fn approve(
     store: &StateStore,
     step: Option<usize>,
     note: &str,
-) -> Result<(usize, String), (Exit, String)> {
+) -> Result<(usize, String), OpError> {
     let manual: Vec<usize> = plan
         .steps
         .iter()
@@ -273,37 +262,29 @@ pub async fn approve(
         .map(|(i, _)| i)
         .collect();
     if manual.is_empty() {
-        return Err((
-            Exit::Invalid,
+        return Err(OpError::Invalid(
             "the plan has no `commit` step with `approval = \"manual\"`; nothing to approve".into(),
         ));
     }
     let step = match step {
         Some(s) if manual.contains(&s) => s,
         Some(s) => {
-            return Err((
-                Exit::Invalid,
-                format!(
-                    "step {s} is not a manual `commit`; manual commits are at {}",
-                    manual
-                        .iter()
-                        .map(|i| i.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ))
+            return Err(OpError::Invalid(format!(
+                "step {s} is not a manual `commit`; manual commits are at {}",
+                manual
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
         }
         None => {
-            let run = store
-                .record()
-                .await
-                .map_err(|e| (Exit::Failed, e.to_string()))?;
+            let run = store.record().await?;
             let done = |i: usize| run.step_status(i) == StepStatus::Done;
             match manual.iter().find(|i| !done(**i)) {
                 Some(i) => *i,
                 None => {
-                    return Err((
-                        Exit::Failed,
+                    return Err(OpError::Failed(
                         "every manual commit of this plan is already done".into(),
                     ))
                 }
@@ -313,10 +294,7 @@ pub async fn approve(
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
-    store
-        .approve(step, &host, note)
-        .await
-        .map_err(|e| (Exit::Failed, e.to_string()))?;
+    store.approve(step, &host, note).await?;
     tracing::info!(step, host = %host, "Commit approval recorded.");
     Ok((
         step,

@@ -825,7 +825,10 @@ pub async fn run_majority(
     if let Ok(wce) = reply.get_document("writeConcernError") {
         let wce: mongodb::error::WriteConcernError =
             mongodb::bson::from_document(wce.clone()).map_err(mongodb::error::Error::custom)?;
-        return Err(mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(wce)).into());
+        return Err(mongodb::error::ErrorKind::Write(
+            mongodb::error::WriteFailure::WriteConcernError(wce),
+        )
+        .into());
     }
     Ok(reply)
 }
