@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::base::role::Role;
+use crate::engine::apply::ctx::ApplyCtx;
 use crate::engine::apply::{self, StartPoint};
 use crate::engine::catalog::{self, NsKind, RelaxationStore};
 use crate::engine::clock::cluster_time;
@@ -22,7 +23,6 @@ use crate::engine::error::{cluster_err, on, EngineError};
 use crate::engine::gate::Gate;
 use crate::engine::progress::Progress;
 use crate::engine::retry::RetryPolicy;
-use crate::engine::write::ApplyCtx;
 use crate::plan::{BuildIndexes, NamespaceSelector};
 use crate::state::{StateStore, LANES};
 

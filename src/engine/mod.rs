@@ -18,4 +18,3 @@ pub mod retry;
 pub mod rewrite;
 pub mod stats;
 pub mod translate;
-pub mod write;

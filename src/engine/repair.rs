@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, DateTime, Document, Timestamp};
 
 use crate::base::namespace::Namespace;
+use crate::engine::apply::ctx::ApplyCtx;
 use crate::engine::error::EngineError;
 pub use crate::engine::rewrite::{rewrite, rewrite_between, ReadAt, Rewritten};
-use crate::engine::write::ApplyCtx;
 use crate::state::{StateError, StateStore};
 
 /// Requests that the live lane serves.

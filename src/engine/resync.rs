@@ -44,12 +44,13 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawDocument, R
 use tokio::task::JoinHandle;
 
 use crate::base::namespace::Namespace;
+use crate::engine::apply::ctx::ApplyCtx;
+use crate::engine::apply::round as write;
 use crate::engine::catalog::{self, NsKind};
 use crate::engine::control::Control;
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, EngineError};
 use crate::engine::progress::Progress;
-use crate::engine::write::{self, ApplyCtx};
 use crate::state::PARTITIONS;
 
 /// One record per requested resync (who, when, what, progress).

@@ -368,7 +368,7 @@ fn from_delta(
     }
     // `$set` applies its fields in name order whatever order they are listed in, so listing
     // them sorted changes nothing here, and lets runs of such updates on many documents be
-    // sent as one (`write::merge_statements` merges top-level `$set`s listed in the order
+    // sent as one (`apply::merge_statements` merges top-level `$set`s listed in the order
     // `$set` applies them).
     fields.sort_by(|a, b| a.0.cmp(&b.0));
     let mut set = RawDocumentBuf::new();

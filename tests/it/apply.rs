@@ -640,7 +640,7 @@ async fn equal_ids_with_different_bytes_keep_their_order() {
 /// Updates that give each document its own values (`$inc`, a pipeline computing from the
 /// document, per-document `$set`s of every BSON type, new fields) are applied as one pipeline
 /// per command that merges each document's values, found by its `_id`
-/// (`engine::write::merge_statements`). The destination's profiler shows the pipeline ran;
+/// (`engine::apply::merge_statements`). The destination's profiler shows the pipeline ran;
 /// the data must end byte-identical, in a plain collection with mixed `_id` types and in a
 /// case-insensitive one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

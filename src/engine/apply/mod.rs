@@ -5,8 +5,21 @@
 //! its resume token is stored: a crash replays at most one round, and every statement is
 //! idempotent.
 //!
-//! This file is the loop (read a batch, hand it to [`write`](crate::engine::write), serve the
-//! repair and resync hooks between batches, checkpoint); `write.rs` writes to the destination.
+//! This file is the loop (read a batch, hand it to [`round`], serve the
+//! repair and resync hooks between batches, checkpoint); the submodules write to the
+//! destination: [`round`] (a round), [`merge`] (fewer, cheaper statements), [`send`]
+//! (commands), [`snapshot`] (repair rounds), [`replay_ddl`] (DDL events).
+
+pub(crate) mod ctx;
+mod merge;
+mod replay_ddl;
+pub(crate) mod round;
+mod send;
+mod snapshot;
+
+pub use ctx::{ApplyCtx, Keying};
+pub(crate) use replay_ddl::apply_ddl;
+pub(crate) use round::apply_round;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,7 +35,6 @@ use crate::engine::control::Control;
 use crate::engine::error::{read_err, EngineError};
 use crate::engine::progress::Progress;
 use crate::engine::stats::Stage;
-use crate::engine::write::{apply_ddl, apply_round, ApplyCtx};
 use crate::plan::NamespaceSelector;
 use crate::state::LANES;
 
