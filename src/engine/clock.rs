@@ -31,7 +31,7 @@ pub async fn cluster_time(source: &Client, cluster: Role) -> Result<Timestamp, E
                 .and_then(|c| c.get_timestamp("clusterTime").ok())
         });
     let Some(ts) = ts else {
-        return Err(EngineError::Event(format!(
+        return Err(EngineError::Stream(format!(
             "the {cluster} did not report its cluster time (hello)"
         )));
     };

@@ -138,7 +138,7 @@ pub async fn copy_set(
             .await?;
         for d in records {
             out.push(spec_from_record(&d).ok_or_else(|| {
-                EngineError::Event(format!(
+                EngineError::Corrupt(format!(
                     "malformed copy record {}",
                     d.get_str("_id").unwrap_or("?")
                 ))
@@ -157,7 +157,7 @@ pub async fn copy_set(
         let info = s
             .info
             .to_document()
-            .map_err(|e| EngineError::Event(format!("`{}`: {e}", s.ns)))?;
+            .map_err(|e| EngineError::Corrupt(format!("`{}`: {e}", s.ns)))?;
         let indexes: Vec<Bson> = s.index_docs().into_iter().map(Bson::Document).collect();
         docs.push(doc! {
             "_id": format!("{marker}/{i:06}"), "plan": ctx.store.plan(), "lane": &ctx.lane,
@@ -279,7 +279,7 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
                 for h in running.iter() {
                     h.abort();
                 }
-                return Err(EngineError::Event(format!("copy task failed: {join}")));
+                return Err(EngineError::Task(format!("copy task failed: {join}")));
             }
         }
     }
@@ -910,7 +910,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
         let docs = raw_batch.doc_slices().map_err(|e| read_err(&e))?;
         for item in docs {
             let item = item.map_err(|e| {
-                EngineError::Event(format!(
+                EngineError::Corrupt(format!(
                     "`{read_ns}`: malformed document from the source: {e}"
                 ))
             })?;
@@ -1006,7 +1006,7 @@ async fn copy_partition_once(ctx: &CopyCtx, p: &mut Partition) -> Result<Pass, E
 
 async fn join<T>(h: JoinHandle<Result<T, EngineError>>) -> Result<T, EngineError> {
     h.await
-        .map_err(|e| EngineError::Event(format!("copy writer failed: {e}")))?
+        .map_err(|e| EngineError::Task(format!("copy writer failed: {e}")))?
 }
 
 /// An insert in flight: resolves to (last `_id`, documents, bytes).

@@ -32,10 +32,38 @@ pub enum EngineError {
         cluster: Role,
         at: String,
     },
-    /// A failure described in full by its message (a change event that cannot be applied
-    /// names the event; other messages name what was checked).
+    /// A change event (or the document it concerns) that cannot be applied; the message
+    /// names the event or the namespace.
     #[error("{0}")]
     Event(String),
+    /// The clusters differ where a step requires them equal (unique indexes, document counts
+    /// after the drain, a verify step), or the destination holds what it must not.
+    #[error("{0}")]
+    Differs(String),
+    /// A step's own timeout passed (can-commit, the drain, an approval).
+    #[error("{0}")]
+    TimedOut(String),
+    /// The source's change stream or clock did not answer as MongoDB documents it.
+    #[error("{0}")]
+    Stream(String),
+    /// A record cutover keeps, or a document it read, is not in the shape it expects.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A background task (copy, replication, resync) stopped without its result.
+    #[error("{0}")]
+    Task(String),
+    /// The step cannot run in the migration's current state.
+    #[error("{0}")]
+    Refused(String),
+    /// A cluster could not be used (connecting, authenticating, a command).
+    #[error("{0}")]
+    Connect(Box<crate::cluster::ClusterError>),
+    /// A comparison could not finish.
+    #[error("{doing}: {source}")]
+    Verify {
+        doing: String,
+        source: Box<crate::verify::VerifyError>,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("{0}")]
@@ -70,6 +98,14 @@ impl EngineError {
             EngineError::Event(_) => Some(
                 "the event is named above; fix the destination or the plan's filters, then run the same \
                  `cutover run PLAN` again",
+            ),
+            EngineError::Differs(_) => Some(
+                "what differs is named above; fix it on the destination (or in the plan), then run the \
+                 same `cutover run PLAN` again",
+            ),
+            EngineError::Stream(_) | EngineError::Task(_) | EngineError::Corrupt(_) => Some(
+                "run the same `cutover run PLAN` again: it resumes from its last checkpoint; if this \
+                 repeats, report it with the log",
             ),
             _ => None,
         }

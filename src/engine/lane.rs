@@ -101,7 +101,7 @@ impl Lane {
             self.check_alive().await?;
             if let Some(t) = timeout {
                 if start.elapsed() >= t {
-                    return Err(EngineError::Event(format!(
+                    return Err(EngineError::TimedOut(format!(
                         "the sync did not reach can-commit within {} (phase: {}, lag: {})",
                         humantime::format_duration(t),
                         self.progress.phase(),
@@ -120,14 +120,12 @@ impl Lane {
         if self.task.as_ref().is_some_and(|t| t.is_finished()) {
             if let Some(t) = self.task.take() {
                 return match t.await {
-                    Ok(Ok(())) => Err(EngineError::Event(
-                        "replication stopped unexpectedly".into(),
-                    )),
+                    Ok(Ok(())) => Err(EngineError::Task("replication stopped unexpectedly".into())),
                     Ok(Err(e)) => Err(e),
-                    Err(j) => Err(EngineError::Event(format!("replication task failed: {j}"))),
+                    Err(j) => Err(EngineError::Task(format!("replication task failed: {j}"))),
                 };
             }
-            return Err(EngineError::Event("replication is not running".into()));
+            return Err(EngineError::Task("replication is not running".into()));
         }
         Ok(())
     }
@@ -144,7 +142,7 @@ impl Lane {
             self.check_alive().await?;
             if let Some(t) = timeout {
                 if start.elapsed() >= t {
-                    return Err(EngineError::Event(format!(
+                    return Err(EngineError::TimedOut(format!(
                         "replication did not apply the source's writes up to {}.{} within {} (phase: {}, lag: {})",
                         to.time,
                         to.increment,
@@ -194,7 +192,7 @@ impl Lane {
         match self.task.take() {
             Some(t) => t
                 .await
-                .map_err(|j| EngineError::Event(format!("replication task failed: {j}")))?,
+                .map_err(|j| EngineError::Task(format!("replication task failed: {j}")))?,
             None => Ok(()),
         }
     }
@@ -380,7 +378,7 @@ async fn lane_run(
             (_, Some(ts)) => (ts, true),
             (Direction::Forward, None) => (cluster_time(&env.source, Role::Source).await?, false),
             (Direction::Reverse, None) => {
-                return Err(EngineError::Event(
+                return Err(EngineError::Corrupt(
                     "reverse lane started without a start point".into(),
                 ))
             }
@@ -401,7 +399,7 @@ async fn lane_run(
     let record = record.unwrap_or_default();
     let start_ts = record
         .get_timestamp("start_ts")
-        .map_err(|_| EngineError::Event(format!("lane record `{id}` has no start point")))?;
+        .map_err(|_| EngineError::Corrupt(format!("lane record `{id}` has no start point")))?;
 
     let start = match record.get("resume_token") {
         Some(Bson::Document(tok)) => StartPoint::Token(tok.clone()),
@@ -711,7 +709,7 @@ async fn refuse_non_empty_destination(
     if busy.is_empty() {
         Ok(())
     } else {
-        Err(EngineError::Event(format!(
+        Err(EngineError::Differs(format!(
             "the destination already holds data in {}: cutover copies into empty namespaces only; drop them \
              on the destination or exclude them with `options.exclude`",
             busy.join(", ")

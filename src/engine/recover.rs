@@ -121,7 +121,10 @@ pub async fn reconcile_range(
         usize::MAX,
     )
     .await
-    .map_err(|e| EngineError::Event(format!("comparing `{}`: {e}", r.dest_ns)))?;
+    .map_err(|source| EngineError::Verify {
+        doing: format!("comparing `{}`", r.dest_ns),
+        source: Box::new(source),
+    })?;
     let mut out = Reconciled {
         missing: diff.missing,
         extra: diff.extra,

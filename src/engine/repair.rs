@@ -116,7 +116,7 @@ pub async fn serve(ctx: &ApplyCtx, position: Timestamp) -> Result<(), EngineErro
                 )
                 .await
             }
-            _ => Err(EngineError::Event(
+            _ => Err(EngineError::Refused(
                 "the namespace is not replicated by this lane".into(),
             )),
         };

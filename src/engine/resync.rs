@@ -427,7 +427,7 @@ async fn advance(ctx: &ApplyCtx, position: Timestamp, draining: bool) -> Result<
     let result = match a.task.take() {
         Some(t) => t
             .await
-            .unwrap_or_else(|j| Err(EngineError::Event(format!("resync copy task failed: {j}")))),
+            .unwrap_or_else(|j| Err(EngineError::Task(format!("resync copy task failed: {j}")))),
         None => Ok(()),
     };
     if let Err(e) = result {

@@ -121,7 +121,7 @@ pub async fn rewrite_between(
     let mut n_deletes = 0u64;
     for id in ids {
         let raw_id = mongodb::bson::RawBson::try_from(id.clone())
-            .map_err(|e| EngineError::Event(format!("`{ns}`: _id {id}: {e}")))?;
+            .map_err(|e| EngineError::Corrupt(format!("`{ns}`: _id {id}: {e}")))?;
         let doc = found.iter().find(|d| {
             d.get("_id").ok().flatten().is_some_and(|v| {
                 cmp_values(v, raw_id.as_raw_bson_ref()) == std::cmp::Ordering::Equal

@@ -294,7 +294,7 @@ async fn run_stream(
             let raw = match ahead.next().await {
                 Ok(Some(b)) => b,
                 Ok(None) => {
-                    break Err(EngineError::Event(
+                    break Err(EngineError::Stream(
                         "the source closed the change stream".into(),
                     ))
                 }
@@ -486,14 +486,14 @@ async fn process(
     }
     apply_round(ctx, round).await?;
     let Some(token) = pbrt else {
-        return Err(EngineError::Event(
+        return Err(EngineError::Stream(
             "the change stream batch has no postBatchResumeToken".into(),
         ));
     };
     let pos = applied_through(&token, last_event.as_ref());
     let token: Document = token
         .to_document()
-        .map_err(|e| EngineError::Event(e.to_string()))?;
+        .map_err(|e| EngineError::Corrupt(e.to_string()))?;
     if let (Some(g), Some(p)) = (gate, pos) {
         g.advance(p, &token);
     }

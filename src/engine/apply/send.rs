@@ -67,7 +67,7 @@ pub(super) async fn refetch(
 ) -> Result<Option<RawDocumentBuf>, EngineError> {
     let filter: Document = key
         .to_document()
-        .map_err(|e| EngineError::Event(e.to_string()))?;
+        .map_err(|e| EngineError::Corrupt(e.to_string()))?;
     let mut found = None;
     for attempt in 0.. {
         let name = match uuid {
@@ -252,9 +252,9 @@ pub(super) async fn send(
         match kind {
             // `{q, u}` → the document itself.
             Kind::Insert => {
-                let doc = s
-                    .get_document("u")
-                    .map_err(|e| EngineError::Event(format!("internal: insert statement: {e}")))?;
+                let doc = s.get_document("u").map_err(|e| {
+                    EngineError::Corrupt(format!("internal: insert statement: {e}"))
+                })?;
                 arr.push(doc.to_raw_document_buf());
             }
             _ => arr.push(s.clone()),
@@ -340,7 +340,7 @@ pub(super) async fn send(
         // applied), then send the statements after it.
         let key = stmts[idx]
             .get_document("q")
-            .map_err(|e| EngineError::Event(format!("internal: update statement: {e}")))?
+            .map_err(|e| EngineError::Corrupt(format!("internal: update statement: {e}")))?
             .to_raw_document_buf();
         tracing::debug!(%ns, code, "Update does not apply to the destination's document (replayed over a later state): re-reading it from the source.");
         let mut rest = Vec::with_capacity(stmts.len() - idx);
@@ -356,7 +356,7 @@ pub(super) async fn send(
         let mut upserts = Vec::with_capacity(replay.len());
         for (_, st) in replay {
             let (Ok(q), Ok(u)) = (st.get_document("q"), st.get_document("u")) else {
-                return Err(EngineError::Event(
+                return Err(EngineError::Corrupt(
                     "internal: insert statement without q/u".into(),
                 ));
             };

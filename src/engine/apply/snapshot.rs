@@ -82,7 +82,7 @@ pub(super) async fn repair_ns(
             None => {
                 at = crate::engine::clock::cluster_time(&ctx.source, ctx.direction.reads()).await?;
                 snapshot_read(ctx, ns, &keys, at).await?.ok_or_else(|| {
-                    EngineError::Event(format!(
+                    EngineError::Stream(format!(
                         "`{ns}`: the source has no snapshot at its own majority time"
                     ))
                 })?
@@ -136,9 +136,9 @@ pub(super) async fn snapshot_read(
             // `{field: {$eq: value}}`: a key value is a literal, never a regex or an operator.
             let mut f = Document::new();
             for e in k.iter_elements() {
-                let e = e.map_err(|e| EngineError::Event(e.to_string()))?;
-                let v = Bson::try_from(e.value().map_err(|e| EngineError::Event(e.to_string()))?)
-                    .map_err(|e| EngineError::Event(e.to_string()))?;
+                let e = e.map_err(|e| EngineError::Corrupt(e.to_string()))?;
+                let v = Bson::try_from(e.value().map_err(|e| EngineError::Corrupt(e.to_string()))?)
+                    .map_err(|e| EngineError::Corrupt(e.to_string()))?;
                 f.insert(e.key(), doc! {"$eq": v});
             }
             or.push(f);

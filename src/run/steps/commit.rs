@@ -97,7 +97,7 @@ pub async fn commit(
             }
             CommitPhase::Draining => {
                 let block_ts = rec.block_ts.ok_or_else(|| {
-                    fail(EngineError::Event(
+                    fail(EngineError::Corrupt(
                         "commit record without block point".into(),
                     ))
                 })?;
@@ -147,7 +147,7 @@ pub async fn commit(
                     .await
                     .map_err(fail)?;
                 if !mismatches.is_empty() {
-                    return Err(fail(EngineError::Event(format!(
+                    return Err(fail(EngineError::Differs(format!(
                         "document counts differ after the drain: {}; the {dst_name} is still blocked",
                         mismatches.join(", ")
                     ))));
@@ -268,7 +268,7 @@ async fn drain_until_quiet(
         }
         tracing::warn!(events = applied, "Source writes are still arriving: stop the application's writes to the source to finish the commit.");
         if started.elapsed() >= timeout {
-            return Err(EngineError::Event(format!(
+            return Err(EngineError::TimedOut(format!(
                 "source writes kept arriving for {}: the commit cannot finish while the application writes to the source \
                  (use `write_blocking = \"source-and-destination\"` to have cutover block them)",
                 humantime::format_duration(timeout)
@@ -318,7 +318,7 @@ async fn wait_for_approval(ctx: &mut Ctx, i: usize, limit: Duration) -> Result<(
             return Err(RunError::Step {
                 index: i,
                 kind: "commit",
-                source: EngineError::Event(format!(
+                source: EngineError::TimedOut(format!(
                     "no approval within the step's timeout; run `cutover approve {} --step {i}` and run the plan again",
                     ctx.plan.file
                 )),

@@ -19,12 +19,12 @@ pub async fn reverse(ctx: &mut Ctx, i: usize) -> Result<Option<String>, RunError
     };
     let run = ctx.store.record().await?;
     if run.state != RunState::Committed && run.direction != Direction::Reverse {
-        return Err(fail(EngineError::Event(
+        return Err(fail(EngineError::Refused(
             "reverse needs a committed forward sync".into(),
         )));
     }
     let Some(start) = run.reverse_start() else {
-        return Err(fail(EngineError::Event(
+        return Err(fail(EngineError::Refused(
             "the forward commit recorded no reverse start point".into(),
         )));
     };

@@ -71,7 +71,7 @@ pub async fn validate_indexes(ctx: &mut Ctx, i: usize) -> Result<Option<String>,
     } else {
         format!(" (the destination's, seen in each of {ATTEMPTS} comparisons)")
     };
-    Err(EngineError::Event(format!(
+    Err(EngineError::Differs(format!(
         "{} unique index problem(s){seen}: {}",
         all.len(),
         all.join("; ")
@@ -84,7 +84,7 @@ const ATTEMPTS: usize = 3;
 const RECHECK_PAUSE: Duration = Duration::from_secs(1);
 
 fn cluster_err(e: crate::cluster::ClusterError) -> EngineError {
-    EngineError::Event(e.to_string())
+    EngineError::Connect(Box::new(e))
 }
 
 /// The blocking findings, each with its fix.

@@ -46,7 +46,10 @@ pub async fn verify(ctx: &mut Ctx, step: &VerifyStep) -> Result<Option<String>, 
     };
     let report = crate::verify::run(a, b, &ctx.plan, &opts)
         .await
-        .map_err(|e| EngineError::Event(format!("verify: {e}")))?;
+        .map_err(|source| EngineError::Verify {
+            doing: "verify".into(),
+            source: Box::new(source),
+        })?;
     let text = report.to_text();
     for line in text.lines() {
         tracing::info!("{line}");
@@ -57,7 +60,7 @@ pub async fn verify(ctx: &mut Ctx, step: &VerifyStep) -> Result<Option<String>, 
             report.documents_compared
         )))
     } else {
-        Err(EngineError::Event(format!(
+        Err(EngineError::Differs(format!(
             "verify found differences:\n{text}"
         )))
     }
