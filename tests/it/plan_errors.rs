@@ -193,7 +193,8 @@ fn invalid_overrides_from_the_environment_and_the_command_line() {
     assert!(err.contains("CUTOVER_OPTIONS__MAX_LAG"), "{err}");
     env3.push(("CUTOVER_PLAN__OPTIONS__MAX_LAG", "7s"));
     let out = cutover(&["check", example, "--no-connect"], &env3);
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `check` reports warnings as checks on stdout.
+    let err = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
         err.contains("old spelling") && err.contains("rename it `CUTOVER_PLAN__OPTIONS__MAX_LAG`"),
