@@ -20,6 +20,10 @@ use mongodb::Client;
 use tokio::sync::watch;
 
 use crate::base::namespace::Namespace;
+use crate::cluster::server_error::code::{
+    BAD_VALUE, DUPLICATE_KEY, PATH_NOT_VIABLE, SNAPSHOT_TOO_OLD, SNAPSHOT_UNAVAILABLE,
+    TYPE_MISMATCH,
+};
 use crate::engine::catalog::{self, CatalogError, DdlOutcome, RelaxationStore};
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, write_error, EngineError};
@@ -102,13 +106,23 @@ pub(crate) async fn apply_round(
     // first case); if that fails too, repair it (`repair_round`) instead of failing the same
     // way on every retry and every restart.
     let mut err = match apply_round_with(ctx, &round, ctx.workers.max(1)).await {
-        Err(e @ EngineError::Write { code: 11000, .. }) => e,
+        Err(
+            e @ EngineError::Write {
+                code: DUPLICATE_KEY,
+                ..
+            },
+        ) => e,
         other => return other,
     };
     if ctx.workers > 1 {
         tracing::debug!("Duplicate key in a parallel round; replaying it in source order.");
         match apply_round_with(ctx, &round, 1).await {
-            Err(e @ EngineError::Write { code: 11000, .. }) => err = e,
+            Err(
+                e @ EngineError::Write {
+                    code: DUPLICATE_KEY,
+                    ..
+                },
+            ) => err = e,
             other => return other,
         }
     }
@@ -268,8 +282,7 @@ async fn snapshot_read(
         };
         match read.await {
             Ok(docs) => out.extend(docs),
-            // 239 SnapshotTooOld, 246 SnapshotUnavailable.
-            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == 239 || c.code == 246) => {
+            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == SNAPSHOT_TOO_OLD || c.code == SNAPSHOT_UNAVAILABLE) => {
                 return Ok(None)
             }
             Err(e) => {
@@ -346,7 +359,7 @@ async fn replace_in_transaction(
             for e in errs.iter().filter_map(Bson::as_document) {
                 let code = e.get_i32("code").unwrap_or(0);
                 match e.get_document("keyValue") {
-                    Ok(v) if code == 11000 => blockers.push(v.clone()),
+                    Ok(v) if code == DUPLICATE_KEY => blockers.push(v.clone()),
                     _ => {
                         let _ = session.abort_transaction().await;
                         return Err(write_error(
@@ -642,9 +655,9 @@ async fn refetch(
 }
 
 /// Write errors of an update statement applied to a document whose field has another shape
-/// than the statement expects: 28 PathNotViable (`$set a.b` on `{a: 5}`), 2 BadValue (`$push`
-/// on a field that is no longer an array), 14 TypeMismatch.
-const SHAPE_ERRORS: [i32; 3] = [28, 2, 14];
+/// than the statement expects: PathNotViable (`$set a.b` on `{a: 5}`), BadValue (`$push` on a
+/// field that is no longer an array), TypeMismatch.
+const SHAPE_ERRORS: [i32; 3] = [PATH_NOT_VIABLE, BAD_VALUE, TYPE_MISMATCH];
 
 /// Sends each statement in its own command (see the TransactionTooLargeForCache case in
 /// [`send`]).
@@ -1078,7 +1091,7 @@ async fn send(
             }
             // The document is already there (copied, or this event replayed after a crash):
             // write it as the event has it, with an upsert.
-            if kind == Kind::Insert && code == 11000 {
+            if kind == Kind::Insert && code == DUPLICATE_KEY {
                 if let Some(st) = stmts.get(idx) {
                     replay.push((idx, st));
                     continue;
