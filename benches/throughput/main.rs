@@ -25,6 +25,9 @@
 //! `--only-sync` (seed, (a), (b), (c) only), `--churn-secs S`, `--churn-rate W`, `--commits K`, `--streams N`, `--cache-gb G`,
 //! `--cutover PATH`, `--cutover-arg ARG` (repeatable: extra flags for `cutover run`).
 
+// Child processes are signalled and reaped through libc (each block says why it is sound).
+#![allow(unsafe_code)]
+
 #[path = "../../tests/it/common/mod.rs"]
 mod common;
 

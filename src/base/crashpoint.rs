@@ -28,7 +28,7 @@ mod hooks {
     fn points() -> &'static Vec<String> {
         static POINTS: OnceLock<Vec<String>> = OnceLock::new();
         POINTS.get_or_init(|| {
-            std::env::var(ENV)
+            crate::base::env::get(ENV)
                 .map(|v| {
                     v.split(',')
                         .map(|s| s.trim().to_string())
@@ -73,7 +73,7 @@ mod hooks {
         static PAUSES: OnceLock<Pauses> = OnceLock::new();
         static HITS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
         let (points, dir) = PAUSES.get_or_init(|| {
-            let points = std::env::var(PAUSE_ENV)
+            let points = crate::base::env::get(PAUSE_ENV)
                 .map(|v| {
                     v.split(',')
                         .filter(|s| !s.trim().is_empty())
@@ -84,7 +84,10 @@ mod hooks {
                         .collect()
                 })
                 .unwrap_or_default();
-            (points, std::env::var_os(PAUSE_DIR_ENV).map(Into::into))
+            (
+                points,
+                crate::base::env::get_os(PAUSE_DIR_ENV).map(Into::into),
+            )
         });
         let Some(dir) = dir else { return };
         let Some((_, at)) = points.iter().find(|(n, _)| n == name) else {

@@ -68,6 +68,17 @@ pub fn get(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// The value of `name` as the OS holds it, `None` when unset.
+pub fn get_os(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name)
+}
+
+/// Every variable of the process, as `std::env::vars` (which panics on a name or value that
+/// is not UTF-8).
+pub fn all() -> std::env::Vars {
+    std::env::vars()
+}
+
 /// Whether `name` is set to a non-empty value.
 pub fn is_set(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty())

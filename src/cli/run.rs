@@ -35,7 +35,7 @@ pub(super) async fn run(args: RunArgs, quiet: bool) -> Exit {
         listen: args.listen,
         progress_bars: !quiet
             && std::io::stderr().is_terminal()
-            && std::env::var_os(crate::base::env::RUST_LOG).is_none()
+            && crate::base::env::get_os(crate::base::env::RUST_LOG).is_none()
             && !crate::base::env::is_set(crate::base::env::NO_PROGRESS),
     };
     let (report, result) = crate::run::run(plan, opts).await;

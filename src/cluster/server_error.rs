@@ -13,12 +13,15 @@ use mongodb::error::{Error, ErrorKind, WriteFailure};
 
 /// Server error codes, as named in MongoDB's `src/mongo/base/error_codes.yml`.
 pub mod code {
+    pub const BAD_VALUE: i32 = 2;
     pub const HOST_UNREACHABLE: i32 = 6;
     pub const HOST_NOT_FOUND: i32 = 7;
     pub const UNAUTHORIZED: i32 = 13;
+    pub const TYPE_MISMATCH: i32 = 14;
     pub const AUTHENTICATION_FAILED: i32 = 18;
     pub const NAMESPACE_NOT_FOUND: i32 = 26;
     pub const INDEX_NOT_FOUND: i32 = 27;
+    pub const PATH_NOT_VIABLE: i32 = 28;
     pub const CURSOR_NOT_FOUND: i32 = 43;
     pub const NAMESPACE_EXISTS: i32 = 48;
     pub const MAX_TIME_MS_EXPIRED: i32 = 50;
@@ -31,6 +34,8 @@ pub mod code {
     pub const QUERY_PLAN_KILLED: i32 = 175;
     pub const PRIMARY_STEPPED_DOWN: i32 = 189;
     pub const CURSOR_KILLED: i32 = 237;
+    pub const SNAPSHOT_TOO_OLD: i32 = 239;
+    pub const SNAPSHOT_UNAVAILABLE: i32 = 246;
     pub const EXCEEDED_TIME_LIMIT: i32 = 262;
     pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
     pub const CANNOT_CONVERT_INDEX_TO_UNIQUE: i32 = 359;

@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::base::namespace::Namespace;
 use crate::base::role::Role;
+use crate::cluster::server_error::code::DUPLICATE_KEY;
 use crate::engine::catalog::{self, NsKind, NsSpec, RelaxationStore};
 use crate::engine::error::{cluster_err, on, read_err, write_error, EngineError};
 use crate::engine::gate::{self, Gate, RangeInfo};
@@ -1163,7 +1164,8 @@ async fn insert_command(
     {
         return one_by_one().await;
     }
-    if let Some((index, code, message)) = write_errors.iter().find(|(_, c, _)| *c != 11000) {
+    if let Some((index, code, message)) = write_errors.iter().find(|(_, c, _)| *c != DUPLICATE_KEY)
+    {
         let id = batch
             .get(*index)
             .and_then(id_of)
@@ -1239,7 +1241,7 @@ async fn check_duplicates(
                 cluster,
                 ns: ns.to_string(),
                 id: id.to_string(),
-                code: 11000,
+                code: DUPLICATE_KEY,
                 detail: "duplicate key on a unique index other than `_id` (the destination has \
                          a unique index the source does not)"
                     .into(),

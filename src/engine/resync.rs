@@ -524,7 +524,7 @@ async fn drop_temp(ctx: &ApplyCtx, temp: &Namespace) -> Result<(), EngineError> 
             .await;
     match r {
         Ok(_) => {}
-        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) =>
+        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == crate::cluster::server_error::code::NAMESPACE_NOT_FOUND) =>
             {}
         Err(e) => {
             return Err(cluster_err(

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::base::bson_order::cmp_values;
 use crate::base::namespace::Namespace;
+use crate::cluster::server_error::code::{SNAPSHOT_TOO_OLD, SNAPSHOT_UNAVAILABLE};
 use crate::engine::error::{cluster_err, write_error, EngineError};
 use crate::engine::translate::{self, Stmt};
 use crate::state::record::Direction;
@@ -40,8 +41,7 @@ pub struct Rewritten {
 }
 
 fn snapshot_gone(e: &mongodb::error::Error) -> bool {
-    // 239 SnapshotTooOld, 246 SnapshotUnavailable.
-    matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == 239 || c.code == 246)
+    matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == SNAPSHOT_TOO_OLD || c.code == SNAPSHOT_UNAVAILABLE)
 }
 
 async fn read_source(

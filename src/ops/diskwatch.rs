@@ -51,8 +51,7 @@ pub fn verdict(free: i64, total: i64, remaining: i64) -> Option<String> {
 }
 
 fn every() -> Duration {
-    std::env::var(env::DISK_WATCH_EVERY)
-        .ok()
+    env::get(env::DISK_WATCH_EVERY)
         .and_then(|v| humantime::parse_duration(v.trim()).ok())
         .filter(|d| *d >= Duration::from_millis(100))
         .unwrap_or(DEFAULT_EVERY)

@@ -300,9 +300,9 @@ pub(crate) fn who() -> Document {
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let user = std::env::var(crate::base::env::USER)
-        .or_else(|_| std::env::var(crate::base::env::LOGNAME))
-        .unwrap_or_else(|_| "unknown".into());
+    let user = crate::base::env::get(crate::base::env::USER)
+        .or_else(|| crate::base::env::get(crate::base::env::LOGNAME))
+        .unwrap_or_else(|| "unknown".into());
     doc! {"host": host, "user": user, "pid": i64::from(std::process::id())}
 }
 

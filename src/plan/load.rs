@@ -37,7 +37,7 @@ impl Overrides {
     pub fn from_process(sets: Vec<String>) -> Self {
         Self {
             sets,
-            env: std::env::vars().collect(),
+            env: crate::base::env::all().collect(),
         }
     }
 }

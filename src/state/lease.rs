@@ -42,9 +42,9 @@ pub const EPOCH: &str = "epoch";
 
 /// The lease TTL: `CUTOVER_LEASE_TTL` or [`DEFAULT_LEASE_TTL`].
 pub fn lease_ttl() -> Result<Duration, String> {
-    match std::env::var(env::LEASE_TTL) {
-        Err(_) => Ok(DEFAULT_LEASE_TTL),
-        Ok(v) => match humantime::parse_duration(v.trim()) {
+    match env::get(env::LEASE_TTL) {
+        None => Ok(DEFAULT_LEASE_TTL),
+        Some(v) => match humantime::parse_duration(v.trim()) {
             Ok(d) if d >= Duration::from_secs(1) => Ok(d),
             Ok(_) => Err(format!(
                 "{LEASE_TTL}=`{v}`: the lease TTL must be at least 1s"

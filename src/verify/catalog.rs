@@ -228,8 +228,8 @@ pub async fn list_indexes(
     let cmd = raw(doc! {"listIndexes": &ns.coll});
     let mut cursor = match client.database(&ns.db).run_raw_cursor_command(cmd).await {
         Ok(c) => c.with_type::<RawDocumentBuf>(),
-        // 26 NamespaceNotFound: no indexes to compare.
-        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
+        // NamespaceNotFound: no indexes to compare.
+        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == crate::cluster::server_error::code::NAMESPACE_NOT_FOUND) => {
             return Ok(Vec::new())
         }
         Err(e) => return Err(VerifyError::driver(side, Some(ns), "listing indexes", &e)),

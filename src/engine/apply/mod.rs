@@ -31,6 +31,7 @@ use mongodb::error::ErrorKind;
 use mongodb::raw_batch_cursor::{RawBatch, RawBatchCursor};
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::server_error::code::CHANGE_STREAM_HISTORY_LOST;
 use crate::engine::control::Control;
 use crate::engine::error::{read_err, EngineError};
 use crate::engine::progress::Progress;
@@ -123,8 +124,8 @@ fn stream_error(ctx: &ApplyCtx, e: &mongodb::error::Error, start: &StartPoint) -
         ErrorKind::Command(c) => Some(c.code),
         _ => None,
     };
-    // 286 ChangeStreamHistoryLost: the resume point has left the oplog.
-    if code == Some(286) {
+    // ChangeStreamHistoryLost: the resume point has left the oplog.
+    if code == Some(CHANGE_STREAM_HISTORY_LOST) {
         let at = match start {
             StartPoint::Time(ts) => format!("source time {}.{}", ts.time, ts.increment),
             StartPoint::Token(t) => match token_time(t) {

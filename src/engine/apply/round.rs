@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures::future::try_join_all;
 use mongodb::bson::{RawBsonRef, RawDocumentBuf};
 
+use crate::cluster::server_error::code::DUPLICATE_KEY;
 use crate::engine::error::EngineError;
 use crate::engine::identity::identity_key;
 use crate::engine::stats::Stage;
@@ -37,13 +38,23 @@ pub(crate) async fn apply_round(
     // first case); if that fails too, repair it (`repair_round`) instead of failing the same
     // way on every retry and every restart.
     let mut err = match apply_round_with(ctx, &round, ctx.workers.max(1)).await {
-        Err(e @ EngineError::Write { code: 11000, .. }) => e,
+        Err(
+            e @ EngineError::Write {
+                code: DUPLICATE_KEY,
+                ..
+            },
+        ) => e,
         other => return other,
     };
     if ctx.workers > 1 {
         tracing::debug!("Duplicate key in a parallel round; replaying it in source order.");
         match apply_round_with(ctx, &round, 1).await {
-            Err(e @ EngineError::Write { code: 11000, .. }) => err = e,
+            Err(
+                e @ EngineError::Write {
+                    code: DUPLICATE_KEY,
+                    ..
+                },
+            ) => err = e,
             other => return other,
         }
     }

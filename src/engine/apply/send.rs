@@ -7,6 +7,9 @@ use mongodb::bson::{Bson, Document, RawArrayBuf, RawDocumentBuf};
 use mongodb::error::ErrorKind;
 
 use crate::base::namespace::Namespace;
+use crate::cluster::server_error::code::{
+    BAD_VALUE, DUPLICATE_KEY, PATH_NOT_VIABLE, TYPE_MISMATCH,
+};
 use crate::engine::catalog::{self};
 use crate::engine::error::{cluster_err, on, write_error, EngineError};
 use crate::engine::translate::{self, Stmt};
@@ -116,9 +119,9 @@ pub(super) async fn refetch(
 }
 
 /// Write errors of an update statement applied to a document whose field has another shape
-/// than the statement expects: 28 PathNotViable (`$set a.b` on `{a: 5}`), 2 BadValue (`$push`
-/// on a field that is no longer an array), 14 TypeMismatch.
-pub(super) const SHAPE_ERRORS: [i32; 3] = [28, 2, 14];
+/// than the statement expects: PathNotViable (`$set a.b` on `{a: 5}`), BadValue (`$push` on a
+/// field that is no longer an array), TypeMismatch.
+pub(super) const SHAPE_ERRORS: [i32; 3] = [PATH_NOT_VIABLE, BAD_VALUE, TYPE_MISMATCH];
 
 /// Sends each statement in its own command (see the TransactionTooLargeForCache case in
 /// [`send`]).
@@ -309,7 +312,7 @@ pub(super) async fn send(
             }
             // The document is already there (copied, or this event replayed after a crash):
             // write it as the event has it, with an upsert.
-            if kind == Kind::Insert && code == 11000 {
+            if kind == Kind::Insert && code == DUPLICATE_KEY {
                 if let Some(st) = stmts.get(idx) {
                     replay.push((idx, st));
                     continue;

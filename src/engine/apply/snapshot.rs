@@ -6,6 +6,7 @@ use mongodb::bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf, Timestamp}
 use mongodb::error::ErrorKind;
 
 use crate::base::namespace::Namespace;
+use crate::cluster::server_error::code::{DUPLICATE_KEY, SNAPSHOT_TOO_OLD, SNAPSHOT_UNAVAILABLE};
 use crate::engine::error::{cluster_err, write_error, EngineError};
 
 use super::ctx::*;
@@ -158,8 +159,7 @@ pub(super) async fn snapshot_read(
         };
         match read.await {
             Ok(docs) => out.extend(docs),
-            // 239 SnapshotTooOld, 246 SnapshotUnavailable.
-            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == 239 || c.code == 246) => {
+            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == SNAPSHOT_TOO_OLD || c.code == SNAPSHOT_UNAVAILABLE) => {
                 return Ok(None)
             }
             Err(e) => {
@@ -236,7 +236,7 @@ pub(super) async fn replace_in_transaction(
             for e in errs.iter().filter_map(Bson::as_document) {
                 let code = e.get_i32("code").unwrap_or(0);
                 match e.get_document("keyValue") {
-                    Ok(v) if code == 11000 => blockers.push(v.clone()),
+                    Ok(v) if code == DUPLICATE_KEY => blockers.push(v.clone()),
                     _ => {
                         let _ = session.abort_transaction().await;
                         return Err(write_error(

@@ -21,6 +21,7 @@ use mongodb::Client;
 use crate::base::namespace::Namespace;
 use crate::base::role::Role;
 use crate::base::uri::ClusterUri;
+use crate::cluster::server_error::code::NAMESPACE_NOT_FOUND;
 use crate::cluster::{bson_i32, classify, list_namespaces, ClusterError};
 use crate::plan::NamespaceSelector;
 
@@ -458,9 +459,9 @@ pub async fn compare_unique_indexes(
         .await
 }
 
-/// 26 NamespaceNotFound: a collection dropped or renamed away since it was listed.
+/// NamespaceNotFound: a collection dropped or renamed away since it was listed.
 fn is_namespace_not_found(e: &mongodb::error::Error) -> bool {
-    matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26)
+    matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND)
 }
 
 fn compare_one(ix: &IndexDef, dst: &[IndexDef]) -> FindingKind {

@@ -345,7 +345,8 @@ pub struct RestoreReport {
 /// At commit: makes unique indexes unique again (`collMod` `prepareUnique`, then `unique`),
 /// restores TTL `expireAfterSeconds` and capped limits. Idempotent; each record is removed
 /// once restored. A duplicate key at the unique step is a divergence:
-/// [`CatalogError::Duplicates`] with the `_id`s (the server's error 359 does not list them).
+/// [`CatalogError::Duplicates`] with the `_id`s (the server's CannotConvertIndexToUnique
+/// does not list them).
 pub async fn restore_relaxations(
     dest: &Client,
     relax: &RelaxationStore,
