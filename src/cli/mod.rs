@@ -156,6 +156,21 @@ fn report_plan_errors(args: &PlanArgs, diags: &[Diagnostic]) {
     }
 }
 
+/// Connects to the source, then the destination (in that order in the result).
+async fn connect_both(
+    args: &PlanArgs,
+    plan: &Plan,
+) -> Result<Vec<crate::cluster::Cluster>, crate::cluster::ClusterError> {
+    let mut clusters = Vec::with_capacity(2);
+    for (role, uri) in [
+        (Role::Source, &plan.source),
+        (Role::Destination, &plan.destination),
+    ] {
+        clusters.push(crate::cluster::Cluster::connect(role, uri, args.connect_timeout).await?);
+    }
+    Ok(clusters)
+}
+
 async fn connect_destination(
     args: &PlanArgs,
     plan: &Plan,

@@ -1,7 +1,6 @@
 //! `cutover resync`: re-copies collections through the live runner.
 
 use crate::base::exit::Exit;
-use crate::base::role::Role;
 use crate::cli::error::CliError;
 use crate::state::record::Direction;
 
@@ -9,7 +8,6 @@ use super::*;
 
 /// `resync` (see `crate::ops::resync_request` and `engine::resync`).
 pub(super) async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
-    use crate::cluster::Cluster;
     use crate::ops::resync_request::{self, ResyncReport, Waited};
 
     let plan = match load(&args.plan) {
@@ -22,16 +20,10 @@ pub(super) async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
             "name a collection with `--ns db.coll` or `--ns-regex DB.REGEX`".into(),
         ));
     }
-    let mut clusters = Vec::new();
-    for (scope, uri) in [
-        (Role::Source, &plan.source),
-        (Role::Destination, &plan.destination),
-    ] {
-        match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
-            Ok(c) => clusters.push(c),
-            Err(e) => return fail(e.into()),
-        }
-    }
+    let clusters = match connect_both(&args.plan, &plan).await {
+        Ok(c) => c,
+        Err(e) => return fail(e.into()),
+    };
     let store =
         crate::state::StateStore::new(&clusters[1].client, &plan.state_database, &plan.name);
     // Whether a runner is live is decided by the state store's clock (`record_live`).

@@ -1,7 +1,6 @@
 //! `cutover verify` and `cutover verify --repair`.
 
 use crate::base::exit::Exit;
-use crate::base::role::Role;
 use crate::cli::error::CliError;
 use crate::plan::{self, Plan};
 use crate::state::record::{Direction, RunRecord, RunState};
@@ -9,7 +8,6 @@ use crate::state::record::{Direction, RunRecord, RunState};
 use super::*;
 
 pub(super) async fn verify(args: VerifyArgs) -> Exit {
-    use crate::cluster::Cluster;
     use crate::verify::{self, SleepWait, VerifyOptions};
 
     let plan = match load(&args.plan) {
@@ -17,16 +15,10 @@ pub(super) async fn verify(args: VerifyArgs) -> Exit {
         Err(e) => return e,
     };
     let fail = |e: CliError| fail_report(args.plan.format, &plan.name, e);
-    let mut clusters = Vec::new();
-    for (scope, uri) in [
-        (Role::Source, &plan.source),
-        (Role::Destination, &plan.destination),
-    ] {
-        match Cluster::connect(scope, uri, args.plan.connect_timeout).await {
-            Ok(c) => clusters.push(c),
-            Err(e) => return fail(e.into()),
-        }
-    }
+    let clusters = match connect_both(&args.plan, &plan).await {
+        Ok(c) => c,
+        Err(e) => return fail(e.into()),
+    };
     let max_differences = args.max_differences.unwrap_or_else(|| {
         plan.steps
             .iter()
