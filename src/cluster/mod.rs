@@ -1,5 +1,6 @@
 //! A connected cluster: the driver client plus what cutover needs to know about it.
 
+pub mod retry;
 pub mod server_error;
 
 use std::time::Duration;
@@ -12,7 +13,8 @@ use mongodb::Client;
 use crate::base::redact;
 use crate::base::role::Role;
 use crate::base::uri::ClusterUri;
-use server_error::{code, Backoff, Failure};
+use retry::{Failure, Retry};
+use server_error::code;
 
 /// Why a cluster could not be used. Messages name the cluster and never hold credentials.
 #[derive(Debug, thiserror::Error)]
@@ -370,19 +372,31 @@ pub async fn list_namespaces(
 /// Blocks or unblocks user writes on a whole cluster (`setUserWriteBlockMode`, 6.0+). Users
 /// holding `bypassWriteBlockingMode` (cutover's own) can still write. Idempotent, so a
 /// transient failure (an election, a dropped connection: the driver does not retry
-/// commands) is retried with backoff for up to a minute.
+/// commands) is retried with backoff for up to a minute: `cutover unblock` has no
+/// `--retry-timeout`, and an operator waits on it at a terminal (`cutover run` uses
+/// [`set_user_write_block_within`] with its own).
 pub async fn set_user_write_block(cluster: &Cluster, on: bool) -> Result<(), ClusterError> {
-    let mut backoff = Backoff::new(Duration::from_secs(60))
-        .with_delays(Duration::from_millis(100), Duration::from_secs(2));
+    set_user_write_block_within(cluster, on, Duration::from_secs(60)).await
+}
+
+/// [`set_user_write_block`], retrying transient failures for `budget` (`cutover run`:
+/// `--retry-timeout`).
+pub async fn set_user_write_block_within(
+    cluster: &Cluster,
+    on: bool,
+    budget: Duration,
+) -> Result<(), ClusterError> {
+    let mut retry = Retry::new(budget)
+        .with_delays(Duration::from_millis(100), Duration::from_secs(2))
+        .on(cluster.name());
     let what = if on {
         "blocking user writes"
     } else {
         "unblocking user writes"
     };
-    match server_error::retry(&mut backoff, cluster.name().as_str(), what, |_| {
-        set_block_majority(&cluster.client, on)
-    })
-    .await
+    match retry
+        .run(what, |_| set_block_majority(&cluster.client, on))
+        .await
     {
         Ok(()) => Ok(()),
         Err(Failure::Permanent(e)) => Err(cluster.error(&e)),

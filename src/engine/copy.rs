@@ -626,7 +626,8 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
     if p.reconcile {
         return reconcile_partition(ctx, p).await;
     }
-    let mut backoff = ctx.retry.backoff();
+    let mut retry = ctx.retry.retry(&ctx.progress);
+    let what = format!("copying `{}`", p.write_ns);
     let mut moves = 0u32;
     if ctx.gate.is_some() && !p.started {
         // Before the first read: a restart holds this range's events again (it may have
@@ -666,23 +667,14 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
                 // Documents were copied since the last failure: a new outage, with its own
                 // retry budget.
                 if ctx.progress.copied_docs.load(Ordering::Relaxed) > copied {
-                    backoff.progress();
+                    retry.progress();
                 }
-                ctx.retry
-                    .wait(
-                        &ctx.progress,
-                        &format!("copying `{}`", p.write_ns),
-                        &e,
-                        &mut backoff,
-                    )
-                    .await?;
+                ctx.retry.wait(&mut retry, &what, &e).await?;
             }
             Err(e) => return Err(e),
         }
     }
-    if backoff.outage().is_some() {
-        ctx.progress.set_reconnecting(None);
-    }
+    retry.succeeded(&what);
     ctx.store
         .update_one(
             PARTITIONS,
@@ -699,7 +691,7 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
 /// A range copied before the resume point was lost: compared with the source (after every
 /// event the gate dropped for it) and only its differences rewritten, retried as a copy is.
 async fn reconcile_partition(ctx: &CopyCtx, p: Partition) -> Result<(), EngineError> {
-    let mut backoff = ctx.retry.backoff();
+    let mut retry = ctx.retry.retry(&ctx.progress);
     let found = loop {
         let read_ns = match &p.uuid {
             Some(u) => match catalog::name_of_uuid(&ctx.source, &p.write_ns.db, u).await {
@@ -711,12 +703,7 @@ async fn reconcile_partition(ctx: &CopyCtx, p: Partition) -> Result<(), EngineEr
                         return Err(e);
                     }
                     ctx.retry
-                        .wait(
-                            &ctx.progress,
-                            "finding a collection to compare",
-                            &e,
-                            &mut backoff,
-                        )
+                        .wait(&mut retry, "finding a collection to compare", &e)
                         .await?;
                     continue;
                 }
@@ -750,12 +737,7 @@ async fn reconcile_partition(ctx: &CopyCtx, p: Partition) -> Result<(), EngineEr
             Ok(r) => break r,
             Err(e) if e.is_transient() => {
                 ctx.retry
-                    .wait(
-                        &ctx.progress,
-                        &format!("comparing `{}`", p.write_ns),
-                        &e,
-                        &mut backoff,
-                    )
+                    .wait(&mut retry, &format!("comparing `{}`", p.write_ns), &e)
                     .await?;
             }
             Err(e) => return Err(e),

@@ -143,7 +143,7 @@ impl EngineError {
     }
 }
 
-impl crate::cluster::server_error::Retryable for EngineError {
+impl crate::cluster::retry::Retryable for EngineError {
     fn is_transient(&self) -> bool {
         EngineError::is_transient(self)
     }
@@ -152,6 +152,9 @@ impl crate::cluster::server_error::Retryable for EngineError {
             EngineError::Cluster { doing, detail, .. } => format!("{doing}: {detail}"),
             other => other.to_string(),
         }
+    }
+    fn role(&self) -> Option<Role> {
+        self.cluster()
     }
 }
 

@@ -495,23 +495,13 @@ async fn replay(
 ) -> Result<u64, EngineError> {
     let mut n = 0u64;
     for chunk in held.chunks(REPLAY_ROUND) {
-        let mut backoff = ctx.retry.backoff();
-        loop {
-            match write::apply_round(ctx, chunk.to_vec()).await {
-                Ok(()) => break,
-                Err(e) if e.is_transient() => {
-                    ctx.retry
-                        .wait(
-                            &ctx.progress,
-                            &format!("replaying the held events of `{ns}`"),
-                            &e,
-                            &mut backoff,
-                        )
-                        .await?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        ctx.retry
+            .run(
+                &ctx.progress,
+                &format!("replaying the held events of `{ns}`"),
+                || write::apply_round(ctx, chunk.to_vec()),
+            )
+            .await?;
         n += chunk.len() as u64;
     }
     Ok(n)

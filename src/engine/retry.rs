@@ -1,10 +1,11 @@
-//! Retrying through outages: [`crate::cluster::server_error::Backoff`] for transient errors, up to a
-//! configurable limit, with the reconnecting state visible in `cutover status`.
+//! Retrying through outages in the engine: the one driver, [`crate::cluster::retry::Retry`],
+//! with `--retry-timeout` as its budget, the engine's delays, the reconnecting state visible
+//! in `cutover status`, and a give-up that is an [`EngineError::Outage`].
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::cluster::server_error::{Backoff, Retryable};
+use crate::cluster::retry::{Failure, Reconnecting, Retry, Retryable};
 use crate::engine::error::EngineError;
 use crate::engine::progress::Progress;
 
@@ -14,11 +15,19 @@ pub struct RetryPolicy {
     pub timeout: Duration,
 }
 
+impl Reconnecting for Progress {
+    fn reconnecting(&self, what: Option<String>) {
+        self.set_reconnecting(what);
+    }
+}
+
 impl RetryPolicy {
-    /// A fresh backoff with this policy's budget: one per loop; call
-    /// [`Backoff::progress`] when the loop makes progress.
-    pub fn backoff(&self) -> Backoff {
-        Backoff::new(self.timeout).with_delays(Duration::from_millis(200), Duration::from_secs(5))
+    /// A fresh driver with this policy's budget, reporting to `progress`: one per loop; call
+    /// [`Retry::progress`] when the loop makes progress.
+    pub fn retry<'a>(&self, progress: &'a Progress) -> Retry<'a> {
+        Retry::new(self.timeout)
+            .with_delays(Duration::from_millis(200), Duration::from_secs(5))
+            .reporting(progress)
     }
 
     /// After a transient failure `e` of `what`: records the reconnecting state and sleeps
@@ -26,31 +35,11 @@ impl RetryPolicy {
     /// budget.
     pub async fn wait(
         &self,
-        progress: &Progress,
+        retry: &mut Retry<'_>,
         what: &str,
         e: &EngineError,
-        backoff: &mut Backoff,
     ) -> Result<(), EngineError> {
-        let cluster = e.cluster();
-        let name = crate::base::role::role_name(cluster);
-        let last = e.describe();
-        let Some(delay) = backoff.next_delay() else {
-            progress.set_reconnecting(None);
-            tracing::warn!(what, cluster = name, attempts = backoff.attempts(), error = %last, "Giving up.");
-            return Err(EngineError::Outage {
-                cluster,
-                secs: self.timeout.as_secs(),
-                last: format!("{what}: {last}"),
-            });
-        };
-        progress.set_reconnecting(Some(format!(
-            "{what}: {name} cluster unavailable for {}s (attempt {}): {last}",
-            backoff.outage().unwrap_or_default().as_secs(),
-            backoff.attempts()
-        )));
-        tracing::warn!(what, cluster = name, attempt = backoff.attempts(), error = %last, "Transient failure; retrying.");
-        tokio::time::sleep(delay).await;
-        Ok(())
+        retry.wait(what, e).await.map_err(|_| self.outage(what, e))
     }
 
     /// Runs `op` until it succeeds, fails with a non-transient error, or transient failures
@@ -65,21 +54,18 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, EngineError>>,
     {
-        let mut backoff = self.backoff();
-        loop {
-            match op().await {
-                Ok(v) => {
-                    if backoff.attempts() > 0 {
-                        tracing::info!(what, attempts = backoff.attempts() + 1, "Reconnected.");
-                        progress.set_reconnecting(None);
-                    }
-                    return Ok(v);
-                }
-                Err(e) if e.is_transient() => {
-                    self.wait(progress, what, &e, &mut backoff).await?;
-                }
-                Err(e) => return Err(e),
-            }
+        match self.retry(progress).run(what, |_| op()).await {
+            Ok(v) => Ok(v),
+            Err(Failure::Permanent(e)) => Err(e),
+            Err(Failure::GaveUp(e, _)) => Err(self.outage(what, &e)),
+        }
+    }
+
+    fn outage(&self, what: &str, e: &EngineError) -> EngineError {
+        EngineError::Outage {
+            cluster: e.cluster(),
+            secs: self.timeout.as_secs(),
+            last: format!("{what}: {}", e.describe()),
         }
     }
 }

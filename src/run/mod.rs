@@ -16,7 +16,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::base::role::Role;
-use crate::cluster::{set_user_write_block, Cluster, ClusterError};
+use crate::cluster::{set_user_write_block_within, Cluster, ClusterError};
 
 use crate::engine::error::EngineError;
 use crate::engine::lane::{Direction, Lane, LaneEnv};
@@ -215,16 +215,18 @@ impl Ctx {
         };
         // Prove on the server that this runner still holds the plan before changing a cluster.
         if let Some(f) = self.store.fence() {
-            f.verify().await.map_err(RunError::LeaseLost)?;
+            f.verify(self.opts.retry_timeout)
+                .await
+                .map_err(RunError::LeaseLost)?;
         }
         if on {
             // Intent first: status must never miss a block that may have happened.
             self.store.set(doc! {key.clone(): true}).await?;
             self.blocked.insert(name);
-            set_user_write_block(cluster, true).await?;
+            set_user_write_block_within(cluster, true, self.opts.retry_timeout).await?;
             tracing::info!(cluster = which.as_str(), "User writes blocked.");
         } else {
-            set_user_write_block(cluster, false).await?;
+            set_user_write_block_within(cluster, false, self.opts.retry_timeout).await?;
             self.blocked.remove(name);
             self.store.set(doc! {key: false}).await?;
             tracing::info!(cluster = which.as_str(), "User writes unblocked.");
@@ -271,7 +273,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
     let renewal = fence.spawn_renewal();
     let opened = async {
         if opts.restart {
-            restart(&plan, &store, &destination).await?;
+            restart(&plan, &store, &destination, opts.retry_timeout).await?;
         }
         store
             .open_run(&plan.fingerprint, &kinds, opts.accept_changed_plan)
@@ -386,7 +388,12 @@ fn fenced_error(fence: &crate::state::lease::Fence, e: RunError) -> RunError {
     }
 }
 
-async fn restart(plan: &Plan, store: &StateStore, destination: &Cluster) -> Result<(), RunError> {
+async fn restart(
+    plan: &Plan,
+    store: &StateStore,
+    destination: &Cluster,
+    retry_timeout: Duration,
+) -> Result<(), RunError> {
     let run: RunRecord = store.record().await?;
     if !run.started() {
         // Nothing was started: there is no partial copy of ours to drop, and the
@@ -402,7 +409,7 @@ async fn restart(plan: &Plan, store: &StateStore, destination: &Cluster) -> Resu
         )));
     }
     if let Some(f) = store.fence() {
-        f.verify().await.map_err(RunError::LeaseLost)?;
+        f.verify(retry_timeout).await.map_err(RunError::LeaseLost)?;
     }
     // What this migration copied so far is stale: drop it so the copy starts clean.
     let specs = crate::engine::catalog::list_selected(&destination.client, &plan.selector)

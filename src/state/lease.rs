@@ -34,6 +34,8 @@ use mongodb::Collection;
 use tokio::sync::watch;
 
 use crate::base::env::{self, LEASE_TTL};
+use crate::base::role::Role;
+use crate::cluster::retry::{Failure, Retry, Retryable};
 
 /// How long a lease lasts without renewal, unless `CUTOVER_LEASE_TTL` says otherwise.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(20);
@@ -238,6 +240,25 @@ pub fn renew_pipeline(ttl: Duration) -> Vec<Document> {
 /// The filter of this holder's own lease at `epoch` (renewal, run-document writes).
 pub fn held_filter(plan: &str, id: &str, epoch: i64) -> Document {
     doc! {"_id": plan, "lease.id": id, EPOCH: epoch}
+}
+
+/// How one renewal attempt of [`Fence::verify`] failed.
+enum Renewal {
+    Lost(LeaseLost),
+    /// A database error (the last one, described): retried.
+    Failed(String),
+}
+
+impl Retryable for Renewal {
+    fn is_transient(&self) -> bool {
+        matches!(self, Renewal::Failed(_))
+    }
+    fn describe(&self) -> String {
+        match self {
+            Renewal::Lost(l) => l.to_string(),
+            Renewal::Failed(last) => last.clone(),
+        }
+    }
 }
 
 struct Inner {
@@ -662,20 +683,58 @@ impl Fence {
 
     /// Proves, on the server, that this runner still holds the plan (renewing it): before a
     /// transition that changes a cluster. Waits through an unconfirmed lease (see
-    /// [`Fence`]).
-    pub async fn verify(&self) -> Result<(), LeaseLost> {
-        loop {
-            match self.renew().await {
-                Ok(()) => return Ok(()),
-                Err(Some(l)) => return Err(l),
-                Err(None) => {
-                    if self.since_renewed() >= self.inner.ttl {
-                        self.note_unconfirmed();
+    /// [`Fence`]), retrying failed renewals for `budget` (`cutover run`: `--retry-timeout`);
+    /// then, or once the lease was unconfirmed for the TTL plus `--retry-timeout`, the runner
+    /// stops for good ([`Loss::Unconfirmed`]).
+    pub async fn verify(&self, budget: Duration) -> Result<(), LeaseLost> {
+        // Renewals retried every 100 to 200 ms, as the unconfirmed wait polls.
+        let mut retry = Retry::new(budget)
+            .with_delays(Duration::from_millis(200), Duration::from_millis(200))
+            .on(Role::Destination);
+        let out = retry
+            .run(
+                "renewing the plan's lease before changing a cluster",
+                |_| async {
+                    match self.renew().await {
+                        Ok(()) => Ok(()),
+                        Err(Some(l)) => Err(Renewal::Lost(l)),
+                        Err(None) => {
+                            if self.since_renewed() >= self.inner.ttl {
+                                self.note_unconfirmed();
+                            }
+                            Err(Renewal::Failed(self.last_trouble()))
+                        }
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                },
+            )
+            .await;
+        match out {
+            Ok(()) => Ok(()),
+            Err(Failure::Permanent(Renewal::Lost(l)) | Failure::GaveUp(Renewal::Lost(l), _)) => {
+                Err(l)
             }
+            Err(Failure::GaveUp(Renewal::Failed(_), g)) => Err(self.lose_to(
+                format!("the state store did not renew it before changing a cluster: {g}"),
+                None,
+                Loss::Unconfirmed,
+            )),
+            // A failed renewal is always transient.
+            Err(Failure::Permanent(Renewal::Failed(last))) => Err(self.lose_to(
+                format!("the state store did not renew it before changing a cluster: {last}"),
+                None,
+                Loss::Unconfirmed,
+            )),
         }
+    }
+
+    /// The last renewal failure, for messages.
+    fn last_trouble(&self) -> String {
+        self.inner
+            .trouble
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|t| t.last.clone()))
+            .unwrap_or_else(|| "no answer".into())
     }
 
     /// A fenced write matched nothing: lost if the run document shows another epoch or

@@ -18,7 +18,9 @@ use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::server_error::{self, Backoff, Failure};
+use crate::base::role::Role;
+use crate::cluster::retry::{Failure, Retry, Retryable};
+use crate::cluster::server_error;
 use crate::state::lease::{AcquireError, Fence, Holder, LeaseLost};
 use crate::state::record::{Direction, RunRecord, RunState, StepStatus, RECORD_VERSION};
 
@@ -83,7 +85,7 @@ enum Attempt {
     Lost(LeaseLost),
 }
 
-impl server_error::Retryable for Attempt {
+impl Retryable for Attempt {
     fn is_transient(&self) -> bool {
         matches!(self, Attempt::Db(e) if server_error::is_transient(e))
     }
@@ -136,7 +138,7 @@ impl StateStore {
     }
 
     /// Runs an idempotent operation (given the attempt number, from 1), retrying transient
-    /// failures with backoff for `self.retry` (see [`server_error::retry`]). Every read and
+    /// failures with backoff for `self.retry` (see [`Retry`]). Every read and
     /// write of the store goes through it: a write is an upsert, a `$set` or a delete under
     /// the fencing condition, so sending it again after a lost reply changes nothing; an
     /// insert that finds its records already there after such a retry is told apart by
@@ -147,7 +149,7 @@ impl StateStore {
         F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<T, mongodb::error::Error>>,
     {
-        let mut backoff = Backoff::new(self.retry);
+        let mut retry = Retry::new(self.retry).on(Role::Destination);
         let what = format!("{what} (state database `{}`)", self.db.name());
         let fence = self.fence.clone();
         let attempt = |n: u32| {
@@ -162,7 +164,7 @@ impl StateStore {
                 fut.await.map_err(Attempt::Db)
             }
         };
-        match server_error::retry(&mut backoff, "destination", &what, attempt).await {
+        match retry.run(&what, attempt).await {
             Ok(v) => Ok(v),
             Err(Failure::Permanent(Attempt::Lost(l)) | Failure::GaveUp(Attempt::Lost(l), _)) => {
                 Err(StateError::LeaseLost(l))

@@ -44,6 +44,7 @@ pub use report::{Mismatch, NamespaceReport, Totals, VerifyReport};
 
 use crate::base::namespace::Namespace;
 use crate::base::role::Role;
+use crate::cluster::retry::{Failure, Retry, Retryable};
 use crate::plan::Plan;
 use catalog::CollectionInfo;
 use ranges::{Range, Sizing};
@@ -94,6 +95,9 @@ pub struct VerifyOptions {
     /// Inside `cutover run`: the runner's fence; verify's records are then written only
     /// while it holds the plan.
     pub fence: Option<crate::state::lease::Fence>,
+    /// How long a range's transient read failures are retried: `cutover run`'s
+    /// `--retry-timeout`; `cutover verify` has no such option and uses the same default.
+    pub retry_timeout: Duration,
 }
 
 impl VerifyOptions {
@@ -116,6 +120,7 @@ impl Default for VerifyOptions {
             relaxed: Vec::new(),
             collect_ids: 0,
             fence: None,
+            retry_timeout: crate::cluster::retry::DEFAULT_RETRY_TIMEOUT,
         }
     }
 }
@@ -227,10 +232,8 @@ pub async fn run(
     })
 }
 
-/// Attempts per range when a read fails transiently (failover, killed cursor, network).
-const RANGE_ATTEMPTS: u32 = 3;
-
-/// Verifies one range, starting it over after a transient failure.
+/// Verifies one range, starting it over after a transient failure (failover, killed cursor,
+/// network) until the failures have lasted `opts.retry_timeout`; then the last error.
 async fn verify_range(
     source: &Client,
     dest: &Client,
@@ -239,15 +242,29 @@ async fn verify_range(
     r: &Range,
     opts: &VerifyOptions,
 ) -> Result<(), VerifyError> {
-    let mut attempt = 1;
-    loop {
-        match verify_range_once(source, dest, store, w, r, opts).await {
-            Err(e) if e.is_transient() && attempt < RANGE_ATTEMPTS => {
-                tracing::warn!(ns = %w.ns, range = r.index, attempt, error = %e, "range read failed; reading it again");
-                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
-                attempt += 1;
-            }
-            other => return other,
+    Retry::new(opts.retry_timeout)
+        .with_delays(Duration::from_secs(1), Duration::from_secs(5))
+        .run(
+            &format!("verifying range {} of `{}`", r.index, w.ns),
+            |_| verify_range_once(source, dest, store, w, r, opts),
+        )
+        .await
+        .map_err(Failure::into_inner)
+}
+
+impl Retryable for VerifyError {
+    fn is_transient(&self) -> bool {
+        VerifyError::is_transient(self)
+    }
+    /// The message without its hint.
+    fn describe(&self) -> String {
+        let s = self.to_string();
+        s.lines().next().unwrap_or_default().to_string()
+    }
+    fn role(&self) -> Option<Role> {
+        match self {
+            VerifyError::Unreachable { side, .. } | VerifyError::Server { side, .. } => Some(*side),
+            _ => None,
         }
     }
 }

@@ -59,7 +59,7 @@ pub async fn run(
     mut control: watch::Receiver<Control>,
 ) -> Result<(), EngineError> {
     let mut start = start;
-    let mut backoff = ctx.retry.backoff();
+    let mut retry = ctx.retry.retry(&ctx.progress);
     loop {
         let mut opened = false;
         match run_stream(&ctx, &mut start, &mut control, &mut opened).await {
@@ -68,10 +68,10 @@ pub async fn run(
                 // The stream was open again in between: this is a new outage, with its own
                 // retry budget.
                 if opened {
-                    backoff.progress();
+                    retry.progress();
                 }
                 ctx.retry
-                    .wait(&ctx.progress, "applying change events", &e, &mut backoff)
+                    .wait(&mut retry, "applying change events", &e)
                     .await?;
             }
             Err(e) => return Err(e),

@@ -125,7 +125,9 @@ pub async fn commit(
                 // Prove on the server that this runner still holds the plan before changing a
                 // cluster.
                 if let Some(f) = ctx.store.fence() {
-                    f.verify().await.map_err(RunError::LeaseLost)?;
+                    f.verify(ctx.opts.retry_timeout)
+                        .await
+                        .map_err(RunError::LeaseLost)?;
                 }
                 // Idempotent (each record is removed once restored): transient failures retry it.
                 let policy = crate::engine::retry::RetryPolicy {

@@ -35,6 +35,7 @@ pub async fn verify(ctx: &mut Ctx, step: &VerifyStep) -> Result<Option<String>, 
         replication,
         relaxed,
         fence: ctx.store.fence().cloned(),
+        retry_timeout: ctx.opts.retry_timeout,
         ..VerifyOptions::default()
     };
     // After a reverse commit the data lives on the old source: compare in the current direction.
