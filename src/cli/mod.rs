@@ -948,7 +948,10 @@ async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
         Err(e) => return fail(Exit::Failed, e.to_string()),
     };
     let report = ResyncReport {
-        ok: problem.is_none() && views.iter().all(|v| v.state == "done"),
+        ok: problem.is_none()
+            && views
+                .iter()
+                .all(|v| v.state == crate::state::states::ResyncState::Done),
         plan: plan.name.clone(),
         resyncs: views,
     };

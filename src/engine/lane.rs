@@ -24,6 +24,7 @@ use crate::engine::progress::Progress;
 use crate::engine::retry::RetryPolicy;
 use crate::engine::write::ApplyCtx;
 use crate::plan::{BuildIndexes, NamespaceSelector};
+use crate::state::states::LanePhase;
 use crate::state::{StateStore, LANES};
 
 pub use crate::state::record::Direction;
@@ -254,7 +255,7 @@ async fn recover_lost_point(
 ) -> Result<(), EngineError> {
     use crate::engine::recover;
     let store = env.store.clone();
-    progress.set_phase("recovering a lost resume point");
+    progress.set_phase(LanePhase::Recovering);
     tracing::warn!(
         lane = %id, lost_at,
         "The source's oplog no longer holds the lane's resume point (the runner was stopped \
@@ -375,7 +376,7 @@ async fn lane_run(
         .await?;
     let resumed = record.is_some();
     if record.is_none() {
-        progress.set_phase("starting");
+        progress.set_phase(LanePhase::Starting);
         let (start_ts, copy_done) = match (direction, start_at) {
             (_, Some(ts)) => (ts, true),
             (Direction::Forward, None) => (cluster_time(&env.source, Role::Source).await?, false),
@@ -416,7 +417,7 @@ async fn lane_run(
         .await;
     }
     if !copy_done {
-        progress.set_phase("copying");
+        progress.set_phase(LanePhase::Copying);
         let specs = env
             .retry
             .run(&progress, "listing the collections to copy", || {
@@ -428,10 +429,10 @@ async fn lane_run(
             .store(specs.len() as u64, Ordering::Relaxed);
         copy::estimate(&env.source, &specs, &progress).await;
         create_catalog(&env, direction, &specs, resumed, &progress, &relax).await?;
-        progress.set_phase("copying");
+        progress.set_phase(LanePhase::Copying);
         copy::copy_all(&copy_ctx, &specs).await?;
         if env.build_indexes == BuildIndexes::AfterCopy {
-            progress.set_phase("building indexes");
+            progress.set_phase(LanePhase::BuildingIndexes);
             for s in specs.iter().filter(|s| s.kind != NsKind::View) {
                 build_indexes(&env, direction, &progress, s, &relax).await?;
             }
@@ -449,7 +450,7 @@ async fn lane_run(
         tracing::info!(lane = %id, "Copy finished; applying change events.");
     }
     progress.copy_done.store(true, Ordering::Relaxed);
-    progress.set_phase("applying change events");
+    progress.set_phase(LanePhase::Applying);
     let ctx = apply_ctx(
         &env, direction, &id, relax, progress, copy_ctx, position, None,
     );
@@ -476,7 +477,7 @@ async fn copy_with_events(
     position: watch::Sender<Option<Timestamp>>,
 ) -> Result<(), EngineError> {
     let store = env.store.clone();
-    progress.set_phase("copying");
+    progress.set_phase(LanePhase::Copying);
     let specs = env
         .retry
         .run(&progress, "listing the collections to copy", || {
@@ -497,7 +498,7 @@ async fn copy_with_events(
             )
             .await?;
     }
-    progress.set_phase("copying");
+    progress.set_phase(LanePhase::Copying);
     let (start_time, start_token) = match &start {
         StartPoint::Token(t) => (apply::token_time(t).unwrap_or(start_ts), Some(t.clone())),
         StartPoint::Time(ts) => (*ts, None),
@@ -549,7 +550,7 @@ async fn copy_with_events(
                         .update_one(LANES, doc! {"_id": &id}, update)
                         .await?;
                     progress.copy_done.store(true, Ordering::Relaxed);
-                    progress.set_phase("applying change events");
+                    progress.set_phase(LanePhase::Applying);
                     tracing::info!(
                         events_applied_during_copy =
                             progress.events_applied_during_copy.load(Ordering::Relaxed),
@@ -658,7 +659,7 @@ async fn create_catalog(
             .await?;
     }
     if env.build_indexes == BuildIndexes::BeforeCopy {
-        progress.set_phase("building indexes");
+        progress.set_phase(LanePhase::BuildingIndexes);
         for s in specs.iter().filter(|s| s.kind != NsKind::View) {
             build_indexes(env, direction, progress, s, relax).await?;
         }

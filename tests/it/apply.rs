@@ -246,7 +246,9 @@ async fn unique_values_passed_between_documents_on_the_reverse_lane() {
     seed_people(&n).await;
     seed_people(&o).await;
     // The reverse lane: from the new cluster back to the old one, from now on.
-    let start = cluster_time(&n, cutover::base::role::Role::Destination).await.unwrap();
+    let start = cluster_time(&n, cutover::base::role::Role::Destination)
+        .await
+        .unwrap();
     let env = lane_env(&n, &o, "uniq", 4);
     let mut lane = Lane::start(env, Direction::Reverse, Some(start));
     lane.wait_can_commit(Some(Duration::from_secs(60)))
