@@ -84,7 +84,10 @@ pub(super) async fn resync(args: ResyncArgs, quiet: bool) -> Exit {
         Err(e) => return fail(e.into()),
     };
     let report = ResyncReport {
-        ok: problem.is_none() && views.iter().all(|v| v.state == "done"),
+        ok: problem.is_none()
+            && views
+                .iter()
+                .all(|v| v.state == crate::state::states::ResyncState::Done),
         plan: plan.name.clone(),
         resyncs: views,
     };

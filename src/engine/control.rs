@@ -6,6 +6,7 @@ use tokio::sync::watch;
 
 use crate::base::pause_gate::{is_paused, operator_paused, wait_resumed};
 use crate::engine::progress::Progress;
+use crate::state::states::LanePhase;
 
 /// What the lane's owner asks of change application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +24,7 @@ pub enum Control {
 /// drain (the commit) ends the pause, so a write-blocked window never waits on it.
 pub async fn hold_apply(progress: &Progress, control: &mut watch::Receiver<Control>) -> bool {
     let before = progress.phase();
-    progress.set_phase("paused");
+    progress.set_phase(LanePhase::PAUSED);
     tracing::info!("Paused: change application stopped after a checkpoint.");
     let go_on = loop {
         if *control.borrow() == Control::Stop {
@@ -40,8 +41,8 @@ pub async fn hold_apply(progress: &Progress, control: &mut watch::Receiver<Contr
     if go_on {
         tracing::info!("Resumed: change application continues.");
     }
-    if progress.phase() == "paused" {
-        progress.set_phase(&before);
+    if progress.phase() == LanePhase::PAUSED {
+        progress.set_phase(before);
     }
     go_on
 }
@@ -53,13 +54,13 @@ pub async fn hold_copy(progress: &Progress) {
     }
     let before = progress.phase();
     let phase = if operator_paused() {
-        "paused".to_string()
+        LanePhase::PAUSED
     } else {
-        "paused: the destination is short of disk space".to_string()
+        LanePhase::disk_short()
     };
-    progress.set_phase(&phase);
+    progress.set_phase(phase.clone());
     wait_resumed().await;
     if progress.phase() == phase {
-        progress.set_phase(&before);
+        progress.set_phase(before);
     }
 }

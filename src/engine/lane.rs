@@ -24,6 +24,7 @@ use crate::engine::gate::Gate;
 use crate::engine::progress::Progress;
 use crate::engine::retry::RetryPolicy;
 use crate::plan::{BuildIndexes, NamespaceSelector};
+use crate::state::states::LanePhase;
 use crate::state::{StateStore, LANES};
 
 pub use crate::state::record::Direction;
@@ -252,7 +253,7 @@ async fn recover_lost_point(
 ) -> Result<(), EngineError> {
     use crate::engine::recover;
     let store = env.store.clone();
-    progress.set_phase("recovering a lost resume point");
+    progress.set_phase(LanePhase::Recovering);
     tracing::warn!(
         lane = %id, lost_at,
         "The source's oplog no longer holds the lane's resume point (the runner was stopped \
@@ -373,7 +374,7 @@ async fn lane_run(
         .await?;
     let resumed = record.is_some();
     if record.is_none() {
-        progress.set_phase("starting");
+        progress.set_phase(LanePhase::Starting);
         let (start_ts, copy_done) = match (direction, start_at) {
             (_, Some(ts)) => (ts, true),
             (Direction::Forward, None) => (cluster_time(&env.source, Role::Source).await?, false),
@@ -414,7 +415,7 @@ async fn lane_run(
         .await;
     }
     if !copy_done {
-        progress.set_phase("copying");
+        progress.set_phase(LanePhase::Copying);
         let specs = env
             .retry
             .run(&progress, "listing the collections to copy", || {
@@ -426,10 +427,10 @@ async fn lane_run(
             .store(specs.len() as u64, Ordering::Relaxed);
         copy::estimate(&env.source, &specs, &progress).await;
         create_catalog(&env, direction, &specs, resumed, &progress, &relax).await?;
-        progress.set_phase("copying");
+        progress.set_phase(LanePhase::Copying);
         copy::copy_all(&copy_ctx, &specs).await?;
         if env.build_indexes == BuildIndexes::AfterCopy {
-            progress.set_phase("building indexes");
+            progress.set_phase(LanePhase::BuildingIndexes);
             for s in specs.iter().filter(|s| s.kind != NsKind::View) {
                 build_indexes(&env, direction, &progress, s, &relax).await?;
             }
@@ -447,7 +448,7 @@ async fn lane_run(
         tracing::info!(lane = %id, "Copy finished; applying change events.");
     }
     progress.copy_done.store(true, Ordering::Relaxed);
-    progress.set_phase("applying change events");
+    progress.set_phase(LanePhase::Applying);
     let ctx = apply_ctx(
         &env, direction, &id, relax, progress, copy_ctx, position, None,
     );
@@ -474,7 +475,7 @@ async fn copy_with_events(
     position: watch::Sender<Option<Timestamp>>,
 ) -> Result<(), EngineError> {
     let store = env.store.clone();
-    progress.set_phase("copying");
+    progress.set_phase(LanePhase::Copying);
     let specs = env
         .retry
         .run(&progress, "listing the collections to copy", || {
@@ -495,7 +496,7 @@ async fn copy_with_events(
             )
             .await?;
     }
-    progress.set_phase("copying");
+    progress.set_phase(LanePhase::Copying);
     let (start_time, start_token) = match &start {
         StartPoint::Token(t) => (apply::token_time(t).unwrap_or(start_ts), Some(t.clone())),
         StartPoint::Time(ts) => (*ts, None),
@@ -547,7 +548,7 @@ async fn copy_with_events(
                         .update_one(LANES, doc! {"_id": &id}, update)
                         .await?;
                     progress.copy_done.store(true, Ordering::Relaxed);
-                    progress.set_phase("applying change events");
+                    progress.set_phase(LanePhase::Applying);
                     tracing::info!(
                         events_applied_during_copy =
                             progress.events_applied_during_copy.load(Ordering::Relaxed),
@@ -656,7 +657,7 @@ async fn create_catalog(
             .await?;
     }
     if env.build_indexes == BuildIndexes::BeforeCopy {
-        progress.set_phase("building indexes");
+        progress.set_phase(LanePhase::BuildingIndexes);
         for s in specs.iter().filter(|s| s.kind != NsKind::View) {
             build_indexes(env, direction, progress, s, relax).await?;
         }

@@ -4,10 +4,12 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::state::states::LanePhase;
+
 /// Shared, lock-free counters of one replication lane.
 #[derive(Debug, Default)]
 pub struct Progress {
-    pub phase: Mutex<String>,
+    pub phase: Mutex<LanePhase>,
     pub estimated_total_bytes: AtomicU64,
     pub estimated_total_docs: AtomicU64,
     pub copied_bytes: AtomicU64,
@@ -43,13 +45,13 @@ impl Progress {
         p
     }
 
-    pub fn set_phase(&self, phase: &str) {
+    pub fn set_phase(&self, phase: LanePhase) {
         if let Ok(mut g) = self.phase.lock() {
-            *g = phase.to_string();
+            *g = phase;
         }
     }
 
-    pub fn phase(&self) -> String {
+    pub fn phase(&self) -> LanePhase {
         self.phase.lock().map(|g| g.clone()).unwrap_or_default()
     }
 

@@ -21,12 +21,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, DateTime, Document, Timestamp};
+use mongodb::bson::{doc, Bson, DateTime, Document, Timestamp};
 
 use crate::base::namespace::Namespace;
 use crate::engine::apply::ctx::ApplyCtx;
 use crate::engine::error::EngineError;
 pub use crate::engine::rewrite::{rewrite, rewrite_between, ReadAt, Rewritten};
+use crate::state::states::{RepairRequestState, RepairState};
 use crate::state::{StateError, StateStore};
 
 /// Requests that the live lane serves.
@@ -53,6 +54,48 @@ pub(crate) async fn write_state(
         return Ok(());
     }
     store.upsert_operator_record(coll, filter, update).await
+}
+
+/// The one way a `repairs` record changes state: `from -> to` (see
+/// [`RepairState::can_become`]) with `fields`, written only while it is still `from`.
+pub(crate) async fn repair_transition(
+    store: &StateStore,
+    id: &str,
+    from: RepairState,
+    to: RepairState,
+    mut fields: Document,
+) -> Result<(), StateError> {
+    debug_assert!(from.can_become(to), "repair {from} -> {to}");
+    fields.insert("state", to);
+    write_state(
+        store,
+        REPAIRS,
+        doc! {"_id": id, "state": from},
+        doc! {"$set": fields},
+        false,
+    )
+    .await
+}
+
+/// The one way a `repair_requests` record changes state: `from -> to` (see
+/// [`RepairRequestState::can_become`]) with `fields`, written only while it is still `from`.
+pub(crate) async fn request_transition(
+    store: &StateStore,
+    id: Bson,
+    from: RepairRequestState,
+    to: RepairRequestState,
+    mut fields: Document,
+) -> Result<(), StateError> {
+    debug_assert!(from.can_become(to), "repair request {from} -> {to}");
+    fields.insert("state", to);
+    write_state(
+        store,
+        REQUESTS,
+        doc! {"_id": id, "state": from},
+        doc! {"$set": fields},
+        false,
+    )
+    .await
 }
 
 static LAST_LOOK: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
@@ -86,7 +129,7 @@ pub async fn serve(ctx: &ApplyCtx, position: Timestamp) -> Result<(), EngineErro
         .with_retry(std::time::Duration::ZERO)
         .find(
             REQUESTS,
-            doc! {"plan": ctx.store.plan(), "lane": &ctx.lane, "state": "pending"},
+            doc! {"plan": ctx.store.plan(), "lane": &ctx.lane, "state": RepairRequestState::Pending},
             Some(doc! {"_id": 1}),
             Some(20),
         )
@@ -120,20 +163,25 @@ pub async fn serve(ctx: &ApplyCtx, position: Timestamp) -> Result<(), EngineErro
                 "the namespace is not replicated by this lane".into(),
             )),
         };
-        let update = match result {
-            Ok(r) => doc! {"$set": {
-                "state": "done", "served_by": "lane", "position": position, "snapshot": r.snapshot,
-                "written": r.written as i64, "deleted": r.deleted as i64, "served": DateTime::now(),
-            }},
+        let (to, fields) = match result {
+            Ok(r) => (
+                RepairRequestState::Done,
+                doc! {
+                    "served_by": "lane", "position": position, "snapshot": r.snapshot,
+                    "written": r.written as i64, "deleted": r.deleted as i64, "served": DateTime::now(),
+                },
+            ),
             Err(e) if e.is_transient() => {
                 tracing::debug!(error = %e, "Repair request deferred (transient failure).");
                 return Ok(());
             }
-            Err(e) => doc! {"$set": {
-                "state": "failed", "served_by": "lane", "error": e.to_string(), "served": DateTime::now(),
-            }},
+            Err(e) => (
+                RepairRequestState::Failed,
+                doc! {"served_by": "lane", "error": e.to_string(), "served": DateTime::now()},
+            ),
         };
-        if let Err(e) = write_state(&ctx.store, REQUESTS, doc! {"_id": id}, update, false).await {
+        let served = request_transition(&ctx.store, id, RepairRequestState::Pending, to, fields);
+        if let Err(e) = served.await {
             tracing::debug!(error = %e, "Could not record a served repair request.");
             return Ok(());
         }

@@ -51,7 +51,8 @@ use crate::engine::control::Control;
 use crate::engine::copy::{self, CopyCtx};
 use crate::engine::error::{cluster_err, on, EngineError};
 use crate::engine::progress::Progress;
-use crate::state::PARTITIONS;
+use crate::state::states::ResyncState;
+use crate::state::{StateError, PARTITIONS};
 
 /// One record per requested resync (who, when, what, progress).
 pub const RESYNCS: &str = "resyncs";
@@ -66,6 +67,8 @@ const REPLAY_ROUND: usize = 1_000;
 
 struct Active {
     request: Bson,
+    /// The request record's state as this lane last wrote it.
+    state: ResyncState,
     ns: Namespace,
     temp: Namespace,
     position: Timestamp,
@@ -216,7 +219,7 @@ pub async fn serve(
         .find_one(
             RESYNCS,
             doc! {"plan": ctx.store.plan(), "lane": &ctx.lane,
-            "state": {"$in": ["pending", "copying", "swapping"]}},
+            "state": {"$in": ResyncState::UNFINISHED.map(Bson::from).to_vec()}},
             Some(doc! {"requested": 1, "_id": 1}),
         )
         .await;
@@ -231,18 +234,20 @@ pub async fn serve(
         with(|l| l.checked.insert(ctx.lane.clone()));
         return Ok(());
     };
-    let unfinished = req.get_str("state") != Ok("pending");
-    if draining && !unfinished {
+    let state = ResyncState::of(&req).map_err(StateError::from)?;
+    if draining && state == ResyncState::Pending {
         // The commit has begun: the destination is about to become the writable side.
         record(
             ctx,
             &req,
-            doc! {"state": "failed", "error": "refused: the commit began before the resync started", "finished": DateTime::now()},
+            state,
+            ResyncState::Failed,
+            doc! {"error": "refused: the commit began before the resync started", "finished": DateTime::now()},
         )
         .await?;
         return Ok(());
     }
-    start(ctx, &req, position).await?;
+    start(ctx, &req, state, position).await?;
     with(|l| l.checked.insert(ctx.lane.clone()));
     if draining {
         // A resync left unfinished by an earlier runner: finish it before the commit.
@@ -251,11 +256,37 @@ pub async fn serve(
     Ok(())
 }
 
-async fn record(ctx: &ApplyCtx, req: &Document, set: Document) -> Result<(), EngineError> {
+/// A transition of the request `req` (read in state `from`): see [`transition`].
+async fn record(
+    ctx: &ApplyCtx,
+    req: &Document,
+    from: ResyncState,
+    to: ResyncState,
+    set: Document,
+) -> Result<(), EngineError> {
     let id = req.get("_id").cloned().unwrap_or(Bson::Null);
-    update(ctx, &id, set).await
+    transition(ctx, &id, from, to, set).await
 }
 
+/// The one way a resync record changes state: `from -> to` (a transition of
+/// [`ResyncState::can_become`]) with `set`'s fields, written only while the record is still
+/// `from`.
+async fn transition(
+    ctx: &ApplyCtx,
+    id: &Bson,
+    from: ResyncState,
+    to: ResyncState,
+    mut set: Document,
+) -> Result<(), EngineError> {
+    debug_assert!(from.can_become(to), "resync {from} -> {to}");
+    set.insert("state", to);
+    ctx.store
+        .update_one(RESYNCS, doc! {"_id": id, "state": from}, doc! {"$set": set})
+        .await?;
+    Ok(())
+}
+
+/// Fields of a request that are not its state (progress figures).
 async fn update(ctx: &ApplyCtx, id: &Bson, set: Document) -> Result<(), EngineError> {
     ctx.store
         .update_one(RESYNCS, doc! {"_id": id}, doc! {"$set": set})
@@ -264,19 +295,27 @@ async fn update(ctx: &ApplyCtx, id: &Bson, set: Document) -> Result<(), EngineEr
 }
 
 /// Starts the request at `position`: the hold begins now, the copy in the background.
-async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<(), EngineError> {
+async fn start(
+    ctx: &ApplyCtx,
+    req: &Document,
+    from: ResyncState,
+    position: Timestamp,
+) -> Result<(), EngineError> {
     let id = req.get("_id").cloned().unwrap_or(Bson::Null);
-    let fail = |why: String| doc! {"state": "failed", "error": why, "finished": DateTime::now()};
-    let Some(ns) = req.get_str("ns").ok().and_then(Namespace::parse) else {
-        return record(ctx, req, fail("malformed request: no namespace".into())).await;
-    };
-    if !ctx.selector.selects(&ns.db, &ns.coll) {
-        return record(
+    let fail = |why: String| {
+        record(
             ctx,
             req,
-            fail(format!("`{ns}` is not in the plan's filter")),
+            from,
+            ResyncState::Failed,
+            doc! {"error": why, "finished": DateTime::now()},
         )
-        .await;
+    };
+    let Some(ns) = req.get_str("ns").ok().and_then(Namespace::parse) else {
+        return fail("malformed request: no namespace".into()).await;
+    };
+    if !ctx.selector.selects(&ns.db, &ns.coll) {
+        return fail(format!("`{ns}` is not in the plan's filter")).await;
     }
     // An earlier attempt's temporary collection and copy ranges (a runner stopped
     // mid-resync; one resync runs per lane at a time, so every resync range is stale).
@@ -292,24 +331,13 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
         .map_err(on(ctx.direction.reads()))?
     {
         Some(s) => s,
-        None => {
-            return record(
-                ctx,
-                req,
-                fail(format!("`{ns}` does not exist on the source")),
-            )
-            .await
-        }
+        None => return fail(format!("`{ns}` does not exist on the source")).await,
     };
     if spec.kind != NsKind::Collection {
-        return record(
-            ctx,
-            req,
-            fail(format!(
-                "`{ns}` is a {}: only collections can be resynced",
-                spec.kind.as_str()
-            )),
-        )
+        return fail(format!(
+            "`{ns}` is a {}: only collections can be resynced",
+            spec.kind.as_str()
+        ))
         .await;
     }
     let short = ObjectId::new().to_hex();
@@ -328,8 +356,10 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
     record(
         ctx,
         req,
+        from,
+        ResyncState::Copying,
         doc! {
-            "state": "copying", "attempt": attempt, "position": position, "temp": temp.to_string(),
+            "attempt": attempt, "position": position, "temp": temp.to_string(),
             "started": DateTime::now(), "estimated_documents": estimated as i64,
             "copied_documents": 0i64, "held_events": 0i64, "replayed_events": 0i64,
         },
@@ -369,6 +399,7 @@ async fn start(ctx: &ApplyCtx, req: &Document, position: Timestamp) -> Result<()
             ctx.lane.clone(),
             Active {
                 request: id,
+                state: ResyncState::Copying,
                 ns,
                 temp,
                 position,
@@ -449,10 +480,12 @@ fn take(lane: &str) -> Option<Active> {
 async fn swap(ctx: &ApplyCtx, a: Active, position: Timestamp) -> Result<(), EngineError> {
     ctx.store.fence_ready().await?;
     let held = a.held.len() as i64;
-    update(
+    transition(
         ctx,
         &a.request,
-        doc! {"state": "swapping", "swap_position": position, "held_events": held,
+        a.state,
+        ResyncState::Swapping,
+        doc! {"swap_position": position, "held_events": held,
         "copied_documents": a.progress.copied_docs.load(Ordering::Relaxed) as i64},
     )
     .await?;
@@ -476,10 +509,12 @@ async fn swap(ctx: &ApplyCtx, a: Active, position: Timestamp) -> Result<(), Engi
     }
     crate::base::crashpoint::hit("resync.swapped", None);
     let replayed = replay(ctx, &a.ns, a.held).await?;
-    update(
+    transition(
         ctx,
         &a.request,
-        doc! {"state": "done", "replayed_events": replayed as i64, "finished": DateTime::now()},
+        ResyncState::Swapping,
+        ResyncState::Done,
+        doc! {"replayed_events": replayed as i64, "finished": DateTime::now()},
     )
     .await?;
     tracing::info!(ns = %a.ns, copied = a.progress.copied_docs.load(Ordering::Relaxed), held, replayed,
@@ -537,10 +572,12 @@ async fn cancel(ctx: &ApplyCtx, mut a: Active, why: &str) -> Result<(), EngineEr
     let task = a.task.take();
     let held = a.held.len() as i64;
     let replayed = replay(ctx, &a.ns, std::mem::take(&mut a.held)).await?;
-    update(
+    transition(
         ctx,
         &a.request,
-        doc! {"state": "failed", "error": why, "held_events": held,
+        a.state,
+        ResyncState::Failed,
+        doc! {"error": why, "held_events": held,
         "replayed_events": replayed as i64, "finished": DateTime::now(),
         "copied_documents": a.progress.copied_docs.load(Ordering::Relaxed) as i64},
     )

@@ -34,6 +34,7 @@ use crate::engine::error::EngineError;
 use crate::engine::repair::{self as engine_repair, ReadAt, REPAIRS, REQUESTS, REQUEST_IDS};
 use crate::plan::Plan;
 use crate::state::record::RunRecord;
+use crate::state::states::{RepairRequestState, RepairState};
 use crate::state::{StateError, StateStore, LANES};
 use crate::verify::catalog;
 use crate::verify::error::VerifyError;
@@ -341,17 +342,21 @@ pub async fn run(
         REPAIRS,
         doc! {"_id": &repair_id},
         doc! {"$set": {
-            "plan": &plan.name, "who": who(), "mode": mode.as_str(), "state": "running",
+            "plan": &plan.name, "who": who(), "mode": mode.as_str(), "state": RepairState::Running,
             "started": DateTime::now(),
         }},
         true,
     )
     .await?;
     let result = passes(source, dest, plan, state, &mode, base, ropts, &repair_id).await;
-    let (fields, out) = match result {
+    let (to, fields, out) = match result {
         Ok(report) => (
+            if report.ok {
+                RepairState::Ok
+            } else {
+                RepairState::DifferencesRemain
+            },
             doc! {
-                "state": if report.ok { "ok" } else { "differences remain" },
                 "passes": i64::from(report.passes),
                 "namespaces": counts_doc(&report.namespaces.iter().map(|n| (n.ns.clone(), n.clone())).collect()),
                 "finished": DateTime::now(),
@@ -359,18 +364,13 @@ pub async fn run(
             Ok(report),
         ),
         Err(e) => (
-            doc! {"state": "failed", "error": crate::base::redact::scrub(&e.to_string()), "finished": DateTime::now()},
+            RepairState::Failed,
+            doc! {"error": crate::base::redact::scrub(&e.to_string()), "finished": DateTime::now()},
             Err(e),
         ),
     };
-    let _ = engine_repair::write_state(
-        state,
-        REPAIRS,
-        doc! {"_id": &repair_id},
-        doc! {"$set": fields},
-        false,
-    )
-    .await;
+    let _ =
+        engine_repair::repair_transition(state, &repair_id, RepairState::Running, to, fields).await;
     out
 }
 
@@ -514,7 +514,7 @@ async fn repair_documents(
                 doc! {"_id": id},
                 doc! {"$setOnInsert": {
                     "plan": state.plan(), "lane": &lane, "repair": repair_id, "batch": &batch,
-                    "ns": ns.to_string(), "ids": ids, "state": "pending", "created": DateTime::now(),
+                    "ns": ns.to_string(), "ids": ids, "state": RepairRequestState::Pending, "created": DateTime::now(),
                 }},
                 true,
             )
@@ -527,14 +527,20 @@ async fn repair_documents(
         let docs: Vec<Document> = state
             .find(REQUESTS, doc! {"batch": &batch}, None, None)
             .await?;
-        let pending: Vec<&Document> = docs
+        let states = docs
             .iter()
-            .filter(|d| d.get_str("state") == Ok("pending"))
-            .collect();
+            .map(RepairRequestState::of)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StateError::from)?;
+        let with_state = |want: RepairRequestState| {
+            docs.iter()
+                .zip(&states)
+                .filter(move |(_, s)| **s == want)
+                .map(|(d, _)| d)
+        };
+        let pending: Vec<&Document> = with_state(RepairRequestState::Pending).collect();
         if pending.is_empty() {
-            let failed: Vec<String> = docs
-                .iter()
-                .filter(|d| d.get_str("state") == Ok("failed"))
+            let failed: Vec<String> = with_state(RepairRequestState::Failed)
                 .map(|d| {
                     format!(
                         "`{}`: {}",
@@ -578,13 +584,13 @@ async fn repair_documents(
                     ReadAt::Majority,
                 )
                 .await?;
-                engine_repair::write_state(
+                engine_repair::request_transition(
                     state,
-                    REQUESTS,
-                    doc! {"_id": d.get("_id").cloned().unwrap_or(Bson::Null), "state": "pending"},
-                    doc! {"$set": {"state": "done", "served_by": "verify", "written": r.written as i64,
-                                   "deleted": r.deleted as i64, "served": DateTime::now()}},
-                    false,
+                    d.get("_id").cloned().unwrap_or(Bson::Null),
+                    RepairRequestState::Pending,
+                    RepairRequestState::Done,
+                    doc! {"served_by": "verify", "written": r.written as i64,
+                    "deleted": r.deleted as i64, "served": DateTime::now()},
                 )
                 .await?;
             }
@@ -764,7 +770,7 @@ pub struct RepairSummary {
     pub finished: Option<String>,
     pub who: String,
     pub mode: String,
-    pub state: String,
+    pub state: RepairState,
     pub documents_written: i64,
     pub documents_deleted: i64,
     pub indexes_built: i64,
@@ -799,6 +805,13 @@ pub async fn last_repair(state: &StateStore) -> Option<RepairSummary> {
         .await
         .ok()
         .flatten()?;
+    let state = match RepairState::of(&d) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "The last repair record is left out of the status.");
+            return None;
+        }
+    };
     let who = d.get_document("who").ok();
     let sum = |k: &str| {
         d.get_array("namespaces")
@@ -829,7 +842,7 @@ pub async fn last_repair(state: &StateStore) -> Option<RepairSummary> {
             })
             .unwrap_or_else(|| "?".into()),
         mode: d.get_str("mode").unwrap_or("?").to_string(),
-        state: d.get_str("state").unwrap_or("?").to_string(),
+        state,
         documents_written: sum("documents_written"),
         documents_deleted: sum("documents_deleted"),
         indexes_built: sum("indexes_built"),

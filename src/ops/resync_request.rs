@@ -15,6 +15,7 @@ use crate::ops::error::OpError;
 use crate::plan::model::NamespaceFilter;
 use crate::plan::{NamespaceSelector, Plan};
 use crate::state::record::RunRecord;
+use crate::state::states::{ResyncState, UnknownState};
 use crate::state::{StateError, StateStore};
 
 /// Whether a resync may be requested now; `Ok` is the lane that serves it, `Err` the
@@ -174,7 +175,7 @@ pub async fn request(
                 RESYNCS,
                 doc! {
                     "_id": id, "plan": store.plan(), "lane": lane, "batch": &batch, "ns": ns.to_string(),
-                    "who": who.clone(), "requested": DateTime::now(), "state": "pending",
+                    "who": who.clone(), "requested": DateTime::now(), "state": ResyncState::Pending,
                 },
             )
             .await?;
@@ -187,7 +188,7 @@ pub async fn request(
 pub struct ResyncView {
     pub ns: String,
     /// `pending`, `copying`, `swapping`, `done` or `failed`.
-    pub state: String,
+    pub state: ResyncState,
     pub who: String,
     pub requested: Option<String>,
     pub started: Option<String>,
@@ -207,7 +208,8 @@ pub struct ResyncView {
 }
 
 impl ResyncView {
-    pub fn from_record(d: &Document) -> Self {
+    /// The view of a stored request; an error names a state this build does not know.
+    pub fn from_record(d: &Document) -> Result<Self, UnknownState> {
         let time = |k: &str| {
             d.get_datetime(k)
                 .ok()
@@ -224,9 +226,9 @@ impl ResyncView {
                 )
             })
             .unwrap_or_else(|_| "?".into());
-        Self {
+        Ok(Self {
             ns: d.get_str("ns").unwrap_or("?").to_string(),
-            state: d.get_str("state").unwrap_or("?").to_string(),
+            state: ResyncState::of(d)?,
             who,
             requested: time("requested"),
             started: time("started"),
@@ -242,25 +244,25 @@ impl ResyncView {
             replayed_events: d.get_i64("replayed_events").unwrap_or(0),
             attempt: d.get_i32("attempt").unwrap_or(0),
             error: d.get_str("error").ok().map(str::to_string),
-        }
+        })
     }
 
     pub fn finished_state(&self) -> bool {
-        matches!(self.state.as_str(), "done" | "failed")
+        self.state.finished()
     }
 
     /// One line: `shop.orders: copying, 1200/5000 documents, 35 events held (by ..., requested ...)`.
     pub fn to_text(&self) -> String {
         let mut s = format!("{}: {}", self.ns, self.state);
-        match self.state.as_str() {
-            "pending" => s += " (waiting for the lane)",
-            "copying" | "swapping" => {
+        match self.state {
+            ResyncState::Pending => s += " (waiting for the lane)",
+            ResyncState::Copying | ResyncState::Swapping => {
                 s += &format!(
                     ", {}/{} documents copied, {} events held",
                     self.copied_documents, self.estimated_documents, self.held_events
                 )
             }
-            _ => {
+            ResyncState::Done | ResyncState::Failed => {
                 s += &format!(
                     ", {} documents copied, {} events held and replayed",
                     self.copied_documents, self.replayed_events
@@ -327,7 +329,7 @@ pub async fn wait(
             .await?
             .iter()
             .map(ResyncView::from_record)
-            .collect();
+            .collect::<Result<_, _>>()?;
         if views.iter().all(ResyncView::finished_state) {
             return Ok(Waited::Finished(views));
         }
@@ -356,7 +358,16 @@ pub async fn recent(store: &StateStore) -> Vec<ResyncView> {
         )
         .await
         .unwrap_or_default();
-    let mut out: Vec<ResyncView> = docs.iter().map(ResyncView::from_record).collect();
+    let mut out: Vec<ResyncView> = docs
+        .iter()
+        .filter_map(|d| match ResyncView::from_record(d) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "A resync record is left out of the status.");
+                None
+            }
+        })
+        .collect();
     let mut finished = 0;
     out.retain(|v| {
         if v.finished_state() {

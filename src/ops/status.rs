@@ -207,7 +207,12 @@ pub fn view(
     let mut v = StatusView {
         plan: plan_name.to_string(),
         state: rec.state.as_str().to_string(),
-        phase: st.get_str("phase").unwrap_or("not started").to_string(),
+        phase: match crate::state::states::LanePhase::of(st) {
+            Ok(Some(p)) => p.to_string(),
+            Ok(None) => "not started".to_string(),
+            // Shown as the error (it names the value), never taken for a known phase.
+            Err(e) => e.to_string(),
+        },
         can_commit: st.get_bool("can_commit").unwrap_or(false),
         can_write: rec.can_write,
         lag_seconds: st.get_f64("lag_seconds").ok(),

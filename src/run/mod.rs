@@ -207,7 +207,7 @@ impl Ctx {
     /// Records the intent, then blocks or unblocks user writes on `which` (a plan role).
     pub async fn set_block(&mut self, which: Role, on: bool) -> Result<(), RunError> {
         let name = which.as_str();
-        let key = format!("blocks.{name}");
+        let key = crate::state::record::block_field(which);
         let cluster = if which == Role::Source {
             &self.source
         } else {

@@ -72,7 +72,7 @@ pub fn spawn_reporter(
                     let total = p.estimated_total_bytes.load(Ordering::Relaxed);
                     b.set_length(total.max(p.copied_bytes.load(Ordering::Relaxed)));
                     b.set_position(p.copied_bytes.load(Ordering::Relaxed));
-                    b.set_prefix(p.phase());
+                    b.set_prefix(p.phase().to_string());
                     b.set_message(line_suffix(p));
                     b.tick();
                 } else if last_log.elapsed() >= Duration::from_secs(10) {

@@ -8,7 +8,7 @@
 //! serde reads it back; a value this build does not know is an error that names it, and a
 //! record written by a newer layout ([`RECORD_VERSION`]) is refused rather than guessed at.
 //!
-//! This module is a leaf: it depends on serde and BSON only.
+//! This module is a leaf: it depends on serde, BSON and [`crate::base::role`] only.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -126,6 +126,29 @@ pub fn lane_id(plan: &str, direction: Direction) -> String {
     format!("{plan}/{}", direction.as_str())
 }
 
+/// The `$set` fields of commit `i`'s record: each field of `fields` at `commits.<i>.<field>`
+/// (the one place that path is spelled), e.g.
+/// `commit_fields(i, doc! {"phase": CommitPhase::Draining, "block_ts": ts})`.
+pub fn commit_fields(i: usize, fields: Document) -> Document {
+    fields
+        .into_iter()
+        .map(|(k, v)| (format!("commits.{i}.{k}"), v))
+        .collect()
+}
+
+/// The `$set` fields of step `i`'s record (`steps.<i>.<field>`), as [`commit_fields`].
+pub fn step_fields(i: usize, fields: Document) -> Document {
+    fields
+        .into_iter()
+        .map(|(k, v)| (format!("steps.{i}.{k}"), v))
+        .collect()
+}
+
+/// The run document's field saying whether cutover holds user write blocking on `role`.
+pub fn block_field(role: crate::base::role::Role) -> String {
+    format!("blocks.{}", role.as_str())
+}
+
 macro_rules! stored_as_string {
     ($($t:ty),*) => {$(
         impl From<$t> for Bson {
@@ -203,7 +226,7 @@ pub struct RunRecord {
     pub lease_live: Option<bool>,
 }
 
-/// A run document this build cannot read.
+/// A run document (or another record's state) this build cannot read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error(
@@ -213,6 +236,9 @@ pub enum RecordError {
     Newer { plan: String, found: i64 },
     #[error("the run document of plan `{plan}` cannot be read: {detail}")]
     Invalid { plan: String, detail: String },
+    /// Another record's state (or a lane's phase) this build does not know.
+    #[error(transparent)]
+    State(#[from] crate::state::states::UnknownState),
 }
 
 impl RunRecord {
@@ -351,6 +377,25 @@ mod tests {
         assert!(!r.started());
         assert_eq!(r.state, RunState::Idle);
         assert_eq!(r.step_status(0), StepStatus::Pending);
+    }
+
+    #[test]
+    fn commit_and_step_fields_are_stored_at_their_paths() {
+        let set = commit_fields(3, doc! {"phase": CommitPhase::Draining, "window_ms": 5_i64});
+        assert_eq!(
+            set,
+            doc! {"commits.3.phase": "draining", "commits.3.window_ms": 5_i64}
+        );
+        let r = RunRecord::from_doc("p", &doc! {"commits": {"3": {"phase": "draining"}}}).unwrap();
+        assert_eq!(r.commit(3).unwrap().phase, CommitPhase::Draining);
+        assert_eq!(
+            step_fields(0, doc! {"status": StepStatus::Done}),
+            doc! {"steps.0.status": "done"}
+        );
+        assert_eq!(
+            block_field(crate::base::role::Role::Destination),
+            "blocks.destination"
+        );
     }
 
     #[test]

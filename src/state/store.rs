@@ -446,19 +446,19 @@ impl StateStore {
         status: StepStatus,
         error: Option<&str>,
     ) -> Result<(), StateError> {
-        let mut fields = doc! { format!("steps.{i}.status"): status };
+        let mut fields = doc! {"status": status};
         match status {
             StepStatus::Running => {
-                fields.insert(format!("steps.{i}.started"), DateTime::now());
+                fields.insert("started", DateTime::now());
             }
             _ => {
-                fields.insert(format!("steps.{i}.finished"), DateTime::now());
+                fields.insert("finished", DateTime::now());
             }
         }
         if let Some(e) = error {
-            fields.insert(format!("steps.{i}.error"), e);
+            fields.insert("error", e);
         }
-        self.set(fields).await
+        self.set(crate::state::record::step_fields(i, fields)).await
     }
 
     /// Takes the plan's lease (creating the run document if needed): the epoch goes up by

@@ -1,6 +1,7 @@
 //! Verify's records in the state database on the destination, so a killed verify continues.
 //!
-//! - `verify_runs`: `{_id: {plan, run}, plan, run, status: running|finished|abandoned}`.
+//! - `verify_runs`: `{_id: {plan, run}, plan, run, status: running|finished|abandoned}`
+//!   ([`VerifyRunStatus`], changed only by [`StateStore::transition`]).
 //! - `verify_partitions`: `{_id: {plan, run, ns}, bounds: [...], batch_docs}`, the split points of a
 //!   namespace, written before its first range so a resumed run reads the same ranges.
 //! - `verify_ranges`: `{_id: {plan, run, ns, range}, source_count, destination_count, missing,
@@ -23,6 +24,7 @@ use super::scan::{Kind, RangeDiff};
 use crate::base::namespace::Namespace;
 use crate::base::role::Role;
 use crate::state::lease::Fence;
+use crate::state::states::VerifyRunStatus;
 
 pub const RUNS: &str = "verify_runs";
 pub const PARTITIONS: &str = "verify_partitions";
@@ -92,29 +94,37 @@ impl StateStore {
             .as_ref()
             .and_then(|d| d.get_i64("run").ok())
             .unwrap_or(0);
-        let running = last
-            .as_ref()
-            .map(|d| d.get_str("status").unwrap_or_default() == "running")
-            .unwrap_or(false);
+        let running = match &last {
+            Some(d) => VerifyRunStatus::of(d).map_err(|e| VerifyError::Server {
+                side: Role::Destination,
+                ns: None,
+                what: "reading verify runs in the state database".into(),
+                detail: e.to_string(),
+                hint: "run the verify with the cutover release that wrote the record, or with `--restart`",
+                transient: false,
+            })? == VerifyRunStatus::Running,
+            None => false,
+        };
         if running && !restart {
             store.run = last_run;
             return Ok((store, true));
         }
         if running {
-            runs.update_one(
-                store
-                    .filter(doc! {"_id": {"plan": plan, "run": last_run}})
-                    .await?,
-                store.stamp(doc! {"$set": {"status": "abandoned"}}),
-            )
-            .await
-            .map_err(|e| err("abandoning the previous verify run", &e))?;
+            store
+                .transition(
+                    last_run,
+                    VerifyRunStatus::Running,
+                    VerifyRunStatus::Abandoned,
+                    doc! {},
+                    "abandoning the previous verify run",
+                )
+                .await?;
         }
         store.run = last_run + 1;
         store.confirm().await?;
         runs.insert_one(store.stamp_doc(doc! {
             "_id": {"plan": plan, "run": store.run}, "plan": plan, "run": store.run,
-            "status": "running", "started_at": DateTime::now(),
+            "status": VerifyRunStatus::Running, "started_at": DateTime::now(),
         }))
         .await
         .map_err(|e| err("starting a verify run", &e))?;
@@ -156,14 +166,36 @@ impl StateStore {
     }
 
     pub async fn finish(&self) -> Result<(), VerifyError> {
+        self.transition(
+            self.run,
+            VerifyRunStatus::Running,
+            VerifyRunStatus::Finished,
+            doc! {"finished_at": DateTime::now()},
+            "finishing the verify run",
+        )
+        .await
+    }
+
+    /// The one way a `verify_runs` record changes status: run `run` of the plan goes
+    /// `from -> to` (see [`VerifyRunStatus::can_become`]) with `fields`, written only while it
+    /// is still `from`.
+    async fn transition(
+        &self,
+        run: i64,
+        from: VerifyRunStatus,
+        to: VerifyRunStatus,
+        mut fields: Document,
+        what: &str,
+    ) -> Result<(), VerifyError> {
+        debug_assert!(from.can_become(to), "verify run {from} -> {to}");
+        fields.insert("status", to);
+        let filter = self
+            .filter(doc! {"_id": {"plan": &self.plan, "run": run}, "status": from})
+            .await?;
         self.coll(RUNS)
-            .update_one(
-                self.filter(doc! {"_id": {"plan": &self.plan, "run": self.run}})
-                    .await?,
-                self.stamp(doc! {"$set": {"status": "finished", "finished_at": DateTime::now()}}),
-            )
+            .update_one(filter, self.stamp(doc! {"$set": fields}))
             .await
-            .map_err(|e| err("finishing the verify run", &e))?;
+            .map_err(|e| err(what, &e))?;
         Ok(())
     }
 

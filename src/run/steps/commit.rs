@@ -17,7 +17,7 @@ use crate::plan::model::CommitStep;
 use crate::plan::{Approval, WriteBlocking};
 use crate::run::roles::*;
 use crate::run::{Ctx, RunError};
-use crate::state::record::{CommitPhase, CommitRecord, Direction, RunState};
+use crate::state::record::{commit_fields, CommitPhase, CommitRecord, Direction, RunState};
 
 pub async fn commit(
     ctx: &mut Ctx,
@@ -30,7 +30,6 @@ pub async fn commit(
         source,
     };
     let direction = direction_of(ctx, i);
-    let key = format!("commits.{i}");
     let run = ctx.store.record().await?;
     let mut rec = run.commit(i).cloned().unwrap_or_default();
     let blocking = ctx.plan.options.write_blocking;
@@ -49,7 +48,10 @@ pub async fn commit(
         rec.phase = match rec.phase {
             CommitPhase::Waiting => {
                 ctx.store
-                    .set(doc! {format!("{key}.phase"): CommitPhase::Waiting, format!("{key}.direction"): direction})
+                    .set(commit_fields(
+                        i,
+                        doc! {"phase": CommitPhase::Waiting, "direction": direction},
+                    ))
                     .await?;
                 let started = Instant::now();
                 let timeout = step.timeout.get();
@@ -58,7 +60,8 @@ pub async fn commit(
                 if step.approval == Approval::Manual {
                     wait_for_approval(ctx, i, timeout.saturating_sub(started.elapsed())).await?;
                     if let Some(l) = &ctx.lane {
-                        l.progress.set_phase("applying change events");
+                        l.progress
+                            .set_phase(crate::state::states::LanePhase::Applying);
                     }
                 }
                 // A paused run does not block writes: the commit starts once resumed.
@@ -67,10 +70,12 @@ pub async fn commit(
                 )
                 .await;
                 let blocked_at = mongodb::bson::DateTime::now();
-                ctx.store
-                    .set(doc! {format!("{key}.phase"): CommitPhase::Blocking, "state": RunState::Committing,
-                    format!("{key}.blocked_at"): blocked_at})
-                    .await?;
+                let mut set = commit_fields(
+                    i,
+                    doc! {"phase": CommitPhase::Blocking, "blocked_at": blocked_at},
+                );
+                set.insert("state", RunState::Committing);
+                ctx.store.set(set).await?;
                 rec.blocked_at = Some(blocked_at);
                 CommitPhase::Blocking
             }
@@ -90,7 +95,10 @@ pub async fn commit(
                 // Every user write the source accepted has a time at or before this point.
                 let block_ts = cluster_time(ctx, &src).await.map_err(fail)?;
                 ctx.store
-                    .set(doc! {format!("{key}.phase"): CommitPhase::Draining, format!("{key}.block_ts"): block_ts})
+                    .set(commit_fields(
+                        i,
+                        doc! {"phase": CommitPhase::Draining, "block_ts": block_ts},
+                    ))
                     .await?;
                 rec.block_ts = Some(block_ts);
                 CommitPhase::Draining
@@ -112,7 +120,7 @@ pub async fn commit(
                 }
                 ctx.drop_lane();
                 ctx.store
-                    .set(doc! {format!("{key}.phase"): CommitPhase::Restoring})
+                    .set(commit_fields(i, doc! {"phase": CommitPhase::Restoring}))
                     .await?;
                 CommitPhase::Restoring
             }
@@ -154,13 +162,13 @@ pub async fn commit(
                         mismatches.join(", ")
                     ))));
                 }
-                ctx.store
-                    .set(doc! {format!("{key}.phase"): CommitPhase::Committed, "state": RunState::Committed})
-                    .await?;
+                let mut set = commit_fields(i, doc! {"phase": CommitPhase::Committed});
+                set.insert("state", RunState::Committed);
+                ctx.store.set(set).await?;
                 crate::base::crashpoint::hit("commit.committed", Some(i));
                 CommitPhase::Committed
             }
-            CommitPhase::Committed => return unblock(ctx, i, direction, &key, &rec).await,
+            CommitPhase::Committed => return unblock(ctx, i, direction, &rec).await,
             CommitPhase::Done => return Ok(Some("already committed".into())),
         };
     }
@@ -172,7 +180,6 @@ async fn unblock(
     ctx: &mut Ctx,
     i: usize,
     direction: Direction,
-    key: &str,
     rec: &CommitRecord,
 ) -> Result<Option<String>, RunError> {
     let blocking = ctx.plan.options.write_blocking;
@@ -197,7 +204,7 @@ async fn unblock(
                 source,
             })?;
         ctx.store
-            .set(doc! {format!("{key}.can_write_ts"): can_write_ts})
+            .set(commit_fields(i, doc! {"can_write_ts": can_write_ts}))
             .await?;
     }
     crate::base::crashpoint::hit("commit.before-unblock", Some(i));
@@ -207,10 +214,14 @@ async fn unblock(
     let now = mongodb::bson::DateTime::now();
     let blocked_at = rec.blocked_at.or(stored.blocked_at);
     let window = blocked_at.map(|b| now.timestamp_millis() - b.timestamp_millis());
-    let mut set = doc! {format!("{key}.phase"): CommitPhase::Done, format!("{key}.writable_at"): now, "can_write": true,
-    "status.phase": "committed", "status.can_commit": false};
+    let mut commit = doc! {"phase": CommitPhase::Done, "writable_at": now};
     if let Some(w) = window {
-        set.insert(format!("{key}.window_ms"), w);
+        commit.insert("window_ms", w);
+    }
+    let mut set = commit_fields(i, commit);
+    set.extend(doc! {"can_write": true,
+    "status.phase": crate::state::states::LanePhase::Committed, "status.can_commit": false});
+    if let Some(w) = window {
         tracing::info!(
             window_ms = w,
             "Destination writable: write-blocked window {:.3}s.",
@@ -302,10 +313,11 @@ async fn wait_for_approval(ctx: &mut Ctx, i: usize, limit: Duration) -> Result<(
                 ctx.plan.file
             );
             if let Some(l) = &ctx.lane {
-                l.progress.set_phase("waiting for approval");
+                l.progress
+                    .set_phase(crate::state::states::LanePhase::WaitingForApproval);
             }
             ctx.store
-                .set(doc! {"status.phase": "waiting for approval"})
+                .set(doc! {"status.phase": crate::state::states::LanePhase::WaitingForApproval})
                 .await?;
             said = true;
         }
