@@ -38,7 +38,7 @@ pub(super) async fn unblock(args: UnblockArgs) -> Exit {
     {
         let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
         let _ = store
-            .set(mongodb::bson::doc! {format!("blocks.{name}"): false, "last_unblock": {"cluster": name, "when": mongodb::bson::DateTime::now()}})
+            .set(mongodb::bson::doc! {crate::state::record::block_field(scope): false, "last_unblock": {"cluster": name, "when": mongodb::bson::DateTime::now()}})
             .await;
     }
     out(&format!(
