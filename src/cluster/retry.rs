@@ -178,6 +178,8 @@ pub trait Reconnecting: Sync {
 pub struct Retry<'h> {
     backoff: Backoff,
     role: Option<Role>,
+    /// The cluster the last failure named (the success line names the same one).
+    failed_on: Option<Role>,
     hook: Option<&'h dyn Reconnecting>,
 }
 
@@ -187,6 +189,7 @@ impl<'h> Retry<'h> {
         Self {
             backoff: Backoff::new(budget),
             role: None,
+            failed_on: None,
             hook: None,
         }
     }
@@ -234,7 +237,7 @@ impl<'h> Retry<'h> {
     pub fn succeeded(&mut self, what: &str) {
         if self.backoff.attempts() > 0 {
             tracing::info!(
-                cluster = role_name(self.role),
+                cluster = role_name(self.failed_on.or(self.role)),
                 what,
                 attempts = self.backoff.attempts() + 1,
                 "Succeeded after retrying."
@@ -250,6 +253,7 @@ impl<'h> Retry<'h> {
     /// sleeps; or, once the outage has lasted the budget, logs and returns [`GaveUp`].
     pub async fn wait<E: Retryable + ?Sized>(&mut self, what: &str, e: &E) -> Result<(), GaveUp> {
         let role = e.role().or(self.role);
+        self.failed_on = role;
         let cluster = role_name(role);
         let last = e.describe();
         let zero = self.backoff.budget().is_zero();
