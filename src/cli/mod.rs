@@ -171,6 +171,15 @@ async fn connect_both(
     Ok(clusters)
 }
 
+/// Loads the plan and opens its state store on the destination (the commands that only
+/// read or record there: `status`, `pause`, `resume`).
+async fn open_store(args: &PlanArgs) -> Result<(Plan, crate::state::StateStore), Exit> {
+    let plan = load(args)?;
+    let dest = connect_destination(args, &plan).await?;
+    let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
+    Ok((plan, store))
+}
+
 async fn connect_destination(
     args: &PlanArgs,
     plan: &Plan,

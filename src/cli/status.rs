@@ -6,15 +6,10 @@ use crate::cli::error::CliError;
 use super::*;
 
 pub(super) async fn status(args: StatusArgs) -> Exit {
-    let plan = match load(&args.plan) {
-        Ok(p) => p,
+    let (plan, store) = match open_store(&args.plan).await {
+        Ok(ps) => ps,
         Err(e) => return e,
     };
-    let dest = match connect_destination(&args.plan, &plan).await {
-        Ok(c) => c,
-        Err(e) => return e,
-    };
-    let store = crate::state::StateStore::new(&dest.client, &plan.state_database, &plan.name);
     let view = match crate::ops::status::load_view(&store, &plan).await {
         Ok(v) => v,
         Err(e) => return fail(CliError::Failed(e.to_string())),
