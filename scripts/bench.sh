@@ -8,6 +8,10 @@
 #   ./scripts/bench.sh --copy-under-churn --docs 500000 --churn-rate 2000
 #                                      # the copy under churn: change events applied during it
 #                                      # vs copy-then-apply, interleaved rounds (issue 20)
+#   ./scripts/bench.sh --collections 2000 [--per-coll 200] [--rounds 3]
+#                                      # breadth: N collections × 200 docs × 2 indexes against
+#                                      # the breadth ceiling, the window with N vs 5 collections,
+#                                      # verify and peak RSS (issue 24)
 #   ./scripts/bench.sh --cutover-arg --copy-concurrency --cutover-arg 4   # tune `cutover run`
 #
 # Other flags: --rounds N (3 interleaved rounds of backlogs: bulk insert, bulk update, bulk

@@ -23,7 +23,8 @@
 //! default 3: each round drains a bulk-insert, a bulk-update, a bulk-delete and a
 //! single-document backlog; the summary quotes each kind's median), `--backlog N`,
 //! `--only-sync` (seed, (a), (b), (c) only), `--churn-secs S`, `--churn-rate W`, `--commits K`, `--streams N`, `--cache-gb G`,
-//! `--cutover PATH`, `--cutover-arg ARG` (repeatable: extra flags for `cutover run`).
+//! `--cutover PATH`, `--cutover-arg ARG` (repeatable: extra flags for `cutover run`),
+//! `--collections N [--per-coll D]` (breadth alone, issue 24: see breadth.rs).
 
 // Child processes are signalled and reaped through libc (each block says why it is sound).
 #![allow(unsafe_code)]
@@ -44,6 +45,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Document, RawDocumentBuf, Timestamp};
 use mongodb::{Client, IndexModel};
 
+mod breadth;
 mod churn;
 mod commit;
 mod copy;
@@ -76,6 +78,8 @@ struct Opts {
     rss_check: bool,
     only_sync: bool,
     copy_under_churn: bool,
+    collections: usize,
+    per_coll: u64,
     rounds: usize,
     backlog: u64,
     churn_secs: u64,
@@ -96,6 +100,8 @@ fn parse_opts() -> Opts {
         rss_check: true,
         only_sync: false,
         copy_under_churn: false,
+        collections: 0,
+        per_coll: 200,
         rounds: 3,
         backlog: 200_000,
         churn_secs: 30,
@@ -130,6 +136,8 @@ fn parse_opts() -> Opts {
             "--rounds" => o.rounds = val(&mut i).parse().expect("--rounds N"),
             "--only-sync" => o.only_sync = true,
             "--copy-under-churn" => o.copy_under_churn = true,
+            "--collections" => o.collections = val(&mut i).parse().expect("--collections N"),
+            "--per-coll" => o.per_coll = val(&mut i).parse().expect("--per-coll N"),
             "--backlog" => {
                 o.backlog = val(&mut i).parse().expect("--backlog N");
                 backlog_set = true;
@@ -187,6 +195,17 @@ async fn main() {
         "{} documents (~1 KB, {COLLECTIONS} collections, one secondary index each); machine: {machine_start}",
         opts.docs
     ));
+
+    if opts.collections > 0 {
+        // (i) alone: breadth (issue 24).
+        breadth::breadth(&opts, dir, &mut rep).await;
+        if let Some(parent) = opts.out.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        std::fs::write(&opts.out, &rep.text).expect("write summary");
+        println!("(written to {})", opts.out.display());
+        return;
+    }
 
     if opts.copy_under_churn {
         // (h) alone: the copy with change events applied during it, against copy-then-apply.

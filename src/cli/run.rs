@@ -85,8 +85,9 @@ pub(super) fn run_summary(r: &crate::run::RunReport) -> String {
     }
     if let Some(w) = r.write_blocked_window_ms {
         s.push_str(&format!(
-            "  write-blocked window of the last commit: {:.3}s\n",
-            w as f64 / 1000.0
+            "  write-blocked window of the last commit: {:.3}s{}\n",
+            w as f64 / 1000.0,
+            crate::state::record::describe_phases(&r.write_blocked_window_phases)
         ));
     }
     s

@@ -8,12 +8,12 @@
 //! crash restarts from the beginning; re-inserting is harmless (duplicate `_id`s are ignored,
 //! and change events since the start point repair anything older).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{self, FuturesUnordered, StreamExt};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Binary, Bson, Document, RawArrayBuf, RawBsonRef, RawDocumentBuf};
 use mongodb::error::ErrorKind;
@@ -41,6 +41,10 @@ const MAX_PARTITIONS: u64 = 512;
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 const BATCH_DOCS: usize = 2_000;
 const WRITES_IN_FLIGHT: usize = 2;
+/// Small ranges (a collection of at most [`SMALL_DOCS`] documents, in one range) running in
+/// one slot of `--copy-concurrency`.
+const SMALL_PER_SLOT: usize = 4;
+pub const SMALL_DOCS: u64 = 5_000;
 
 #[derive(Clone)]
 pub struct CopyCtx {
@@ -61,6 +65,87 @@ pub struct CopyCtx {
     /// Build each collection's indexes as soon as its documents are copied (from the source's
     /// catalog as it is then), with these relaxations.
     pub after_copy: Option<Arc<RelaxationStore>>,
+    /// Ranges' `started` and `done` flags, written together (see [`RangeFlags`]).
+    pub flags: RangeFlags,
+}
+
+/// Writes ranges' `started` / `done` flags for many ranges in one `updateMany`: at thousands
+/// of small collections, one majority write per flag and range is the copy's cost. A range
+/// waits for its own flag to be durable, as with a write of its own; the writes that queue
+/// while one is in flight go together in the next. If a combined write fails, each range
+/// writes its flag itself (with the store's retries and errors).
+#[derive(Clone)]
+pub struct RangeFlags {
+    tx: tokio::sync::mpsc::UnboundedSender<FlagRequest>,
+}
+
+struct FlagRequest {
+    id: String,
+    field: &'static str,
+    written: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl RangeFlags {
+    /// Starts the writer (a task that ends with the last clone).
+    pub fn new(store: StateStore) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<FlagRequest>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 1000 {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                for field in ["started", "done"] {
+                    let (these, rest): (Vec<FlagRequest>, Vec<FlagRequest>) =
+                        batch.into_iter().partition(|r| r.field == field);
+                    batch = rest;
+                    if these.is_empty() {
+                        continue;
+                    }
+                    let ids: Vec<&str> = these.iter().map(|r| r.id.as_str()).collect();
+                    let ok = store
+                        .update_many(
+                            PARTITIONS,
+                            doc! {"_id": {"$in": ids}},
+                            doc! {"$set": {field: true}},
+                        )
+                        .await
+                        // Every range matched (one not matched is left to its own write,
+                        // which proves the lease or reports why).
+                        .is_ok_and(|n| n as usize == these.len());
+                    for r in these {
+                        let _ = r.written.send(ok);
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Sets `field` (`started` or `done`) of range `id`, durably.
+    async fn set(
+        &self,
+        store: &StateStore,
+        id: &str,
+        field: &'static str,
+    ) -> Result<(), EngineError> {
+        let (written, done) = tokio::sync::oneshot::channel();
+        let request = FlagRequest {
+            id: id.to_string(),
+            field,
+            written,
+        };
+        if self.tx.send(request).is_ok() && done.await == Ok(true) {
+            return Ok(());
+        }
+        store
+            .update_one(PARTITIONS, doc! {"_id": id}, doc! {"$set": {field: true}})
+            .await?;
+        Ok(())
+    }
 }
 
 /// One `_id` range of one collection, as stored in the `partitions` collection.
@@ -85,6 +170,8 @@ struct Partition {
     /// Copied before a lost resume point (see [`crate::engine::recover`]): compared with the
     /// source and only its differences rewritten.
     reconcile: bool,
+    /// The collection's only range, and it has at most [`SMALL_DOCS`] documents.
+    small: bool,
 }
 
 /// How one pass over a range ended.
@@ -195,26 +282,28 @@ fn spec_from_record(d: &Document) -> Option<NsSpec> {
 
 /// Copies every collection in `specs` (views have no documents). Returns when all ranges are
 /// durably on the destination.
-pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError> {
+pub async fn copy_all(
+    ctx: &CopyCtx,
+    specs: &[NsSpec],
+    counts: &Counts,
+    indexed: &HashSet<Namespace>,
+) -> Result<(), EngineError> {
     let mut queue = VecDeque::new();
-    let mut running: FuturesUnordered<JoinHandle<Result<(), EngineError>>> =
+    let mut running: FuturesUnordered<JoinHandle<Result<usize, EngineError>>> =
         FuturesUnordered::new();
-    for spec in specs.iter().filter(|s| s.kind != NsKind::View) {
-        // Idempotent (a crash or a retry between planning and its marker plans again).
-        let planned = ctx
-            .retry
-            .run(
-                &ctx.progress,
-                &format!("planning the copy of `{}`", spec.ns),
-                || partitions_of(ctx, spec),
-            )
-            .await?;
-        let Some(planned) = planned else { continue };
+    // Idempotent (a crash or a retry between planning and its markers plans again).
+    let plans = ctx
+        .retry
+        .run(&ctx.progress, "planning the copy", || {
+            plan_all(ctx, specs, counts, indexed)
+        })
+        .await?;
+    for (spec, planned) in plans {
         if let Some(g) = &ctx.gate {
             g.plan(&planned.ns, &planned.ranges);
         }
         let left = Arc::new(CollectionLeft {
-            spec: spec.clone(),
+            spec,
             ranges: std::sync::atomic::AtomicUsize::new(planned.todo.len()),
             indexed: planned.indexed,
         });
@@ -222,9 +311,10 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
             // Copied before a restart (or empty): its indexes and readiness only.
             let ctx = ctx.clone();
             let left = left.clone();
-            running.push(tokio::spawn(
-                async move { collection_copied(&ctx, &left).await },
-            ));
+            running.push(tokio::spawn(async move {
+                collection_copied(&ctx, &left).await?;
+                Ok(0)
+            }));
         }
         queue.extend(planned.todo.into_iter().map(|p| (p, left.clone())));
     }
@@ -234,9 +324,13 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
         collections = specs.len(),
         "Copying documents."
     );
+    // Small collections (one range of a few thousand documents) are mostly round trips and
+    // majority waits, not bytes: many run at once, each taking a fraction of a slot.
+    let slots = ctx.concurrency.max(1) * SMALL_PER_SLOT;
+    let mut used = 0usize;
     loop {
-        while running.len() < ctx.concurrency.max(1) {
-            if crate::base::pause_gate::is_paused() && !queue.is_empty() {
+        while !queue.is_empty() {
+            if crate::base::pause_gate::is_paused() {
                 if running.is_empty() {
                     crate::engine::control::hold_copy(&ctx.progress).await;
                 } else {
@@ -244,16 +338,24 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
                 }
             }
             // A DDL event waits for some collections: their ranges first.
-            let wanted = ctx.gate.as_ref().and_then(|g| {
-                queue
-                    .iter()
-                    .position(|(p, _): &(Partition, Arc<CollectionLeft>)| g.wanted(&p.write_ns))
-            });
-            let next = match wanted {
-                Some(i) => queue.remove(i),
-                None => queue.pop_front(),
+            let i = ctx
+                .gate
+                .as_ref()
+                .filter(|g| g.wants_any())
+                .and_then(|g| {
+                    queue
+                        .iter()
+                        .position(|(p, _): &(Partition, Arc<CollectionLeft>)| g.wanted(&p.write_ns))
+                })
+                .unwrap_or(0);
+            let cost = if queue[i].0.small { 1 } else { SMALL_PER_SLOT };
+            if used + cost > slots && !running.is_empty() {
+                break;
+            }
+            let Some((p, left)) = queue.remove(i) else {
+                break;
             };
-            let Some((p, left)) = next else { break };
+            used += cost;
             let ctx = ctx.clone();
             let span = tracing::info_span!("range", ns = %p.write_ns, range = %p.id);
             running.push(tokio::spawn(
@@ -262,14 +364,14 @@ pub async fn copy_all(ctx: &CopyCtx, specs: &[NsSpec]) -> Result<(), EngineError
                     if left.ranges.fetch_sub(1, Ordering::AcqRel) == 1 {
                         collection_copied(&ctx, &left).await?;
                     }
-                    Ok(())
+                    Ok(cost)
                 }
                 .instrument(span),
             ));
         }
         match running.next().await {
             None => break,
-            Some(Ok(Ok(()))) => {}
+            Some(Ok(Ok(cost))) => used -= cost,
             Some(Ok(Err(e))) => {
                 for h in running.iter() {
                     h.abort();
@@ -445,128 +547,224 @@ struct Planned {
     indexed: bool,
 }
 
-/// The ranges of one collection, planning them on first use.
-async fn partitions_of(ctx: &CopyCtx, spec: &NsSpec) -> Result<Option<Planned>, EngineError> {
-    let Some(write_ns) = catalog::copy_target(spec) else {
-        return Ok(None); // a view: no documents
-    };
-    let prefix = format!("{}/{}/", ctx.lane, write_ns);
-    let marker = format!("{prefix}planned");
-    let planned = ctx
-        .store
-        .find_one(PARTITIONS, doc! {"_id": &marker}, None)
-        .await?;
-    let uuid = match &planned {
-        Some(m) => match m.get("uuid") {
-            Some(Bson::Binary(b)) => Some(b.clone()),
-            _ => None,
-        },
-        None => {
-            // A crash between planning and the marker leaves stray ranges: start planning over.
-            ctx.store
-                .delete_many(
-                    PARTITIONS,
-                    doc! {"_id": {"$regex": format!("^{}", regex::escape(&prefix))}},
-                )
-                .await?;
-            let uuid = source_uuid(ctx, spec, &write_ns).await?;
-            let read_ns = match &uuid {
-                Some(u) => catalog::name_of_uuid(&ctx.source, &write_ns.db, u)
-                    .await
-                    .map_err(on(ctx.direction.reads()))?
-                    .map(|n| Namespace::new(write_ns.db.clone(), n)),
-                None => Some(write_ns.clone()),
-            };
-            let natural = needs_natural_order(spec);
-            let bounds = match &read_ns {
-                // Gone since it was listed: its drop (or cross-database rename) events follow.
-                None => vec![],
-                // One range: the gate places an event's `_id` in a range by comparing it
-                // with the bounds in BSON order, which a non-simple collation changes.
-                Some(_) if natural || collated(spec) => vec![None, None],
-                Some(ns) => split_points(ctx, ns).await?,
-            };
-            let mut docs = Vec::new();
-            for (i, w) in bounds.windows(2).enumerate() {
-                let mut d = doc! {
-                    "_id": format!("{prefix}{i:05}"), "plan": ctx.store.plan(), "lane": &ctx.lane,
-                    "ns": write_ns.to_string(), "natural": natural, "done": false,
-                };
-                if let Some(u) = &uuid {
-                    d.insert("uuid", u.clone());
-                }
-                if let Some(b) = &w[0] {
-                    d.insert("min", b.clone());
-                }
-                if let Some(b) = &w[1] {
-                    d.insert("max", b.clone());
-                }
-                docs.push(d);
-            }
-            if !docs.is_empty() {
-                ctx.store.insert_many(PARTITIONS, docs).await?;
-            }
-            let mut m = doc! {
-                "_id": &marker, "plan": ctx.store.plan(),
-                "ranges": bounds.len().saturating_sub(1) as i64,
-            };
-            if let Some(u) = &uuid {
-                m.insert("uuid", u.clone());
-            }
-            ctx.store.insert_many(PARTITIONS, vec![m]).await?;
-            uuid
+/// Documents per source collection, as `collStats` counted them when the copy started (see
+/// [`estimate`]): a collection known to be small is one range without sampling it.
+pub type Counts = HashMap<Namespace, u64>;
+
+/// Every collection's ranges, planning those not planned yet. One read of the lane's range
+/// records, the new ranges and markers written in a few `insert_many`s, and only collections
+/// big enough to split sampled (several at once): at thousands of collections the copy
+/// starts in seconds, not one round trip after another per collection.
+///
+/// A collection is planned when its marker (`<lane>/<ns>/planned`) exists; each batch holds
+/// a collection's ranges before its marker, so ranges without a marker are a crash's leftover
+/// and are planned again.
+async fn plan_all(
+    ctx: &CopyCtx,
+    specs: &[NsSpec],
+    counts: &Counts,
+    indexed: &HashSet<Namespace>,
+) -> Result<Vec<(NsSpec, Planned)>, EngineError> {
+    let lane_prefix = format!("{}/", ctx.lane);
+    // A few collections (a replayed rename into the filter, a resync): their records only.
+    let pattern = if specs.len() <= 16 {
+        let alternatives: Vec<String> = specs
+            .iter()
+            .filter_map(catalog::copy_target)
+            .map(|t| regex::escape(&format!("{lane_prefix}{t}/")))
+            .collect();
+        if alternatives.is_empty() {
+            return Ok(Vec::new());
         }
+        format!("^(?:{})", alternatives.join("|"))
+    } else {
+        format!("^{}", regex::escape(&lane_prefix))
     };
-    let indexed = match &planned {
-        Some(m) => m.get_bool("indexed").unwrap_or(false),
-        None => false,
-    };
-    let mut todo = Vec::new();
-    let mut ranges = Vec::new();
     let records = ctx
         .store
         .find(
             PARTITIONS,
-            doc! {"_id": {"$regex": format!("^{}\\d", regex::escape(&prefix))}},
+            doc! {"_id": {"$regex": pattern},
+            "$or": [{"ns": {"$exists": true}}, {"ranges": {"$exists": true}}]},
             Some(doc! {"_id": 1}),
             None,
         )
         .await?;
+    let mut markers: HashMap<String, Document> = HashMap::new();
+    let mut ranges_of: HashMap<String, Vec<Document>> = HashMap::new();
     for d in records {
-        let id = d.get_str("_id").unwrap_or_default().to_string();
-        let done = d.get_bool("done").unwrap_or(false);
-        let reconcile = d.get_bool("reconcile").unwrap_or(false);
-        // A range to reconcile is Pending for the gate until it opens: its comparison reads
-        // the source after every event the gate dropped, and rewrites every difference.
-        let started =
-            !reconcile && (d.get_bool("started").unwrap_or(false) || d.get("last_id").is_some());
-        ranges.push(RangeInfo {
-            id: id.clone(),
-            min: d.get("min").cloned(),
-            max: d.get("max").cloned(),
-            started,
-            done,
-        });
-        if !done {
-            todo.push(Partition {
-                id,
-                write_ns: write_ns.clone(),
-                uuid: uuid.clone(),
-                natural: d.get_bool("natural").unwrap_or(false),
-                min: d.get("min").cloned(),
-                max: d.get("max").cloned(),
-                last_id: d.get("last_id").cloned(),
-                started,
-                reconcile,
-            });
+        if let Ok(ns) = d.get_str("ns") {
+            ranges_of.entry(ns.to_string()).or_default().push(d);
+        } else if let Some(ns) = d
+            .get_str("_id")
+            .ok()
+            .and_then(|id| id.strip_prefix(&lane_prefix))
+            .and_then(|r| r.strip_suffix("/planned"))
+        {
+            markers.insert(ns.to_string(), d);
         }
     }
-    Ok(Some(Planned {
-        ns: write_ns,
-        ranges,
-        todo,
-        indexed,
-    }))
+    // Collections to plan now, and the range bounds of each (big ones sampled, 8 at once).
+    let targets: Vec<(&NsSpec, Namespace)> = specs
+        .iter()
+        .filter_map(|s| catalog::copy_target(s).map(|t| (s, t)))
+        .collect();
+    let fresh: Vec<(&NsSpec, Namespace)> = targets
+        .iter()
+        .filter(|(_, t)| !markers.contains_key(&t.to_string()))
+        .cloned()
+        .collect();
+    // The futures are built first: a closure inside the stream makes the spawned copy task's
+    // future not `Send` (a higher-ranked lifetime the compiler cannot prove).
+    let planning: Vec<_> = fresh
+        .iter()
+        .map(|(spec, write_ns)| plan_bounds(ctx, spec, write_ns, counts))
+        .collect();
+    let bounds: Vec<(Option<Binary>, Vec<Option<Bson>>)> =
+        stream::iter(planning).buffered(8).try_collect().await?;
+    let mut stray = Vec::new();
+    let mut new_docs = Vec::new();
+    for ((spec, write_ns), (uuid, bounds)) in fresh.iter().zip(bounds) {
+        let key = write_ns.to_string();
+        stray.extend(
+            ranges_of
+                .remove(&key)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|d| d.get_str("_id").ok().map(str::to_string)),
+        );
+        let prefix = format!("{lane_prefix}{write_ns}/");
+        let natural = needs_natural_order(spec);
+        let mut docs = Vec::new();
+        for (i, w) in bounds.windows(2).enumerate() {
+            let mut d = doc! {
+                "_id": format!("{prefix}{i:05}"), "plan": ctx.store.plan(), "lane": &ctx.lane,
+                "ns": &key, "natural": natural, "done": false,
+            };
+            if let Some(u) = &uuid {
+                d.insert("uuid", u.clone());
+            }
+            if let Some(b) = &w[0] {
+                d.insert("min", b.clone());
+            }
+            if let Some(b) = &w[1] {
+                d.insert("max", b.clone());
+            }
+            docs.push(d);
+        }
+        let mut m = doc! {
+            "_id": format!("{prefix}planned"), "plan": ctx.store.plan(),
+            "ranges": bounds.len().saturating_sub(1) as i64,
+        };
+        if let Some(u) = &uuid {
+            m.insert("uuid", u.clone());
+        }
+        if indexed.contains(write_ns) {
+            // Indexed with its creation (a small collection): no build after its copy.
+            m.insert("indexed", true);
+        }
+        ranges_of.insert(key.clone(), docs.clone());
+        markers.insert(key, m.clone());
+        new_docs.extend(docs);
+        new_docs.push(m);
+    }
+    for chunk in stray.chunks(1000) {
+        ctx.store
+            .delete_many(PARTITIONS, doc! {"_id": {"$in": chunk.to_vec()}})
+            .await?;
+    }
+    // Ordered: a collection's ranges are durable before its marker.
+    for chunk in new_docs.chunks(1000) {
+        ctx.store.insert_many(PARTITIONS, chunk.to_vec()).await?;
+    }
+    let mut out = Vec::new();
+    for (spec, write_ns) in targets {
+        let key = write_ns.to_string();
+        let marker = markers.get(&key);
+        let uuid = match marker.and_then(|m| m.get("uuid")) {
+            Some(Bson::Binary(b)) => Some(b.clone()),
+            _ => None,
+        };
+        let indexed = marker.is_some_and(|m| m.get_bool("indexed").unwrap_or(false));
+        let mut todo = Vec::new();
+        let mut ranges = Vec::new();
+        let records = ranges_of.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let small = records.len() == 1 && counts.get(&write_ns).is_some_and(|n| *n <= SMALL_DOCS);
+        for d in records {
+            let id = d.get_str("_id").unwrap_or_default().to_string();
+            let done = d.get_bool("done").unwrap_or(false);
+            let reconcile = d.get_bool("reconcile").unwrap_or(false);
+            // A range to reconcile is Pending for the gate until it opens: its comparison
+            // reads the source after every event the gate dropped, and rewrites every
+            // difference.
+            let started = !reconcile
+                && (d.get_bool("started").unwrap_or(false) || d.get("last_id").is_some());
+            ranges.push(RangeInfo {
+                id: id.clone(),
+                min: d.get("min").cloned(),
+                max: d.get("max").cloned(),
+                started,
+                done,
+            });
+            if !done {
+                todo.push(Partition {
+                    id,
+                    write_ns: write_ns.clone(),
+                    uuid: uuid.clone(),
+                    natural: d.get_bool("natural").unwrap_or(false),
+                    min: d.get("min").cloned(),
+                    max: d.get("max").cloned(),
+                    last_id: d.get("last_id").cloned(),
+                    started,
+                    reconcile,
+                    small,
+                });
+            }
+        }
+        out.push((
+            spec.clone(),
+            Planned {
+                ns: write_ns,
+                ranges,
+                todo,
+                indexed,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// A collection's source UUID and range bounds `[None, b1, …, None]` (empty when it is gone).
+async fn plan_bounds(
+    ctx: &CopyCtx,
+    spec: &NsSpec,
+    write_ns: &Namespace,
+    counts: &Counts,
+) -> Result<(Option<Binary>, Vec<Option<Bson>>), EngineError> {
+    let uuid = source_uuid(ctx, spec, write_ns).await?;
+    // One range: natural order (capped, clustered, time-series); or a non-simple collation
+    // (the gate places an event's `_id` in a range by comparing it with the bounds in BSON
+    // order, which a collation changes); or small enough. A collection gone meanwhile is
+    // found so by its range's copy, which then leaves it to its change events.
+    let small = counts
+        .get(write_ns)
+        .is_some_and(|n| *n <= ctx.docs_per_range.max(1));
+    if needs_natural_order(spec) || collated(spec) || small {
+        return Ok((uuid, vec![None, None]));
+    }
+    let read_ns = match &uuid {
+        Some(u) => catalog::name_of_uuid(&ctx.source, &write_ns.db, u)
+            .await
+            .map_err(on(ctx.direction.reads()))?
+            .map(|n| Namespace::new(write_ns.db.clone(), n)),
+        None => Some(write_ns.clone()),
+    };
+    let bounds = match &read_ns {
+        // Gone since it was listed: its drop (or cross-database rename) events follow.
+        None => vec![],
+        Some(ns) => split_points(ctx, ns).await?,
+    };
+    Ok((uuid, bounds))
 }
 
 /// A non-simple default collation (strings in `_id`s compare by it).
@@ -632,13 +830,7 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
     if ctx.gate.is_some() && !p.started {
         // Before the first read: a restart holds this range's events again (it may have
         // written documents by then).
-        ctx.store
-            .update_one(
-                PARTITIONS,
-                doc! {"_id": &p.id},
-                doc! {"$set": {"started": true}},
-            )
-            .await?;
+        ctx.flags.set(&ctx.store, &p.id, "started").await?;
         p.started = true;
     }
     // Each attempt resumes after the last durable `_id`; transient failures retry with
@@ -675,13 +867,7 @@ async fn copy_partition(ctx: &CopyCtx, mut p: Partition) -> Result<(), EngineErr
         }
     }
     retry.succeeded(&what);
-    ctx.store
-        .update_one(
-            PARTITIONS,
-            doc! {"_id": &p.id},
-            doc! {"$set": {"done": true}},
-        )
-        .await?;
+    ctx.flags.set(&ctx.store, &p.id, "done").await?;
     if let Some(g) = &ctx.gate {
         g.finish(&p.write_ns, &p.id);
     }
@@ -1233,27 +1419,48 @@ async fn check_duplicates(
     Ok(())
 }
 
-/// Total bytes and documents of the collections to copy (for progress and ETA).
-pub async fn estimate(source: &Client, specs: &[NsSpec], progress: &Progress) {
-    let mut bytes = 0u64;
-    let mut docs = 0u64;
-    for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-        let Some(ns) = catalog::copy_target(s) else {
-            continue;
-        };
-        let stats = source
-            .database(&ns.db)
-            .run_command(doc! {"collStats": &ns.coll})
-            .await;
-        if let Ok(st) = stats {
-            bytes += num(&st, "size");
-            docs += num(&st, "count");
+/// Total bytes and documents of the collections to copy (for progress and ETA), and each
+/// collection's document count (for planning its ranges): one `collStats` per collection,
+/// [`catalog::CATALOG_CONCURRENCY`] at once. A collection whose stats cannot be read is
+/// left out (its range plan samples it).
+pub async fn estimate(source: &Client, specs: &[NsSpec], progress: &Progress) -> Counts {
+    let targets: Vec<Namespace> = specs
+        .iter()
+        .filter(|s| s.kind != NsKind::View)
+        .filter_map(catalog::copy_target)
+        .collect();
+    let reads: Vec<_> = targets
+        .into_iter()
+        .map(|ns| {
+            let db = source.database(&ns.db);
+            async move {
+                let st = db
+                    .run_command(doc! {"collStats": &ns.coll})
+                    .await
+                    .ok()
+                    .map(|st| (num(&st, "size"), num(&st, "count")));
+                (ns, st)
+            }
+        })
+        .collect();
+    let stats: Vec<(Namespace, Option<(u64, u64)>)> = stream::iter(reads)
+        .buffered(catalog::CATALOG_CONCURRENCY)
+        .collect()
+        .await;
+    let mut counts = Counts::new();
+    let (mut bytes, mut docs) = (0u64, 0u64);
+    for (ns, st) in stats {
+        if let Some((b, n)) = st {
+            bytes += b;
+            docs += n;
+            counts.insert(ns, n);
         }
     }
     progress
         .estimated_total_bytes
         .store(bytes, Ordering::Relaxed);
     progress.estimated_total_docs.store(docs, Ordering::Relaxed);
+    counts
 }
 
 fn num(d: &Document, k: &str) -> u64 {

@@ -16,7 +16,10 @@
 //!   on (an insert upserts, an update of a missing document does nothing, a delete of a
 //!   missing one does nothing), and reaches the source's version.
 //! - **Finished** (every write durable, still held): the change application applies the held
-//!   events as a round *before it routes any later event*, then marks the range Done.
+//!   events as a round *before it routes any later event or applies any DDL event*, then
+//!   marks the range Done. (A DDL event is not routed: a rename that waited for this
+//!   collection's copy, applied before the held events, would send the old collection's
+//!   writes into the collection that took its name; torture seed 10.)
 //! - **Done**: events are applied at once.
 //!
 //! Routing and opening take one lock, so an event is either routed before a range opens
@@ -439,6 +442,12 @@ impl Gate {
     /// Namespaces a waiting DDL event needs: the copy takes their ranges first.
     pub fn wanted(&self, ns: &Namespace) -> bool {
         self.lock().wanted.contains(ns)
+    }
+
+    /// Whether a waiting DDL event needs any collection (the copy then looks for its ranges;
+    /// otherwise it takes the next one without scanning its queue).
+    pub fn wants_any(&self) -> bool {
+        !self.lock().wanted.is_empty()
     }
 
     /// Every range Done and every collection ready: from now on everything is applied.

@@ -2,16 +2,19 @@
 //! copies (forward only), then applies change events in the background until its owner
 //! drains or stops it. All of it resumes from the `lanes` and `partitions` records.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{self, StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::base::namespace::Namespace;
 use crate::base::role::Role;
 use crate::engine::apply::ctx::ApplyCtx;
 use crate::engine::apply::{self, StartPoint};
@@ -28,6 +31,11 @@ use crate::state::states::LanePhase;
 use crate::state::{StateStore, LANES};
 
 pub use crate::state::record::Direction;
+
+/// Collections whose indexes are built at once. A server runs a few builds in parallel
+/// (`maxNumActiveUserIndexBuilds`, 3 by default) and queues the rest; a few more in flight
+/// keep it busy between one build's majority wait and the next.
+const INDEX_BUILDS_IN_FLIGHT: usize = 8;
 
 /// Everything a lane needs; `source`/`destination` are already swapped for `Reverse`.
 #[derive(Clone)]
@@ -296,7 +304,16 @@ async fn recover_lost_point(
             },
         )
         .await?;
-    create_catalog(env, direction, &specs, true, progress, &relax).await?;
+    create_catalog(
+        env,
+        direction,
+        &specs,
+        true,
+        progress,
+        &relax,
+        &copy::Counts::new(),
+    )
+    .await?;
     // A crash here finds the old point lost again and prepares again (idempotent).
     crate::base::crashpoint::hit("recover.prepared", None);
     store
@@ -344,6 +361,7 @@ fn copy_ctx(env: &LaneEnv, direction: Direction, id: &str, progress: &Arc<Progre
         direction,
         gate: None,
         after_copy: None,
+        flags: copy::RangeFlags::new(env.store.clone()),
     }
 }
 
@@ -425,15 +443,14 @@ async fn lane_run(
         progress
             .collections_total
             .store(specs.len() as u64, Ordering::Relaxed);
-        copy::estimate(&env.source, &specs, &progress).await;
-        create_catalog(&env, direction, &specs, resumed, &progress, &relax).await?;
+        let counts = copy::estimate(&env.source, &specs, &progress).await;
+        let indexed =
+            create_catalog(&env, direction, &specs, resumed, &progress, &relax, &counts).await?;
         progress.set_phase(LanePhase::Copying);
-        copy::copy_all(&copy_ctx, &specs).await?;
+        copy::copy_all(&copy_ctx, &specs, &counts, &indexed).await?;
         if env.build_indexes == BuildIndexes::AfterCopy {
             progress.set_phase(LanePhase::BuildingIndexes);
-            for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-                build_indexes(&env, direction, &progress, s, &relax).await?;
-            }
+            build_all_indexes(&env, direction, &progress, &specs, &relax).await?;
         }
         progress
             .collections_done
@@ -485,9 +502,13 @@ async fn copy_with_events(
     progress
         .collections_total
         .store(specs.len() as u64, Ordering::Relaxed);
-    copy::estimate(&env.source, &specs, &progress).await;
+    let counts = copy::estimate(&env.source, &specs, &progress).await;
+    // Small collections indexed with their creation (empty after a restart: their after-copy
+    // build then finds the indexes there and leaves them).
+    let mut indexed = HashSet::new();
     if !record.get_bool("catalog_done").unwrap_or(false) {
-        create_catalog(env, direction, &specs, resumed, &progress, &relax).await?;
+        indexed =
+            create_catalog(env, direction, &specs, resumed, &progress, &relax, &counts).await?;
         store
             .update_one(
                 LANES,
@@ -523,7 +544,7 @@ async fn copy_with_events(
         tokio::spawn(
             async move {
                 let result = async {
-                    copy::copy_all(&gated, &specs).await?;
+                    copy::copy_all(&gated, &specs, &counts, &indexed).await?;
                     // Every range copied: the change application applies what they held.
                     while !gate.drained() {
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -630,7 +651,9 @@ fn apply_ctx(
 }
 
 /// Creates the copy's collections on the destination (and, with `before-copy`, their
-/// indexes). Catalog operations are idempotent: a transient failure runs one again.
+/// indexes). Catalog operations are idempotent: a transient failure runs one again. Up to
+/// [`catalog::CATALOG_CONCURRENCY`] at once: collections first, then the views (in order:
+/// one may read another).
 async fn create_catalog(
     env: &LaneEnv,
     direction: Direction,
@@ -638,30 +661,93 @@ async fn create_catalog(
     resumed: bool,
     progress: &Progress,
     relax: &RelaxationStore,
-) -> Result<(), EngineError> {
-    for s in specs {
-        let what = format!("creating `{}`", s.ns);
-        env.retry
-            .run(progress, &what, || async {
-                if resumed {
-                    catalog::create_on_destination_resumed(&env.destination, s, relax)
-                        .await
-                        .map_err(on(direction.writes()))?
-                } else {
-                    catalog::create_on_destination(&env.destination, s, relax)
-                        .await
-                        .map_err(on(direction.writes()))?
-                }
-                Ok(())
-            })
-            .await?;
+    counts: &copy::Counts,
+) -> Result<HashSet<Namespace>, EngineError> {
+    // With `after-copy`, a small collection gets its indexes with its creation: an index
+    // built on an empty collection is ready at once (no build over documents), and its few
+    // documents then cost little to index as they are inserted. At thousands of collections
+    // this halves the copy's per-collection work. Big ones are indexed after their copy.
+    let small = |s: &catalog::NsSpec| {
+        env.build_indexes == BuildIndexes::AfterCopy
+            && s.kind == NsKind::Collection
+            && catalog::copy_target(s)
+                .and_then(|t| counts.get(&t))
+                .is_some_and(|n| *n <= copy::SMALL_DOCS)
+    };
+    // The futures are built before the stream: a closure inside it makes the lane's spawned
+    // future not `Send` (a higher-ranked lifetime the compiler cannot prove).
+    let creates: Vec<_> = specs
+        .iter()
+        .filter(|s| s.kind != NsKind::View)
+        .map(|s| create_one(env, direction, s, resumed, progress, relax, small(s)))
+        .collect();
+    stream::iter(creates)
+        .buffer_unordered(catalog::CATALOG_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    for s in specs.iter().filter(|s| s.kind == NsKind::View) {
+        create_one(env, direction, s, resumed, progress, relax, false).await?;
     }
     if env.build_indexes == BuildIndexes::BeforeCopy {
         progress.set_phase(LanePhase::BuildingIndexes);
-        for s in specs.iter().filter(|s| s.kind != NsKind::View) {
-            build_indexes(env, direction, progress, s, relax).await?;
-        }
+        build_all_indexes(env, direction, progress, specs, relax).await?;
     }
+    Ok(specs
+        .iter()
+        .filter(|s| small(s))
+        .filter_map(catalog::copy_target)
+        .collect())
+}
+
+async fn create_one(
+    env: &LaneEnv,
+    direction: Direction,
+    s: &catalog::NsSpec,
+    resumed: bool,
+    progress: &Progress,
+    relax: &RelaxationStore,
+    with_indexes: bool,
+) -> Result<(), EngineError> {
+    let what = format!("creating `{}`", s.ns);
+    env.retry
+        .run(progress, &what, || async {
+            if resumed {
+                catalog::create_on_destination_resumed(&env.destination, s, relax)
+                    .await
+                    .map_err(on(direction.writes()))?
+            } else {
+                catalog::create_on_destination(&env.destination, s, relax)
+                    .await
+                    .map_err(on(direction.writes()))?
+            }
+            if with_indexes {
+                catalog::build_indexes(&env.destination, s, relax)
+                    .await
+                    .map_err(on(direction.writes()))?
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Builds every collection's indexes (one `createIndexes` each with all of its indexes),
+/// several collections at once.
+async fn build_all_indexes(
+    env: &LaneEnv,
+    direction: Direction,
+    progress: &Progress,
+    specs: &[catalog::NsSpec],
+    relax: &RelaxationStore,
+) -> Result<(), EngineError> {
+    let builds: Vec<_> = specs
+        .iter()
+        .filter(|s| s.kind != NsKind::View)
+        .map(|s| build_indexes(env, direction, progress, s, relax))
+        .collect();
+    stream::iter(builds)
+        .buffer_unordered(INDEX_BUILDS_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(())
 }
 

@@ -36,6 +36,59 @@ pub struct Progress {
     pub stats: crate::engine::stats::LaneStats,
     /// Ranges compared and rewritten after a lost resume point.
     pub recovery: RecoveryStats,
+    /// The namespaces change events touched since [`Touched::start`] (the commit's count
+    /// check before the write block: only these are counted again inside it).
+    pub touched: Touched,
+}
+
+/// Namespaces that change events touched since tracking started; any DDL event makes it
+/// "everything" (a rename or drop changes which namespaces exist).
+#[derive(Debug, Default)]
+pub struct Touched {
+    on: AtomicBool,
+    all: AtomicBool,
+    set: Mutex<std::collections::HashSet<crate::base::namespace::Namespace>>,
+}
+
+impl Touched {
+    /// Starts (or restarts) tracking from an empty set.
+    pub fn start(&self) {
+        if let Ok(mut g) = self.set.lock() {
+            g.clear();
+        }
+        self.all.store(false, Ordering::SeqCst);
+        self.on.store(true, Ordering::SeqCst);
+    }
+
+    pub fn tracking(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// A CRUD event on `ns` was read (`None`: a DDL event, or one without a namespace).
+    pub fn touch(&self, ns: Option<crate::base::namespace::Namespace>) {
+        if !self.tracking() {
+            return;
+        }
+        match ns {
+            Some(ns) => {
+                if let Ok(mut g) = self.set.lock() {
+                    g.insert(ns);
+                }
+            }
+            None => self.all.store(true, Ordering::SeqCst),
+        }
+    }
+
+    /// What was touched since [`Self::start`]: `None` means "possibly everything" (a DDL
+    /// event, or tracking never started).
+    pub fn since_start(
+        &self,
+    ) -> Option<std::collections::HashSet<crate::base::namespace::Namespace>> {
+        if !self.tracking() || self.all.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.set.lock().ok().map(|g| g.clone())
+    }
 }
 
 impl Progress {

@@ -382,7 +382,13 @@ async fn start(
         catalog::create_on_destination(&dest, &temp_spec, &relax)
             .await
             .map_err(on(dest_name))?;
-        copy::copy_all(&copy_ctx, std::slice::from_ref(&temp_spec)).await?;
+        copy::copy_all(
+            &copy_ctx,
+            std::slice::from_ref(&temp_spec),
+            &copy::Counts::new(),
+            &Default::default(),
+        )
+        .await?;
         catalog::build_indexes(&dest, &temp_spec, &relax)
             .await
             .map_err(on(dest_name))?;

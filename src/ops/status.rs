@@ -27,6 +27,8 @@ pub struct StatusView {
     pub steps: Vec<StepView>,
     pub reconnecting: Option<String>,
     pub write_blocked_window_ms: Option<i64>,
+    /// What that window was spent on (block, drain, restore, counts, unblock...), in order.
+    pub write_blocked_window_phases: Vec<crate::state::record::WindowPhase>,
     /// Set while `cutover pause` holds the run.
     pub paused: Option<PausedView>,
     /// Why the lag is what it is (rates, stage busy time, bottleneck; see `stats.rs`).
@@ -242,6 +244,7 @@ pub fn view(
         steps,
         reconnecting: st.get_str("reconnecting").ok().map(str::to_string),
         write_blocked_window_ms: rec.last_window_ms(),
+        write_blocked_window_phases: rec.last_window_phases(),
         paused: None,
         insight: run
             .get_document("insight")
@@ -339,8 +342,9 @@ impl StatusView {
         ));
         if let Some(w) = self.write_blocked_window_ms {
             s.push_str(&format!(
-                "  write-blocked window of the last commit: {:.3}s\n",
-                w as f64 / 1000.0
+                "  write-blocked window of the last commit: {:.3}s{}\n",
+                w as f64 / 1000.0,
+                crate::state::record::describe_phases(&self.write_blocked_window_phases)
             ));
         }
         for st in &self.steps {

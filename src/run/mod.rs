@@ -110,6 +110,9 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_blocked_window_ms: Option<i64>,
+    /// What that window was spent on, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub write_blocked_window_phases: Vec<crate::state::record::WindowPhase>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The clusters whose user writes this run left blocked when it stopped with an error
@@ -503,8 +506,10 @@ async fn run_steps(ctx: &mut Ctx, report: &mut RunReport) -> Result<(), RunError
             }
         }
     }
-    if let Some(w) = ctx.store.record().await?.last_window_ms() {
+    let rec = ctx.store.record().await?;
+    if let Some(w) = rec.last_window_ms() {
         report.write_blocked_window_ms = Some(w);
+        report.write_blocked_window_phases = rec.last_window_phases();
     }
     result
 }

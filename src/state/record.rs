@@ -191,6 +191,29 @@ pub struct CommitRecord {
     pub writable_at: Option<DateTime>,
     /// The write-blocked window, in milliseconds.
     pub window_ms: Option<i64>,
+    /// What the window was spent on, in order (measured by the runner that finished the
+    /// commit; a part an earlier runner did shows as `earlier runner`).
+    pub window_phases: Vec<WindowPhase>,
+}
+
+/// ` (block 4 ms, drain 30 ms, …)`, or nothing without phases.
+pub fn describe_phases(phases: &[WindowPhase]) -> String {
+    if phases.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = phases
+        .iter()
+        .map(|p| format!("{} {} ms", p.phase, p.ms))
+        .collect();
+    format!(" ({})", parts.join(", "))
+}
+
+/// One part of a commit's write-blocked window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct WindowPhase {
+    pub phase: String,
+    pub ms: i64,
 }
 
 /// A pause request (`pause`), set by `cutover pause` / `resume`.
@@ -294,6 +317,17 @@ impl RunRecord {
             .values()
             .find(|c| c.direction == Some(Direction::Forward))
             .and_then(|c| c.can_write_ts)
+    }
+
+    /// What the write-blocked window of the most recent commit was spent on.
+    pub fn last_window_phases(&self) -> Vec<WindowPhase> {
+        self.commits
+            .iter()
+            .filter_map(|(k, c)| Some((k.parse::<usize>().ok()?, c)))
+            .filter(|(_, c)| c.window_ms.is_some())
+            .max_by_key(|(k, _)| *k)
+            .map(|(_, c)| c.window_phases.clone())
+            .unwrap_or_default()
     }
 
     /// The write-blocked window of the most recent commit, in milliseconds.

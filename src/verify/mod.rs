@@ -138,6 +138,11 @@ fn holds_documents(info: &Option<CollectionInfo>) -> bool {
 
 /// Verifies every namespace `plan` selects: `source` against `dest`. Mismatches are in the
 /// report (`ok == false`); `Err` means the verify could not finish (re-run to continue).
+/// Namespaces planned or reported at once (their partition reads and writes, counts).
+const NAMESPACES_IN_FLIGHT: usize = 16;
+/// Single-range collections compared at once per slot of `--concurrency`.
+const SMALL_PER_SLOT: usize = 4;
+
 pub async fn run(
     source: &Client,
     dest: &Client,
@@ -162,32 +167,41 @@ pub async fn run(
         max_ranges: 4096,
     };
 
-    let mut works = Vec::new();
-    for (ns, (s, d)) in &catalog {
-        let (source_exists, dest_exists) = (holds_documents(s), holds_documents(d));
-        if !source_exists && !dest_exists {
-            continue;
-        }
-        let partition = match store.partition(ns).await? {
-            Some(b) => b,
-            None => {
-                let (side, client) = if source_exists {
-                    (Role::Source, source)
-                } else {
-                    (Role::Destination, dest)
+    // Per namespace: its stored partition, or a new one (sampled and saved), several
+    // namespaces at once: at thousands of collections the round trips are the cost.
+    let planning: Vec<_> = catalog
+        .iter()
+        .filter(|(_, (s, d))| holds_documents(s) || holds_documents(d))
+        .map(|(ns, (s, d))| {
+            let (source_exists, dest_exists) = (holds_documents(s), holds_documents(d));
+            let store = &store;
+            async move {
+                let partition = match store.partition(ns).await? {
+                    Some(b) => b,
+                    None => {
+                        let (side, client) = if source_exists {
+                            (Role::Source, source)
+                        } else {
+                            (Role::Destination, dest)
+                        };
+                        let b = ranges::split_points(side, client, ns, sizing).await?;
+                        store.save_partition(ns, &b).await?;
+                        b
+                    }
                 };
-                let b = ranges::split_points(side, client, ns, sizing).await?;
-                store.save_partition(ns, &b).await?;
-                b
+                Ok::<_, VerifyError>(Work {
+                    ns: ns.clone(),
+                    ranges: ranges::ranges_from_bounds(&partition.bounds, partition.batch_docs),
+                    source_exists,
+                    dest_exists,
+                })
             }
-        };
-        works.push(Work {
-            ns: ns.clone(),
-            ranges: ranges::ranges_from_bounds(&partition.bounds, partition.batch_docs),
-            source_exists,
-            dest_exists,
-        });
-    }
+        })
+        .collect();
+    let works: Vec<Work> = futures::stream::iter(planning)
+        .buffered(NAMESPACES_IN_FLIGHT)
+        .try_collect()
+        .await?;
 
     let pending = works.iter().flat_map(|w| {
         w.ranges
@@ -198,9 +212,24 @@ pub async fn run(
     let total: usize = works.iter().map(|w| w.ranges.len()).sum();
     let done = std::sync::atomic::AtomicUsize::new(finished.len().min(total));
     let mut last_log = std::time::Instant::now();
-    futures::stream::iter(pending)
-        .map(|(w, r)| verify_range(source, dest, &store, w, r, opts))
+    // A collection in one range is mostly round trips: several of them per slot.
+    let (single, split): (Vec<_>, Vec<_>) = pending.partition(|(w, _)| w.ranges.len() == 1);
+    let checks: Vec<_> = split
+        .into_iter()
+        .map(|(w, r)| (1usize, verify_range(source, dest, &store, w, r, opts)))
+        .chain(
+            single
+                .into_iter()
+                .map(|(w, r)| (0usize, verify_range(source, dest, &store, w, r, opts))),
+        )
+        .collect();
+    let (big, small): (Vec<_>, Vec<_>) = checks.into_iter().partition(|(k, _)| *k == 1);
+    futures::stream::iter(big.into_iter().map(|(_, f)| f))
         .buffer_unordered(opts.concurrency.max(1))
+        .chain(
+            futures::stream::iter(small.into_iter().map(|(_, f)| f))
+                .buffer_unordered(opts.concurrency.max(1) * SMALL_PER_SLOT),
+        )
         .try_for_each(|()| {
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if last_log.elapsed() >= Duration::from_secs(10) || n == total {
@@ -211,12 +240,19 @@ pub async fn run(
         })
         .await?;
 
-    let mut namespaces = Vec::new();
-    for (ns, (s, d)) in &catalog {
-        let work = works.iter().find(|w| &w.ns == ns);
-        namespaces
-            .push(namespace_report(source, dest, &store, ns, s, d, work, &finished, opts).await?);
-    }
+    let by_ns: std::collections::HashMap<&Namespace, &Work> =
+        works.iter().map(|w| (&w.ns, w)).collect();
+    let reports: Vec<_> = catalog
+        .iter()
+        .map(|(ns, (s, d))| {
+            let work = by_ns.get(ns).copied();
+            namespace_report(source, dest, &store, ns, s, d, work, &finished, opts)
+        })
+        .collect();
+    let namespaces: Vec<NamespaceReport> = futures::stream::iter(reports)
+        .buffered(NAMESPACES_IN_FLIGHT)
+        .try_collect()
+        .await?;
     store.finish().await?;
     let ok = namespaces.iter().all(NamespaceReport::is_ok);
     let documents_compared = namespaces.iter().map(|n| n.source_count).sum();

@@ -552,8 +552,8 @@ async fn a_lost_resume_point_re_copies_only_what_changed() {
         .iter()
         .filter_map(|v| v.as_str())
         .collect();
-    assert!(!recopied.contains(&"big.items"), "{r}");
-    assert!(recopied.contains(&"big.early"), "{r}");
+    assert!(!recopied.contains(&"big.items"), "{r}\n{text}");
+    assert!(recopied.contains(&"big.early"), "{r}\n{text}");
     println!(
         "re-copied {rewritten} of {source} bytes ({:.1}%)",
         100.0 * rewritten as f64 / source as f64

@@ -10,6 +10,7 @@
 #![allow(unsafe_code)]
 
 mod apply;
+mod breadth;
 mod catalog;
 mod check;
 mod common;

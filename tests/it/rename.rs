@@ -391,7 +391,8 @@ async fn index_ddl_between_the_listing_and_the_build_is_not_lost() {
     let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
     let s = src.root_client().await;
     let d = dst.root_client().await;
-    seed_big(&s, "bulk", "c1", 3_000).await;
+    // Above `copy::SMALL_DOCS`: a small collection is indexed when created, not after its copy.
+    seed_big(&s, "bulk", "c1", 6_000).await;
     run(
         &s,
         "bulk",
@@ -434,4 +435,84 @@ async fn index_ddl_between_the_listing_and_the_build_is_not_lost() {
         .await
         .unwrap();
     assert!(!names.contains(&"k_1".to_string()), "{names:?}");
+}
+
+/// Found by torture seed 10 in CI (`document counts differ after the drain: tb.c3: source
+/// 71, destination 75`): a cross-database rename replaced `tb.c3` (`dropTarget`) while its
+/// copy held change events. The rename waited for the copy; the copy finished between the
+/// lane's release of finished ranges and its check of the waiting rename, so the rename was
+/// applied first and the held inserts of the *old* collection then landed in the new one.
+/// Every range's held events are now applied before any DDL event. The pause points make the
+/// interleaving exact: the copy pauses with the range open, the lane pauses with the rename
+/// deferred (just after a release), the copy then finishes, and the lane goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_events_are_applied_before_a_rename_replaces_their_collection() {
+    let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    seed_big(&s, "bulk", "c1", 3_000).await;
+    let (dir, plan) = write_plan(&plan_text("rename", AUTO));
+    let plan = plan.to_str().unwrap().to_string();
+    let mut env = root_env(&src, &dst);
+    env.push((
+        "CUTOVER_TEST_PAUSE_AT",
+        "copy.reading@1,apply.deferred@1".into(),
+    ));
+    env.push(("CUTOVER_TEST_PAUSE_DIR", dir.path().display().to_string()));
+    let mut child = spawn_cutover(&["run", plan.as_str()], &env_refs(&env));
+    wait_pause_file(&dir.path().join("copy.reading.reached"), &mut child).await;
+
+    // Held by the open range: inserts into the collection being copied.
+    let c1 = s.database("bulk").collection::<Document>("c1");
+    c1.insert_many((0..5).map(|i| doc! {"_id": 500_000 + i, "k": 1, "v": "held"}))
+        .await
+        .unwrap();
+    // A new collection replaces it: the rename waits for c1's copy.
+    s.database("bulk")
+        .collection::<Document>("t")
+        .insert_many(vec![doc! {"_id": 1, "v": "t1"}, doc! {"_id": 2, "v": "t2"}])
+        .await
+        .unwrap();
+    rename(&s, "bulk.t", "bulk.c1", true).await;
+    wait_pause_file(&dir.path().join("apply.deferred.reached"), &mut child).await;
+
+    // The copy of c1 finishes (every range done, indexes built) while the lane waits.
+    std::fs::write(dir.path().join("copy.reading.go"), b"").unwrap();
+    let parts = d.database(STATE_DB).collection::<Document>("partitions");
+    let start = std::time::Instant::now();
+    loop {
+        let marker = parts
+            .find_one(doc! {"_id": "rename/forward/bulk.c1/planned"})
+            .await
+            .unwrap();
+        let open = parts
+            .count_documents(doc! {"ns": "bulk.c1", "done": false})
+            .await
+            .unwrap();
+        if open == 0 && marker.is_some_and(|m| m.get_bool("indexed").unwrap_or(false)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the copy of bulk.c1 did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The collection is marked ready just after its marker is written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(dir.path().join("apply.deferred.go"), b"").unwrap();
+
+    let out = finish_child(child).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_same(&s, &d).await;
+    let n = d
+        .database("bulk")
+        .collection::<Document>("c1")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(
+        n, 2,
+        "the destination's bulk.c1 must hold bulk.t's two documents only"
+    );
 }

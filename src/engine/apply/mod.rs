@@ -247,6 +247,10 @@ async fn run_stream(
             if let Err(e) = release(ctx, g).await {
                 break Err(e);
             }
+            if !deferred.is_empty() {
+                // Tests act here: a DDL event waits, finished ranges were just released.
+                crate::base::crashpoint::pause("apply.deferred").await;
+            }
         }
         // A safe boundary: the last round is applied and its resume token stored. A pause
         // stops reading (the read-ahead and deferred batches are dropped and read again from
@@ -429,6 +433,16 @@ async fn process(
             last_event = Some((id.to_raw_document_buf(), ts));
         }
         applied += 1;
+        if ctx.progress.touched.tracking() {
+            let ns = if is_crud(ev) {
+                ev.get_document("ns")
+                    .ok()
+                    .and_then(crate::base::namespace::Namespace::from_event_ns)
+            } else {
+                None
+            };
+            ctx.progress.touched.touch(ns);
+        }
         if is_crud(ev) {
             // A namespace being resynced: its events are held and replayed after the swap.
             if !crate::engine::resync::hold(&ctx.lane, ev) {
@@ -470,6 +484,12 @@ async fn process(
                 persist(ctx, &tok, None, unpersisted).await?;
                 *start = StartPoint::Token(tok);
                 unpersisted = 0;
+            }
+            // The held events of every range whose copy finished meanwhile come first: all
+            // of them precede this event, and a rename or drop applied before them would send
+            // the old collection's writes into whatever takes its name (torture seed 10).
+            if let Some(g) = gate {
+                release(ctx, g).await?;
             }
             crate::engine::resync::before_ddl(ctx, ev).await?;
             apply_ddl(ctx, ev).await?;

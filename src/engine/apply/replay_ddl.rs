@@ -58,7 +58,13 @@ pub(crate) async fn apply_ddl(ctx: &ApplyCtx, ev: &RawDocument) -> Result<(), En
                 if let Some(target) = catalog::copy_target(&spec) {
                     copy::forget(&ctx.copy, &target).await?;
                 }
-                copy::copy_all(&ctx.copy, std::slice::from_ref(&spec)).await?;
+                copy::copy_all(
+                    &ctx.copy,
+                    std::slice::from_ref(&spec),
+                    &copy::Counts::new(),
+                    &Default::default(),
+                )
+                .await?;
                 let what = format!("building the indexes of `{}`", spec.ns);
                 ctx.retry
                     .run(&ctx.progress, &what, || async {

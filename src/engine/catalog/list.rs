@@ -1,11 +1,12 @@
 //! Reading a cluster's catalog: selected namespaces with their options and indexes.
 
-use futures::TryStreamExt;
+use futures::stream::{self, StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Binary, RawDocumentBuf};
 use mongodb::Client;
 
 use super::error::{code_of, CatalogError, NAMESPACE_NOT_FOUND};
 use super::spec::{NsKind, NsSpec};
+use super::CATALOG_CONCURRENCY;
 use crate::base::namespace::Namespace;
 use crate::plan::NamespaceSelector;
 
@@ -24,14 +25,24 @@ async fn candidate_databases(
         .collect())
 }
 
-/// The selected views (names only: one `listCollections` per database, no index reads).
+/// The selected views (names only: one `listCollections` per database, several databases at
+/// once, no index reads).
 pub async fn list_selected_views(
     client: &Client,
     selector: &NamespaceSelector,
 ) -> Result<Vec<Namespace>, CatalogError> {
+    let dbs = candidate_databases(client, selector).await?;
+    let listed: Vec<(String, Vec<RawDocumentBuf>)> = stream::iter(dbs)
+        .map(|db| async move {
+            let entries = list_collections(client, &db, doc! {"type": "view"}).await?;
+            Ok::<_, CatalogError>((db, entries))
+        })
+        .buffered(CATALOG_CONCURRENCY)
+        .try_collect()
+        .await?;
     let mut out = Vec::new();
-    for db in candidate_databases(client, selector).await? {
-        for entry in list_collections(client, &db, doc! {"type": "view"}).await? {
+    for (db, entries) in listed {
+        for entry in entries {
             if let Some((name, _)) = name_and_kind(&entry) {
                 if selector.selects(&db, &name) {
                     out.push(Namespace::new(db.clone(), name));
@@ -42,29 +53,89 @@ pub async fn list_selected_views(
     Ok(out)
 }
 
+/// The selected collections (not views, not time-series), names only: one `listCollections`
+/// (`nameOnly`) per database, several databases at once.
+pub async fn list_selected_collections(
+    client: &Client,
+    selector: &NamespaceSelector,
+) -> Result<Vec<Namespace>, CatalogError> {
+    let dbs = candidate_databases(client, selector).await?;
+    let listed: Vec<(String, Vec<RawDocumentBuf>)> = stream::iter(dbs)
+        .map(|db| async move {
+            let entries = list_collections_names(client, &db).await?;
+            Ok::<_, CatalogError>((db, entries))
+        })
+        .buffered(CATALOG_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for (db, entries) in listed {
+        for entry in entries {
+            if let Some((name, NsKind::Collection)) = name_and_kind(&entry) {
+                if selector.selects(&db, &name) {
+                    out.push(Namespace::new(db.clone(), name));
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn list_collections_names(
+    client: &Client,
+    db: &str,
+) -> Result<Vec<RawDocumentBuf>, CatalogError> {
+    let cursor = client
+        .database(db)
+        .run_cursor_command(
+            doc! {"listCollections": 1, "nameOnly": true, "authorizedCollections": true},
+        )
+        .await
+        .map_err(|e| CatalogError::command("listCollections", db, e))?;
+    cursor
+        .with_type::<RawDocumentBuf>()
+        .try_collect()
+        .await
+        .map_err(|e| CatalogError::command("listCollections", db, e))
+}
+
 /// Every selected namespace on a cluster (never `system.*`, `admin`/`local`/`config` or the
 /// state database), sorted by namespace with views after the collections and views they read.
+/// One `listCollections` per database and one `listIndexes` per collection, up to
+/// [`CATALOG_CONCURRENCY`] of them in flight: at thousands of collections the round trips,
+/// not the server, are the cost.
 pub async fn list_selected(
     client: &Client,
     selector: &NamespaceSelector,
 ) -> Result<Vec<NsSpec>, CatalogError> {
-    let mut out = Vec::new();
-    for db in candidate_databases(client, selector).await? {
-        for entry in list_collections(client, &db, doc! {}).await? {
+    let dbs = candidate_databases(client, selector).await?;
+    let listed: Vec<(String, Vec<RawDocumentBuf>)> = stream::iter(dbs)
+        .map(|db| async move {
+            let entries = list_collections(client, &db, doc! {}).await?;
+            Ok::<_, CatalogError>((db, entries))
+        })
+        .buffered(CATALOG_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut wanted = Vec::new();
+    for (db, entries) in listed {
+        for entry in entries {
             let Some((name, kind)) = name_and_kind(&entry) else {
                 continue;
             };
-            if !selector.selects(&db, &name) {
-                continue;
-            }
-            let ns = Namespace::new(db.clone(), name);
-            match with_indexes(client, ns, kind, entry).await? {
-                Some(spec) => out.push(spec),
-                None => continue, // dropped between the two reads: its drop event will follow
+            if selector.selects(&db, &name) {
+                wanted.push((Namespace::new(db.clone(), name), kind, entry));
             }
         }
     }
-    Ok(order_views_last(out))
+    let specs: Vec<Option<NsSpec>> = stream::iter(wanted)
+        .map(|(ns, kind, entry)| with_indexes(client, ns, kind, entry))
+        .buffered(CATALOG_CONCURRENCY)
+        .try_collect()
+        .await?;
+    // `None`: dropped between the two reads; its drop event will follow.
+    Ok(order_views_last(specs.into_iter().flatten().collect()))
 }
 
 /// One namespace's spec, or `None` when it does not exist.

@@ -31,6 +31,11 @@
 //! the start point): an existing namespace or index in a later shape is left alone and the
 //! later events converge it.
 
+/// Catalog commands (listings, creates, index builds) in flight at once across namespaces: at
+/// thousands of collections each one's round trip and majority wait, not the server, is the
+/// cost; more than this only queues on a small server.
+pub const CATALOG_CONCURRENCY: usize = 16;
+
 mod create;
 mod ddl;
 mod error;
@@ -45,7 +50,10 @@ pub use ddl::{apply_ddl, DdlOutcome};
 pub use error::CatalogError;
 pub use indexes::build_indexes;
 pub(crate) use indexes::{create_indexes, index_relaxations, same_relaxed_index};
-pub use list::{entry_uuid, list_selected, list_selected_views, name_of_uuid, spec_of, uuid_of};
+pub use list::{
+    entry_uuid, list_selected, list_selected_collections, list_selected_views, name_of_uuid,
+    spec_of, uuid_of,
+};
 pub use relax::{
     restore_relaxations, Relaxation, RelaxationKind, RelaxationStore, RestoreReport,
     RELAXATIONS_COLLECTION, RELAXED_CAPPED_SIZE,

@@ -9,7 +9,7 @@
 //! changed, so a crash leaves at worst a record for something not yet relaxed, which the
 //! restore handles (setting a value that is already set is a no-op).
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{CollectionOptions, WriteConcern};
 use mongodb::{Client, Collection, Database};
@@ -351,53 +351,90 @@ pub async fn restore_relaxations(
     dest: &Client,
     relax: &RelaxationStore,
 ) -> Result<RestoreReport, CatalogError> {
-    let mut report = RestoreReport::default();
     let records = relax.list().await?;
-    // prepareUnique-only records are superseded by a unique record on the same index.
+    // Each collection's records in order, several collections at once (this runs inside the
+    // write-blocked window: thousands of TTL indexes must not cost a round trip each in turn).
+    let mut by_ns: Vec<(Namespace, Vec<&Relaxation>)> = Vec::new();
     for r in &records {
-        let done = match r.kind {
-            RelaxationKind::Unique => restore_unique(dest, r).await?,
-            RelaxationKind::PrepareUnique => {
-                let superseded = records.iter().any(|u| {
-                    u.kind == RelaxationKind::Unique && u.ns == r.ns && u.index == r.index
-                });
-                if superseded {
-                    Some(true)
-                } else {
-                    coll_mod_index(dest, r, doc! {"prepareUnique": true}).await?
-                }
-            }
-            RelaxationKind::IndexTtl => {
-                let secs = r.expire_after_seconds.unwrap_or(0);
-                coll_mod_index(dest, r, doc! {"expireAfterSeconds": secs}).await?
-            }
-            RelaxationKind::CollectionTtl => {
-                let secs = r.expire_after_seconds.unwrap_or(0);
-                coll_mod(dest, &r.ns, doc! {"expireAfterSeconds": secs}).await?
-            }
-            RelaxationKind::Capped => {
-                let mut m = Document::new();
-                if let Some(s) = r.capped_size {
-                    m.insert("cappedSize", s);
-                }
-                if let Some(x) = r.capped_max {
-                    m.insert("cappedMax", x);
-                }
-                if m.is_empty() {
-                    Some(true)
-                } else {
-                    coll_mod(dest, &r.ns, m).await?
-                }
-            }
-        };
-        match done {
-            Some(_) => report.restored.push(r.describe()),
-            None => report.gone.push(r.describe()),
+        match by_ns.iter_mut().find(|(ns, _)| *ns == r.ns) {
+            Some((_, v)) => v.push(r),
+            None => by_ns.push((r.ns.clone(), vec![r])),
         }
-        relax.remove(r).await?;
-        tracing::info!(ns = %r.ns, index = r.index.as_deref().unwrap_or(""), kind = r.kind.as_str(), gone = done.is_none(), "restored relaxation");
     }
+    let all = &records;
+    let groups: Vec<_> = by_ns
+        .into_iter()
+        .map(|(_, group)| async move {
+            let mut out = Vec::new();
+            for r in group {
+                out.push((r.describe(), restore_one(dest, relax, r, all).await?));
+            }
+            Ok::<_, CatalogError>(out)
+        })
+        .collect();
+    let done: Vec<Vec<(String, bool)>> = futures::stream::iter(groups)
+        .buffer_unordered(super::CATALOG_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut report = RestoreReport::default();
+    for (describe, present) in done.into_iter().flatten() {
+        if present {
+            report.restored.push(describe);
+        } else {
+            report.gone.push(describe);
+        }
+    }
+    report.restored.sort();
+    report.gone.sort();
     Ok(report)
+}
+
+/// Restores one record and removes it; `false` when its collection or index is gone.
+async fn restore_one(
+    dest: &Client,
+    relax: &RelaxationStore,
+    r: &Relaxation,
+    records: &[Relaxation],
+) -> Result<bool, CatalogError> {
+    let done = match r.kind {
+        RelaxationKind::Unique => restore_unique(dest, r).await?,
+        RelaxationKind::PrepareUnique => {
+            // Superseded by a unique record on the same index.
+            let superseded = records
+                .iter()
+                .any(|u| u.kind == RelaxationKind::Unique && u.ns == r.ns && u.index == r.index);
+            if superseded {
+                Some(true)
+            } else {
+                coll_mod_index(dest, r, doc! {"prepareUnique": true}).await?
+            }
+        }
+        RelaxationKind::IndexTtl => {
+            let secs = r.expire_after_seconds.unwrap_or(0);
+            coll_mod_index(dest, r, doc! {"expireAfterSeconds": secs}).await?
+        }
+        RelaxationKind::CollectionTtl => {
+            let secs = r.expire_after_seconds.unwrap_or(0);
+            coll_mod(dest, &r.ns, doc! {"expireAfterSeconds": secs}).await?
+        }
+        RelaxationKind::Capped => {
+            let mut m = Document::new();
+            if let Some(s) = r.capped_size {
+                m.insert("cappedSize", s);
+            }
+            if let Some(x) = r.capped_max {
+                m.insert("cappedMax", x);
+            }
+            if m.is_empty() {
+                Some(true)
+            } else {
+                coll_mod(dest, &r.ns, m).await?
+            }
+        }
+    };
+    relax.remove(r).await?;
+    tracing::info!(ns = %r.ns, index = r.index.as_deref().unwrap_or(""), kind = r.kind.as_str(), gone = done.is_none(), "restored relaxation");
+    Ok(done.is_some())
 }
 
 /// `collMod` on the collection; `None` when it is gone.

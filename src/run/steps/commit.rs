@@ -4,20 +4,25 @@
 //! A commit's record lives at `commits.<step index>` in the run document:
 //! `phase` = `waiting` → `blocking` → `draining` → `restoring` → `committed` → `done`.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures::stream::{self, StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Document, Timestamp};
 
+use crate::base::namespace::Namespace;
 use crate::base::role::Role;
-use crate::engine::catalog::{self, NsKind, RelaxationStore};
+use crate::engine::catalog::{self, RelaxationStore};
 use crate::engine::clock::cluster_time as read_cluster_time;
 use crate::engine::error::EngineError;
 use crate::plan::model::CommitStep;
 use crate::plan::{Approval, WriteBlocking};
 use crate::run::roles::*;
 use crate::run::{Ctx, RunError};
-use crate::state::record::{commit_fields, CommitPhase, CommitRecord, Direction, RunState};
+use crate::state::record::{
+    commit_fields, CommitPhase, CommitRecord, Direction, RunState, WindowPhase,
+};
 
 pub async fn commit(
     ctx: &mut Ctx,
@@ -42,6 +47,13 @@ pub async fn commit(
     // destination): errors name the cluster as the plan does.
     let (src_name, dst_name) = (direction.reads(), direction.writes());
 
+    // What the write-blocked window is spent on, as this runner saw it.
+    let mut clock = WindowClock::new();
+    // Collections whose counts matched before the block and that no event touched since need
+    // no count inside the window; `None`: count every collection (a resumed commit, a DDL
+    // event since, or no count before the block).
+    let mut precounted: Option<HashSet<Namespace>> = None;
+    let mut recount: Option<HashSet<Namespace>> = None;
     // Each arm does one phase's work and records the next phase before returning it: a
     // runner that stops anywhere resumes at the recorded phase, whose work is idempotent.
     loop {
@@ -69,7 +81,15 @@ pub async fn commit(
                     ctx.lane.as_ref().map(|l| &*l.progress),
                 )
                 .await;
+                // Outside the window: every collection counted once, so that inside it only
+                // those written since are counted again.
+                precounted = Some(
+                    precount(ctx, direction, start_at, (src_name, dst_name))
+                        .await
+                        .map_err(fail)?,
+                );
                 let blocked_at = mongodb::bson::DateTime::now();
+                clock = WindowClock::new();
                 let mut set = commit_fields(
                     i,
                     doc! {"phase": CommitPhase::Blocking, "blocked_at": blocked_at},
@@ -89,6 +109,7 @@ pub async fn commit(
                         match blocking { WriteBlocking::None => "none", _ => "destination-only" }
                     );
                 }
+                clock.lap("block the source");
                 crate::base::crashpoint::hit("commit.blocked", Some(i));
                 // Tests act here, inside the write-blocked window (tests/it/lease.rs).
                 crate::base::crashpoint::pause("commit.blocked").await;
@@ -100,6 +121,7 @@ pub async fn commit(
                         doc! {"phase": CommitPhase::Draining, "block_ts": block_ts},
                     ))
                     .await?;
+                clock.lap("block point");
                 rec.block_ts = Some(block_ts);
                 CommitPhase::Draining
             }
@@ -118,10 +140,23 @@ pub async fn commit(
                         .await
                         .map_err(fail)?;
                 }
+                // Every event up to the block point is applied: what they touched since the
+                // count before the block is all that can differ from it.
+                let touched = ctx
+                    .lane
+                    .as_ref()
+                    .and_then(|l| l.progress.touched.since_start());
+                recount = match (precounted.take(), touched) {
+                    (Some(mismatched), Some(touched)) => {
+                        Some(mismatched.into_iter().chain(touched).collect())
+                    }
+                    _ => None,
+                };
                 ctx.drop_lane();
                 ctx.store
                     .set(commit_fields(i, doc! {"phase": CommitPhase::Restoring}))
                     .await?;
+                clock.lap("drain");
                 CommitPhase::Restoring
             }
             CommitPhase::Restoring => {
@@ -137,6 +172,7 @@ pub async fn commit(
                         .await
                         .map_err(RunError::LeaseLost)?;
                 }
+                clock.lap("lease check");
                 // Idempotent (each record is removed once restored): transient failures retry it.
                 let policy = crate::engine::retry::RetryPolicy {
                     timeout: ctx.opts.retry_timeout,
@@ -150,12 +186,21 @@ pub async fn commit(
                     )
                     .await
                     .map_err(fail)?;
+                clock.lap("restore relaxed indexes and options");
                 drop_vanished_views(&src, &dst, &ctx.plan.selector, (src_name, dst_name))
                     .await
                     .map_err(fail)?;
-                let mismatches = count_check(&src, &dst, &ctx.plan.selector, (src_name, dst_name))
-                    .await
-                    .map_err(fail)?;
+                clock.lap("views");
+                let mismatches = count_check(
+                    &src,
+                    &dst,
+                    &ctx.plan.selector,
+                    (src_name, dst_name),
+                    recount.take(),
+                )
+                .await
+                .map_err(fail)?;
+                clock.lap("document counts");
                 if !mismatches.is_empty() {
                     return Err(fail(EngineError::Differs(format!(
                         "document counts differ after the drain: {}; the {dst_name} is still blocked",
@@ -165,10 +210,11 @@ pub async fn commit(
                 let mut set = commit_fields(i, doc! {"phase": CommitPhase::Committed});
                 set.insert("state", RunState::Committed);
                 ctx.store.set(set).await?;
+                clock.lap("record the commit");
                 crate::base::crashpoint::hit("commit.committed", Some(i));
                 CommitPhase::Committed
             }
-            CommitPhase::Committed => return unblock(ctx, i, direction, &rec).await,
+            CommitPhase::Committed => return unblock(ctx, i, direction, &rec, clock).await,
             CommitPhase::Done => return Ok(Some("already committed".into())),
         };
     }
@@ -181,6 +227,7 @@ async fn unblock(
     i: usize,
     direction: Direction,
     rec: &CommitRecord,
+    mut clock: WindowClock,
 ) -> Result<Option<String>, RunError> {
     let blocking = ctx.plan.options.write_blocking;
     let dst = ctx.roles(direction).1.clone();
@@ -211,12 +258,19 @@ async fn unblock(
     if blocking != WriteBlocking::None {
         ctx.set_block(direction.writes(), false).await?;
     }
+    clock.lap("unblock the destination");
     let now = mongodb::bson::DateTime::now();
     let blocked_at = rec.blocked_at.or(stored.blocked_at);
     let window = blocked_at.map(|b| now.timestamp_millis() - b.timestamp_millis());
     let mut commit = doc! {"phase": CommitPhase::Done, "writable_at": now};
     if let Some(w) = window {
         commit.insert("window_ms", w);
+        let phases: Vec<mongodb::bson::Bson> = clock
+            .phases(w)
+            .into_iter()
+            .filter_map(|p| mongodb::bson::to_bson(&p).ok())
+            .collect();
+        commit.insert("window_phases", phases);
     }
     let mut set = commit_fields(i, commit);
     set.extend(doc! {"can_write": true,
@@ -381,46 +435,160 @@ async fn drop_vanished_views(
     Ok(())
 }
 
-/// Per-namespace document counts on both sides (metadata counts: fast inside the window).
+/// The count before the write block: starts tracking the namespaces change events touch,
+/// waits until every source write up to now is applied, then counts every selected
+/// collection on both sides. Returns the collections whose counts differ (counted again
+/// inside the window with the ones touched since; a difference then is an error).
+async fn precount(
+    ctx: &mut Ctx,
+    direction: Direction,
+    start_at: Option<Timestamp>,
+    roles: (Role, Role),
+) -> Result<HashSet<Namespace>, EngineError> {
+    let (src, dst) = ctx.roles(direction);
+    let (src, dst) = (src.clone(), dst.clone());
+    let timeout = ctx.opts.retry_timeout.max(Duration::from_secs(60));
+    let lane = ctx.ensure_lane(direction, start_at);
+    lane.progress.touched.start();
+    // Events up to `now` were read before tracking started or are tracked: once they are
+    // applied, a collection no event touches from here counts the same on both sides
+    // until the block.
+    let now = read_cluster_time(&src.client, src.name()).await?;
+    lane.wait_applied(now, Some(timeout)).await?;
+    let started = Instant::now();
+    let names = catalog::list_selected_collections(&src.client, &ctx.plan.selector)
+        .await
+        .map_err(crate::engine::error::on(roles.0))?;
+    let differ = count_differences(&src.client, &dst.client, names.clone(), roles).await?;
+    tracing::info!(
+        collections = names.len(),
+        differing = differ.len(),
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "Counted the documents of every collection before blocking writes; inside the write-blocked window only the collections written since are counted again."
+    );
+    Ok(differ.into_iter().map(|(ns, _)| ns).collect())
+}
+
+/// Per-namespace document counts on both sides after the drain: of `only` (the collections
+/// written since the count before the block, or whose counts differed then), or of every
+/// selected collection when `only` is `None`.
 async fn count_check(
     src: &mongodb::Client,
     dst: &mongodb::Client,
     selector: &crate::plan::NamespaceSelector,
-    (src_name, dst_name): (Role, Role),
+    roles: (Role, Role),
+    only: Option<HashSet<Namespace>>,
 ) -> Result<Vec<String>, EngineError> {
-    let specs = catalog::list_selected(src, selector)
-        .await
-        .map_err(crate::engine::error::on(src_name))?;
-    let mut bad = Vec::new();
-    for s in specs.iter().filter(|s| s.kind == NsKind::Collection) {
-        // Metadata counts first (instant, inside the write-blocked window); an exact count
-        // only to confirm a difference (metadata counts drift after an unclean shutdown).
-        let fast = |c: &mongodb::Client| {
-            let coll = c.database(&s.ns.db).collection::<Document>(&s.ns.coll);
-            async move { coll.estimated_document_count().await }
-        };
-        let fa = fast(src).await.map_err(|e| {
-            crate::engine::error::cluster_err(src_name, format!("counting `{}`", s.ns), &e)
-        })?;
-        let fb = fast(dst).await.map_err(|e| {
-            crate::engine::error::cluster_err(dst_name, format!("counting `{}`", s.ns), &e)
-        })?;
-        if fa == fb {
-            continue;
+    let names = match only {
+        Some(set) => {
+            let mut v: Vec<Namespace> = set
+                .into_iter()
+                .filter(|ns| !ns.coll.starts_with("system.") && selector.selects(&ns.db, &ns.coll))
+                .collect();
+            v.sort();
+            v
         }
-        let count = |c: &mongodb::Client| {
-            let coll = c.database(&s.ns.db).collection::<Document>(&s.ns.coll);
-            async move { coll.count_documents(doc! {}).await }
-        };
-        let a = count(src).await.map_err(|e| {
-            crate::engine::error::cluster_err(src_name, format!("counting `{}`", s.ns), &e)
-        })?;
-        let b = count(dst).await.map_err(|e| {
-            crate::engine::error::cluster_err(dst_name, format!("counting `{}`", s.ns), &e)
-        })?;
-        if a != b {
-            bad.push(format!("`{}`: {src_name} {a}, {dst_name} {b}", s.ns));
+        None => catalog::list_selected_collections(src, selector)
+            .await
+            .map_err(crate::engine::error::on(roles.0))?,
+    };
+    Ok(count_differences(src, dst, names, roles)
+        .await?
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect())
+}
+
+/// Collections whose document counts differ, with `` `ns`: source A, destination B ``.
+/// Metadata counts first (instant); an exact count only to confirm a difference (metadata
+/// counts drift after an unclean shutdown). Several collections at once. A collection gone
+/// from both sides counts 0 = 0.
+async fn count_differences(
+    src: &mongodb::Client,
+    dst: &mongodb::Client,
+    names: Vec<Namespace>,
+    (src_name, dst_name): (Role, Role),
+) -> Result<Vec<(Namespace, String)>, EngineError> {
+    let checks: Vec<_> = names
+        .into_iter()
+        .map(|ns| {
+            let (a, b) = (
+                src.database(&ns.db).collection::<Document>(&ns.coll),
+                dst.database(&ns.db).collection::<Document>(&ns.coll),
+            );
+            async move {
+                let err = |role: Role, e: mongodb::error::Error| {
+                    crate::engine::error::cluster_err(role, format!("counting `{ns}`"), &e)
+                };
+                let fa = a
+                    .estimated_document_count()
+                    .await
+                    .map_err(|e| err(src_name, e))?;
+                let fb = b
+                    .estimated_document_count()
+                    .await
+                    .map_err(|e| err(dst_name, e))?;
+                if fa == fb {
+                    return Ok(None);
+                }
+                let ea = a
+                    .count_documents(doc! {})
+                    .await
+                    .map_err(|e| err(src_name, e))?;
+                let eb = b
+                    .count_documents(doc! {})
+                    .await
+                    .map_err(|e| err(dst_name, e))?;
+                Ok::<_, EngineError>((ea != eb).then(|| {
+                    let text = format!("`{ns}`: {src_name} {ea}, {dst_name} {eb}");
+                    (ns, text)
+                }))
+            }
+        })
+        .collect();
+    let found: Vec<Option<(Namespace, String)>> = stream::iter(checks)
+        .buffered(catalog::CATALOG_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// Laps of the write-blocked window, measured by this runner.
+struct WindowClock {
+    last: Instant,
+    phases: Vec<WindowPhase>,
+}
+
+impl WindowClock {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            phases: Vec::new(),
         }
     }
-    Ok(bad)
+
+    /// Ends the current part of the window under `name`.
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.phases.push(WindowPhase {
+            phase: name.to_string(),
+            ms: now.duration_since(self.last).as_millis() as i64,
+        });
+        self.last = now;
+    }
+
+    /// The parts, with what this runner did not see (an earlier runner's part of a resumed
+    /// commit) first as `earlier runner`, so that they add up to the window `window_ms`.
+    fn phases(self, window_ms: i64) -> Vec<WindowPhase> {
+        let seen: i64 = self.phases.iter().map(|p| p.ms).sum();
+        let mut out = Vec::new();
+        if window_ms - seen > 50 {
+            out.push(WindowPhase {
+                phase: "earlier runner".into(),
+                ms: window_ms - seen,
+            });
+        }
+        out.extend(self.phases);
+        out
+    }
 }
