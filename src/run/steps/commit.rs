@@ -83,11 +83,14 @@ pub async fn commit(
                 .await;
                 // Outside the window: every collection counted once, so that inside it only
                 // those written since are counted again.
-                precounted = Some(
-                    precount(ctx, direction, start_at, (src_name, dst_name))
-                        .await
-                        .map_err(fail)?,
-                );
+                // Best effort: if it cannot finish, every collection is counted inside.
+                precounted = match precount(ctx, direction, start_at, (src_name, dst_name)).await {
+                    Ok(differ) => Some(differ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not count the documents before blocking writes; every collection is counted inside the write-blocked window.");
+                        None
+                    }
+                };
                 let blocked_at = mongodb::bson::DateTime::now();
                 clock = WindowClock::new();
                 let mut set = commit_fields(
@@ -447,7 +450,8 @@ async fn precount(
 ) -> Result<HashSet<Namespace>, EngineError> {
     let (src, dst) = ctx.roles(direction);
     let (src, dst) = (src.clone(), dst.clone());
-    let timeout = ctx.opts.retry_timeout.max(Duration::from_secs(60));
+    // The lane is at can-commit: it catches up with `now` within its lag.
+    let timeout = Duration::from_secs(30);
     let lane = ctx.ensure_lane(direction, start_at);
     lane.progress.touched.start();
     // Events up to `now` were read before tracking started or are tracked: once they are
