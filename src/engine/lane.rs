@@ -493,6 +493,7 @@ async fn copy_with_events(
 ) -> Result<(), EngineError> {
     let store = env.store.clone();
     progress.set_phase(LanePhase::Copying);
+    let listing = Instant::now();
     let specs = env
         .retry
         .run(&progress, "listing the collections to copy", || {
@@ -502,11 +503,19 @@ async fn copy_with_events(
     progress
         .collections_total
         .store(specs.len() as u64, Ordering::Relaxed);
+    let listed = listing.elapsed();
     let counts = copy::estimate(&env.source, &specs, &progress).await;
+    tracing::info!(
+        namespaces = specs.len(),
+        listing_seconds = format!("{:.1}", listed.as_secs_f64()),
+        sizes_seconds = format!("{:.1}", (listing.elapsed() - listed).as_secs_f64()),
+        "Listed the namespaces to copy and their sizes."
+    );
     // Small collections indexed with their creation (empty after a restart: their after-copy
     // build then finds the indexes there and leaves them).
     let mut indexed = HashSet::new();
     if !record.get_bool("catalog_done").unwrap_or(false) {
+        let creating = Instant::now();
         indexed =
             create_catalog(env, direction, &specs, resumed, &progress, &relax, &counts).await?;
         store
@@ -516,6 +525,12 @@ async fn copy_with_events(
                 doc! {"$set": {"catalog_done": true}},
             )
             .await?;
+        tracing::info!(
+            namespaces = specs.len(),
+            indexed_with_creation = indexed.len(),
+            seconds = format!("{:.1}", creating.elapsed().as_secs_f64()),
+            "Created the namespaces on the destination."
+        );
     }
     progress.set_phase(LanePhase::Copying);
     let (start_time, start_token) = match &start {
@@ -711,6 +726,11 @@ async fn create_one(
     let what = format!("creating `{}`", s.ns);
     env.retry
         .run(progress, &what, || async {
+            if with_indexes && !resumed {
+                return catalog::create_with_indexes(&env.destination, s, relax)
+                    .await
+                    .map_err(on(direction.writes()));
+            }
             if resumed {
                 catalog::create_on_destination_resumed(&env.destination, s, relax)
                     .await

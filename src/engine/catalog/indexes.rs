@@ -39,6 +39,40 @@ pub async fn build_indexes(
     create_indexes(dest, &spec.ns, specs, relax, false).await
 }
 
+/// Builds a collection's indexes right after its creation (it has none yet: no listing),
+/// relaxed and recorded, in one `createIndexes`.
+pub(crate) async fn create_indexes_on_new(
+    dest: &Client,
+    spec: &NsSpec,
+    relax: &RelaxationStore,
+) -> Result<(), CatalogError> {
+    let ns = &spec.ns;
+    let mut to_build = Vec::new();
+    for source in spec.index_docs() {
+        let name = source
+            .get_str("name")
+            .map_err(|e| CatalogError::malformed("index spec", e))?
+            .to_string();
+        if name == "_id_" || source.get_bool("clustered").unwrap_or(false) {
+            continue;
+        }
+        let (relaxed, relaxations) = relax_index(ns, &name, &source);
+        for r in &relaxations {
+            relax.record(r).await?;
+        }
+        to_build.push(relaxed);
+    }
+    if to_build.is_empty() {
+        return Ok(());
+    }
+    let cmd = doc! {"createIndexes": &ns.coll, "indexes": to_build};
+    crate::state::lease::run_majority(&dest.database(&ns.db), cmd)
+        .await
+        .map_err(|e| CatalogError::command("createIndexes", ns, e))?;
+    tracing::debug!(%ns, "built indexes with the collection's creation");
+    Ok(())
+}
+
 /// Creates `specs` (source specs) on `ns`, relaxed and recorded; shared with DDL apply.
 ///
 /// With `replay` (a DDL change event), the destination may already be *ahead* of the event:

@@ -45,7 +45,7 @@ mod list;
 mod relax;
 mod spec;
 
-pub use create::{create_on_destination, create_on_destination_resumed};
+pub use create::{create_on_destination, create_on_destination_resumed, create_with_indexes};
 pub use ddl::{apply_ddl, DdlOutcome};
 pub use error::CatalogError;
 pub use indexes::build_indexes;

@@ -190,9 +190,13 @@ pub async fn commit(
                     .await
                     .map_err(fail)?;
                 clock.lap("restore relaxed indexes and options");
-                drop_vanished_views(&src, &dst, &ctx.plan.selector, (src_name, dst_name))
-                    .await
-                    .map_err(fail)?;
+                // Checked before the block too: inside it only after DDL since (a failed
+                // `dropDatabase` shows as its collections' drop events), or when resumed.
+                if recount.is_none() {
+                    drop_vanished_views(&src, &dst, &ctx.plan.selector, (src_name, dst_name))
+                        .await
+                        .map_err(fail)?;
+                }
                 clock.lap("views");
                 let mismatches = count_check(
                     &src,
@@ -411,13 +415,15 @@ async fn drop_vanished_views(
     (src_name, dst_name): (Role, Role),
 ) -> Result<(), EngineError> {
     use crate::engine::error::on;
-    // Names only (no index reads): this runs inside the write-blocked window.
-    let at_source = catalog::list_selected_views(src, selector)
-        .await
-        .map_err(on(src_name))?;
+    // Names only (no index reads). The destination first: before the block (the source still
+    // writable), a view created meanwhile is then in the source's later listing, never taken
+    // for one the source lost.
     let at_destination = catalog::list_selected_views(dst, selector)
         .await
         .map_err(on(dst_name))?;
+    let at_source = catalog::list_selected_views(src, selector)
+        .await
+        .map_err(on(src_name))?;
     for v in at_destination.iter().filter(|v| !at_source.contains(v)) {
         tracing::warn!(view = %v, "The view is gone from the source without a change event (its database's drop failed after dropping the database's collections): dropping it on the destination.");
         match crate::state::lease::run_majority(&dst.database(&v.db), doc! {"drop": &v.coll}).await
@@ -460,6 +466,7 @@ async fn precount(
     let now = read_cluster_time(&src.client, src.name()).await?;
     lane.wait_applied(now, Some(timeout)).await?;
     let started = Instant::now();
+    drop_vanished_views(&src.client, &dst.client, &ctx.plan.selector, roles).await?;
     let names = catalog::list_selected_collections(&src.client, &ctx.plan.selector)
         .await
         .map_err(crate::engine::error::on(roles.0))?;
