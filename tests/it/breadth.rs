@@ -45,7 +45,7 @@ async fn seed_one(c: &Client, i: usize) {
     if i % 29 == 1 {
         indexes.push(doc! {"key": {"u": 1}, "name": "u_1", "unique": true});
     }
-    if i % 23 == 2 {
+    if i % 23 == 2 && !capped(i) {
         indexes.push(doc! {"key": {"exp": 1}, "name": "exp_ttl", "expireAfterSeconds": 3_600_000});
     }
     d.run_command(doc! {"createIndexes": &coll, "indexes": indexes})
