@@ -203,7 +203,8 @@ pub struct NamespaceCopy {
     /// Documents and bytes on the destination now (its collection statistics).
     pub documents: Option<i64>,
     pub bytes: Option<i64>,
-    /// The source collection's documents and bytes when its copy was planned.
+    /// The source collection's documents and bytes when first read (once, during the copy:
+    /// writes since then make them an estimate).
     pub estimated_documents: Option<i64>,
     pub estimated_bytes: Option<i64>,
     pub done: bool,
