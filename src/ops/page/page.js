@@ -353,14 +353,19 @@
     return Math.max(280, div.clientWidth || 400);
   }
 
-  function makeChart(name, series, fmt, max) {
+  // `max`: a fixed top (percentages); `floor`: the least top, so a quiet chart shows a flat
+  // line at zero rather than ticks of fractions of a byte.
+  function makeChart(name, series, fmt, max, floor) {
     const div = $("chart-" + name);
     const opts = {
       width: chartWidth(div),
       height: 200,
       legend: { show: true },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: max ? { range: [0, max] } : { range: (u, lo, hi) => [0, Math.max(hi, 1) * 1.1] } },
+      scales: {
+        x: { time: true },
+        y: max ? { range: [0, max] } : { range: (u, lo, hi) => [0, Math.max(hi * 1.1, floor || 1)] },
+      },
       axes: [{}, { size: 70, values: (u, vals) => vals.map((v) => (fmt ? fmt(v) : String(v))) }],
       series: [{}].concat(
         series.map((s) => ({
@@ -390,9 +395,9 @@
     const h = page.history;
     if (!h || typeof uPlot === "undefined") return;
     if (!page.charts.lag) {
-      makeChart("lag", SERIES.lag, (v) => dur(v));
-      makeChart("events", SERIES.events, (v) => num(v));
-      makeChart("copy", SERIES.copy, bytes);
+      makeChart("lag", SERIES.lag, (v) => dur(v), null, 1);
+      makeChart("events", SERIES.events, (v) => (v < 10 ? String(+v.toFixed(1)) : num(v)), null, 10);
+      makeChart("copy", SERIES.copy, bytes, null, 1024 * 1024);
       SERIES.busy = h.busy.map((s, i) => ({ label: s.stage, stroke: STAGE_COLORS[i % STAGE_COLORS.length] }));
       makeChart("busy", SERIES.busy, (v) => Math.round(v) + "%", 100);
     }
