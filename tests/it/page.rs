@@ -164,6 +164,8 @@ const SHOWN: &str = r#"{
   namespaces: [...document.querySelectorAll('#namespaces tbody tr')].map(r => r.dataset.namespace),
   blocked: [...document.querySelectorAll('#alerts .blocked')].map(b => ({cluster: b.dataset.cluster, text: b.textContent})),
   approveVisible: !document.getElementById('approve').hidden,
+  pauseVisible: !document.getElementById('pause').hidden,
+  resumeVisible: !document.getElementById('resume').hidden,
   steps: [...document.querySelectorAll('#steps li')].map(l => l.dataset.status + ' ' + l.textContent),
   lag: document.getElementById('lag').textContent,
   window: document.getElementById('window').textContent,
@@ -375,6 +377,34 @@ async fn the_progress_page_follows_a_reversible_run_in_chromium() {
     stop.store(true, Ordering::Relaxed);
     let batches = app.await.expect("writer");
     assert!(batches > 0, "the application wrote during the run");
+
+    // Pause and resume on the page (the commit keeps waiting meanwhile).
+    assert_eq!(waiting["pauseVisible"], true, "{waiting:#}");
+    tab.find_element("#pause")
+        .expect("the pause button")
+        .click()
+        .expect("click pause");
+    let paused = wait_page(&tab, Duration::from_secs(30), "the pause", |v| {
+        v["state"] == "PAUSED" && v["resumeVisible"] == true && v["pauseVisible"] == false
+    });
+    assert!(
+        paused["alerts"]
+            .as_str()
+            .is_some_and(|a| a.contains("Paused since")),
+        "{paused:#}"
+    );
+    assert!(progress(port)["paused"].is_object());
+    tab.find_element("#resume")
+        .expect("the resume button")
+        .click()
+        .expect("click resume");
+    wait_page(&tab, Duration::from_secs(30), "the resume", |v| {
+        v["state"] == "RUNNING"
+            && v["phase"] == "waiting for approval"
+            && v["approveVisible"] == true
+            && v["pauseVisible"] == true
+    });
+    assert!(progress(port)["paused"].is_null());
 
     // Approve on the page, behind its confirmation: the commit happens.
     tab.find_element("#approve")
