@@ -1,7 +1,7 @@
 //! The run's recent history, kept in memory by the runner for the progress page's charts
 //! (`GET /api/v1/history`): one point a second (the service task samples the current lane's
 //! counters), the last [`KEPT`] of them in a ring buffer; and the copy's progress per
-//! namespace (`GET /api/v1/copy`), refreshed every few seconds while the copy runs.
+//! namespace (`GET /api/v1/copy`), refreshed every second while the copy runs.
 //!
 //! Nothing here is stored: a new runner starts with an empty history.
 

@@ -29,7 +29,7 @@ pub struct Live {
     pub insight: Mutex<Option<Insight>>,
     /// The last hours, one point a second, for the progress page's charts.
     pub history: Mutex<crate::ops::history::History>,
-    /// The copy's progress per namespace, refreshed every few seconds while it runs.
+    /// The copy's progress per namespace, refreshed every second while it runs.
     pub copy: Mutex<crate::ops::history::CopyTable>,
 }
 
@@ -166,7 +166,7 @@ async fn service_loop(
     }
 }
 
-/// Refreshes the per-namespace copy table every 2 s while a lane copies (its own task: the
+/// Refreshes the per-namespace copy table every second while a lane copies (its own task: the
 /// statistics of many collections must not delay the one-second samples).
 async fn copy_loop(
     live: Arc<Live>,
@@ -182,7 +182,7 @@ async fn copy_loop(
                 .await;
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => break,
         }
     }

@@ -162,6 +162,7 @@ const SHOWN: &str = r#"{
   copy: Number(document.getElementById('copy-fill').dataset.fraction || 'NaN'),
   copyText: document.getElementById('copy-text').textContent,
   namespaces: [...document.querySelectorAll('#namespaces tbody tr')].map(r => r.dataset.namespace),
+  namespacesDone: [...document.querySelectorAll('#namespaces tbody .fill')].every(f => f.dataset.fraction === '1.0000'),
   blocked: [...document.querySelectorAll('#alerts .blocked')].map(b => ({cluster: b.dataset.cluster, text: b.textContent})),
   approveVisible: !document.getElementById('approve').hidden,
   pauseVisible: !document.getElementById('pause').hidden,
@@ -275,8 +276,12 @@ async fn the_progress_page_follows_a_reversible_run_in_chromium() {
     let mut env = root_env(&src, &dst);
     env.push(("CUTOVER_API_TOKEN", TOKEN.to_string()));
     // The copy stops at its 6th read batch until the test lets it go: the page is seen
-    // mid-copy, then the bar moves.
-    env.push(("CUTOVER_TEST_PAUSE_AT", "copy.reading@6".into()));
+    // mid-copy, then the bar moves. The first commit stops inside its write-blocked window:
+    // the page is seen mid-commit.
+    env.push((
+        "CUTOVER_TEST_PAUSE_AT",
+        "copy.reading@6,commit.blocked@1".into(),
+    ));
     env.push(("CUTOVER_TEST_PAUSE_DIR", dir.path().display().to_string()));
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -355,6 +360,7 @@ async fn the_progress_page_follows_a_reversible_run_in_chromium() {
             v["phase"] == "waiting for approval"
                 && v["approveVisible"] == true
                 && v["copy"].as_f64() == Some(1.0)
+                && v["namespacesDone"] == true
                 && v["lagPoints"].as_u64().is_some_and(|n| n >= 3)
                 && v["eventPoints"].as_u64().is_some_and(|n| n >= 1)
         },
@@ -415,6 +421,26 @@ async fn the_progress_page_follows_a_reversible_run_in_chromium() {
         .expect("the confirmation")
         .click()
         .expect("confirm");
+    // Inside the write-blocked window: committing, both clusters blocked, each with the
+    // command that releases it.
+    wait_pause_file(&dir.path().join("commit.blocked.reached"), &mut child).await;
+    let committing = wait_page(&tab, Duration::from_secs(30), "the commit under way", |v| {
+        v["state"] == "COMMITTING"
+            && v["approveVisible"] == false
+            && v["blocked"].as_array().is_some_and(|b| b.len() == 2)
+    });
+    for cluster in ["source", "destination"] {
+        assert!(
+            committing["blocked"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|c| c["cluster"] == cluster
+                    && c["text"].as_str().is_some_and(|t| t
+                        .contains(&format!("cutover unblock {plan} --cluster {cluster} --yes"))))),
+            "{committing:#}"
+        );
+    }
+    screenshot(&tab, "page-mid-commit.png");
+    std::fs::write(dir.path().join("commit.blocked.go"), b"").expect("let the commit go on");
     let reversing = wait_page(
         &tab,
         Duration::from_secs(180),

@@ -199,7 +199,8 @@
 
     const waiting = p.phase === "waiting for approval" && waitingCommit(p) !== null;
     $("approve").hidden = !waiting;
-    $("pause").hidden = !!p.paused || p.state === "COMMITTED" || !p.runner;
+    // A commit's drain ignores a pause: no Pause button while it runs.
+    $("pause").hidden = !!p.paused || p.state === "COMMITTED" || p.state === "COMMITTING" || !p.runner;
     $("resume").hidden = !p.paused;
     $("token-button").hidden = !needsToken;
 
@@ -439,7 +440,9 @@
       ]);
       page.progress = p;
       mergeHistory(h);
-      if (ticks % 2 === 0) {
+      // The per-namespace table: every second while a namespace copies, else every 10 s.
+      const copying = !page.copy || page.copy.namespaces.length === 0 || page.copy.namespaces.some((n) => !n.done);
+      if (copying || ticks % 10 === 0) {
         page.copy = await api("GET", "/api/v1/copy");
         renderCopy(page.copy);
       }
