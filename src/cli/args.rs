@@ -77,6 +77,26 @@ pub enum Command {
     Resync(ResyncArgs),
     /// Print the plan's JSON Schema.
     Schema,
+    /// Print a shell completion script on stdout, e.g. `cutover completions bash >
+    /// ~/.local/share/bash-completion/completions/cutover` (see `docs/shell.md`).
+    Completions(CompletionsArgs),
+    /// Write the man pages (`cutover.1` and one per command, `cutover-run.1`, ...) into DIR;
+    /// without DIR, print `cutover.1` on stdout (`cutover man | man -l -`).
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 mod approve;
 pub mod args;
 mod check;
+mod completions;
 pub mod error;
 mod pause;
 mod resync;
@@ -87,6 +88,8 @@ async fn dispatch(cli: Cli) -> Exit {
             out(&plan::model::json_schema());
             Exit::Ok
         }
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
 

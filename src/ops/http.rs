@@ -2,17 +2,26 @@
 //!
 //! - `GET /api/v1/progress`: the document `cutover status PLAN --format json` prints;
 //! - `GET /metrics`: Prometheus/OpenMetrics text ([`crate::ops::metrics`]);
+//! - `GET /api/v1/history[?since=T]`: the run's recent history, one point a second (lag,
+//!   events read and applied per second, copy throughput, stage busy fractions), kept in
+//!   memory for two hours ([`crate::ops::history`]); `since` (seconds since the Unix epoch)
+//!   returns only later points;
+//! - `GET /api/v1/copy`: the copy's progress per namespace;
 //! - `POST /api/v1/pause`, `/api/v1/resume`, `/api/v1/approve` (optional JSON body
-//!   `{"step": N, "note": "..."}`): the same as `cutover pause|resume|approve PLAN`.
+//!   `{"step": N, "note": "..."}`): the same as `cutover pause|resume|approve PLAN`;
+//! - `GET /`: the progress page (HTML, CSS and JS built into the binary, `page/`), which
+//!   draws the above every second; its static files are under `/assets/`.
 //!
 //! Loopback addresses only, unless `CUTOVER_API_TOKEN` is set; when it is set, every request
-//! must carry `Authorization: Bearer <token>`, on any address.
+//! must carry `Authorization: Bearer <token>`, on any address — except the page and its
+//! static files, which hold no data (the page asks for the token and sends it).
+//! Request bodies are limited to [`BODY_LIMIT`] bytes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -72,16 +81,22 @@ pub async fn serve(bound: Bound, live: Arc<Live>, mut stop: watch::Receiver<bool
         token: bound.token,
     });
     let app = Router::new()
+        .route("/", get(page_html))
+        .route("/assets/{file}", get(asset))
         .route("/api/v1/progress", get(progress))
+        .route("/api/v1/history", get(history))
+        .route("/api/v1/copy", get(copy))
         .route("/metrics", get(metrics))
         .route("/api/v1/pause", post(pause))
         .route("/api/v1/resume", post(resume))
         .route("/api/v1/approve", post(approve))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(api.clone(), auth))
         .with_state(api);
     if let Some(a) = addr {
-        tracing::info!(address = %a, "HTTP API listening (/api/v1/progress, /metrics).");
+        tracing::info!(address = %a, page = %format!("http://{a}/"), "HTTP API listening (progress page at /, /api/v1/progress, /metrics).");
     }
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -94,12 +109,28 @@ pub async fn serve(bound: Bound, live: Arc<Live>, mut stop: watch::Receiver<bool
     }
 }
 
+/// The largest request body accepted (the API's bodies are a few bytes of JSON).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Whether a request is for the page or its static files (served without the token: they
+/// hold no data, and a browser cannot send a bearer header when it opens a page).
+fn public(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && (path == "/"
+            || path
+                .strip_prefix("/assets/")
+                .is_some_and(|f| asset_of(f).is_some()))
+}
+
 async fn auth(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     req: Request,
     next: Next,
 ) -> Response {
+    if public(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
     if let Some(token) = &api.token {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -125,12 +156,132 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+const ENDPOINTS: &str =
+    "/ (the progress page), GET /api/v1/progress, GET /api/v1/history, GET /api/v1/copy, \
+     GET /metrics, POST /api/v1/pause, POST /api/v1/resume, POST /api/v1/approve";
+
 async fn not_found() -> Response {
-    (
+    failure(
         StatusCode::NOT_FOUND,
-        Json(json!({"ok": false, "error": "no such endpoint; see /api/v1/progress, /metrics, /api/v1/pause, /api/v1/resume, /api/v1/approve"})),
+        &format!("no such endpoint; see {ENDPOINTS}"),
     )
-        .into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    let allow = match uri.path() {
+        "/api/v1/pause" | "/api/v1/resume" | "/api/v1/approve" => "POST",
+        _ => "GET, HEAD",
+    };
+    let mut r = failure(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!(
+            "`{method} {}` is not allowed; use {allow} (endpoints: {ENDPOINTS})",
+            uri.path()
+        ),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// The progress page's files, built into the binary: (content type, body).
+fn asset_of(file: &str) -> Option<(&'static str, &'static str)> {
+    Some(match file {
+        "page.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("page/page.js"),
+        ),
+        "page.css" => ("text/css; charset=utf-8", include_str!("page/page.css")),
+        // uPlot 1.6.32 (MIT, `page/uPlot.LICENSE`), the charts.
+        "uPlot.iife.min.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("page/uPlot.iife.min.js"),
+        ),
+        "uPlot.min.css" => (
+            "text/css; charset=utf-8",
+            include_str!("page/uPlot.min.css"),
+        ),
+        "uPlot.LICENSE" => (
+            "text/plain; charset=utf-8",
+            include_str!("page/uPlot.LICENSE"),
+        ),
+        _ => return None,
+    })
+}
+
+/// Only this origin's own files, no inline script: the page works offline and loads nothing
+/// from elsewhere.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn page_headers(content_type: &'static str) -> [(header::HeaderName, &'static str); 4] {
+    [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ]
+}
+
+async fn page_html(State(api): State<Arc<Api>>) -> Response {
+    // The page asks for the token before its first request when the API needs one.
+    let auth = if api.token.is_some() {
+        "bearer"
+    } else {
+        "none"
+    };
+    let html = include_str!("page/index.html").replace("{{AUTH}}", auth);
+    (page_headers("text/html; charset=utf-8"), html).into_response()
+}
+
+async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match asset_of(&file) {
+        Some((ct, body)) => (page_headers(ct), body).into_response(),
+        None => not_found().await,
+    }
+}
+
+async fn history(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Response {
+    let mut since = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("since", v)) => match v.parse::<f64>() {
+                Ok(t) if t.is_finite() => since = Some(t),
+                _ => {
+                    return failure(
+                        StatusCode::BAD_REQUEST,
+                        &format!("`since` must be a number of seconds since the Unix epoch, not `{v}`"),
+                    )
+                }
+            },
+            _ => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown query parameter `{pair}`; the one parameter is `since` (seconds since the Unix epoch)"),
+                )
+            }
+        }
+    }
+    match api.live.history.lock() {
+        Ok(h) => Json(h.view(since)).into_response(),
+        Err(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "history unavailable"),
+    }
+}
+
+async fn copy(State(api): State<Arc<Api>>) -> Response {
+    match api.live.copy.lock() {
+        Ok(t) => Json(json!({
+            "namespaces": t.namespaces,
+            "updated": t.updated.map(|u| mongodb::bson::DateTime::from_system_time(u).try_to_rfc3339_string().ok()),
+        }))
+        .into_response(),
+        Err(_) => failure(StatusCode::INTERNAL_SERVER_ERROR, "copy progress unavailable"),
+    }
 }
 
 fn failure(status: StatusCode, message: &str) -> Response {
@@ -206,7 +357,19 @@ struct ApproveBody {
     note: String,
 }
 
-async fn approve(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Response {
+async fn approve(
+    State(api): State<Arc<Api>>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return failure(
+                e.status(),
+                &format!("the request body was not read ({e}); at most {BODY_LIMIT} bytes of JSON like {{\"step\": 3, \"note\": \"...\"}}"),
+            )
+        }
+    };
     let body: ApproveBody = if body.iter().all(u8::is_ascii_whitespace) {
         ApproveBody::default()
     } else {

@@ -27,6 +27,10 @@ pub struct Live {
     pub store: StateStore,
     pub current: Arc<Mutex<Option<Arc<Progress>>>>,
     pub insight: Mutex<Option<Insight>>,
+    /// The last hours, one point a second, for the progress page's charts.
+    pub history: Mutex<crate::ops::history::History>,
+    /// The copy's progress per namespace, refreshed every second while it runs.
+    pub copy: Mutex<crate::ops::history::CopyTable>,
 }
 
 impl Live {
@@ -74,17 +78,22 @@ pub async fn start(
         store,
         current,
         insight: Mutex::new(None),
+        history: Mutex::default(),
+        copy: Mutex::default(),
     });
     if let Ok(run) = live.store.record().await {
         crate::base::pause_gate::set_paused(run.pause.paused);
     }
     let (stop, stop_rx) = watch::channel(false);
-    let tasks = vec![tokio::spawn(service_loop(
-        live.clone(),
-        source,
-        destination,
-        stop_rx,
-    ))];
+    let tasks = vec![
+        tokio::spawn(copy_loop(
+            live.clone(),
+            source.clone(),
+            destination.clone(),
+            stop_rx.clone(),
+        )),
+        tokio::spawn(service_loop(live.clone(), source, destination, stop_rx)),
+    ];
     Service { stop, tasks, live }
 }
 
@@ -114,7 +123,11 @@ async fn service_loop(
             }
             crate::base::pause_gate::set_paused(paused);
         }
-        if let Some(p) = live.progress() {
+        let current = live.progress();
+        if let Ok(mut h) = live.history.lock() {
+            h.sample(current.as_deref());
+        }
+        if let Some(p) = current {
             let direction = run.as_ref().map(|r| r.direction).unwrap_or_default();
             if last_oplog.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                 last_oplog = Some(Instant::now());
@@ -148,6 +161,28 @@ async fn service_loop(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Refreshes the per-namespace copy table every second while a lane copies (its own task: the
+/// statistics of many collections must not delay the one-second samples).
+async fn copy_loop(
+    live: Arc<Live>,
+    source: Client,
+    destination: Client,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if let Some(p) = live.progress() {
+            let done = p.copy_done.load(std::sync::atomic::Ordering::Relaxed);
+            // The copy is forward only: the reverse lane has no ranges to show.
+            crate::ops::history::refresh_copy(&live.copy, &live.store, &source, &destination, done)
+                .await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => break,
         }
     }

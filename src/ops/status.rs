@@ -99,6 +99,8 @@ impl RecoveryView {
 
 #[derive(Debug, Serialize)]
 pub struct CopyView {
+    /// Whether the copy finished (its figures are then final).
+    pub done: bool,
     pub estimated_total_bytes: i64,
     pub estimated_copied_bytes: i64,
     pub copied_documents: i64,
@@ -142,6 +144,11 @@ pub struct StepView {
     pub kind: String,
     pub status: String,
     pub error: Option<String>,
+    /// When the step started and finished (the runner's clock), and how long it ran (so
+    /// far, for a running step).
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub seconds: Option<f64>,
 }
 
 /// The status of a run from its record and the raw run document it was read from (the
@@ -180,11 +187,29 @@ pub fn view(
         .steps
         .iter()
         .enumerate()
-        .map(|(i, s)| StepView {
-            index: i,
-            kind: s.kind.clone(),
-            status: s.status.as_str().into(),
-            error: s.error.clone(),
+        .map(|(i, s)| {
+            let rfc =
+                |d: Option<mongodb::bson::DateTime>| d.and_then(|d| d.try_to_rfc3339_string().ok());
+            let seconds = s.started.map(|a| {
+                let b = match (s.status, s.finished) {
+                    (crate::state::record::StepStatus::Running, _) => {
+                        mongodb::bson::DateTime::now()
+                    }
+                    (_, Some(f)) => f,
+                    (_, None) => a,
+                };
+                (b.timestamp_millis() - a.timestamp_millis()).max(0) as f64 / 1000.0
+            });
+            StepView {
+                index: i,
+                kind: s.kind.clone(),
+                status: s.status.as_str().into(),
+                error: s.error.clone(),
+                started: rfc(s.started),
+                finished: rfc(s.finished)
+                    .filter(|_| s.status != crate::state::record::StepStatus::Running),
+                seconds,
+            }
         })
         .collect();
     // Whether the lease is live was decided by the state store's clock
@@ -219,6 +244,7 @@ pub fn view(
         can_write: rec.can_write,
         lag_seconds: st.get_f64("lag_seconds").ok(),
         collection_copy: CopyView {
+            done: false,
             estimated_total_bytes: i64_of(copy, "estimated_total_bytes"),
             estimated_copied_bytes: i64_of(copy, "estimated_copied_bytes"),
             copied_documents: i64_of(copy, "copied_documents"),
@@ -495,6 +521,7 @@ pub async fn load_view(
             view.recoveries.push(r);
         }
         if lane.get_bool("copy_done").unwrap_or(false) {
+            view.collection_copy.done = true;
             let get = |k: &str| lane.get_i64(k).ok();
             if let (Some(b), Some(d)) = (get("copied_bytes"), get("copied_documents")) {
                 let c = &mut view.collection_copy;

@@ -28,7 +28,7 @@ timeout = "5m"
 "#;
 
 /// One HTTP/1.1 request (`Connection: close`): returns (status, headers, body).
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,
