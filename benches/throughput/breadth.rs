@@ -20,13 +20,7 @@ pub fn breadth_ns(c: usize) -> (String, String) {
 }
 
 fn small_doc(id: i64, rng: &mut Rng) -> RawDocumentBuf {
-    let mut s = String::with_capacity(128);
-    while s.len() < 120 {
-        let r = rng.next();
-        for b in 0..8 {
-            s.push(ALPHABET[((r >> (b * 8)) & 63) as usize] as char);
-        }
-    }
+    let s = payload(120, rng);
     let mut d = RawDocumentBuf::new();
     d.append("_id", id);
     d.append("k", (rng.next() % 10_000_000) as i64);

@@ -21,14 +21,20 @@ pub const CATEGORIES: [&str; 8] = [
     "books", "music", "garden", "tools", "toys", "food", "sports", "office",
 ];
 
-pub fn make_doc(id: i64, rng: &mut Rng) -> RawDocumentBuf {
-    let mut s = String::with_capacity(PAYLOAD + 8);
-    while s.len() < PAYLOAD {
+/// A random string of at least `len` characters.
+pub fn payload(len: usize, rng: &mut Rng) -> String {
+    let mut s = String::with_capacity(len + 8);
+    while s.len() < len {
         let r = rng.next();
         for b in 0..8 {
             s.push(ALPHABET[((r >> (b * 8)) & 63) as usize] as char);
         }
     }
+    s
+}
+
+pub fn make_doc(id: i64, rng: &mut Rng) -> RawDocumentBuf {
+    let s = payload(PAYLOAD, rng);
     let mut d = RawDocumentBuf::new();
     d.append("_id", id);
     d.append("k", (rng.next() % 10_000_000) as i64);

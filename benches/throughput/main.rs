@@ -199,22 +199,14 @@ async fn main() {
     if opts.collections > 0 {
         // (i) alone: breadth (issue 24).
         breadth::breadth(&opts, dir, &mut rep).await;
-        if let Some(parent) = opts.out.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        std::fs::write(&opts.out, &rep.text).expect("write summary");
-        println!("(written to {})", opts.out.display());
+        write_summary(&opts, &rep);
         return;
     }
 
     if opts.copy_under_churn {
         // (h) alone: the copy with change events applied during it, against copy-then-apply.
         during::copy_under_churn(&opts, dir, &mut rep).await;
-        if let Some(parent) = opts.out.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        std::fs::write(&opts.out, &rep.text).expect("write summary");
-        println!("(written to {})", opts.out.display());
+        write_summary(&opts, &rep);
         return;
     }
 
@@ -438,6 +430,11 @@ async fn main() {
         }
         None => rep.line(format!("  {verify_note}")),
     }
+    write_summary(&opts, &rep);
+}
+
+/// Writes the summary to `--out` (default `target/bench-summary.txt`).
+fn write_summary(opts: &Opts, rep: &Report) {
     if let Some(parent) = opts.out.parent() {
         let _ = std::fs::create_dir_all(parent);
     }

@@ -54,7 +54,6 @@ pub(crate) async fn create_ns(
     relax: &RelaxationStore,
     replay: bool,
 ) -> Result<(), CatalogError> {
-    let source_opts = spec.options();
     if let Some(existing) = spec_of(dest, &spec.ns).await? {
         let same = check_same(spec, &existing);
         if replay && same.is_err() {
@@ -63,13 +62,8 @@ pub(crate) async fn create_ns(
         }
         return same;
     }
-    let (create_opts, relaxations) = relaxed_options(spec, &source_opts);
-    for r in &relaxations {
-        relax.record(r).await?;
-    }
-    let mut cmd = doc! {"create": &spec.ns.coll};
-    cmd.extend(create_opts);
-    match crate::state::lease::run_majority(&dest.database(&spec.ns.db), cmd.clone()).await {
+    let (cmd, created) = run_create(dest, spec, relax).await?;
+    match created {
         Ok(_) => {
             tracing::debug!(ns = %spec.ns, kind = spec.kind.as_str(), "created on the destination");
             Ok(())
@@ -95,14 +89,8 @@ pub async fn create_with_indexes(
     spec: &NsSpec,
     relax: &RelaxationStore,
 ) -> Result<(), CatalogError> {
-    let source_opts = spec.options();
-    let (create_opts, relaxations) = relaxed_options(spec, &source_opts);
-    for r in &relaxations {
-        relax.record(r).await?;
-    }
-    let mut cmd = doc! {"create": &spec.ns.coll};
-    cmd.extend(create_opts);
-    match crate::state::lease::run_majority(&dest.database(&spec.ns.db), cmd.clone()).await {
+    let (cmd, created) = run_create(dest, spec, relax).await?;
+    match created {
         Ok(_) => super::indexes::create_indexes_on_new(dest, spec, relax).await,
         Err(e) if code_of(&e) == Some(NAMESPACE_EXISTS) => {
             create_ns(dest, spec, relax, false).await?;
@@ -110,6 +98,23 @@ pub async fn create_with_indexes(
         }
         Err(e) => Err(CatalogError::command(format!("create {cmd}"), &spec.ns, e)),
     }
+}
+
+/// Records the relaxations of `spec`'s options, then runs its relaxed `create` (majority):
+/// the command, and the server's answer.
+async fn run_create(
+    dest: &Client,
+    spec: &NsSpec,
+    relax: &RelaxationStore,
+) -> Result<(Document, mongodb::error::Result<Document>), CatalogError> {
+    let (create_opts, relaxations) = relaxed_options(spec, &spec.options());
+    for r in &relaxations {
+        relax.record(r).await?;
+    }
+    let mut cmd = doc! {"create": &spec.ns.coll};
+    cmd.extend(create_opts);
+    let answer = crate::state::lease::run_majority(&dest.database(&spec.ns.db), cmd.clone()).await;
+    Ok((cmd, answer))
 }
 
 /// The `create` options for the destination and the relaxations they imply.

@@ -25,32 +25,54 @@ async fn candidate_databases(
         .collect())
 }
 
+/// Every candidate database's `listCollections` entries (`cmd`'s other fields added),
+/// several databases at once, each entry with its database, selected ones only.
+async fn list_per_database(
+    client: &Client,
+    selector: &NamespaceSelector,
+    cmd: mongodb::bson::Document,
+) -> Result<Vec<(String, RawDocumentBuf)>, CatalogError> {
+    let dbs = candidate_databases(client, selector).await?;
+    let listed: Vec<(String, Vec<RawDocumentBuf>)> = stream::iter(dbs)
+        .map(|db| {
+            let cmd = cmd.clone();
+            async move {
+                let mut full = doc! {"listCollections": 1};
+                full.extend(cmd);
+                let cursor = client
+                    .database(&db)
+                    .run_cursor_command(full)
+                    .await
+                    .map_err(|e| CatalogError::command("listCollections", &db, e))?;
+                let entries: Vec<RawDocumentBuf> = cursor
+                    .with_type::<RawDocumentBuf>()
+                    .try_collect()
+                    .await
+                    .map_err(|e| CatalogError::command("listCollections", &db, e))?;
+                Ok::<_, CatalogError>((db, entries))
+            }
+        })
+        .buffered(CATALOG_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(listed
+        .into_iter()
+        .flat_map(|(db, entries)| entries.into_iter().map(move |e| (db.clone(), e)))
+        .filter(|(db, e)| e.get_str("name").is_ok_and(|n| selector.selects(db, n)))
+        .collect())
+}
+
 /// The selected views (names only: one `listCollections` per database, several databases at
 /// once, no index reads).
 pub async fn list_selected_views(
     client: &Client,
     selector: &NamespaceSelector,
 ) -> Result<Vec<Namespace>, CatalogError> {
-    let dbs = candidate_databases(client, selector).await?;
-    let listed: Vec<(String, Vec<RawDocumentBuf>)> = stream::iter(dbs)
-        .map(|db| async move {
-            let entries = list_collections(client, &db, doc! {"type": "view"}).await?;
-            Ok::<_, CatalogError>((db, entries))
-        })
-        .buffered(CATALOG_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let mut out = Vec::new();
-    for (db, entries) in listed {
-        for entry in entries {
-            if let Some((name, _)) = name_and_kind(&entry) {
-                if selector.selects(&db, &name) {
-                    out.push(Namespace::new(db.clone(), name));
-                }
-            }
-        }
-    }
-    Ok(out)
+    let entries = list_per_database(client, selector, doc! {"filter": {"type": "view"}}).await?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(db, e)| name_and_kind(&e).map(|(name, _)| Namespace::new(db, name)))
+        .collect())
 }
 
 /// The selected collections (not views, not time-series), names only: one `listCollections`
@@ -59,45 +81,17 @@ pub async fn list_selected_collections(
     client: &Client,
     selector: &NamespaceSelector,
 ) -> Result<Vec<Namespace>, CatalogError> {
-    let dbs = candidate_databases(client, selector).await?;
-    let listed: Vec<(String, Vec<RawDocumentBuf>)> = stream::iter(dbs)
-        .map(|db| async move {
-            let entries = list_collections_names(client, &db).await?;
-            Ok::<_, CatalogError>((db, entries))
+    let cmd = doc! {"nameOnly": true, "authorizedCollections": true};
+    let mut out: Vec<Namespace> = list_per_database(client, selector, cmd)
+        .await?
+        .into_iter()
+        .filter_map(|(db, e)| match name_and_kind(&e) {
+            Some((name, NsKind::Collection)) => Some(Namespace::new(db, name)),
+            _ => None,
         })
-        .buffered(CATALOG_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let mut out = Vec::new();
-    for (db, entries) in listed {
-        for entry in entries {
-            if let Some((name, NsKind::Collection)) = name_and_kind(&entry) {
-                if selector.selects(&db, &name) {
-                    out.push(Namespace::new(db.clone(), name));
-                }
-            }
-        }
-    }
+        .collect();
     out.sort();
     Ok(out)
-}
-
-async fn list_collections_names(
-    client: &Client,
-    db: &str,
-) -> Result<Vec<RawDocumentBuf>, CatalogError> {
-    let cursor = client
-        .database(db)
-        .run_cursor_command(
-            doc! {"listCollections": 1, "nameOnly": true, "authorizedCollections": true},
-        )
-        .await
-        .map_err(|e| CatalogError::command("listCollections", db, e))?;
-    cursor
-        .with_type::<RawDocumentBuf>()
-        .try_collect()
-        .await
-        .map_err(|e| CatalogError::command("listCollections", db, e))
 }
 
 /// Every selected namespace on a cluster (never `system.*`, `admin`/`local`/`config` or the
@@ -109,26 +103,15 @@ pub async fn list_selected(
     client: &Client,
     selector: &NamespaceSelector,
 ) -> Result<Vec<NsSpec>, CatalogError> {
-    let dbs = candidate_databases(client, selector).await?;
-    let listed: Vec<(String, Vec<RawDocumentBuf>)> = stream::iter(dbs)
-        .map(|db| async move {
-            let entries = list_collections(client, &db, doc! {}).await?;
-            Ok::<_, CatalogError>((db, entries))
-        })
-        .buffered(CATALOG_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let mut wanted = Vec::new();
-    for (db, entries) in listed {
-        for entry in entries {
-            let Some((name, kind)) = name_and_kind(&entry) else {
-                continue;
-            };
-            if selector.selects(&db, &name) {
-                wanted.push((Namespace::new(db.clone(), name), kind, entry));
-            }
-        }
-    }
+    let wanted: Vec<(Namespace, NsKind, RawDocumentBuf)> =
+        list_per_database(client, selector, doc! {})
+            .await?
+            .into_iter()
+            .filter_map(|(db, e)| {
+                let (name, kind) = name_and_kind(&e)?;
+                Some((Namespace::new(db, name), kind, e))
+            })
+            .collect();
     let specs: Vec<Option<NsSpec>> = stream::iter(wanted)
         .map(|(ns, kind, entry)| with_indexes(client, ns, kind, entry))
         .buffered(CATALOG_CONCURRENCY)
