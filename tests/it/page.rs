@@ -449,7 +449,10 @@ async fn the_progress_page_follows_a_reversible_run_in_chromium() {
             v["steps"][1]
                 .as_str()
                 .is_some_and(|s| s.starts_with("done"))
-                && v["window"].as_str().is_some_and(|w| w.ends_with('s'))
+                // `1.032s (block the source 46 ms, …, unblock the destination 33 ms)`
+                && v["window"].as_str().is_some_and(|w| {
+                    w.starts_with(|c: char| c.is_ascii_digit()) && w.contains("s (block the source")
+                })
                 && v["blocked"]
                     .as_array()
                     .is_some_and(|b| b.iter().any(|c| c["cluster"] == "source"))
