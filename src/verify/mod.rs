@@ -214,22 +214,12 @@ pub async fn run(
     let mut last_log = std::time::Instant::now();
     // A collection in one range is mostly round trips: several of them per slot.
     let (single, split): (Vec<_>, Vec<_>) = pending.partition(|(w, _)| w.ranges.len() == 1);
-    let checks: Vec<_> = split
-        .into_iter()
-        .map(|(w, r)| (1usize, verify_range(source, dest, &store, w, r, opts)))
-        .chain(
-            single
-                .into_iter()
-                .map(|(w, r)| (0usize, verify_range(source, dest, &store, w, r, opts))),
-        )
-        .collect();
-    let (big, small): (Vec<_>, Vec<_>) = checks.into_iter().partition(|(k, _)| *k == 1);
-    futures::stream::iter(big.into_iter().map(|(_, f)| f))
+    let check = |(w, r)| verify_range(source, dest, &store, w, r, opts);
+    let big: Vec<_> = split.into_iter().map(check).collect();
+    let small: Vec<_> = single.into_iter().map(check).collect();
+    futures::stream::iter(big)
         .buffer_unordered(opts.concurrency.max(1))
-        .chain(
-            futures::stream::iter(small.into_iter().map(|(_, f)| f))
-                .buffer_unordered(opts.concurrency.max(1) * SMALL_PER_SLOT),
-        )
+        .chain(futures::stream::iter(small).buffer_unordered(opts.concurrency.max(1) * SMALL_PER_SLOT))
         .try_for_each(|()| {
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if last_log.elapsed() >= Duration::from_secs(10) || n == total {
