@@ -170,6 +170,7 @@ const SHOWN: &str = r#"{
   steps: [...document.querySelectorAll('#steps li')].map(l => l.dataset.status + ' ' + l.textContent),
   lag: document.getElementById('lag').textContent,
   window: document.getElementById('window').textContent,
+  windowPhases: document.getElementById('window-phases').textContent,
   lagPoints: window.cutoverPage && window.cutoverPage.charts.lag ? window.cutoverPage.charts.lag.data[1].filter(v => v !== null).length : 0,
   eventPoints: window.cutoverPage && window.cutoverPage.charts.events ? window.cutoverPage.charts.events.data[2].filter(v => v !== null && v > 0).length : 0,
   lagCanvas: !!document.querySelector('#chart-lag canvas'),
@@ -468,10 +469,11 @@ async fn the_progress_page_follows_a_reversible_run_in_chromium() {
             v["steps"][1]
                 .as_str()
                 .is_some_and(|s| s.starts_with("done"))
-                // `1.032s (block the source 46 ms, …, unblock the destination 33 ms)`
-                && v["window"].as_str().is_some_and(|w| {
-                    w.starts_with(|c: char| c.is_ascii_digit()) && w.contains("s (block the source")
-                })
+                // `1.032s`, with its phases below: `block the source 46 ms, …`
+                && v["window"].as_str().is_some_and(|w| w.ends_with('s'))
+                && v["windowPhases"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("block the source"))
                 && v["blocked"]
                     .as_array()
                     .is_some_and(|b| b.iter().any(|c| c["cluster"] == "source"))

@@ -188,7 +188,8 @@
     setText("events", num(p.events_applied));
     setText("can-commit", p.can_commit ? "yes" : "no");
     const phases = (p.write_blocked_window_phases || []).map(function (x) { return x.phase + " " + x.ms + " ms"; }).join(", ");
-    setText("window", p.write_blocked_window_ms === null ? "–" : (p.write_blocked_window_ms / 1000).toFixed(3) + "s" + (phases ? " (" + phases + ")" : ""));
+    setText("window", p.write_blocked_window_ms === null ? "–" : (p.write_blocked_window_ms / 1000).toFixed(3) + "s");
+    setText("window-phases", p.write_blocked_window_ms === null ? "" : phases);
     const oplog = p.insight ? p.insight.oplog_remaining_seconds : null;
     setText("oplog", oplog === null || oplog === undefined ? "–" : dur(oplog));
     setText(
