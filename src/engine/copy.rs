@@ -1191,6 +1191,7 @@ async fn checkpoint(ctx: &CopyCtx, p: &mut Partition, id: Bson) -> Result<(), En
         )
         .await?;
     p.last_id = Some(id);
+    crate::base::crashpoint::pause("copy.checkpointed").await;
     Ok(())
 }
 
