@@ -10,13 +10,16 @@ use std::sync::OnceLock;
 
 use tokio::sync::watch;
 
-/// What holds the run: an operator's pause, and the disk watch (the destination's free
-/// space below its margin: see [`crate::ops::diskwatch`]).
+use crate::base::role::Role;
+
+/// What holds the run: an operator's pause, and the disk watch (the free space of the
+/// cluster the lane writes to below its margin: see [`crate::ops::diskwatch`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Gate {
     operator: bool,
-    /// Why the disk watch holds the copy, while it does.
-    disk: Option<String>,
+    /// Which cluster (by its plan role) is short of space and why, while the disk watch
+    /// holds the copy.
+    disk: Option<(Role, String)>,
 }
 
 impl Gate {
@@ -39,9 +42,9 @@ pub fn set_paused(paused: bool) {
     });
 }
 
-/// Holds the copy (and change application) while the destination's disk is short of space
-/// (`Some(why)`), or lets it go on (`None`).
-pub fn set_disk_low(why: Option<String>) {
+/// Holds the copy (and change application) while the disk of the cluster the lane writes to
+/// is short of space (`Some((cluster, why))`), or lets it go on (`None`).
+pub fn set_disk_low(why: Option<(Role, String)>) {
     gate().send_if_modified(|g| {
         let changed = g.disk != why;
         g.disk = why;
@@ -49,8 +52,8 @@ pub fn set_disk_low(why: Option<String>) {
     });
 }
 
-/// Why the disk watch holds the run now, if it does.
-pub fn disk_low() -> Option<String> {
+/// Which cluster is short of space and why, if the disk watch holds the run now.
+pub fn disk_low() -> Option<(Role, String)> {
     gate().borrow().disk.clone()
 }
 

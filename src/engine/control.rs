@@ -24,8 +24,14 @@ pub enum Control {
 /// drain (the commit) ends the pause, so a write-blocked window never waits on it.
 pub async fn hold_apply(progress: &Progress, control: &mut watch::Receiver<Control>) -> bool {
     let before = progress.phase();
-    progress.set_phase(LanePhase::PAUSED);
-    tracing::info!("Paused: change application stopped after a checkpoint.");
+    let phase = held_phase();
+    progress.set_phase(phase.clone());
+    match crate::base::pause_gate::disk_low() {
+        Some((_, why)) if !operator_paused() => {
+            tracing::warn!("Change application held after a checkpoint: {why}.")
+        }
+        _ => tracing::info!("Paused: change application stopped after a checkpoint."),
+    }
     let go_on = loop {
         if *control.borrow() == Control::Stop {
             break false;
@@ -41,10 +47,22 @@ pub async fn hold_apply(progress: &Progress, control: &mut watch::Receiver<Contr
     if go_on {
         tracing::info!("Resumed: change application continues.");
     }
-    if progress.phase() == LanePhase::PAUSED {
+    if progress.phase() == phase {
         progress.set_phase(before);
     }
     go_on
+}
+
+/// The phase of a held lane: the operator's pause, or the disk watch's hold (naming the
+/// cluster short of space).
+fn held_phase() -> LanePhase {
+    if operator_paused() {
+        return LanePhase::PAUSED;
+    }
+    match crate::base::pause_gate::disk_low() {
+        Some((cluster, _)) => LanePhase::disk_short(cluster),
+        None => LanePhase::PAUSED,
+    }
 }
 
 /// The copy's safe boundary (in-flight inserts done, range checkpointed): waits while paused.
@@ -53,11 +71,7 @@ pub async fn hold_copy(progress: &Progress) {
         return;
     }
     let before = progress.phase();
-    let phase = if operator_paused() {
-        LanePhase::PAUSED
-    } else {
-        LanePhase::disk_short()
-    };
+    let phase = held_phase();
     progress.set_phase(phase.clone());
     wait_resumed().await;
     if progress.phase() == phase {

@@ -73,6 +73,7 @@ impl Lane {
     pub fn start(env: LaneEnv, direction: Direction, start_at: Option<Timestamp>) -> Lane {
         let id = Self::lane_id(env.store.plan(), direction);
         let progress = Arc::new(Progress::new());
+        let _ = progress.direction.set(direction);
         let (control, control_rx) = watch::channel(Control::Run);
         let (position_tx, position) = watch::channel(None);
         // The lane's logs nest under its span (and under the step that started it).

@@ -32,6 +32,8 @@ pub struct Progress {
     pub can_commit: AtomicBool,
     /// Set while the lane retries a lost connection.
     pub reconnecting: Mutex<Option<String>>,
+    /// The lane's direction (set when it starts): which cluster it writes to.
+    pub direction: std::sync::OnceLock<crate::base::role::Direction>,
     /// Events read, stage busy time, events per namespace (lag explained).
     pub stats: crate::engine::stats::LaneStats,
     /// Ranges compared and rewritten after a lost resume point.

@@ -1,9 +1,11 @@
-//! The disk watch: while a run lasts, the destination's free disk space (as `cutover check`
-//! reads it: `dbStats` `fsTotalSize - fsUsedSize`) is sampled; below the margin — 5% of the
-//! filesystem or the bytes the copy has left to write, whichever is larger — the copy (and
-//! change application) hold at their next checkpoint (the pause gate, [`crate::base::pause_gate`]),
-//! with a warning in the log, the phase `paused: the destination is short of disk space`
-//! in `cutover status`, and the metric `cutover_destination_disk_low`. They go on by
+//! The disk watch: while a run lasts, the free disk space (as `cutover check` reads it:
+//! `dbStats` `fsTotalSize - fsUsedSize`) of the cluster the running lane writes to — the
+//! plan's destination, or its source while the reverse lane runs — is sampled; below the
+//! margin — 5% of the filesystem or the bytes the copy has left to write, whichever is
+//! larger — the copy (and change application) hold at their next checkpoint (the pause gate,
+//! [`crate::base::pause_gate`]), with a warning in the log, the phase `paused: the
+//! destination is short of disk space` (or `the source`) in `cutover status`, and the metric
+//! `cutover_destination_disk_low{cluster=…}` (the lane's destination). They go on by
 //! themselves once the space is back. A commit's drain is never held (see
 //! [`crate::engine::control::hold_apply`]).
 
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::base::env;
+use crate::base::role::Role;
 use crate::engine::progress::Progress;
 use crate::preflight::connection::free_space;
 use crate::preflight::human_bytes;
@@ -22,11 +25,14 @@ pub const DEFAULT_EVERY: Duration = Duration::from_secs(10);
 pub const MIN_FREE_SHARE: f64 = 0.05;
 
 static FREE: AtomicI64 = AtomicI64::new(-1);
+static SAMPLED: Mutex<Option<Role>> = Mutex::new(None);
 
-/// The destination's free bytes at the last sample (`None` before one, or when unknown).
-pub fn last_free() -> Option<i64> {
+/// The watched cluster (by its plan role) and its free bytes at the last sample (`None`
+/// before one, or when unknown).
+pub fn last_free() -> Option<(Role, i64)> {
     let v = FREE.load(Ordering::Relaxed);
-    (v >= 0).then_some(v)
+    let role = SAMPLED.lock().ok().and_then(|g| *g)?;
+    (v >= 0).then_some((role, v))
 }
 
 /// The margin for a filesystem of `total` bytes with `remaining` bytes left to copy.
@@ -34,14 +40,15 @@ pub fn margin(total: i64, remaining: i64) -> i64 {
     ((total as f64 * MIN_FREE_SHARE) as i64).max(remaining)
 }
 
-/// Why the copy must hold, if `free` is below the margin.
-pub fn verdict(free: i64, total: i64, remaining: i64) -> Option<String> {
+/// Why the copy must hold, if `free` (on the plan's `cluster`) is below the margin.
+pub fn verdict(cluster: Role, free: i64, total: i64, remaining: i64) -> Option<String> {
     let need = margin(total, remaining);
     (free < need).then(|| {
         format!(
-            "the destination's data filesystem has {} free, below the margin of {} (5% of its {} \
-             or the {} the copy has left to write, whichever is larger): the copy holds until \
-             there is room; free space on the destination (or grow its disk) and it goes on by itself",
+            "the {cluster}'s data filesystem has {} free, below the margin of {} (5% of its {} \
+             or the {} the copy has left to write, whichever is larger): the copy and change \
+             application hold until there is room; free space on the {cluster} (or grow its \
+             disk) and they go on by themselves",
             human_bytes(free),
             human_bytes(need),
             human_bytes(total),
@@ -57,9 +64,11 @@ fn every() -> Duration {
         .unwrap_or(DEFAULT_EVERY)
 }
 
-/// Samples the destination's free space until aborted, holding and releasing the copy.
-/// `current`: the running lane's progress (the bytes it has left to copy).
+/// Samples the free space of the cluster the running lane writes to until aborted, holding
+/// and releasing the copy. `current`: the running lane's progress (its direction, and the
+/// bytes it has left to copy); the plan's destination when no lane runs.
 pub fn spawn(
+    source: mongodb::Client,
     destination: mongodb::Client,
     current: Arc<Mutex<Option<Arc<Progress>>>>,
 ) -> tokio::task::JoinHandle<()> {
@@ -67,6 +76,14 @@ pub fn spawn(
         let every = every();
         loop {
             let progress = current.lock().ok().and_then(|g| g.clone());
+            let role = progress
+                .as_ref()
+                .and_then(|p| p.direction.get().copied())
+                .map_or(Role::Destination, |d| d.writes());
+            let client = match role {
+                Role::Source => &source,
+                Role::Destination => &destination,
+            };
             let remaining = progress
                 .filter(|p| !p.copy_done.load(Ordering::Relaxed))
                 .map(|p| {
@@ -77,18 +94,21 @@ pub fn spawn(
                 })
                 .unwrap_or(0);
             // No answer (the destination unreachable): keep the last verdict.
-            if let Some((free, total)) = free_space(&destination).await {
+            if let Some((free, total)) = free_space(client).await {
                 FREE.store(free.max(0), Ordering::Relaxed);
-                let why = verdict(free, total, remaining);
+                if let Ok(mut g) = SAMPLED.lock() {
+                    *g = Some(role);
+                }
+                let why = verdict(role, free, total, remaining);
                 match (&why, crate::base::pause_gate::disk_low()) {
-                    (Some(w), None) => tracing::warn!("Copy held: {w}."),
+                    (Some(w), None) => tracing::warn!("Copy and change application held: {w}."),
                     (None, Some(_)) => tracing::info!(
                         free = %human_bytes(free),
-                        "The destination has room again: the copy goes on."
+                        "The {role} has room again: the copy and change application go on."
                     ),
                     _ => {}
                 }
-                crate::base::pause_gate::set_disk_low(why);
+                crate::base::pause_gate::set_disk_low(why.map(|w| (role, w)));
             }
             tokio::time::sleep(every).await;
         }
@@ -104,10 +124,18 @@ mod tests {
         let gb = 1 << 30;
         assert_eq!(margin(100 * gb, 0), 5 * gb);
         assert_eq!(margin(100 * gb, 20 * gb), 20 * gb);
-        assert!(verdict(6 * gb, 100 * gb, 0).is_none());
-        assert!(verdict(4 * gb, 100 * gb, 0).is_some());
-        let why = verdict(10 * gb, 100 * gb, 20 * gb).unwrap();
+        let d = Role::Destination;
+        assert!(verdict(d, 6 * gb, 100 * gb, 0).is_none());
+        assert!(verdict(d, 4 * gb, 100 * gb, 0).is_some());
+        let why = verdict(d, 10 * gb, 100 * gb, 20 * gb).unwrap();
         assert!(why.contains("has left to write"), "{why}");
-        assert!(verdict(30 * gb, 100 * gb, 20 * gb).is_none());
+        assert!(
+            why.starts_with("the destination's data filesystem"),
+            "{why}"
+        );
+        assert!(verdict(d, 30 * gb, 100 * gb, 20 * gb).is_none());
+        // The reverse lane writes to the plan's source: the message names it.
+        let why = verdict(Role::Source, 1, 100 * gb, 0).unwrap();
+        assert!(why.contains("free space on the source"), "{why}");
     }
 }

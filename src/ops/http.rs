@@ -19,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -292,15 +293,52 @@ fn failure(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
+/// How long a read endpoint waits for the state store: the page polls every second and a
+/// scrape has its own timeout; a store that does not answer must not hang either (it is
+/// exactly when the lease is unconfirmed that people look).
+const STORE_READ_LIMIT: Duration = Duration::from_secs(3);
+
 async fn progress(State(api): State<Arc<Api>>) -> Response {
-    match crate::ops::status::load_view(&api.live.store, &api.live.plan).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => failure(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    // The runner's own view of its lease beats the stored one: it knows the last error.
+    let unconfirmed = crate::state::lease::process_unconfirmed();
+    let read = match tokio::time::timeout(
+        STORE_READ_LIMIT,
+        crate::ops::status::load_view(&api.live.store, &api.live.plan),
+    )
+    .await
+    {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the state store on the destination did not answer within {}",
+            humantime::format_duration(STORE_READ_LIMIT)
+        )),
+    };
+    match read {
+        Ok(mut v) => {
+            if unconfirmed.is_some() {
+                v.lease_unconfirmed = unconfirmed;
+            }
+            Json(v).into_response()
+        }
+        // The state store does not answer: say so, and what the runner does about it.
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "ok": false,
+                "error": crate::base::redact::scrub(&e),
+                "lease_unconfirmed": unconfirmed,
+            })),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let run = api.live.store.record().await.ok();
+    // Without the store (it does not answer), the metrics of this process still render.
+    let run = tokio::time::timeout(STORE_READ_LIMIT, api.live.store.record())
+        .await
+        .ok()
+        .and_then(Result::ok);
     let insight = api.live.insight.lock().ok().and_then(|g| g.clone());
     let text = match api.metrics.lock() {
         Ok(mut m) => m.render(

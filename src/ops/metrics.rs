@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::base::role::Role;
 use crate::state::record::RunRecord;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -69,8 +70,9 @@ pub struct Metrics {
     namespace_rate: FGauge<NamespaceLabels>,
     catch_up: FGauge<LaneLabels>,
     oplog_remaining: FGauge<LaneLabels>,
-    disk_low: Family<PlanLabels, Gauge>,
-    disk_free: FGauge<PlanLabels>,
+    disk_low: Family<ClusterLabels, Gauge>,
+    disk_free: FGauge<ClusterLabels>,
+    lease_unconfirmed: Family<PlanLabels, Gauge>,
     /// Counter values already exported, per lane instance and counter.
     seen: HashMap<(usize, &'static str), u64>,
 }
@@ -106,6 +108,7 @@ impl Metrics {
             oplog_remaining: Default::default(),
             disk_low: Default::default(),
             disk_free: Default::default(),
+            lease_unconfirmed: Default::default(),
             seen: HashMap::new(),
             registry: Registry::default(),
         };
@@ -207,13 +210,22 @@ impl Metrics {
         );
         r.register(
             "cutover_destination_disk_low",
-            "1 while the copy holds because the destination is short of disk space",
+            "1 while the copy holds because the cluster it writes to (label `cluster`: the plan's \
+             destination, or its source during the reverse lane) is short of disk space",
             m.disk_low.clone(),
         );
         r.register(
             "cutover_destination_free_bytes",
-            "Free bytes on the destination's data filesystem at the disk watch's last sample",
+            "Free bytes on the data filesystem of the cluster the lane writes to (label `cluster`) \
+             at the disk watch's last sample",
             m.disk_free.clone(),
+        );
+        r.register(
+            "cutover_lease_unconfirmed",
+            "1 while this runner's lease is unconfirmed: the state store did not confirm a renewal \
+             for a whole TTL, every write waits, and the run goes on when the store answers unless \
+             another runner took the plan",
+            m.lease_unconfirmed.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -285,12 +297,29 @@ impl Metrics {
             self.lag.remove(&lane_l);
         }
         // The disk watch runs in this process (see `crate::ops::diskwatch`).
-        self.disk_low
-            .get_or_create(&plan_l)
-            .set(i64::from(crate::base::pause_gate::disk_low().is_some()));
-        if let Some(free) = crate::ops::diskwatch::last_free() {
-            self.disk_free.get_or_create(&plan_l).set(free as f64);
+        // The watch follows the running lane: only the cluster it samples has a series (the
+        // destination before the first sample).
+        let sample = crate::ops::diskwatch::last_free();
+        let role = sample.map_or(Role::Destination, |(r, _)| r);
+        let low = crate::base::pause_gate::disk_low().is_some_and(|(r, _)| r == role);
+        for c in [Role::Source, Role::Destination] {
+            let l = ClusterLabels {
+                plan: plan.to_string(),
+                cluster: c.as_str().to_string(),
+            };
+            if c == role {
+                self.disk_low.get_or_create(&l).set(i64::from(low));
+                if let Some((_, free)) = sample {
+                    self.disk_free.get_or_create(&l).set(free as f64);
+                }
+            } else {
+                self.disk_low.remove(&l);
+                self.disk_free.remove(&l);
+            }
         }
+        self.lease_unconfirmed.get_or_create(&plan_l).set(i64::from(
+            crate::state::lease::process_unconfirmed().is_some(),
+        ));
         if let Some(run) = run {
             self.paused
                 .get_or_create(&plan_l)

@@ -39,6 +39,11 @@ pub struct StatusView {
     pub epoch: Option<i64>,
     /// When the live lease expires unless renewed (the state store's clock).
     pub lease_until: Option<String>,
+    /// Set when the lease ran out without renewal but its runner may still be waiting for the
+    /// state store to confirm it (lease *unconfirmed*, not lost): every write waits, and the
+    /// runner carries on by itself when the store answers, unless another runner took the
+    /// plan. `gives_up` says when it stops trying.
+    pub lease_unconfirmed: Option<crate::state::lease::UnconfirmedView>,
     pub last_error: Option<String>,
     pub updated: Option<String>,
     /// The last `verify --repair` (who, when, what it repaired).
@@ -173,14 +178,15 @@ pub fn view(
         Some(Bson::Double(v)) => *v as i64,
         _ => 0,
     };
+    let unconfirmed = crate::state::lease::stored_unconfirmed(run);
+    let nobody = rec.lease_live != Some(true) && unconfirmed.is_none();
     let blocked = ["source", "destination"]
         .iter()
         .filter(|c| rec.blocks.get(**c).copied().unwrap_or(false))
         .map(|c| BlockedView {
             cluster: c.to_string(),
             release: format!("cutover unblock {plan_file} --cluster {c} --yes"),
-            continue_with: (rec.lease_live != Some(true))
-                .then(|| format!("cutover run {plan_file}")),
+            continue_with: nobody.then(|| format!("cutover run {plan_file}")),
         })
         .collect();
     let steps = rec
@@ -279,6 +285,7 @@ pub fn view(
         runner,
         epoch,
         lease_until,
+        lease_unconfirmed: unconfirmed,
         last_error: rec.last_error.clone(),
         updated: st
             .get_datetime("at")
@@ -389,10 +396,29 @@ impl StatusView {
                 "  runner        {r} ({epoch}, lease until {} by the state store's clock)\n",
                 self.lease_until.as_deref().unwrap_or("?")
             )),
+            None if self.lease_unconfirmed.is_some() => {}
             None if self.epoch.is_some() => s.push_str(&format!(
                 "  runner        none (no `cutover run` holds this plan; last {epoch})\n"
             )),
             None => s.push_str("  runner        none (no `cutover run` holds this plan)\n"),
+        }
+        if let Some(u) = &self.lease_unconfirmed {
+            s.push_str(&format!(
+                "  runner        {} (epoch {}): LEASE UNCONFIRMED since {} — the state store did \
+                 not confirm its renewals; every write waits, and it carries on by itself when the \
+                 store answers unless another runner took the plan; it stops trying at {}{}\n",
+                u.holder,
+                u.epoch,
+                u.last_renewed.as_deref().unwrap_or("?"),
+                u.gives_up.as_deref().unwrap_or("?"),
+                u.process
+                    .as_deref()
+                    .map(|p| format!(" (process: {p})"))
+                    .unwrap_or_default()
+            ));
+            if let Some(e) = &u.last_error {
+                s.push_str(&format!("                last renewal error: {e}\n"));
+            }
         }
         if let Some(r) = &self.reconnecting {
             s.push_str(&format!("  RECONNECTING  {r}\n"));
@@ -405,6 +431,14 @@ impl StatusView {
             if let Some(c) = &b.continue_with {
                 s.push_str(&format!(
                     "                no runner is working to release it: `{c}` continues the migration\n"
+                ));
+            } else if let Some(u) = &self.lease_unconfirmed {
+                s.push_str(&format!(
+                    "                its runner ({}) waits for the state store and goes on to release \
+                     it; if that process is gone, `cutover run` continues the migration once its \
+                     lease expires for good ({})\n",
+                    u.holder,
+                    u.gives_up.as_deref().unwrap_or("?")
                 ));
             }
         }

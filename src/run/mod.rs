@@ -303,7 +303,11 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         plan.destination.hosts_display(),
         opts.progress_bars,
     );
-    let disk_watch = crate::ops::diskwatch::spawn(destination.client.clone(), current.clone());
+    let disk_watch = crate::ops::diskwatch::spawn(
+        source.client.clone(),
+        destination.client.clone(),
+        current.clone(),
+    );
     let mut service = crate::ops::service::start(
         plan.clone(),
         store.clone().with_retry(Duration::ZERO),

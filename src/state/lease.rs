@@ -41,6 +41,9 @@ use crate::cluster::retry::{Failure, Retry, Retryable};
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(20);
 /// The field every fenced record carries.
 pub const EPOCH: &str = "epoch";
+/// The lease's `--retry-timeout` in milliseconds: how long its holder keeps trying to confirm
+/// it after `until` (see [`stored_unconfirmed`]).
+const PATIENCE_MS: &str = "patience_ms";
 
 /// The lease TTL: `CUTOVER_LEASE_TTL` or [`DEFAULT_LEASE_TTL`].
 pub fn lease_ttl() -> Result<Duration, String> {
@@ -209,8 +212,10 @@ pub fn takeover_filter(plan: &str, dead_id: Option<&str>) -> Document {
     doc! {"_id": plan, "$or": or}
 }
 
-/// The pipeline that takes the lease: epoch + 1, `until = $$NOW + ttl`.
-pub fn takeover_pipeline(h: &Holder, ttl: Duration) -> Vec<Document> {
+/// The pipeline that takes the lease: epoch + 1, `until = $$NOW + ttl`. `patience`
+/// (`--retry-timeout`) is stored so that `cutover status` can tell, after `until`, that the
+/// holder may still be waiting to confirm its lease (see [`Fence`]) until `until + patience`.
+pub fn takeover_pipeline(h: &Holder, ttl: Duration, patience: Duration) -> Vec<Document> {
     vec![
         doc! {"$set": {EPOCH: {"$add": [{"$ifNull": ["$epoch", 0_i64]}, 1_i64]}}},
         doc! {"$set": {"lease": {
@@ -222,6 +227,7 @@ pub fn takeover_pipeline(h: &Holder, ttl: Duration) -> Vec<Document> {
             "renewed": "$$NOW",
             "until": {"$add": ["$$NOW", ttl.as_millis() as i64]},
             "ttl_ms": {"$literal": ttl.as_millis() as i64},
+            PATIENCE_MS: {"$literal": patience.as_millis() as i64},
             // Informational only: never compared with anything.
             "host_clock": {"$literal": DateTime::now()},
         }}},
@@ -362,7 +368,7 @@ impl Fence {
             or.push(Bson::Document(doc! {"lease.id": &holder.id}));
         }
         let taken = runs
-            .find_one_and_update(filter, takeover_pipeline(&holder, ttl))
+            .find_one_and_update(filter, takeover_pipeline(&holder, ttl, patience))
             .return_document(ReturnDocument::After)
             .await?;
         let Some(taken) = taken else {
@@ -439,6 +445,32 @@ impl Fence {
         &self.inner.holder
     }
 
+    /// While the lease is unconfirmed: what `status`, the HTTP API and the page show.
+    pub fn unconfirmed_view(&self) -> Option<UnconfirmedView> {
+        if !self.unconfirmed() {
+            return None;
+        }
+        let since = self.since_renewed();
+        let left = (self.inner.ttl + self.inner.patience).saturating_sub(since);
+        let at = |d: Duration| {
+            let t = SystemTime::now().checked_sub(d)?;
+            DateTime::from_system_time(t).try_to_rfc3339_string().ok()
+        };
+        Some(UnconfirmedView {
+            holder: format!(
+                "host {} pid {}",
+                self.inner.holder.host, self.inner.holder.pid
+            ),
+            epoch: self.inner.epoch,
+            last_renewed: at(since),
+            gives_up: SystemTime::now()
+                .checked_add(left)
+                .and_then(|t| DateTime::from_system_time(t).try_to_rfc3339_string().ok()),
+            process: Some("this runner".into()),
+            last_error: Some(self.last_trouble()),
+        })
+    }
+
     /// The filter that matches only the run document while this runner holds the lease.
     pub fn run_filter(&self) -> Document {
         held_filter(&self.inner.plan, &self.inner.holder.id, self.inner.epoch)
@@ -501,7 +533,9 @@ impl Fence {
             .ok()
             .and_then(|t| t.as_ref().map(|t| t.last.clone()))
             .unwrap_or_else(|| "no answer".into());
-        if let Some(why) = crate::base::pause_gate::disk_low() {
+        if let Some((crate::base::role::Role::Destination, why)) =
+            crate::base::pause_gate::disk_low()
+        {
             last.push_str(&format!("; at its last sample, {why}"));
         }
         tracing::warn!(
@@ -531,7 +565,9 @@ impl Fence {
         };
         // A full disk stops mongod (WiredTiger error 28 is fatal): the driver sees only a
         // dropped connection, so say what the disk watch saw last.
-        if let Some(why) = crate::base::pause_gate::disk_low() {
+        if let Some((crate::base::role::Role::Destination, why)) =
+            crate::base::pause_gate::disk_low()
+        {
             last.push_str(&format!("; at its last sample, {why}"));
         }
         self.lose_to(
@@ -852,6 +888,67 @@ pub fn install(fence: Option<&Fence>) {
     }
 }
 
+/// This process's runner's lease while it is unconfirmed (`None` when confirmed, lost, or
+/// when no runner holds a lease in this process).
+pub fn process_unconfirmed() -> Option<UnconfirmedView> {
+    let fence = process_fence().lock().ok().and_then(|g| g.clone());
+    fence.and_then(|f| f.unconfirmed_view())
+}
+
+/// A lease whose holder has not confirmed it for a whole TTL (the state store did not answer
+/// its renewals, or refused them) and may still be trying: writes wait, nothing is lost, and
+/// the holder carries on if no other runner took the plan, or stops at `gives_up`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct UnconfirmedView {
+    /// `host H pid P`.
+    pub holder: String,
+    pub epoch: i64,
+    /// When the last successful renewal was sent (RFC 3339).
+    pub last_renewed: Option<String>,
+    /// When the holder stops trying (its `--retry-timeout` after the TTL).
+    pub gives_up: Option<String>,
+    /// What is known of the holder's process: `this runner` (the runner's own API),
+    /// `alive on this host`, `on another host` (from `cutover status`).
+    pub process: Option<String>,
+    /// The last renewal failure, when the runner itself answers.
+    pub last_error: Option<String>,
+}
+
+/// The stored lease of `run` (a run document read by `cutover status` with the state store's
+/// clock: `lease_waiting` set by [`crate::state::StateStore::run_doc_for_status`]) while its
+/// holder may still be waiting to confirm it. `None` when the lease is live, released,
+/// older than its holder's patience, or held by a process of this host that is gone.
+pub fn stored_unconfirmed(run: &Document) -> Option<UnconfirmedView> {
+    if run.get_bool("lease_waiting") != Ok(true) {
+        return None;
+    }
+    let l = run.get_document("lease").ok()?;
+    let host = l.get_str("host").unwrap_or("?");
+    let pid = int(l.get("pid")).unwrap_or(0);
+    let mine = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .ok();
+    let process = if mine.as_deref() == Some(host) {
+        if pid <= 0 || !process_alive(pid) {
+            return None;
+        }
+        "alive on this host"
+    } else {
+        "on another host"
+    };
+    let rfc = |d: Option<DateTime>| d.and_then(|d| d.try_to_rfc3339_string().ok());
+    let until = l.get_datetime("until").ok().copied();
+    let patience = int(l.get(PATIENCE_MS)).unwrap_or(0);
+    Some(UnconfirmedView {
+        holder: format!("host {host} pid {pid}"),
+        epoch: stored_epoch(run),
+        last_renewed: rfc(l.get_datetime("renewed").ok().copied()),
+        gives_up: rfc(until.map(|u| DateTime::from_millis(u.timestamp_millis() + patience))),
+        process: Some(process.into()),
+        last_error: None,
+    })
+}
+
 /// Waits until this process's runner may act on a cluster ([`Fence::ready`]); at once when
 /// no runner holds a lease in this process (`check`, `verify`, …).
 pub async fn process_ready() -> Result<(), LeaseLost> {
@@ -934,6 +1031,7 @@ mod tests {
                 pid: 1,
             },
             Duration::from_secs(20),
+            Duration::from_secs(60),
         );
         let lease = pipe[1]
             .get_document("$set")
@@ -965,6 +1063,43 @@ mod tests {
         let f = takeover_filter("p", Some("h/1/2"));
         let or = f.get_array("$or").unwrap();
         assert!(or.contains(&Bson::Document(doc! {"lease.id": "h/1/2"})));
+    }
+
+    #[test]
+    fn a_stored_lease_is_unconfirmed_only_while_its_holder_may_still_wait() {
+        let until = DateTime::from_millis(1_000_000);
+        let lease = |host: &str, pid: i64| {
+            doc! {"host": host, "pid": pid, "until": until, "renewed": until,
+            PATIENCE_MS: 60_000_i64}
+        };
+        // Expired and within its patience, held on another host: may be waiting.
+        let run = doc! {"epoch": 3_i64, "lease_waiting": true,
+        "lease": lease("elsewhere.invalid", 42)};
+        let u = stored_unconfirmed(&run).expect("unconfirmed");
+        assert_eq!(u.holder, "host elsewhere.invalid pid 42");
+        assert_eq!(u.epoch, 3);
+        assert_eq!(u.process.as_deref(), Some("on another host"));
+        assert_eq!(
+            u.gives_up,
+            DateTime::from_millis(1_060_000)
+                .try_to_rfc3339_string()
+                .ok()
+        );
+        // Not waiting by the state store's clock (live, released, or past its patience).
+        let mut past = run.clone();
+        past.insert("lease_waiting", false);
+        assert_eq!(stored_unconfirmed(&past), None);
+        // Held by a process of this host that is gone: nobody waits.
+        let me = Holder::mine();
+        let gone = doc! {"epoch": 3_i64, "lease_waiting": true,
+        "lease": lease(&me.host, i64::from(i32::MAX))};
+        assert_eq!(stored_unconfirmed(&gone), None);
+        // ... and one that is alive (this test's own process) may.
+        let alive = doc! {"epoch": 3_i64, "lease_waiting": true, "lease": lease(&me.host, me.pid)};
+        assert_eq!(
+            stored_unconfirmed(&alive).and_then(|u| u.process),
+            Some("alive on this host".to_string())
+        );
     }
 
     #[test]

@@ -211,9 +211,6 @@ impl VerifyRunStatus {
     }
 }
 
-/// Why the copy of a lane pauses itself (the disk watch): the text after `paused: `.
-pub const DISK_SHORT: &str = "the destination is short of disk space";
-
 /// What a replication lane is doing (`Progress::phase`; stored as `status.phase` of the run
 /// document, shown by `cutover status`, the HTTP API and the metrics).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -229,7 +226,7 @@ pub enum LanePhase {
     /// Comparing and rewriting ranges after the resume point was lost.
     Recovering,
     /// Held at a checkpoint: by the operator (`paused`), or for a reason (`paused: <reason>`,
-    /// e.g. [`DISK_SHORT`]).
+    /// e.g. [`LanePhase::disk_short`]).
     Paused {
         reason: Option<String>,
     },
@@ -239,10 +236,11 @@ pub enum LanePhase {
 }
 
 impl LanePhase {
-    /// The copy paused because the destination is short of disk space.
-    pub fn disk_short() -> LanePhase {
+    /// The copy paused because the cluster it writes to (the plan's destination, or its
+    /// source for the reverse lane) is short of disk space.
+    pub fn disk_short(cluster: crate::base::role::Role) -> LanePhase {
         LanePhase::Paused {
-            reason: Some(DISK_SHORT.to_string()),
+            reason: Some(format!("the {cluster} is short of disk space")),
         }
     }
 
@@ -413,8 +411,12 @@ mod tests {
             (LanePhase::Recovering, "recovering a lost resume point"),
             (LanePhase::PAUSED, "paused"),
             (
-                LanePhase::disk_short(),
+                LanePhase::disk_short(crate::base::role::Role::Destination),
                 "paused: the destination is short of disk space",
+            ),
+            (
+                LanePhase::disk_short(crate::base::role::Role::Source),
+                "paused: the source is short of disk space",
             ),
             (LanePhase::WaitingForApproval, "waiting for approval"),
             (LanePhase::Committed, "committed"),

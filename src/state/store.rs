@@ -325,10 +325,22 @@ impl StateStore {
         use futures::TryStreamExt;
         let pipeline = vec![
             doc! {"$match": {"_id": &self.plan}},
-            doc! {"$addFields": {"lease_live": {"$and": [
-                {"$eq": [{"$type": "$lease.until"}, "date"]},
-                {"$gt": ["$lease.until", "$$NOW"]},
-            ]}}},
+            doc! {"$addFields": {
+                "lease_live": {"$and": [
+                    {"$eq": [{"$type": "$lease.until"}, "date"]},
+                    {"$gt": ["$lease.until", "$$NOW"]},
+                ]},
+                // Expired, but its holder may still be trying to confirm it (see
+                // `lease::stored_unconfirmed`).
+                "lease_waiting": {"$and": [
+                    {"$eq": [{"$type": "$lease.until"}, "date"]},
+                    {"$lte": ["$lease.until", "$$NOW"]},
+                    {"$gt": [
+                        {"$add": ["$lease.until", {"$ifNull": ["$lease.patience_ms", 0_i64]}]},
+                        "$$NOW"
+                    ]},
+                ]},
+            }},
         ];
         let mut docs: Vec<Document> = self
             .coll(RUNS)

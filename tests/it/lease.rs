@@ -667,15 +667,16 @@ async fn runner_paused_in_the_window(
     dst: &ReplicaSet,
     plan: &str,
 ) -> (Child, tempfile::TempDir, crate::outage::Proxy) {
-    runner_paused_in_the_window_with(src, dst, plan, "120s").await
+    runner_paused_in_the_window_with(src, dst, plan, "120s", &[]).await
 }
 
-/// [`runner_paused_in_the_window`] with another `--retry-timeout`.
+/// [`runner_paused_in_the_window`] with another `--retry-timeout`, and `extra` arguments.
 async fn runner_paused_in_the_window_with(
     src: &ReplicaSet,
     dst: &ReplicaSet,
     plan: &str,
     retry_timeout: &str,
+    extra: &[&str],
 ) -> (Child, tempfile::TempDir, crate::outage::Proxy) {
     let proxy = crate::outage::Proxy::start(dst.members[0].port).await;
     let pause = tempfile::tempdir().unwrap();
@@ -686,17 +687,16 @@ async fn runner_paused_in_the_window_with(
         ("CUTOVER_TEST_PAUSE_AT", "commit.blocked".into()),
         ("CUTOVER_TEST_PAUSE_DIR", pause.path().display().to_string()),
     ];
-    let mut runner = spawn_cutover(
-        &[
-            "run",
-            plan,
-            "--retry-timeout",
-            retry_timeout,
-            "--connect-timeout",
-            "2s",
-        ],
-        &refs(&env),
-    );
+    let mut args = vec![
+        "run",
+        plan,
+        "--retry-timeout",
+        retry_timeout,
+        "--connect-timeout",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
+    let mut runner = spawn_cutover(&args, &refs(&env));
     wait_pause_file(&pause.path().join("commit.blocked.reached"), &mut runner).await;
     assert!(
         !app_insert(src, 10).await,
@@ -725,6 +725,12 @@ async fn cut_and_go(proxy: &crate::outage::Proxy, pause: &std::path::Path) {
 /// answers (no other runner took the plan) and finishes the commit in the same run: exit 0,
 /// identical data, the epoch unchanged. Before, it exited 4 ("lost its lease") and left
 /// both clusters blocked until someone ran it again.
+///
+/// During the cut, everything a person looks at says "lease unconfirmed", not "nobody is
+/// working": `cutover status` (reaching the destination directly) names the waiting runner
+/// and never offers "no runner is working to release it"; the runner's own HTTP API answers
+/// 503 with the unconfirmed lease and its last error; its metrics say
+/// `cutover_lease_unconfirmed 1`. Before, status said no runner was working on the plan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_outage_in_the_window_is_waited_out() {
     let (src, dst) = tokio::join!(ReplicaSet::start(), ReplicaSet::start());
@@ -733,12 +739,69 @@ async fn a_destination_outage_in_the_window_is_waited_out() {
     seed(&s).await;
     let (_p, plan) = write_plan(&plan_text("unconfirmed", AUTO));
     let plan = plan.to_str().unwrap().to_string();
-    let (runner, pause, proxy) = runner_paused_in_the_window(&src, &dst, &plan).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (runner, pause, proxy) =
+        runner_paused_in_the_window_with(&src, &dst, &plan, "120s", &["--listen", &listen]).await;
     let epoch = epoch_of(&run_doc(&d, "unconfirmed").await);
 
     cut_and_go(&proxy, pause.path()).await;
     let cut = Instant::now();
     let mut runner = runner;
+    // Past the TTL (4 s) by the state store's clock: what status, the API and metrics say.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let direct = env_of(&src, &dst, &[]);
+    let v = status_json(&plan, &direct, &[]).await;
+    let u = &v["lease_unconfirmed"];
+    assert_eq!(u["process"], "alive on this host", "{v}");
+    assert_eq!(
+        u["holder"],
+        format!("host {} pid {}", this_host(), runner.id()),
+        "{v}"
+    );
+    assert_eq!(u["epoch"], epoch, "{v}");
+    assert!(u["gives_up"].is_string(), "{v}");
+    let blocked = v["blocked"].as_array().unwrap();
+    assert_eq!(blocked.len(), 2, "{v}");
+    assert!(blocked.iter().all(|b| b["continue_with"].is_null()), "{v}");
+    let o = run_cutover(&["status", &plan], &refs(&direct));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("LEASE UNCONFIRMED"), "{}", show(&o));
+    assert!(!text.contains("no runner is working"), "{}", show(&o));
+    assert!(text.contains("waits for the state store"), "{}", show(&o));
+    // Both answer promptly (the page polls every second, a scrape has a timeout): before,
+    // `/metrics` waited for the unreachable state store past the client's 30 s.
+    let asked = Instant::now();
+    let (code, _, body) = tokio::task::spawn_blocking(move || {
+        crate::service::http(port, "GET", "/api/v1/progress", None, "").expect("the runner's API")
+    })
+    .await
+    .unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(code, 503, "{body}");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["lease_unconfirmed"]["process"], "this runner", "{p}");
+    assert!(p["lease_unconfirmed"]["last_error"].is_string(), "{p}");
+    let asked = Instant::now();
+    let (code, _, metrics) = tokio::task::spawn_blocking(move || {
+        crate::service::http(port, "GET", "/metrics", None, "").expect("the runner's metrics")
+    })
+    .await
+    .unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(code, 200, "{metrics}");
+    assert!(
+        metrics.contains("cutover_lease_unconfirmed{plan=\"unconfirmed\"} 1"),
+        "{metrics}"
+    );
     while cut.elapsed() < Duration::from_secs(12) {
         if let Some(st) = runner.try_wait().unwrap() {
             let o = finish_child(runner).await;
@@ -892,7 +955,8 @@ async fn a_runner_that_gives_up_waiting_names_the_blocked_clusters_and_the_comma
     seed(&s).await;
     let (_p, plan) = write_plan(&plan_text("gave-up", AUTO));
     let plan = plan.to_str().unwrap().to_string();
-    let (runner, pause, proxy) = runner_paused_in_the_window_with(&src, &dst, &plan, "5s").await;
+    let (runner, pause, proxy) =
+        runner_paused_in_the_window_with(&src, &dst, &plan, "5s", &[]).await;
     cut_and_go(&proxy, pause.path()).await;
     let o = wait_exit(
         runner,
@@ -956,4 +1020,9 @@ async fn a_runner_that_gives_up_waiting_names_the_blocked_clusters_and_the_comma
     d.database("scratch").drop().await.unwrap();
     s.database("scratch").drop().await.unwrap();
     assert_same_data(&s, &d, STATE_DB).await;
+}
+
+/// This machine's host name, as a runner records it in its lease.
+fn this_host() -> String {
+    hostname::get().unwrap().to_string_lossy().into_owned()
 }

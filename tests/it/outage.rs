@@ -602,12 +602,145 @@ timeout = "5m"
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    assert!(err.contains("Copy held"), "{}", show(&o));
+    assert!(
+        err.contains("Copy and change application held"),
+        "{}",
+        show(&o)
+    );
     assert!(
         err.contains("destination's data filesystem has"),
         "{}",
         show(&o)
     );
     assert!(err.contains("room again"), "{}", show(&o));
+    assert_same_data(&s, &d, "__cutover").await;
+}
+
+/// The disk watch follows the running lane: once the reverse lane runs, it writes to the
+/// plan's *source*, and that is the disk it samples. The source's dbpath on a 600 MB tmpfs;
+/// after the first commit a ballast leaves about 20 MB free (below 5%): change application
+/// of the reverse lane holds (`cutover status`: `paused: the source is short of disk space`),
+/// writes on the new primary wait on it; the ballast removed, they reach the source and the
+/// second commit ends identical. Before, the watch sampled the plan's destination for every
+/// lane and the reverse lane filled the source's disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reverse_lane_holds_when_the_source_is_short_of_disk_space() {
+    let (src, dst) = tokio::join!(
+        ReplicaSet::start_with(RsOptions {
+            tmpfs_mb: Some(600),
+            oplog_mb: 64,
+            ..Default::default()
+        }),
+        ReplicaSet::start()
+    );
+    let s = src.root_client().await;
+    let d = dst.root_client().await;
+    s.database("shop")
+        .collection::<Document>("orders")
+        .insert_many((0..1000).map(|i| doc! {"_id": i, "pad": "p".repeat(100)}))
+        .await
+        .unwrap();
+    let (_d, plan) = write_plan(&plan_text(
+        "disk-low-reverse",
+        r#"
+[options]
+reversible = true
+write_blocking = "source-and-destination"
+max_lag = "2s"
+
+[[steps]]
+kind = "sync"
+
+[[steps]]
+kind = "commit"
+timeout = "5m"
+
+[[steps]]
+kind = "reverse"
+
+[[steps]]
+kind = "commit"
+approval = "manual"
+timeout = "5m"
+"#,
+    ));
+    let plan = plan.to_str().unwrap().to_string();
+    let env: Vec<(&'static str, String)> = vec![
+        ("SOURCE_URI", src.root_uri()),
+        ("DESTINATION_URI", dst.root_uri()),
+        ("CUTOVER_DISK_WATCH_EVERY", "1s".into()),
+    ];
+    let run = tokio::task::spawn_blocking({
+        let (plan, env) = (plan.clone(), env.clone());
+        move || run_cutover(&["run", &plan], &refs(&env))
+    });
+    // The reverse lane runs and the second commit waits for approval.
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(180),
+        "the second commit to wait for approval",
+        |v| v["steps"][3]["status"] == "running" && v["phase"] == "waiting for approval",
+    )
+    .await;
+    // The source's disk runs short.
+    let dbpath = src.members[0].dbpath.clone();
+    let ballast = dbpath.join("ballast");
+    let fill = avail_bytes(&dbpath).saturating_sub(20 << 20);
+    let st = std::process::Command::new("fallocate")
+        .args(["-l", &fill.to_string()])
+        .arg(&ballast)
+        .status()
+        .expect("fallocate");
+    assert!(st.success(), "fallocate the ballast");
+    wait_status(
+        &plan,
+        &env,
+        &[],
+        Duration::from_secs(60),
+        "the reverse lane to hold for the source's disk space",
+        |v| v["phase"] == "paused: the source is short of disk space",
+    )
+    .await;
+    // Writes on the new primary wait while the source is short.
+    let late = d.database("shop").collection::<Document>("late");
+    late.insert_many((0..100).map(|i| doc! {"_id": i}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let on_source = s.database("shop").collection::<Document>("late");
+    assert_eq!(
+        on_source.count_documents(doc! {}).await.unwrap(),
+        0,
+        "the reverse lane wrote to the source while its disk was short"
+    );
+    assert!(!run.is_finished(), "the run ended while the disk was short");
+
+    // Space comes back: the writes reach the source, and the second commit ends identical.
+    std::fs::remove_file(&ballast).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the held writes on the source",
+        || {
+            let c = on_source.clone();
+            async move { c.count_documents(doc! {}).await.unwrap() == 100 }
+        },
+    )
+    .await;
+    let o = run_cutover(&["approve", &plan], &refs(&env));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the run did not finish after the approval")
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        err.contains("the source's data filesystem has"),
+        "{}",
+        show(&o)
+    );
+    assert!(err.contains("The source has room again"), "{}", show(&o));
     assert_same_data(&s, &d, "__cutover").await;
 }

@@ -16,6 +16,7 @@
     windowSeconds: 900,
     failures: 0,
     lastError: null,
+    unconfirmed: null,
     nsRates: {},
   };
   window.cutoverPage = page;
@@ -43,7 +44,11 @@
     if (r.status === 401) {
       throw new AuthError((data && data.error) || "the token was refused");
     }
-    if (!r.ok) throw new Error((data && data.error) || r.status + " " + r.statusText);
+    if (!r.ok) {
+      const e = new Error((data && data.error) || r.status + " " + r.statusText);
+      e.data = data;
+      throw e;
+    }
     return data;
   }
 
@@ -253,6 +258,17 @@
           "): the run may have ended, or its network is down. The page keeps trying.")
       );
     }
+    const u = (p && p.lease_unconfirmed) || page.unconfirmed;
+    if (u) {
+      items.push(
+        el("div", { class: "alert bad", id: "lease-unconfirmed" },
+          el("b", {}, "Lease unconfirmed"),
+          ": the state store has not confirmed the lease of " + u.holder + " (epoch " + u.epoch + ") since " +
+            (u.last_renewed || "?") + (u.last_error ? " (last error: " + u.last_error + ")" : "") +
+            ". Every write waits; the run carries on by itself when the store answers, unless another runner took the plan. It stops trying at " +
+            (u.gives_up || "?") + ".")
+      );
+    }
     if (flashed && flashed.until > Date.now()) {
       items.push(el("div", { class: "alert " + flashed.kind }, flashed.text));
     }
@@ -450,6 +466,7 @@
       }
       ticks++;
       page.failures = 0;
+      page.unconfirmed = null;
       renderProgress(p);
       drawCharts();
       $("conn").textContent = "live";
@@ -460,6 +477,8 @@
       } else {
         page.failures++;
         page.lastError = e.message;
+        // The runner answers but its state store does not: it says what it does about it.
+        page.unconfirmed = (e.data && e.data.lease_unconfirmed) || null;
         $("conn").textContent = "unreachable";
         $("conn").classList.add("down");
         renderAlerts();
