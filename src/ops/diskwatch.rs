@@ -93,7 +93,7 @@ pub fn spawn(
                         as i64
                 })
                 .unwrap_or(0);
-            // No answer (the destination unreachable): keep the last verdict.
+            // No answer (the cluster unreachable): keep the last verdict.
             if let Some((free, total)) = free_space(client).await {
                 FREE.store(free.max(0), Ordering::Relaxed);
                 if let Ok(mut g) = SAMPLED.lock() {
