@@ -771,32 +771,12 @@ async fn a_destination_outage_in_the_window_is_waited_out() {
     assert!(text.contains("waits for the state store"), "{}", show(&o));
     // Both answer promptly (the page polls every second, a scrape has a timeout): before,
     // `/metrics` waited for the unreachable state store past the client's 30 s.
-    let asked = Instant::now();
-    let (code, _, body) = tokio::task::spawn_blocking(move || {
-        crate::service::http(port, "GET", "/api/v1/progress", None, "").expect("the runner's API")
-    })
-    .await
-    .unwrap();
-    assert!(
-        asked.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        asked.elapsed()
-    );
+    let (code, body) = get_within_10s(port, "/api/v1/progress").await;
     assert_eq!(code, 503, "{body}");
     let p: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(p["lease_unconfirmed"]["process"], "this runner", "{p}");
     assert!(p["lease_unconfirmed"]["last_error"].is_string(), "{p}");
-    let asked = Instant::now();
-    let (code, _, metrics) = tokio::task::spawn_blocking(move || {
-        crate::service::http(port, "GET", "/metrics", None, "").expect("the runner's metrics")
-    })
-    .await
-    .unwrap();
-    assert!(
-        asked.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        asked.elapsed()
-    );
+    let (code, metrics) = get_within_10s(port, "/metrics").await;
     assert_eq!(code, 200, "{metrics}");
     assert!(
         metrics.contains("cutover_lease_unconfirmed{plan=\"unconfirmed\"} 1"),
@@ -1025,4 +1005,18 @@ async fn a_runner_that_gives_up_waiting_names_the_blocked_clusters_and_the_comma
 /// This machine's host name, as a runner records it in its lease.
 fn this_host() -> String {
     hostname::get().unwrap().to_string_lossy().into_owned()
+}
+
+/// `GET path` of the runner's API on `port`: its status and body, failing unless it answered
+/// within 10 s.
+async fn get_within_10s(port: u16, path: &'static str) -> (u16, String) {
+    let asked = Instant::now();
+    let (code, _, body) = tokio::task::spawn_blocking(move || {
+        crate::service::http(port, "GET", path, None, "").expect("the runner's API")
+    })
+    .await
+    .unwrap();
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10), "{path} took {took:?}");
+    (code, body)
 }

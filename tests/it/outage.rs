@@ -494,6 +494,21 @@ fn avail_bytes(path: &std::path::Path) -> u64 {
         .unwrap_or_else(|| panic!("df printed no free space for {}", path.display()))
 }
 
+/// Fills the filesystem of `dbpath` with a ballast file (returned) until about 20 MB are free.
+fn ballast_leaving_20_mb(dbpath: &std::path::Path) -> std::path::PathBuf {
+    let ballast = dbpath.join("ballast");
+    let fill = avail_bytes(dbpath).saturating_sub(20 << 20);
+    let st = std::process::Command::new("fallocate")
+        .args(["-l", &fill.to_string()])
+        .arg(&ballast)
+        .status()
+        .expect("fallocate");
+    assert!(st.success(), "fallocate the ballast");
+    let free = avail_bytes(dbpath);
+    assert!(free < 25 << 20, "{free} bytes free after the ballast");
+    ballast
+}
+
 /// Issue #23 (c): the destination's disk is nearly full during the copy (its dbpath on a
 /// 600 MB tmpfs, a ballast file leaving about 20 MB free: less than the 30 MB left to copy
 /// and less than 5% of the filesystem). The disk watch holds the copy with a message naming
@@ -520,17 +535,7 @@ async fn a_destination_short_of_disk_space_holds_the_copy_until_space_returns() 
             .unwrap();
     }
     // Leave about 20 MB free on the destination's data filesystem.
-    let dbpath = dst.members[0].dbpath.clone();
-    let ballast = dbpath.join("ballast");
-    let fill = avail_bytes(&dbpath).saturating_sub(20 << 20);
-    let st = std::process::Command::new("fallocate")
-        .args(["-l", &fill.to_string()])
-        .arg(&ballast)
-        .status()
-        .expect("fallocate");
-    assert!(st.success(), "fallocate the ballast");
-    let free = avail_bytes(&dbpath);
-    assert!(free < 25 << 20, "{free} bytes free after the ballast");
+    let ballast = ballast_leaving_20_mb(&dst.members[0].dbpath);
 
     let (_d, plan) = write_plan(&plan_text(
         "disk-low",
@@ -685,15 +690,7 @@ timeout = "5m"
     )
     .await;
     // The source's disk runs short.
-    let dbpath = src.members[0].dbpath.clone();
-    let ballast = dbpath.join("ballast");
-    let fill = avail_bytes(&dbpath).saturating_sub(20 << 20);
-    let st = std::process::Command::new("fallocate")
-        .args(["-l", &fill.to_string()])
-        .arg(&ballast)
-        .status()
-        .expect("fallocate");
-    assert!(st.success(), "fallocate the ballast");
+    let ballast = ballast_leaving_20_mb(&src.members[0].dbpath);
     wait_status(
         &plan,
         &env,
