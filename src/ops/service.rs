@@ -65,13 +65,16 @@ impl Service {
 }
 
 /// Starts the service task; follows a pause already requested before returning, so a
-/// paused plan's copy or change application does not start.
+/// paused plan's copy or change application does not start. `serving`: the HTTP API will be
+/// attached, so the per-namespace copy table (a state-store aggregation and up to 100
+/// `collStats` a second during the copy) is kept; without a listener nobody reads it.
 pub async fn start(
     plan: Plan,
     store: StateStore,
     source: Client,
     destination: Client,
     current: Arc<Mutex<Option<Arc<Progress>>>>,
+    serving: bool,
 ) -> Service {
     let live = Arc::new(Live {
         plan,
@@ -85,15 +88,21 @@ pub async fn start(
         crate::base::pause_gate::set_paused(run.pause.paused);
     }
     let (stop, stop_rx) = watch::channel(false);
-    let tasks = vec![
-        tokio::spawn(copy_loop(
+    let mut tasks = Vec::new();
+    if serving {
+        tasks.push(tokio::spawn(copy_loop(
             live.clone(),
             source.clone(),
             destination.clone(),
             stop_rx.clone(),
-        )),
-        tokio::spawn(service_loop(live.clone(), source, destination, stop_rx)),
-    ];
+        )));
+    }
+    tasks.push(tokio::spawn(service_loop(
+        live.clone(),
+        source,
+        destination,
+        stop_rx,
+    )));
     Service { stop, tasks, live }
 }
 

@@ -314,6 +314,7 @@ async fn run_inner(plan: Plan, opts: RunOptions, report: &mut RunReport) -> Resu
         source.client.clone(),
         destination.client.clone(),
         current.clone(),
+        api.is_some(),
     )
     .await;
     if let Some(bound) = api {

@@ -71,9 +71,7 @@ pub struct Holder {
 
 impl Holder {
     pub fn mine() -> Self {
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "unknown".into());
+        let host = host_name();
         let pid = i64::from(std::process::id());
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -85,6 +83,13 @@ impl Holder {
             pid,
         }
     }
+}
+
+/// This machine's host name, as leases record it (`unknown` when it cannot be read).
+fn host_name() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// `host H pid P, epoch E` from a run document's `lease` (and `epoch`).
@@ -925,10 +930,7 @@ pub fn stored_unconfirmed(run: &Document) -> Option<UnconfirmedView> {
     let l = run.get_document("lease").ok()?;
     let host = l.get_str("host").unwrap_or("?");
     let pid = int(l.get("pid")).unwrap_or(0);
-    let mine = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .ok();
-    let process = if mine.as_deref() == Some(host) {
+    let process = if host_name() == host {
         if pid <= 0 || !process_alive(pid) {
             return None;
         }
