@@ -385,7 +385,11 @@
         x: { time: true },
         y: max ? { range: [0, max] } : { range: (u, lo, hi) => [0, Math.max(hi * 1.1, floor || 1)] },
       },
-      axes: [{}, { size: 70, values: (u, vals) => vals.map((v) => (fmt ? fmt(v) : String(v))) }],
+      // The value axis as wide as its longest label ("976.6 KiB" was cut at a fixed 70 px).
+      axes: [{}, {
+        size: (u, vals) => Math.max(50, ...(vals || []).map((v) => String(v).length * 7 + 24)),
+        values: (u, vals) => vals.map((v) => (fmt ? fmt(v) : String(v))),
+      }],
       series: [{}].concat(
         series.map((s) => ({
           label: s.label,
